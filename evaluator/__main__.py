@@ -1,0 +1,173 @@
+"""Command line of the site agent.
+
+    python -m evaluator run --config site.toml [--once]
+    python -m evaluator register-data --config site.toml --task ID --features F --labels L \
+        (--input-spec JSON | --n-features N --task-type T [--n-classes K]) [--no-report]
+    python -m evaluator ledger export --config site.toml [--csv out.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from evaluator.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluator", description="Vaultbench site agent"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="claim and evaluate jobs")
+    run.add_argument("--config", help="site TOML file (VAULTBENCH_* variables override it)")
+    run.add_argument("--once", action="store_true", help="process at most one job, then exit")
+
+    reg = sub.add_parser("register-data", help="validate and store a task's private data")
+    reg.add_argument("--config")
+    reg.add_argument("--task", required=True, help="the hub's task id")
+    reg.add_argument("--features", required=True, help=".npy, .csv or .parquet")
+    reg.add_argument("--labels", required=True, help=".npy, .csv or .parquet (one column)")
+    reg.add_argument("--input-spec", help='JSON, e.g. {"n_features": 30, "n_classes": 2}')
+    reg.add_argument("--n-features", type=int)
+    reg.add_argument(
+        "--task-type", choices=["binary_classification", "multiclass_classification", "regression"]
+    )
+    reg.add_argument("--n-classes", type=int)
+    reg.add_argument("--no-report", action="store_true", help="store only; do not tell the hub")
+
+    ledger = sub.add_parser("ledger", help="the site's egress ledger")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    export = ledger_sub.add_parser("export", help="print or write the ledger")
+    export.add_argument("--config")
+    export.add_argument("--csv", help="write CSV to this file (default: JSON lines on stdout)")
+    return parser
+
+
+def _input_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if args.input_spec:
+        try:
+            spec = json.loads(args.input_spec)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--input-spec is not valid JSON: {exc}") from None
+        if not isinstance(spec, dict):
+            raise SystemExit("--input-spec must be a JSON object")
+    if args.n_features is not None:
+        spec["n_features"] = args.n_features
+    if args.n_classes is not None:
+        spec["n_classes"] = args.n_classes
+    if args.task_type:
+        spec["task_type"] = args.task_type
+    if "n_features" not in spec or "task_type" not in spec:
+        raise SystemExit("give --input-spec JSON or --n-features and --task-type")
+    return spec
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from evaluator.agent import Agent
+    from evaluator.client import HubClient, HubError
+
+    config = load_config(args.config)
+    agent = Agent(config, HubClient.from_config(config))
+
+    def _stop(signum: int, frame: Any) -> None:
+        logging.getLogger("evaluator").info(
+            "signal %s: finishing the current job, then exiting", signum
+        )
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if args.once:
+        try:
+            worked = agent.run_once()
+        except HubError as exc:
+            print(f"hub error: {exc}", file=sys.stderr)
+            return 3
+        print("processed one job" if worked else "no job queued")
+        return 0
+    agent.run_forever()
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from evaluator.client import HubClient, HubError
+    from evaluator.datasets import DatasetError, register_task_data
+
+    config = load_config(args.config, require_hub=not args.no_report)
+    spec = _input_spec(args)
+    try:
+        meta = register_task_data(
+            data_dir=config.data_dir,
+            task_id=args.task,
+            features_path=args.features,
+            labels_path=args.labels,
+            input_spec=spec,
+        )
+    except DatasetError as exc:
+        print(f"invalid data: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(meta, indent=2))
+    if args.no_report:
+        return 0
+    task_id: int | str = int(args.task) if args.task.isdigit() else args.task
+    try:
+        HubClient.from_config(config).register_shard(
+            task_id=task_id,
+            row_count=meta["row_count"],
+            fingerprint=meta["fingerprint"],
+            split_sizes=meta["split_sizes"],
+        )
+    except HubError as exc:
+        print(f"stored locally, but the hub did not accept the shard: {exc}", file=sys.stderr)
+        return 3
+    print("shard reported to the hub", file=sys.stderr)
+    return 0
+
+
+def _cmd_ledger_export(args: argparse.Namespace) -> int:
+    from evaluator.ledger import Ledger, LedgerError
+
+    config = load_config(args.config, require_hub=False)
+    ledger = Ledger(config.ledger_path)
+    try:
+        if args.csv:
+            n = ledger.export_csv(args.csv)
+            print(f"{n} entries written to {args.csv}", file=sys.stderr)
+        else:
+            for entry in ledger.iter_entries():
+                sys.stdout.write(entry.to_json_line().decode("ascii"))
+    except LedgerError as exc:
+        print(f"ledger error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "register-data":
+            return _cmd_register(args)
+        return _cmd_ledger_export(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

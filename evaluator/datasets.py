@@ -1,0 +1,298 @@
+"""The site's private data store.
+
+Layout under ``data_dir/tasks/<task_id>/``::
+
+    features/features.npy   float32 (n_rows, n_features)  -- the ONLY folder mounted into a sandbox
+    labels/labels.npy       int64 class indices or float64 values; never mounted for evaluation
+    meta.json               row count, fingerprint, spec
+
+Features and labels live in separate folders so that mounting the features folder (or the
+parent of ``features.npy``) can never expose the labels. The labels folder and ``meta.json`` are
+owner-only (0700/0600); the features folder is world-readable (0755/0644) because the sandbox
+runs as uid 65534 and reads it through a read-only bind mount.
+
+The fingerprint is a sha256 over each stored array's dtype, shape and bytes; it is reported to
+the hub and checked again whenever the agent loads the data for a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TASK_TYPES = ("binary_classification", "multiclass_classification", "regression")
+FEATURES_FILE = "features.npy"
+LABELS_FILE = "labels.npy"
+MAX_FEATURES = 1_000_000
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class DatasetError(ValueError):
+    """Base class of data store errors; ``reason`` is the coarse failure reason for the hub."""
+
+    reason = "data_unavailable"
+
+
+class InvalidData(DatasetError):
+    """The owner's files do not match the task's input spec."""
+
+
+class DataUnavailable(DatasetError):
+    """No (intact) data is stored for this task on this site."""
+
+
+@dataclass(frozen=True)
+class TaskData:
+    task_id: str
+    task_type: str
+    n_features: int
+    n_classes: int | None
+    row_count: int
+    fingerprint: str
+    features_dir: Path
+    features_path: Path
+    labels: np.ndarray
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {"test": self.row_count}
+
+
+def task_dir(data_dir: str | os.PathLike[str], task_id: int | str) -> Path:
+    tid = str(task_id)
+    if not _TASK_ID.match(tid) or tid in {".", ".."}:
+        raise InvalidData(f"task id {tid!r} is not a valid identifier")
+    return Path(data_dir) / "tasks" / tid
+
+
+def fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for name, arr in (("features", features), ("labels", labels)):
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{name}:{arr.dtype.str}:{list(arr.shape)}\n".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+# --- reading the owner's files -------------------------------------------------------------
+
+
+def _read_table(path: Path) -> np.ndarray:
+    """Read .npy, .csv or .parquet into an array (2-D for tables); no pickle, ever."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise InvalidData(f"{path} is not a file")
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise InvalidData(f"{path}: not a plain .npy array ({exc})") from None
+    import pandas as pd
+
+    if suffix == ".csv":
+        try:
+            df = pd.read_csv(path, header=None)
+            if len(df) and not _row_is_numeric(df.iloc[0]):
+                df = pd.read_csv(path, header=0)  # the first row is a header
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise InvalidData(f"{path}: cannot read CSV ({exc})") from None
+    elif suffix in {".parquet", ".pq"}:
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several unrelated types
+            raise InvalidData(f"{path}: cannot read Parquet ({type(exc).__name__})") from None
+    else:
+        raise InvalidData(f"{path}: unsupported file type {suffix!r} (use .npy, .csv or .parquet)")
+    non_numeric = [str(c) for c in df.columns if not (pd.api.types.is_numeric_dtype(df[c]))]
+    if non_numeric:
+        raise InvalidData(f"{path}: non-numeric column(s): {', '.join(non_numeric[:5])}")
+    return df.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _row_is_numeric(row: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.to_numeric(row, errors="coerce").notna().all())
+
+
+def _validate_features(raw: np.ndarray, n_features: int) -> np.ndarray:
+    if raw.dtype.kind not in "biuf":
+        raise InvalidData(f"features must be numeric, got dtype {raw.dtype}")
+    if raw.ndim == 1 and n_features == 1:
+        raw = raw.reshape(-1, 1)
+    if raw.ndim != 2:
+        raise InvalidData(f"features must be a 2-D table, got {raw.ndim} dimension(s)")
+    if raw.shape[1] != n_features:
+        raise InvalidData(f"features have {raw.shape[1]} columns; the input spec says {n_features}")
+    if raw.shape[0] == 0:
+        raise InvalidData("features have no rows")
+    if not np.all(np.isfinite(raw)):
+        raise InvalidData("features contain NaN or infinite values")
+    if np.abs(raw).max() > np.finfo(np.float32).max:
+        raise InvalidData("features overflow float32")
+    return np.ascontiguousarray(raw, dtype=np.float32)
+
+
+def _validate_labels(
+    raw: np.ndarray, *, n_rows: int, task_type: str, n_classes: int | None
+) -> np.ndarray:
+    if raw.ndim == 2 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim != 1:
+        raise InvalidData(f"labels must be a single column, got shape {raw.shape}")
+    if raw.shape[0] != n_rows:
+        raise InvalidData(f"{raw.shape[0]} labels for {n_rows} feature rows")
+    if raw.dtype.kind not in "biuf":
+        raise InvalidData(f"labels must be numeric, got dtype {raw.dtype}")
+    values = raw.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InvalidData("labels contain NaN or infinite values")
+    if task_type == "regression":
+        return np.ascontiguousarray(values)
+    assert n_classes is not None
+    if not np.all(values == np.round(values)):
+        raise InvalidData("classification labels must be integer class indices")
+    labels = values.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise InvalidData(f"labels must be class indices in 0..{n_classes - 1}")
+    if np.unique(labels).size < 2:
+        raise InvalidData(
+            "classification labels contain a single class; metrics would be undefined"
+        )
+    return np.ascontiguousarray(labels)
+
+
+def _spec(input_spec: Mapping[str, Any], task_type: str | None) -> tuple[str, int, int | None]:
+    task_type = task_type or input_spec.get("task_type")
+    if task_type not in TASK_TYPES:
+        raise InvalidData(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
+    n_features = input_spec.get("n_features")
+    if (
+        isinstance(n_features, bool)
+        or not isinstance(n_features, int)
+        or not 0 < n_features <= MAX_FEATURES
+    ):
+        raise InvalidData("input_spec.n_features must be a positive integer")
+    dtype = input_spec.get("dtype", "float32")
+    if dtype != "float32":
+        raise InvalidData("input_spec.dtype must be float32")
+    n_classes = input_spec.get("n_classes")
+    if task_type == "binary_classification":
+        if n_classes not in (None, 2):
+            raise InvalidData("a binary task has n_classes = 2")
+        n_classes = 2
+    elif task_type == "multiclass_classification":
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+            raise InvalidData("a multiclass task needs input_spec.n_classes >= 2")
+    else:
+        n_classes = None
+    return task_type, n_features, n_classes
+
+
+# --- storing ---------------------------------------------------------------------------------
+
+
+def _save_npy(arr: np.ndarray, dest: Path, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def register_task_data(
+    *,
+    data_dir: str | os.PathLike[str],
+    task_id: int | str,
+    features_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str],
+    input_spec: Mapping[str, Any],
+    task_type: str | None = None,
+) -> dict[str, Any]:
+    """Validate the owner's features and labels, store them, and return the shard metadata.
+
+    ``task_type`` may also come from ``input_spec["task_type"]``. Returns ``task_id``,
+    ``row_count``, ``fingerprint``, ``split_sizes`` (``{"test": n}``), ``task_type``,
+    ``n_features``, ``n_classes``. Replaces any data stored before for the task.
+    """
+    task_type, n_features, n_classes = _spec(input_spec, task_type)
+    root = task_dir(data_dir, task_id)
+    features = _validate_features(_read_table(Path(features_path)), n_features)
+    labels = _validate_labels(
+        _read_table(Path(labels_path)),
+        n_rows=features.shape[0],
+        task_type=task_type,
+        n_classes=n_classes,
+    )
+    fp = fingerprint(features, labels)
+    features_dir, labels_dir = root / "features", root / "labels"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o711)  # noqa: S103 - traversable, not listable
+    features_dir.mkdir(exist_ok=True)
+    labels_dir.mkdir(exist_ok=True)
+    os.chmod(features_dir, 0o755)  # noqa: S103 - the sandbox user (65534) reads features
+    os.chmod(labels_dir, 0o700)
+    _save_npy(features, features_dir / FEATURES_FILE, 0o644)
+    _save_npy(labels, labels_dir / LABELS_FILE, 0o600)
+    meta = {
+        "task_id": str(task_id),
+        "task_type": task_type,
+        "n_features": n_features,
+        "n_classes": n_classes,
+        "row_count": int(features.shape[0]),
+        "fingerprint": fp,
+        "split_sizes": {"test": int(features.shape[0])},
+    }
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".meta-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / "meta.json")
+    return meta
+
+
+def load_task_data(
+    *, data_dir: str | os.PathLike[str], task_id: int | str, verify: bool = True
+) -> TaskData:
+    """The stored shard for a task; raises ``DataUnavailable`` if missing or altered."""
+    root = task_dir(data_dir, task_id)
+    try:
+        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        features_path = root / "features" / FEATURES_FILE
+        labels = np.load(root / "labels" / LABELS_FILE, allow_pickle=False)
+        features = np.load(features_path, allow_pickle=False, mmap_mode="r") if verify else None
+    except (OSError, ValueError) as exc:
+        raise DataUnavailable(
+            f"no usable data stored for task {task_id}: {type(exc).__name__}"
+        ) from None
+    if verify:
+        assert features is not None
+        if fingerprint(np.asarray(features), labels) != meta.get("fingerprint"):
+            raise DataUnavailable(f"stored data for task {task_id} does not match its fingerprint")
+    return TaskData(
+        task_id=str(task_id),
+        task_type=meta["task_type"],
+        n_features=int(meta["n_features"]),
+        n_classes=meta.get("n_classes"),
+        row_count=int(meta["row_count"]),
+        fingerprint=meta["fingerprint"],
+        features_dir=root / "features",
+        features_path=features_path,
+        labels=labels,
+    )

@@ -1,0 +1,239 @@
+"""Leaderboard metrics, computed on the site with scikit-learn.
+
+Every metric follows scikit-learn's convention ``metric(y_true, y_pred, *, sample_weight=None)``
+and is registered with its direction (``higher`` or ``lower`` is better) and the prediction it
+needs:
+
+- ``labels``: class indices; probabilities are turned into labels with argmax (binary: P(class 1)
+  > 0.5, which is the same thing);
+- ``probabilities``: an ``(n_rows, n_classes)`` probability matrix (binary: P(class 1) for
+  ``roc_auc``);
+- ``values``: regression outputs, shape ``(n_rows,)``.
+
+The model's raw output (``docs/model-contract.md``) is normalised once by
+:func:`class_probabilities` or :func:`regression_values`; a malformed output raises
+``InvalidPredictions`` (coarse reason ``invalid_output``). Labels never reach the sandbox: they are
+only read here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from sklearn import metrics as skm
+
+TASK_TYPES = ("binary_classification", "multiclass_classification", "regression")
+CLASSIFICATION = frozenset({"binary_classification", "multiclass_classification"})
+REGRESSION = frozenset({"regression"})
+
+# Probability rows must sum to 1 within this tolerance; they are then renormalised exactly.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+class MetricError(ValueError):
+    """A metric name is unknown or does not apply to the task type."""
+
+    reason = "policy_violation"
+
+
+class InvalidPredictions(ValueError):
+    """The model's output cannot be read as the predictions the metrics need."""
+
+    reason = "invalid_output"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    direction: Literal["higher", "lower"]
+    needs: Literal["labels", "probabilities", "values"]
+    task_types: frozenset[str]
+    # fn(y_true, y_pred, *, n_classes, sample_weight) -> float
+    fn: Callable[..., float]
+
+    def __call__(
+        self,
+        y_true: Any,
+        y_pred: Any,
+        *,
+        n_classes: int | None = None,
+        sample_weight: Any = None,
+    ) -> float:
+        return float(self.fn(y_true, y_pred, n_classes=n_classes, sample_weight=sample_weight))
+
+
+def _average(n_classes: int | None) -> str:
+    return "binary" if (n_classes or 2) == 2 else "macro"
+
+
+def _accuracy(y, p, *, n_classes, sample_weight):
+    return skm.accuracy_score(y, p, sample_weight=sample_weight)
+
+
+def _balanced_accuracy(y, p, *, n_classes, sample_weight):
+    return skm.balanced_accuracy_score(y, p, sample_weight=sample_weight)
+
+
+def _f1(y, p, *, n_classes, sample_weight):
+    k = n_classes or 2
+    return skm.f1_score(
+        y,
+        p,
+        labels=list(range(k)),
+        average=_average(k),
+        sample_weight=sample_weight,
+        zero_division=0,
+    )
+
+
+def _roc_auc(y, proba, *, n_classes, sample_weight):
+    k = n_classes or proba.shape[1]
+    if k == 2:
+        return skm.roc_auc_score(y, proba[:, 1], sample_weight=sample_weight)
+    return skm.roc_auc_score(
+        y,
+        proba,
+        multi_class="ovr",
+        average="macro",
+        labels=list(range(k)),
+        sample_weight=sample_weight,
+    )
+
+
+def _log_loss(y, proba, *, n_classes, sample_weight):
+    k = n_classes or proba.shape[1]
+    return skm.log_loss(y, proba, labels=list(range(k)), sample_weight=sample_weight)
+
+
+def _mse(y, v, *, n_classes, sample_weight):
+    return skm.mean_squared_error(y, v, sample_weight=sample_weight)
+
+
+def _mae(y, v, *, n_classes, sample_weight):
+    return skm.mean_absolute_error(y, v, sample_weight=sample_weight)
+
+
+def _r2(y, v, *, n_classes, sample_weight):
+    return skm.r2_score(y, v, sample_weight=sample_weight)
+
+
+REGISTRY: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("accuracy", "higher", "labels", CLASSIFICATION, _accuracy),
+        Metric("balanced_accuracy", "higher", "labels", CLASSIFICATION, _balanced_accuracy),
+        Metric("roc_auc", "higher", "probabilities", CLASSIFICATION, _roc_auc),
+        Metric("f1", "higher", "labels", CLASSIFICATION, _f1),
+        Metric("log_loss", "lower", "probabilities", CLASSIFICATION, _log_loss),
+        Metric("mean_squared_error", "lower", "values", REGRESSION, _mse),
+        Metric("mean_absolute_error", "lower", "values", REGRESSION, _mae),
+        Metric("r2", "higher", "values", REGRESSION, _r2),
+    )
+}
+
+
+def get_metric(name: str, task_type: str | None = None) -> Metric:
+    metric = REGISTRY.get(name)
+    if metric is None:
+        raise MetricError(f"unknown metric {name!r}")
+    if task_type is not None and task_type not in metric.task_types:
+        raise MetricError(f"metric {name!r} does not apply to {task_type}")
+    return metric
+
+
+def check_metric_names(task_type: str, metric_names: Iterable[str]) -> list[str]:
+    """Validate a job's metric list against the registry; returns the names in order."""
+    if task_type not in TASK_TYPES:
+        raise MetricError(f"unknown task type {task_type!r}")
+    names = list(metric_names)
+    if not names:
+        raise MetricError("the task lists no metrics")
+    for name in names:
+        get_metric(name, task_type)
+    return names
+
+
+def class_probabilities(predictions: Any, *, n_rows: int, n_classes: int) -> np.ndarray:
+    """An ``(n_rows, n_classes)`` float64 probability matrix from the model's output.
+
+    Binary tasks accept 2 columns, or 1 column / a vector meaning P(class 1).
+    """
+    p = np.asarray(predictions, dtype=np.float64)
+    if n_classes == 2 and (p.ndim == 1 or (p.ndim == 2 and p.shape[1] == 1)):
+        p1 = p.reshape(-1)
+        p = np.stack([1.0 - p1, p1], axis=1)
+    if p.shape != (n_rows, n_classes):
+        raise InvalidPredictions(
+            f"expected probabilities of shape ({n_rows}, {n_classes}), got {p.shape}"
+        )
+    if not np.all(np.isfinite(p)):
+        raise InvalidPredictions("probabilities must be finite")
+    if p.min(initial=0.0) < -1e-6 or p.max(initial=0.0) > 1 + 1e-6:
+        raise InvalidPredictions("probabilities must lie in [0, 1]")
+    p = np.clip(p, 0.0, 1.0)
+    sums = p.sum(axis=1)
+    if n_rows and not np.all(np.abs(sums - 1.0) <= PROBABILITY_SUM_TOLERANCE):
+        raise InvalidPredictions("each row of class probabilities must sum to 1")
+    return p / sums[:, None]
+
+
+def regression_values(predictions: Any, *, n_rows: int) -> np.ndarray:
+    v = np.asarray(predictions, dtype=np.float64)
+    if v.ndim == 2 and v.shape[1] == 1:
+        v = v[:, 0]
+    if v.shape != (n_rows,):
+        raise InvalidPredictions(f"expected values of shape ({n_rows},), got {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise InvalidPredictions("values must be finite")
+    return v
+
+
+def compute_metrics(
+    task_type: str,
+    metric_names: Iterable[str],
+    y_true: Any,
+    predictions: Any,
+    *,
+    n_classes: int | None = None,
+    sample_weight: Any = None,
+) -> dict[str, float]:
+    """Compute each named metric of ``predictions`` against ``y_true``.
+
+    ``n_classes`` defaults to 2 for binary tasks and to the prediction's column count for
+    multiclass tasks. Raises ``MetricError`` for an unknown or inapplicable metric,
+    ``InvalidPredictions`` for malformed predictions, and ``ValueError`` when a metric is
+    undefined on this data (e.g. ROC AUC with a single class present).
+    """
+    names = check_metric_names(task_type, metric_names)
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise ValueError("y_true must be one-dimensional")
+    n_rows = y.shape[0]
+    results: dict[str, float] = {}
+    if task_type == "regression":
+        values = regression_values(predictions, n_rows=n_rows)
+        inputs = {"values": values}
+    else:
+        if n_classes is None:
+            pred = np.asarray(predictions)
+            n_classes = (
+                2
+                if task_type == "binary_classification"
+                else (pred.shape[1] if pred.ndim == 2 else 0)
+            )
+        if n_classes < 2:
+            raise InvalidPredictions("classification needs at least 2 classes")
+        proba = class_probabilities(predictions, n_rows=n_rows, n_classes=n_classes)
+        y = y.astype(np.int64)
+        inputs = {"probabilities": proba, "labels": np.argmax(proba, axis=1)}
+    for name in names:
+        metric = REGISTRY[name]
+        value = metric(y, inputs[metric.needs], n_classes=n_classes, sample_weight=sample_weight)
+        if not math.isfinite(value):
+            raise ValueError(f"metric {name} is undefined on this data")
+        results[name] = value
+    return results

@@ -1,0 +1,145 @@
+"""Defensive reading of what a sandbox left in its output folder.
+
+The folder was writable by vendor code, so everything in it is hostile until checked:
+only the one expected name, ``lstat`` before opening, a regular file with one link
+(no symlink, FIFO, device or hard link to a site file), opened with ``O_NOFOLLOW`` and
+``O_NONBLOCK`` (a FIFO swapped in cannot hang us), size capped before reading, the
+``.npy`` header parsed and checked against the data size before any allocation,
+never unpickled, then a fixed schema: rows, shape for the task type, numeric dtype,
+finite values, probabilities within [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from evaluator.sandbox import PREDICTIONS_NAME, InvalidOutput
+
+PROBABILITY_TOLERANCE: Final = 1e-4
+PROBABILITY_SUM_TOLERANCE: Final = 1e-3
+NUMERIC_KINDS: Final = frozenset("fiu")
+TASK_TYPES: Final = frozenset({"binary_classification", "multiclass_classification", "regression"})
+
+
+def _read_capped(path: Path, max_bytes: int) -> bytes:
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError as exc:
+        raise InvalidOutput("no predictions were written") from exc
+    if not stat.S_ISREG(before.st_mode):
+        raise InvalidOutput("the predictions are not a regular file")
+    if before.st_nlink != 1:
+        raise InvalidOutput("the predictions file has more than one link")
+    if before.st_size > max_bytes:
+        raise InvalidOutput("the predictions file is too large")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidOutput("the predictions file cannot be opened") from exc
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        # Same inode as the one checked, and still a plain single-link file.
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise InvalidOutput("the predictions file changed while being read")
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > max_bytes:
+            raise InvalidOutput("the predictions file changed while being read")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InvalidOutput("the predictions file is too large")
+    return data
+
+
+def parse_npy(data: bytes) -> np.ndarray:
+    """A numeric array from ``.npy`` bytes, without pickle and without trusting the
+    header's shape for an allocation (it must match the bytes that are there)."""
+    fh = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise InvalidOutput("unsupported .npy version")
+    except InvalidOutput:
+        raise
+    except Exception as exc:  # numpy raises ValueError, OSError, SyntaxError, ...
+        raise InvalidOutput("the predictions are not a .npy array") from exc
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise InvalidOutput("the predictions must be a plain numeric array")
+    if dtype.kind not in NUMERIC_KINDS:
+        raise InvalidOutput(f"the predictions have non-numeric dtype {dtype.str}")
+    if len(shape) not in (1, 2) or any(d < 0 for d in shape):
+        raise InvalidOutput(f"the predictions have unexpected shape {shape}")
+    count = 1
+    for d in shape:
+        count *= d
+    payload = data[fh.tell() :]
+    if len(payload) != count * dtype.itemsize:
+        raise InvalidOutput("the predictions file size does not match its header")
+    flat = np.frombuffer(payload, dtype=dtype, count=count)
+    array = flat.reshape(shape, order="F" if fortran else "C")
+    return np.array(array, dtype=np.float64)  # a native, writable copy
+
+
+def validate_predictions(
+    array: np.ndarray, *, n_rows: int, task_type: str, n_classes: int | None
+) -> np.ndarray:
+    """Check the fixed schema; returns the array unchanged (float64)."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task type {task_type!r}")
+    if array.ndim == 0 or array.shape[0] != n_rows:
+        raise InvalidOutput(f"expected {n_rows} rows, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise InvalidOutput("the predictions contain NaN or infinite values")
+    if task_type == "regression":
+        if not (array.ndim == 1 or array.shape[1] == 1):
+            raise InvalidOutput(f"regression needs shape (n,) or (n, 1), got {array.shape}")
+        return array
+    if task_type == "binary_classification":
+        if n_classes not in (None, 2):
+            raise ValueError("a binary task has 2 classes")
+        if not (array.ndim == 1 or array.shape[1] in (1, 2)):
+            raise InvalidOutput(f"binary needs shape (n,), (n, 1) or (n, 2), got {array.shape}")
+    else:
+        if n_classes is None or n_classes < 2:
+            raise ValueError("a multiclass task needs n_classes >= 2")
+        if array.ndim != 2 or array.shape[1] != n_classes:
+            raise InvalidOutput(f"multiclass needs shape (n, {n_classes}), got {array.shape}")
+    if array.size and (
+        array.min() < -PROBABILITY_TOLERANCE or array.max() > 1 + PROBABILITY_TOLERANCE
+    ):
+        raise InvalidOutput("probabilities must lie in [0, 1]")
+    if array.ndim == 2 and array.shape[1] >= 2:
+        if not np.all(np.abs(array.sum(axis=1) - 1.0) <= PROBABILITY_SUM_TOLERANCE):
+            raise InvalidOutput("each row of class probabilities must sum to 1")
+    return array
+
+
+def load_predictions(
+    out_dir: Path, *, n_rows: int, task_type: str, n_classes: int | None, max_bytes: int
+) -> np.ndarray:
+    """The validated predictions (float64, shape as written) from a sandbox's output folder.
+
+    Raises ``InvalidOutput`` for anything but exactly one well-formed ``predictions.npy``.
+    """
+    try:
+        dir_stat = os.lstat(out_dir)
+        names = os.listdir(out_dir)
+    except OSError as exc:
+        raise InvalidOutput("the output folder cannot be read") from exc
+    if not stat.S_ISDIR(dir_stat.st_mode):
+        raise InvalidOutput("the output folder is not a folder")
+    if names != [PREDICTIONS_NAME]:
+        raise InvalidOutput(
+            "no predictions were written" if not names else "unexpected files in the output"
+        )
+    data = _read_capped(out_dir / PREDICTIONS_NAME, max_bytes)
+    array = parse_npy(data)
+    return validate_predictions(array, n_rows=n_rows, task_type=task_type, n_classes=n_classes)

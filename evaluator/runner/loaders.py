@@ -1,0 +1,112 @@
+"""One loader per model format; each returns ``predict(batch) -> array``.
+
+Loading a vendor artifact runs vendor-controlled code (pickle, TorchScript, ONNX
+custom ops, ``model.py``); that is why these functions exist only in the sandbox.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], Any]
+
+
+def load_torchscript(path: Path) -> Predictor:
+    import torch
+
+    module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+
+    def predict(batch: np.ndarray) -> Any:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(np.ascontiguousarray(batch)))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.detach().cpu().numpy()
+
+    return predict
+
+
+def load_sklearn(path: Path) -> Predictor:
+    import joblib
+
+    estimator = joblib.load(str(path))
+    # Classifiers give probabilities (the contract); regressors have no predict_proba.
+    method = getattr(estimator, "predict_proba", None) or getattr(estimator, "predict", None)
+    if method is None:
+        raise TypeError("the sklearn artifact has neither predict_proba nor predict")
+    return method
+
+
+def _onnx_array(value: Any) -> np.ndarray:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        # skl2onnx's ZipMap: one {class: probability} dict per row.
+        keys = sorted(value[0])
+        return np.array([[row[k] for k in keys] for row in value], dtype=np.float32)
+    return np.asarray(value)
+
+
+def load_onnx(path: Path) -> Predictor:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    session = ort.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise TypeError(f"the ONNX model must have one input, it has {len(inputs)}")
+    input_name = inputs[0].name
+    input_dtype = np.float64 if "double" in inputs[0].type else np.float32
+    outputs = session.get_outputs()
+    # Classifiers exported by skl2onnx have (label, probabilities): take the probabilities.
+    chosen = outputs[-1] if len(outputs) > 1 else outputs[0]
+    for out in outputs:
+        if "prob" in out.name.lower():
+            chosen = out
+            break
+    output_name = chosen.name
+
+    def predict(batch: np.ndarray) -> Any:
+        result = session.run([output_name], {input_name: batch.astype(input_dtype, copy=False)})
+        return _onnx_array(result[0])
+
+    return predict
+
+
+def load_python_package(model_dir: Path) -> Predictor:
+    model_file = model_dir / "model.py"
+    if not model_file.is_file():
+        raise FileNotFoundError("model.py is missing from the model package")
+    # Let model.py import helper modules shipped next to it.
+    sys.path.insert(0, str(model_dir))
+    spec = importlib.util.spec_from_file_location("vendor_model", model_file)
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot import model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vendor_model"] = module
+    spec.loader.exec_module(module)
+    load = getattr(module, "load", None)
+    predict_fn = getattr(module, "predict", None)
+    if not callable(load) or not callable(predict_fn):
+        raise TypeError("model.py must define load(model_dir) and predict(model, features)")
+    model = load(str(model_dir))
+
+    def predict(batch: np.ndarray) -> Any:
+        return predict_fn(model, batch)
+
+    return predict
+
+
+LOADERS: dict[str, Callable[[Path], Predictor]] = {
+    "torchscript": load_torchscript,
+    "sklearn": load_sklearn,
+    "onnx": load_onnx,
+    "python_package": load_python_package,
+}

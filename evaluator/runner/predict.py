@@ -1,0 +1,77 @@
+"""Batched prediction: features in, one float32 ``.npy`` out (never pickled)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EXIT_INPUT, EXIT_LOAD, EXIT_OUTPUT, EXIT_PREDICT, RunnerError
+from .loaders import LOADERS, Predictor
+
+
+def read_features(path: Path) -> np.ndarray:
+    try:
+        features = np.load(str(path), allow_pickle=False, mmap_mode="r")
+    except Exception as exc:
+        raise RunnerError(EXIT_INPUT, f"cannot read features: {type(exc).__name__}") from exc
+    if not isinstance(features, np.ndarray) or features.ndim != 2:
+        raise RunnerError(EXIT_INPUT, "features must be a 2-D array")
+    return features
+
+
+def load_model(model_format: str, model_path: Path) -> Predictor:
+    loader = LOADERS.get(model_format)
+    if loader is None:
+        raise RunnerError(EXIT_LOAD, f"unknown model format {model_format!r}")
+    try:
+        return loader(model_path)
+    except Exception as exc:
+        raise RunnerError(EXIT_LOAD, f"cannot load model: {type(exc).__name__}: {exc}") from exc
+
+
+def _as_float32(value: object, n_expected: int) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise RunnerError(EXIT_PREDICT, f"predictions have non-numeric dtype {array.dtype}")
+    if array.ndim == 0 or array.shape[0] != n_expected:
+        raise RunnerError(
+            EXIT_PREDICT, f"a batch of {n_expected} rows gave predictions of shape {array.shape}"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+def predict_batches(predict: Predictor, features: np.ndarray, batch_size: int) -> np.ndarray:
+    parts: list[np.ndarray] = []
+    for start in range(0, features.shape[0], batch_size):
+        batch = np.ascontiguousarray(features[start : start + batch_size], dtype=np.float32)
+        try:
+            raw = predict(batch)
+        except Exception as exc:
+            raise RunnerError(EXIT_PREDICT, f"predict failed: {type(exc).__name__}: {exc}") from exc
+        parts.append(_as_float32(raw, batch.shape[0]))
+    if not parts:
+        raise RunnerError(EXIT_INPUT, "features have no rows")
+    if len({p.shape[1:] for p in parts}) != 1:
+        raise RunnerError(EXIT_PREDICT, "batches gave predictions of different shapes")
+    return np.concatenate(parts, axis=0)
+
+
+def write_predictions(path: Path, predictions: np.ndarray) -> None:
+    try:
+        # O_EXCL|O_NOFOLLOW: never write through something already placed at the path.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(predictions, dtype=np.float32), allow_pickle=False)
+    except OSError as exc:
+        raise RunnerError(EXIT_OUTPUT, f"cannot write predictions: {exc.strerror}") from exc
+
+
+def run_predict(
+    *, model_format: str, model_path: Path, features_path: Path, output_path: Path, batch_size: int
+) -> None:
+    features = read_features(features_path)
+    predict = load_model(model_format, model_path)
+    predictions = predict_batches(predict, features, batch_size)
+    write_predictions(output_path, predictions)

@@ -1,0 +1,494 @@
+"""Every Docker call of the site agent: one hardened, throw-away container per run.
+
+Security decisions (SECURITY.md section 1) live here:
+
+- the run profile is a module constant; vendors and the hub pass no flags, only values
+  we validate (format from an enum, numeric limits), and ``container_config`` is a pure
+  function so a unit test pins the profile without an engine;
+- the image is pinned by id before the run (a tag moved between check and run cannot
+  swap the code that runs);
+- model and features are bind-mounted read-only, file by file (a labels file next to the
+  features is never visible); one fresh output folder is the only writable path that
+  survives the container;
+- the host enforces the wall-clock timeout (kill, then remove), reads ``State.OOMKilled``
+  (a killed child can leave exit code 0), caps the output folder while the run goes on,
+  and always removes the container; containers are never reused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig, Mount, Ulimit
+
+MiB: Final = 1024 * 1024
+
+SANDBOX_UID: Final = 65534  # nobody:nogroup
+SANDBOX_USER: Final = f"{SANDBOX_UID}:{SANDBOX_UID}"
+SANDBOX_LABEL: Final = "vaultbench.sandbox"
+
+MODEL_FORMATS: Final = frozenset({"torchscript", "sklearn", "onnx", "python_package"})
+# Fixed in-container names: nothing vendor-chosen ever reaches the argv or a mount target.
+MODEL_TARGETS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "torchscript": "/model/model.pt",
+        "sklearn": "/model/model.joblib",
+        "onnx": "/model/model.onnx",
+        "python_package": "/model",
+    }
+)
+FEATURES_TARGET: Final = "/data/features.npy"
+OUTPUT_TARGET: Final = "/out"
+PREDICTIONS_NAME: Final = "predictions.npy"
+RUNNER_ENTRYPOINT: Final = ("python3", "-m", "runner")
+MAX_BATCH_SIZE: Final = 1 << 20
+MAX_OUTPUT_ENTRIES: Final = 16  # only one file is valid; the rest is there to stop a flood early
+LOG_TAIL_BYTES: Final = 64 * 1024
+
+# The fixed part of the profile. Nothing here depends on the job.
+RUN_PROFILE: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "network_mode": "none",
+        "read_only": True,
+        "user": SANDBOX_USER,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "privileged": False,
+        "init": True,
+        "ipc_mode": "private",
+        "shm_size": "256m",
+        "environment": {
+            "HOME": "/tmp",  # noqa: S108 - the container's private tmpfs
+            "TMPDIR": "/tmp",  # noqa: S108
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+        },
+        "hostname": "sandbox",
+        "stdin_open": False,
+        "tty": False,
+        "auto_remove": False,  # we must inspect State.OOMKilled before removing
+        # Bounded logs: a vendor printing forever must not fill the site's disk.
+        "log_config": LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+    }
+)
+
+
+class SandboxError(Exception):
+    """Base of the sandbox exception tree. ``reason`` is the coarse, fixed failure
+    reason that may leave the site; ``logs`` and ``exit_code`` are for the site owner only."""
+
+    reason: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        logs: str = "",
+        exit_code: int | None = None,
+        container_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.logs = logs
+        self.exit_code = exit_code
+        self.container_id = container_id
+
+
+class SandboxTimeout(SandboxError):
+    reason = "timeout"
+
+
+class SandboxOutOfMemory(SandboxError):
+    reason = "out_of_memory"
+
+
+class InvalidOutput(SandboxError):
+    reason = "invalid_output"
+
+
+class SandboxCrashed(SandboxError):
+    reason = "crashed"
+
+
+class SandboxUnavailable(SandboxError):
+    """The engine is unreachable, the image is missing, or the engine refused the run."""
+
+    reason = "internal_error"
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int
+    cpus: float
+    timeout_seconds: float
+    max_output_mb: int
+    pids: int = 256
+    scratch_mb: int = 256
+
+    def __post_init__(self) -> None:
+        # A compromised hub sends these values: refuse anything that loosens the sandbox.
+        checks = {
+            "memory_mb": 16 <= self.memory_mb <= 1024 * 1024,
+            "cpus": 0.01 <= self.cpus <= 1024,
+            "timeout_seconds": 0 < self.timeout_seconds <= 7 * 24 * 3600,
+            "max_output_mb": 1 <= self.max_output_mb <= 64 * 1024,
+            "pids": 8 <= self.pids <= 4096,
+            "scratch_mb": 1 <= self.scratch_mb <= 64 * 1024,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"resource limits out of range: {', '.join(bad)}")
+
+
+@dataclass(frozen=True)
+class SandboxRun:
+    predictions_path: Path
+    exit_code: int
+    logs: str = field(repr=False)  # truncated; for the site owner only, never the vendor
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A container configuration plus the host folder it may write to."""
+
+    config: Mapping[str, Any]
+    out_dir: Path
+    predictions_path: Path
+
+
+def container_config(
+    *,
+    image_id: str,
+    model_path: Path,
+    model_format: str,
+    features_path: Path,
+    out_dir: Path,
+    limits: Limits,
+    batch_size: int = 4096,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The ``containers.create`` kwargs for one prediction run (pure: no Docker calls)."""
+    if model_format not in MODEL_FORMATS:
+        raise ValueError(f"unknown model format {model_format!r}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError("batch_size out of range")
+    model_target = MODEL_TARGETS[model_format]
+    max_output_bytes = limits.max_output_mb * MiB
+    # RLIMIT_FSIZE caps every single file (docker passes raw setrlimit values: bytes).
+    fsize = max(max_output_bytes, limits.scratch_mb * MiB)
+    threads = str(max(1, int(limits.cpus + 0.999)))
+    config: dict[str, Any] = dict(RUN_PROFILE)
+    config["environment"] = {
+        **RUN_PROFILE["environment"],
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+    }
+    config.update(
+        image=image_id,
+        entrypoint=list(RUNNER_ENTRYPOINT),
+        command=[
+            "predict",
+            "--format",
+            model_format,
+            "--model",
+            model_target,
+            "--features",
+            FEATURES_TARGET,
+            "--output",
+            f"{OUTPUT_TARGET}/{PREDICTIONS_NAME}",
+            "--batch-size",
+            str(batch_size),
+        ],
+        name=name or f"vb-sandbox-{uuid.uuid4().hex[:16]}",
+        labels={SANDBOX_LABEL: "1"},
+        mounts=[
+            Mount(target=model_target, source=str(model_path), type="bind", read_only=True),
+            Mount(target=FEATURES_TARGET, source=str(features_path), type="bind", read_only=True),
+            Mount(target=OUTPUT_TARGET, source=str(out_dir), type="bind", read_only=False),
+        ],
+        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={limits.scratch_mb}m,mode=1777"},  # noqa: S108
+        mem_limit=f"{limits.memory_mb}m",
+        memswap_limit=f"{limits.memory_mb}m",  # equal: no swap on top of the memory cap
+        nano_cpus=int(limits.cpus * 1e9),
+        pids_limit=limits.pids,
+        ulimits=[
+            Ulimit(name="nofile", soft=1024, hard=1024),
+            Ulimit(name="core", soft=0, hard=0),
+            Ulimit(name="fsize", soft=fsize, hard=fsize),
+        ],
+    )
+    return config
+
+
+def _check_readable_by_sandbox(path: Path) -> None:
+    """The sandbox user must read the inputs; the site keeps them private by placing
+    them in a 0700 work dir (bind mounts do not need the parents to be traversable)."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise SandboxUnavailable(f"refusing to mount a symlink: {path}")
+    if not st.st_mode & stat.S_IROTH:
+        raise SandboxUnavailable(f"{path} is not readable by the sandbox user")
+    if stat.S_ISDIR(st.st_mode):
+        if not st.st_mode & stat.S_IXOTH:
+            raise SandboxUnavailable(f"{path} is not traversable by the sandbox user")
+        for child in path.iterdir():
+            _check_readable_by_sandbox(child)
+
+
+def make_output_dir(work_dir: Path) -> Path:
+    """A fresh, empty folder that only the sandbox user (and root) can write."""
+    out_dir = work_dir / f"out-{uuid.uuid4().hex}"
+    out_dir.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(out_dir, SANDBOX_UID, SANDBOX_UID)
+    else:  # an unprivileged agent cannot chown; the 0700 work_dir keeps others out
+        out_dir.chmod(0o777)
+    return out_dir
+
+
+def resolve_image(client: docker.DockerClient, image: str) -> str:
+    """The image id (``sha256:...``) for a tag, never pulling."""
+    try:
+        return str(client.images.get(image).id)
+    except docker.errors.ImageNotFound as exc:
+        raise SandboxUnavailable(f"sandbox image {image!r} is not present") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise SandboxUnavailable(f"docker engine error: {exc}") from exc
+
+
+def get_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise SandboxUnavailable(f"docker engine unreachable: {exc}") from exc
+    return client
+
+
+def prepare_prediction(
+    *,
+    image_id: str,
+    model_path: Path,
+    model_format: str,
+    features_path: Path,
+    work_dir: Path,
+    limits: Limits,
+    batch_size: int = 4096,
+) -> PreparedRun:
+    if model_format == "python_package" and not model_path.is_dir():
+        raise SandboxUnavailable("a python_package model must be a prepared folder")
+    if model_format != "python_package" and not model_path.is_file():
+        raise SandboxUnavailable("the model must be a regular file")
+    _check_readable_by_sandbox(model_path)
+    _check_readable_by_sandbox(features_path)
+    out_dir = make_output_dir(work_dir)
+    config = container_config(
+        image_id=image_id,
+        model_path=model_path.resolve(),
+        model_format=model_format,
+        features_path=features_path.resolve(),
+        out_dir=out_dir.resolve(),
+        limits=limits,
+        batch_size=batch_size,
+    )
+    return PreparedRun(config=config, out_dir=out_dir, predictions_path=out_dir / PREDICTIONS_NAME)
+
+
+def output_usage(out_dir: Path) -> tuple[int, int]:
+    """(bytes, entries) under ``out_dir``, never following links. Walks at most
+    ``MAX_OUTPUT_ENTRIES + 1`` entries: past that the run is invalid anyway."""
+    total = entries = 0
+    stack = [out_dir]
+    while stack and entries <= MAX_OUTPUT_ENTRIES:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    entries += 1
+                    if entries > MAX_OUTPUT_ENTRIES:
+                        break
+                    st = entry.stat(follow_symlinks=False)
+                    # Apparent size (what a reader would get) or disk use, whichever is larger.
+                    total += max(st.st_size, st.st_blocks * 512)
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(Path(entry.path))
+        except OSError:
+            continue
+    return total, entries
+
+
+def _remove(client: docker.DockerClient, container_id: str) -> None:
+    for _ in range(20):
+        try:
+            client.api.remove_container(container_id, force=True, v=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # removal already in progress
+                time.sleep(0.25)
+                continue
+            raise SandboxUnavailable(f"cannot remove container: {exc}") from exc
+    raise SandboxUnavailable("container removal did not finish")
+
+
+def _logs(client: docker.DockerClient, container_id: str) -> str:
+    try:
+        raw = client.api.logs(container_id, stdout=True, stderr=True, tail=500)
+    except docker.errors.DockerException:
+        return ""
+    return raw[-LOG_TAIL_BYTES:].decode("utf-8", errors="replace")
+
+
+def execute(
+    prepared: PreparedRun,
+    *,
+    limits: Limits,
+    client: docker.DockerClient | None = None,
+    poll_seconds: float = 0.2,
+) -> SandboxRun:
+    """Create, start and watch one container; always remove it.
+
+    Raises ``SandboxTimeout`` past ``limits.timeout_seconds`` (container killed),
+    ``InvalidOutput`` when the output folder grows past its cap (container killed),
+    ``SandboxOutOfMemory`` when the engine reports ``OOMKilled`` (whatever the exit
+    code), ``SandboxCrashed`` on a non-zero exit, ``SandboxUnavailable`` on engine errors.
+    """
+    client = client or get_client()
+    max_bytes = limits.max_output_mb * MiB
+    try:
+        container_id = str(client.containers.create(**prepared.config).id)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise SandboxUnavailable(f"cannot create the sandbox: {exc}") from exc
+
+    started = time.monotonic()
+    try:
+        try:
+            client.api.start(container_id)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxUnavailable(f"cannot start the sandbox: {exc}") from exc
+        deadline = started + limits.timeout_seconds
+        failure: SandboxError | None = None
+        while True:
+            state = client.api.inspect_container(container_id)["State"]
+            if not state["Running"]:
+                break
+            size, entries = output_usage(prepared.out_dir)
+            if size > max_bytes or entries > MAX_OUTPUT_ENTRIES:
+                failure = InvalidOutput("the output folder grew past its cap")
+            elif time.monotonic() >= deadline:
+                failure = SandboxTimeout(f"no exit after {limits.timeout_seconds} s")
+            if failure is not None:
+                _kill(client, container_id)
+                state = client.api.inspect_container(container_id)["State"]
+                break
+            time.sleep(poll_seconds)
+        duration = time.monotonic() - started
+        logs = _logs(client, container_id)
+        exit_code = int(state.get("ExitCode", -1))
+        if failure is not None:
+            failure.logs, failure.exit_code, failure.container_id = logs, exit_code, container_id
+            raise failure
+        if state.get("OOMKilled"):
+            raise SandboxOutOfMemory(
+                "the memory limit was hit",
+                logs=logs,
+                exit_code=exit_code,
+                container_id=container_id,
+            )
+        if exit_code != 0:
+            raise SandboxCrashed(
+                f"the runner exited with {exit_code}",
+                logs=logs,
+                exit_code=exit_code,
+                container_id=container_id,
+            )
+        size, entries = output_usage(prepared.out_dir)
+        if size > max_bytes or entries > MAX_OUTPUT_ENTRIES:
+            raise InvalidOutput(
+                "the output folder is past its cap",
+                logs=logs,
+                exit_code=exit_code,
+                container_id=container_id,
+            )
+        return SandboxRun(
+            predictions_path=prepared.predictions_path,
+            exit_code=exit_code,
+            logs=logs,
+            duration_seconds=duration,
+        )
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise SandboxUnavailable(f"docker engine error: {exc}") from exc
+    finally:
+        _kill(client, container_id)
+        _remove(client, container_id)
+
+
+def _kill(client: docker.DockerClient, container_id: str) -> None:
+    try:
+        client.api.kill(container_id)
+    except docker.errors.APIError:
+        pass  # already stopped (409) or gone (404)
+    try:
+        client.api.wait(container_id, timeout=30)
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        pass
+
+
+def run_prediction(
+    *,
+    image: str,
+    model_path: Path,
+    model_format: str,
+    features_path: Path,
+    work_dir: Path,
+    limits: Limits,
+    batch_size: int = 4096,
+    client: docker.DockerClient | None = None,
+) -> SandboxRun:
+    """Run the runner image on one prepared model and one features file.
+
+    ``model_path`` is a file for single-file formats and a folder for
+    ``python_package`` (see ``evaluator.artifacts.prepare_model``). The predictions are
+    NOT validated here: read them with ``evaluator.outputs.load_predictions``.
+    """
+    client = client or get_client()
+    prepared = prepare_prediction(
+        image_id=resolve_image(client, image),
+        model_path=model_path,
+        model_format=model_format,
+        features_path=features_path,
+        work_dir=work_dir,
+        limits=limits,
+        batch_size=batch_size,
+    )
+    return execute(prepared, limits=limits, client=client)
+
+
+__all__ = [
+    "RUN_PROFILE",
+    "InvalidOutput",
+    "Limits",
+    "PreparedRun",
+    "SandboxCrashed",
+    "SandboxError",
+    "SandboxOutOfMemory",
+    "SandboxRun",
+    "SandboxTimeout",
+    "SandboxUnavailable",
+    "container_config",
+    "execute",
+    "prepare_prediction",
+    "run_prediction",
+]

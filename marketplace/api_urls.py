@@ -1,0 +1,47 @@
+from django.urls import path
+
+from marketplace.accounts import apis as accounts
+from marketplace.catalog import apis as catalog
+from marketplace.jobs import agent_apis as agent
+from marketplace.jobs import apis as jobs
+from marketplace.leaderboard import apis as leaderboard
+from marketplace.sites import apis as sites
+from marketplace.submissions import apis as submissions
+
+urlpatterns = [
+    path("me", accounts.MeApi.as_view(), name="me"),
+    path("tokens", accounts.TokenListCreateApi.as_view(), name="tokens"),
+    path("tokens/<int:token_id>/revoke", accounts.TokenRevokeApi.as_view(), name="token-revoke"),
+    path("organizations", accounts.OrganizationListCreateApi.as_view(), name="organizations"),
+    path("organizations/<int:organization_id>", accounts.OrganizationDetailApi.as_view(), name="organization"),
+    path("organizations/<int:organization_id>/members", accounts.MemberAddApi.as_view(), name="organization-members"),
+    path("sites", sites.SiteListCreateApi.as_view(), name="sites"),
+    path("sites/<int:site_id>", sites.SiteDetailApi.as_view(), name="site"),
+    path("sites/<int:site_id>/tokens", sites.SiteTokenListCreateApi.as_view(), name="site-tokens"),
+    path("sites/<int:site_id>/tokens/<int:token_id>/revoke", sites.SiteTokenRevokeApi.as_view(), name="site-token-revoke"),
+    path("tasks", catalog.TaskListCreateApi.as_view(), name="tasks"),
+    path("tasks/<int:task_id>", catalog.TaskDetailApi.as_view(), name="task"),
+    path("tasks/<int:task_id>/open", catalog.TaskOpenApi.as_view(), name="task-open"),
+    path("tasks/<int:task_id>/close", catalog.TaskCloseApi.as_view(), name="task-close"),
+    path("tasks/<int:task_id>/sample", catalog.TaskSampleApi.as_view(), name="task-sample"),
+    path("tasks/<int:task_id>/shards", catalog.TaskShardListApi.as_view(), name="task-shards"),
+    path("tasks/<int:task_id>/access-requests", catalog.AccessRequestListCreateApi.as_view(), name="task-access-requests"),
+    path("tasks/<int:task_id>/access-requests/<int:vendor_id>/approve", catalog.AccessApproveApi.as_view(), name="task-access-approve"),
+    path("tasks/<int:task_id>/access-requests/<int:vendor_id>/reject", catalog.AccessRejectApi.as_view(), name="task-access-reject"),
+    path("tasks/<int:task_id>/quota", submissions.TaskQuotaApi.as_view(), name="task-quota"),
+    path("tasks/<int:task_id>/leaderboard", leaderboard.LeaderboardApi.as_view(), name="task-leaderboard"),
+    path("submissions", submissions.SubmissionListCreateApi.as_view(), name="submissions"),
+    path("submissions/<int:submission_id>", submissions.SubmissionDetailApi.as_view(), name="submission"),
+    path("submissions/<int:submission_id>/artifact", submissions.SubmissionArtifactApi.as_view(), name="submission-artifact"),
+    path("jobs", jobs.JobListApi.as_view(), name="jobs"),
+    path("jobs/<int:job_id>", jobs.JobDetailApi.as_view(), name="job"),
+    path("jobs/<int:job_id>/approve", jobs.JobApproveApi.as_view(), name="job-approve"),
+    path("jobs/<int:job_id>/reject", jobs.JobRejectApi.as_view(), name="job-reject"),
+    path("agent/heartbeat", agent.HeartbeatApi.as_view(), name="agent-heartbeat"),
+    path("agent/shards", agent.ShardRegisterApi.as_view(), name="agent-shards"),
+    path("agent/jobs/claim", agent.JobClaimApi.as_view(), name="agent-claim"),
+    path("agent/jobs/<int:job_id>/lease", agent.LeaseRenewApi.as_view(), name="agent-lease"),
+    path("agent/jobs/<int:job_id>/artifact", agent.ArtifactDownloadApi.as_view(), name="agent-artifact"),
+    path("agent/jobs/<int:job_id>/result", agent.ResultApi.as_view(), name="agent-result"),
+    path("agent/jobs/<int:job_id>/failure", agent.FailureApi.as_view(), name="agent-failure"),
+]

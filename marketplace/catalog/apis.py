@@ -1,0 +1,257 @@
+from django.conf import settings
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.accounts.access import access_acting_organization
+from marketplace.accounts.models import OrganizationKind
+from marketplace.catalog.access import access_task_by_id, access_task_for_owner
+from marketplace.catalog.filters import TaskFilter
+from marketplace.catalog.models import AccessEvent, DataShard, LeaderboardMode, Task, TaskType, Visibility
+from marketplace.catalog.selectors import access_events_for_task, task_list_visible_to
+from marketplace.catalog.services import (
+    task_access_decide,
+    task_access_request,
+    task_close,
+    task_create,
+    task_open,
+    task_sample_set,
+    task_update,
+)
+from marketplace.core.apis import IsPerson
+from marketplace.core.errors import NotFound
+
+
+class MetricSpecOutput(serializers.Serializer):
+    name = serializers.CharField()
+    direction = serializers.ChoiceField(choices=["higher", "lower"])
+    decimals = serializers.IntegerField()
+
+
+class TaskOutput(serializers.ModelSerializer):
+    organization = serializers.CharField(source="organization.name")
+    metrics = MetricSpecOutput(source="metric_specs", many=True)
+    site_count = serializers.IntegerField(read_only=True)
+    total_rows = serializers.IntegerField(read_only=True, allow_null=True)
+    has_sample = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Task
+        fields = [
+            "id", "slug", "title", "description", "organization", "task_type", "input_spec", "metrics",
+            "primary_metric", "visibility", "status", "opens_at", "closes_at", "quota_per_day", "quota_total",
+            "resource_limits", "show_per_site", "min_test_rows", "public_split_fraction", "leaderboard_mode",
+            "requires_job_approval", "fine_tuning_allowed", "site_count", "total_rows", "has_sample",
+            "created_at", "updated_at",
+        ]  # fmt: skip
+
+    def get_has_sample(self, task: Task) -> bool:
+        return bool(task.sample_file)
+
+
+class MetricInput(serializers.Serializer):
+    name = serializers.CharField()
+    decimals = serializers.IntegerField(default=4)
+
+
+class TaskInput(serializers.Serializer):
+    """Parses only; the rules live in catalog/specs.py and catalog/services.py."""
+
+    title = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True)
+    task_type = serializers.ChoiceField(choices=TaskType.choices)
+    input_spec = serializers.JSONField()
+    metrics = MetricInput(many=True)
+    primary_metric = serializers.CharField()
+    visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
+    opens_at = serializers.DateTimeField(required=False, allow_null=True)
+    closes_at = serializers.DateTimeField(required=False, allow_null=True)
+    quota_per_day = serializers.IntegerField(required=False, min_value=1)
+    quota_total = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    resource_limits = serializers.JSONField(required=False)
+    show_per_site = serializers.BooleanField(required=False)
+    min_test_rows = serializers.IntegerField(required=False, min_value=1)
+    public_split_fraction = serializers.FloatField(required=False)
+    leaderboard_mode = serializers.ChoiceField(choices=LeaderboardMode.choices, required=False)
+    requires_job_approval = serializers.BooleanField(required=False)
+    fine_tuning_allowed = serializers.BooleanField(required=False)
+    organization = serializers.IntegerField(required=False, write_only=True)
+
+
+class TaskListCreateApi(generics.ListAPIView):
+    serializer_class = TaskOutput
+    filterset_class = TaskFilter
+
+    def get_queryset(self):
+        return task_list_visible_to(user=self.request.user).order_by("-created_at", "-id")
+
+    def get_permissions(self):
+        return [IsPerson()] if self.request.method == "POST" else super().get_permissions()
+
+    @extend_schema(request=TaskInput, responses={201: TaskOutput}, tags=["tasks"])
+    def post(self, request):
+        data = TaskInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        spec = dict(data.validated_data)
+        organization = access_acting_organization(
+            request.user, kind=OrganizationKind.DATA_OWNER, organization_id=spec.pop("organization", None)
+        )
+        task = task_create(organization=organization, actor=request.user, spec=spec)
+        return Response(TaskOutput(access_task_by_id(request.user, task.id)).data, status=status.HTTP_201_CREATED)
+
+
+class TaskDetailApi(APIView):
+    @extend_schema(responses=TaskOutput, tags=["tasks"])
+    def get(self, request, task_id: int):
+        return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
+
+    @extend_schema(request=TaskInput(partial=True), responses=TaskOutput, tags=["tasks"])
+    def patch(self, request, task_id: int):
+        task = access_task_for_owner(request.user, task_id)
+        data = TaskInput(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        changes = dict(data.validated_data)
+        changes.pop("organization", None)
+        task_update(task=task, actor=request.user, changes=changes)
+        return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
+
+
+class TaskOpenApi(APIView):
+    permission_classes = [IsPerson]
+
+    @extend_schema(request=None, responses=TaskOutput, tags=["tasks"])
+    def post(self, request, task_id: int):
+        task_open(task=access_task_for_owner(request.user, task_id), actor=request.user)
+        return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
+
+
+class TaskCloseApi(APIView):
+    permission_classes = [IsPerson]
+
+    @extend_schema(request=None, responses=TaskOutput, tags=["tasks"])
+    def post(self, request, task_id: int):
+        task_close(task=access_task_for_owner(request.user, task_id), actor=request.user)
+        return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
+
+
+class TaskSampleInput(serializers.Serializer):
+    file = serializers.FileField()
+
+
+class TaskSampleApi(APIView):
+    parser_classes = [MultiPartParser]
+
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["tasks"])
+    def get(self, request, task_id: int):
+        task = access_task_by_id(request.user, task_id)
+        if not task.sample_file:
+            raise NotFound("This task has no public sample.")
+        return FileResponse(task.sample_file.open("rb"), as_attachment=True, filename=f"{task.slug}-sample")
+
+    @extend_schema(request={"multipart/form-data": TaskSampleInput}, responses=TaskOutput, tags=["tasks"])
+    def put(self, request, task_id: int):
+        task = access_task_for_owner(request.user, task_id)
+        data = TaskSampleInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        task_sample_set(
+            task=task, actor=request.user, sample=data.validated_data["file"],
+            max_bytes=settings.VAULTBENCH_MAX_SAMPLE_BYTES,
+        )  # fmt: skip
+        return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
+
+
+class TaskShardOutput(serializers.ModelSerializer):
+    site = serializers.CharField(source="site.name")
+
+    class Meta:
+        model = DataShard
+        fields = ["id", "site", "row_count", "fingerprint", "split_sizes", "registered_at", "updated_at"]
+
+
+class TaskShardListApi(generics.ListAPIView):
+    """The owner's view of which sites hold data for the task."""
+
+    permission_classes = [IsPerson]
+    serializer_class = TaskShardOutput
+    queryset = DataShard.objects.none()  # for the schema; real rows come from get_queryset
+
+    def get_queryset(self):
+        task = access_task_for_owner(self.request.user, self.kwargs["task_id"])
+        return DataShard.objects.filter(task=task).select_related("site").order_by("site__name")
+
+
+class AccessEventOutput(serializers.ModelSerializer):
+    vendor_id = serializers.IntegerField()
+    vendor = serializers.CharField(source="vendor.name")
+    actor = serializers.CharField(source="actor.username", allow_null=True)
+
+    class Meta:
+        model = AccessEvent
+        fields = ["id", "vendor_id", "vendor", "kind", "actor", "note", "created_at"]
+
+
+class AccessRequestInput(serializers.Serializer):
+    note = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    organization = serializers.IntegerField(required=False)
+
+
+class AccessRequestListCreateApi(generics.ListAPIView):
+    """Owners read the access log of their task; vendors ask for access to an invite-only task."""
+
+    permission_classes = [IsPerson]
+    serializer_class = AccessEventOutput
+    queryset = AccessEvent.objects.none()  # for the schema; real rows come from get_queryset
+
+
+    def get_queryset(self):
+        task = access_task_for_owner(self.request.user, self.kwargs["task_id"])
+        return access_events_for_task(task=task)
+
+    @extend_schema(request=AccessRequestInput, responses={201: AccessEventOutput}, tags=["tasks"])
+    def post(self, request, task_id: int):
+        data = AccessRequestInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        vendor = access_acting_organization(
+            request.user, kind=OrganizationKind.VENDOR, organization_id=data.validated_data.get("organization")
+        )
+        task = access_task_by_id(request.user, task_id)
+        event = task_access_request(
+            task=task, vendor=vendor, actor=request.user, note=data.validated_data.get("note", "")
+        )
+        return Response(AccessEventOutput(event).data, status=status.HTTP_201_CREATED)
+
+
+class AccessDecisionInput(serializers.Serializer):
+    note = serializers.CharField(max_length=500, required=False, allow_blank=True)
+
+
+class AccessDecisionApi(APIView):
+    permission_classes = [IsPerson]
+    approve = True
+
+
+    @extend_schema(request=AccessDecisionInput, responses=AccessEventOutput, tags=["tasks"])
+    def post(self, request, task_id: int, vendor_id: int):
+        task = access_task_for_owner(request.user, task_id)
+        data = AccessDecisionInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        event = task_access_decide(
+            task=task, vendor_id=vendor_id, approve=self.approve, actor=request.user,
+            note=data.validated_data.get("note", ""),
+        )  # fmt: skip
+        return Response(AccessEventOutput(event).data)
+
+
+class AccessApproveApi(AccessDecisionApi):
+    approve = True
+
+
+class AccessRejectApi(AccessDecisionApi):
+    approve = False
+
+

@@ -1,0 +1,121 @@
+from django.conf import settings
+from django.db import models
+
+from marketplace.catalog.metric_catalog import metric_direction
+
+
+class TaskType(models.TextChoices):
+    BINARY_CLASSIFICATION = "binary_classification", "Binary classification"
+    MULTICLASS_CLASSIFICATION = "multiclass_classification", "Multiclass classification"
+    REGRESSION = "regression", "Regression"
+
+
+class TaskStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    OPEN = "open", "Open"
+    CLOSED = "closed", "Closed"
+
+
+class Visibility(models.TextChoices):
+    PUBLIC = "public", "Public"
+    INVITE_ONLY = "invite_only", "Invite only"
+
+
+class LeaderboardMode(models.TextChoices):
+    PLAIN = "plain", "Plain (rounded scores)"
+    LADDER = "ladder", "Ladder"
+
+
+def _default_limits() -> dict:
+    return {"memory_mb": 1024, "cpus": 1.0, "timeout_seconds": 300, "max_output_mb": 64}
+
+
+class Task(models.Model):
+    """A private benchmark: metadata and policy only; its data never leaves the owner's sites."""
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="tasks")
+    title = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    task_type = models.CharField(max_length=32, choices=TaskType.choices)
+    input_spec = models.JSONField(help_text='e.g. {"n_features": 30, "dtype": "float32", "n_classes": 2}')
+    metrics = models.JSONField(help_text='e.g. [{"name": "roc_auc", "decimals": 4}]')
+    primary_metric = models.CharField(max_length=32)
+    visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
+    status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.DRAFT, db_index=True)
+    opens_at = models.DateTimeField(null=True, blank=True)
+    closes_at = models.DateTimeField(null=True, blank=True)
+    # Submission quotas per vendor organization.
+    quota_per_day = models.PositiveIntegerField(default=5)
+    quota_total = models.PositiveIntegerField(null=True, blank=True)
+    resource_limits = models.JSONField(default=_default_limits)
+    # Disclosure policy.
+    show_per_site = models.BooleanField(default=False)
+    min_test_rows = models.PositiveIntegerField(default=50)
+    public_split_fraction = models.FloatField(default=1.0)
+    leaderboard_mode = models.CharField(max_length=16, choices=LeaderboardMode.choices, default=LeaderboardMode.PLAIN)
+    requires_job_approval = models.BooleanField(default=False)
+    fine_tuning_allowed = models.BooleanField(default=False)
+    sample_file = models.FileField(upload_to="samples/", null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def metric_specs(self) -> list[dict]:
+        """The task's metrics with their direction filled in from the catalog."""
+        return [
+            {"name": m["name"], "direction": metric_direction(m["name"]), "decimals": m["decimals"]}
+            for m in self.metrics
+        ]
+
+    @property
+    def n_classes(self) -> int | None:
+        return self.input_spec.get("n_classes")
+
+
+class DataShard(models.Model):
+    """What a site reports about its part of a task's data: metadata only, never rows."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="shards")
+    site = models.ForeignKey("sites.Site", on_delete=models.CASCADE, related_name="shards")
+    row_count = models.PositiveIntegerField()
+    fingerprint = models.CharField(max_length=64)
+    split_sizes = models.JSONField(default=dict)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "site"], name="unique_shard_per_site")]
+
+    def __str__(self) -> str:
+        return f"{self.task} @ {self.site} ({self.row_count} rows)"
+
+
+class AccessEventKind(models.TextChoices):
+    REQUESTED = "requested", "Requested"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class AccessEvent(models.Model):
+    """Append-only log of a vendor's access to an invite-only task; the latest event decides."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="access_events")
+    vendor = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="access_events")
+    kind = models.CharField(max_length=16, choices=AccessEventKind.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    note = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["task", "vendor", "-id"])]
+
+    def __str__(self) -> str:
+        return f"{self.vendor} {self.kind} on {self.task}"

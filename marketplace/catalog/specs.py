@@ -1,0 +1,102 @@
+"""Validation of a task's specification and policy: pure functions, no database."""
+
+from typing import Any
+
+from marketplace.catalog.metric_catalog import METRICS
+from marketplace.core.errors import DomainError
+
+# The hub's own ceilings; each site applies its own (lower or equal) caps on top.
+MAX_MEMORY_MB = 16384
+MAX_CPUS = 8.0
+MAX_TIMEOUT_SECONDS = 6 * 3600
+MAX_OUTPUT_MB = 1024
+MAX_DECIMALS = 6
+
+TASK_TYPES = {"binary_classification", "multiclass_classification", "regression"}
+
+
+def _fail(field: str, message: str) -> None:
+    raise DomainError(message, code="invalid_spec", details={field: [message]})
+
+
+def validate_input_spec(task_type: str, input_spec: Any) -> dict:
+    if task_type not in TASK_TYPES:
+        _fail("task_type", f"Unknown task type {task_type!r}.")
+    if not isinstance(input_spec, dict):
+        _fail("input_spec", "input_spec must be an object.")
+    n_features = input_spec.get("n_features")
+    if not isinstance(n_features, int) or isinstance(n_features, bool) or not 1 <= n_features <= 100_000:
+        _fail("input_spec", "input_spec.n_features must be an integer between 1 and 100000.")
+    dtype = input_spec.get("dtype", "float32")
+    if dtype not in {"float32", "float64"}:
+        _fail("input_spec", "input_spec.dtype must be float32 or float64.")
+    spec = {"n_features": n_features, "dtype": dtype}
+    if task_type == "binary_classification":
+        if input_spec.get("n_classes", 2) != 2:
+            _fail("input_spec", "A binary classification task has n_classes = 2.")
+        spec["n_classes"] = 2
+    elif task_type == "multiclass_classification":
+        n_classes = input_spec.get("n_classes")
+        if not isinstance(n_classes, int) or isinstance(n_classes, bool) or not 3 <= n_classes <= 10_000:
+            _fail("input_spec", "A multiclass task needs input_spec.n_classes between 3 and 10000.")
+        spec["n_classes"] = n_classes
+    elif "n_classes" in input_spec:
+        _fail("input_spec", "A regression task has no n_classes.")
+    return spec
+
+
+def validate_metrics(task_type: str, metrics: Any, primary_metric: str) -> list[dict]:
+    if not isinstance(metrics, list) or not metrics:
+        _fail("metrics", "metrics must be a non-empty list.")
+    cleaned: list[dict] = []
+    seen: set[str] = set()
+    for item in metrics:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            _fail("metrics", 'Each metric is an object like {"name": "roc_auc", "decimals": 4}.')
+        name = item["name"]
+        info = METRICS.get(name)
+        if info is None:
+            _fail("metrics", f"Unknown metric {name!r}; known: {', '.join(sorted(METRICS))}.")
+        if task_type not in info.task_types:
+            _fail("metrics", f"Metric {name!r} does not apply to a {task_type} task.")
+        if name in seen:
+            _fail("metrics", f"Metric {name!r} is listed twice.")
+        decimals = item.get("decimals", 4)
+        if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= MAX_DECIMALS:
+            _fail("metrics", f"decimals must be an integer between 0 and {MAX_DECIMALS}.")
+        seen.add(name)
+        cleaned.append({"name": name, "decimals": decimals})
+    if primary_metric not in seen:
+        _fail("primary_metric", "primary_metric must be one of the task's metrics.")
+    return cleaned
+
+
+def validate_resource_limits(limits: Any) -> dict:
+    if not isinstance(limits, dict):
+        _fail("resource_limits", "resource_limits must be an object.")
+    bounds = {
+        "memory_mb": (64, MAX_MEMORY_MB, int),
+        "cpus": (0.1, MAX_CPUS, float),
+        "timeout_seconds": (5, MAX_TIMEOUT_SECONDS, int),
+        "max_output_mb": (1, MAX_OUTPUT_MB, int),
+    }
+    unknown = set(limits) - set(bounds)
+    if unknown:
+        _fail("resource_limits", f"Unknown resource limits: {', '.join(sorted(unknown))}.")
+    defaults = {"memory_mb": 1024, "cpus": 1.0, "timeout_seconds": 300, "max_output_mb": 64}
+    cleaned: dict[str, Any] = {}
+    for key, (low, high, kind) in bounds.items():
+        value = limits.get(key, defaults[key])
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            _fail("resource_limits", f"resource_limits.{key} must be between {low} and {high}.")
+        cleaned[key] = kind(value)
+    return cleaned
+
+
+def validate_policy(*, public_split_fraction: float, quota_per_day: int, quota_total: int | None) -> None:
+    if not 0.0 < public_split_fraction <= 1.0:
+        _fail("public_split_fraction", "public_split_fraction must be in (0, 1].")
+    if quota_per_day < 1:
+        _fail("quota_per_day", "quota_per_day must be at least 1.")
+    if quota_total is not None and quota_total < 1:
+        _fail("quota_total", "quota_total must be at least 1 when set.")

@@ -1,0 +1,204 @@
+"""Endpoints for site agents (site token only). Contract: docs/site-agent-api.md."""
+
+from django.conf import settings
+from django.http import FileResponse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.catalog.services import shard_register
+from marketplace.jobs.models import AGENT_REPORTABLE_REASONS, Job
+from marketplace.jobs.services import (
+    job_claim,
+    job_for_artifact_download,
+    job_record_failure,
+    job_record_result,
+    job_renew_lease,
+)
+from marketplace.sites.authentication import IsSiteAgent, SiteTokenAuthentication
+from marketplace.sites.services import site_heartbeat
+
+AGENT_ID = serializers.RegexField(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class AgentApi(APIView):
+    authentication_classes = [SiteTokenAuthentication]
+    permission_classes = [IsSiteAgent]
+
+    @property
+    def site(self):
+        return self.request.user.site
+
+
+class HeartbeatInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    capabilities = serializers.DictField(required=False, default=dict)
+
+
+class HeartbeatOutput(serializers.Serializer):
+    site = serializers.DictField()
+    server_time = serializers.DateTimeField()
+
+
+class HeartbeatApi(AgentApi):
+    @extend_schema(request=HeartbeatInput, responses=HeartbeatOutput, tags=["agent"])
+    def post(self, request):
+        data = HeartbeatInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        site = site_heartbeat(site=self.site, **data.validated_data)
+        return Response({"site": {"id": site.id, "name": site.name}, "server_time": timezone.now()})
+
+
+class ShardInput(serializers.Serializer):
+    task = serializers.IntegerField()
+    row_count = serializers.IntegerField(min_value=0)
+    fingerprint = serializers.RegexField(r"^[0-9a-f]{64}$")
+    split_sizes = serializers.DictField(child=serializers.IntegerField(min_value=0), required=False, default=dict)
+
+
+class ShardOutput(serializers.Serializer):
+    task = serializers.IntegerField(source="task_id")
+    site = serializers.IntegerField(source="site_id")
+    row_count = serializers.IntegerField()
+    fingerprint = serializers.CharField()
+    split_sizes = serializers.DictField()
+
+
+class ShardRegisterApi(AgentApi):
+    @extend_schema(request=ShardInput, responses={200: ShardOutput, 201: ShardOutput}, tags=["agent"])
+    def post(self, request):
+        data = ShardInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        shard, created = shard_register(
+            site=self.site, task_id=values["task"], row_count=values["row_count"],
+            fingerprint=values["fingerprint"], split_sizes=values["split_sizes"],
+        )  # fmt: skip
+        return Response(ShardOutput(shard).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class AgentSubmissionOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    format = serializers.CharField(source="artifact_format")
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
+    filename = serializers.CharField(source="original_filename")
+
+
+class AgentTaskOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    slug = serializers.CharField()
+    task_type = serializers.CharField()
+    input_spec = serializers.DictField()
+    metrics = serializers.ListField(child=serializers.DictField(), source="metric_specs")
+    primary_metric = serializers.CharField()
+    resource_limits = serializers.DictField()
+
+
+class AgentJobOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    attempt = serializers.IntegerField(source="attempts")
+    lease_expires_at = serializers.DateTimeField()
+    lease_seconds = serializers.SerializerMethodField()
+    submission = AgentSubmissionOutput()
+    task = AgentTaskOutput(source="submission.task")
+
+    def get_lease_seconds(self, job: Job) -> int:
+        return settings.VAULTBENCH_LEASE_SECONDS
+
+
+class ClaimInput(serializers.Serializer):
+    agent_id = AGENT_ID
+
+
+class ClaimOutput(serializers.Serializer):
+    job = AgentJobOutput()
+
+
+class JobClaimApi(AgentApi):
+    @extend_schema(
+        request=ClaimInput,
+        responses={200: ClaimOutput, 204: OpenApiResponse(description="Nothing queued for this site.")},
+        tags=["agent"],
+    )
+    def post(self, request):
+        data = ClaimInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = job_claim(site=self.site, agent_id=data.validated_data["agent_id"])
+        if job is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response({"job": AgentJobOutput(job).data})
+
+
+class LeaseOutput(serializers.Serializer):
+    lease_expires_at = serializers.DateTimeField()
+
+
+class LeaseRenewApi(AgentApi):
+    @extend_schema(request=ClaimInput, responses=LeaseOutput, tags=["agent"])
+    def post(self, request, job_id: int):
+        data = ClaimInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = job_renew_lease(site=self.site, job_id=job_id, agent_id=data.validated_data["agent_id"])
+        return Response({"lease_expires_at": job.lease_expires_at})
+
+
+class ArtifactDownloadApi(AgentApi):
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["agent"])
+    def get(self, request, job_id: int):
+        job = job_for_artifact_download(site=self.site, job_id=job_id)
+        return FileResponse(job.submission.artifact.open("rb"), content_type="application/octet-stream")
+
+
+class LedgerReceiptInput(serializers.Serializer):
+    sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
+    bytes = serializers.IntegerField(min_value=0)
+
+
+class ResultInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    metrics = serializers.DictField()
+    n_rows = serializers.IntegerField(min_value=1)
+    ledger = LedgerReceiptInput()
+
+
+class AgentJobStateOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    failure_reason = serializers.CharField()
+
+
+class JobStateOutput(serializers.Serializer):
+    job = AgentJobStateOutput()
+    created = serializers.BooleanField(help_text="False when this repeated an already recorded outcome.")
+
+
+class ResultApi(AgentApi):
+    @extend_schema(request=ResultInput, responses=JobStateOutput, tags=["agent"])
+    def post(self, request, job_id: int):
+        data = ResultInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        job, created = job_record_result(
+            site=self.site, job_id=job_id, agent_id=values["agent_id"], metrics=values["metrics"],
+            n_rows=values["n_rows"], ledger_sha256=values["ledger"]["sha256"], ledger_bytes=values["ledger"]["bytes"],
+        )  # fmt: skip
+        return Response({"job": AgentJobStateOutput(job).data, "created": created})
+
+
+class FailureInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    reason = serializers.ChoiceField(choices=AGENT_REPORTABLE_REASONS)
+
+
+class FailureApi(AgentApi):
+    @extend_schema(request=FailureInput, responses=JobStateOutput, tags=["agent"])
+    def post(self, request, job_id: int):
+        data = FailureInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        job, created = job_record_failure(site=self.site, job_id=job_id, **data.validated_data)
+        return Response({"job": AgentJobStateOutput(job).data, "created": created})

@@ -1,0 +1,15 @@
+import django_filters
+
+from marketplace.jobs.models import Job, JobKind, JobStatus
+
+
+class JobFilter(django_filters.FilterSet):
+    task = django_filters.NumberFilter(field_name="submission__task_id")
+    submission = django_filters.NumberFilter(field_name="submission_id")
+    site = django_filters.NumberFilter(field_name="site_id")
+    status = django_filters.ChoiceFilter(choices=JobStatus.choices)
+    kind = django_filters.ChoiceFilter(choices=JobKind.choices)
+
+    class Meta:
+        model = Job
+        fields = ["task", "submission", "site", "status", "kind"]

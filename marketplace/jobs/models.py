@@ -1,0 +1,77 @@
+from django.db import models
+
+
+class JobKind(models.TextChoices):
+    EVALUATE = "evaluate", "Evaluate"
+    TRAIN = "train", "Train"
+
+
+class JobStatus(models.TextChoices):
+    AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    REJECTED = "rejected", "Rejected by the owner"
+
+
+TERMINAL_STATUSES = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REJECTED}
+
+
+class FailureReason(models.TextChoices):
+    """The only failure information that leaves a site: coarse, from a fixed list."""
+
+    TIMEOUT = "timeout", "Timed out"
+    OUT_OF_MEMORY = "out_of_memory", "Out of memory"
+    INVALID_OUTPUT = "invalid_output", "Invalid output"
+    CRASHED = "crashed", "Crashed"
+    ARTIFACT_MISMATCH = "artifact_mismatch", "Artifact checksum mismatch"
+    INVALID_ARTIFACT = "invalid_artifact", "Invalid artifact"
+    DATA_UNAVAILABLE = "data_unavailable", "Data unavailable at the site"
+    POLICY_VIOLATION = "policy_violation", "Refused by the site's policy"
+    INTERNAL_ERROR = "internal_error", "Internal error at the site"
+    AGENT_LOST = "agent_lost", "The site agent stopped responding"
+
+
+# Site-side trouble, not the model's fault: the job goes back to the queue while attempts remain.
+RETRYABLE_REASONS = {FailureReason.INTERNAL_ERROR, FailureReason.DATA_UNAVAILABLE}
+AGENT_REPORTABLE_REASONS = [r for r in FailureReason.values if r != FailureReason.AGENT_LOST]
+
+
+class Job(models.Model):
+    kind = models.CharField(max_length=16, choices=JobKind.choices, default=JobKind.EVALUATE)
+    submission = models.ForeignKey("submissions.Submission", on_delete=models.CASCADE, related_name="jobs")
+    site = models.ForeignKey("sites.Site", on_delete=models.PROTECT, related_name="jobs")
+    status = models.CharField(max_length=32, choices=JobStatus.choices, db_index=True)
+    lease_holder = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["submission", "site", "kind"], name="one_job_per_site_and_kind"),
+        ]
+        indexes = [models.Index(fields=["site", "status", "id"])]
+
+    def __str__(self) -> str:
+        return f"job {self.id} ({self.kind}, {self.status}) at {self.site}"
+
+
+class Result(models.Model):
+    """What one site released for one job: the disclosed metrics and the ledger receipt."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="result")
+    metrics = models.JSONField()
+    n_rows = models.PositiveIntegerField()
+    ledger_sha256 = models.CharField(max_length=64)
+    ledger_bytes = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"result of job {self.job_id}"

@@ -1,0 +1,22 @@
+from django.db import models
+
+
+class LeaderboardEntry(models.Model):
+    """A submission's score on a task: the sites' metrics averaged, weighted by rows."""
+
+    task = models.ForeignKey("catalog.Task", on_delete=models.CASCADE, related_name="leaderboard_entries")
+    submission = models.OneToOneField(
+        "submissions.Submission", on_delete=models.CASCADE, related_name="leaderboard_entry"
+    )
+    metrics = models.JSONField()
+    per_site = models.JSONField(default=list)
+    n_rows = models.PositiveIntegerField()
+    n_sites = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.submission} on {self.task}"

@@ -1,0 +1,8 @@
+from celery import shared_task
+
+from marketplace.leaderboard.services import leaderboard_aggregate
+
+
+@shared_task(name="marketplace.leaderboard.tasks.leaderboard_aggregate_task")
+def leaderboard_aggregate_task(submission_id: int) -> None:
+    leaderboard_aggregate(submission_id=submission_id)

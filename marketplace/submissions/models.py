@@ -1,0 +1,49 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class ArtifactFormat(models.TextChoices):
+    TORCHSCRIPT = "torchscript", "TorchScript"
+    SKLEARN = "sklearn", "scikit-learn (joblib)"
+    ONNX = "onnx", "ONNX"
+    PYTHON_PACKAGE = "python_package", "Python model package"
+
+
+class SubmissionStatus(models.TextChoices):
+    CHECKING = "checking", "Checking"
+    REJECTED = "rejected", "Rejected"
+    AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+    EVALUATING = "evaluating", "Evaluating"
+    SCORED = "scored", "Scored"
+    FAILED = "failed", "Failed"
+
+
+def artifact_path(instance: "Submission", filename: str) -> str:
+    # A random folder per upload: names never collide and never reveal anything.
+    return f"artifacts/{uuid.uuid4().hex}/artifact"
+
+
+class Submission(models.Model):
+    vendor = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="submissions")
+    task = models.ForeignKey("catalog.Task", on_delete=models.PROTECT, related_name="submissions")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    artifact = models.FileField(upload_to=artifact_path, max_length=255)
+    artifact_format = models.CharField(max_length=32, choices=ArtifactFormat.choices)
+    original_filename = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    status = models.CharField(max_length=32, choices=SubmissionStatus.choices, default=SubmissionStatus.CHECKING, db_index=True)
+    status_reason = models.CharField(max_length=64, blank=True)
+    is_baseline = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.vendor})"
