@@ -156,6 +156,7 @@ class SandboxRun:
     exit_code: int
     logs: str = field(repr=False)  # truncated; for the site owner only, never the vendor
     duration_seconds: float
+    container_id: str = ""  # already removed; kept for the site's own records
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,7 @@ def execute(
             exit_code=exit_code,
             logs=logs,
             duration_seconds=duration,
+            container_id=container_id,
         )
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise SandboxUnavailable(f"docker engine error: {exc}") from exc

@@ -19,7 +19,7 @@ VAR_DIR = Path(env_str("VAULTBENCH_VAR_DIR", str(BASE_DIR / "var")))
 PRODUCTION = env_str("VAULTBENCH_ENV", "development") == "production"
 DEBUG = env_bool("DJANGO_DEBUG", not PRODUCTION)
 
-_DEV_SECRET = "dev-only-insecure-secret-key-change-me-0123456789-abcdefghijklmnop"
+_DEV_SECRET = "dev-only-insecure-secret-key-change-me-0123456789-abcdefghijklmnop"  # noqa: S105 (development only; production refuses it)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "" if PRODUCTION else _DEV_SECRET)
 if PRODUCTION and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET):
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to a real secret in production")

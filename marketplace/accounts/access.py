@@ -5,7 +5,7 @@ Missing and "not yours" both raise NotFound so nobody can probe for other organi
 
 from marketplace.accounts.models import Organization, OrganizationKind
 from marketplace.accounts.selectors import is_org_admin, organizations_of
-from marketplace.core.errors import Forbidden, NotFound, DomainError
+from marketplace.core.errors import DomainError, Forbidden, NotFound
 
 
 def access_organization_by_id(user, organization_id: int, *, require_admin: bool = False) -> Organization:

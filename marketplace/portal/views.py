@@ -1,6 +1,7 @@
 """Server-rendered pages; they go through the same selectors and funnels as the API."""
 
 from django.core.paginator import Paginator
+from django.http import Http404
 from django.shortcuts import render
 
 from marketplace.catalog.access import access_task_by_id
@@ -8,7 +9,6 @@ from marketplace.catalog.filters import TaskFilter
 from marketplace.catalog.selectors import leaderboard_visible, task_list_visible_to
 from marketplace.core.errors import NotFound
 from marketplace.leaderboard.selectors import leaderboard_rows
-from django.http import Http404
 
 
 def home(request):

@@ -6,6 +6,8 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.accounts.access import access_acting_organization
+from marketplace.accounts.models import OrganizationKind
 from marketplace.catalog.access import access_task_by_id, access_task_for_vendor
 from marketplace.core.apis import IsPerson
 from marketplace.submissions.access import access_submission_artifact, access_submission_by_id
@@ -13,8 +15,6 @@ from marketplace.submissions.filters import SubmissionFilter
 from marketplace.submissions.models import ArtifactFormat, Submission
 from marketplace.submissions.selectors import quota_usage, submission_list_visible_to
 from marketplace.submissions.services import submission_create
-from marketplace.accounts.access import access_acting_organization
-from marketplace.accounts.models import OrganizationKind
 
 
 class SubmissionJobOutput(serializers.Serializer):

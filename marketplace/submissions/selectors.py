@@ -1,8 +1,7 @@
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
-from datetime import UTC
 
 from marketplace.accounts.selectors import organization_ids_of
 from marketplace.catalog.models import Task

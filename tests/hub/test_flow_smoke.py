@@ -1,0 +1,23 @@
+from tests.conftest import upload
+
+
+def test_upload_is_checked_dispatched_claimed_scored_and_ranked(vendor, site, open_task, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = upload(vendor, open_task)
+    assert response.status_code == 201, response.content
+    submission_id = response.json()["id"]
+
+    claim = site.client.post("/api/v1/agent/jobs/claim", {"agent_id": "agent-1"})
+    assert claim.status_code == 200, claim.content
+    job = claim.json()["job"]
+    assert job["submission"]["id"] == submission_id
+    artifact = site.client.get(f"/api/v1/agent/jobs/{job['id']}/artifact")
+    assert artifact.status_code == 200
+    body = {"agent_id": "agent-1", "metrics": {"roc_auc": 0.91234, "accuracy": 0.9}, "n_rows": 100,
+            "ledger": {"sha256": "b" * 64, "bytes": 50}}
+    with django_capture_on_commit_callbacks(execute=True):
+        result = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, format="json")
+    assert result.status_code == 200, result.content
+
+    board = vendor.client.get(f"/api/v1/tasks/{open_task.id}/leaderboard").json()
+    assert board["rows"][0]["metrics"] == {"roc_auc": 0.9123, "accuracy": 0.9}
