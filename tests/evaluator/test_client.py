@@ -61,9 +61,7 @@ class FakeHub:
 
             def _send(self, status, body=None, headers=None):
                 data = (
-                    body
-                    if isinstance(body, bytes)
-                    else (b"" if body is None else json.dumps(body).encode())
+                    body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
                 )
                 self.send_response(status)
                 for k, v in (headers or {}).items():
@@ -79,17 +77,15 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def route(self, method, path, *responses):
         self.routes[(method, "/api/v1/agent" + path)] = list(responses)
 
     def calls(self, method, path):
-        return [
-            r
-            for r in self.requests
-            if r["method"] == method and r["path"] == "/api/v1/agent" + path
-        ]
+        return [r for r in self.requests if r["method"] == method and r["path"] == "/api/v1/agent" + path]
 
 
 @pytest.fixture
@@ -185,9 +181,7 @@ def test_connection_refused_is_retried_then_unreachable(sleeps):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed when the block ends: nothing listens there
-    client = HubClient(
-        f"http://127.0.0.1:{port}", TOKEN, max_attempts=3, sleep=sleeps.append, timeout=1
-    )
+    client = HubClient(f"http://127.0.0.1:{port}", TOKEN, max_attempts=3, sleep=sleeps.append, timeout=1)
     with pytest.raises(HubUnreachable):
         client.claim()
     assert len(sleeps) == 2
@@ -209,9 +203,7 @@ def test_4xx_is_never_retried(hub, client, sleeps, status):
     hub.route("POST", "/heartbeat", (status, {"error": {"code": "nope", "message": "refused"}}))
     with pytest.raises(HubRejected) as exc:
         client.heartbeat()
-    assert (
-        exc.value.status == status and exc.value.code == "nope" and exc.value.message == "refused"
-    )
+    assert exc.value.status == status and exc.value.code == "nope" and exc.value.message == "refused"
     assert len(hub.requests) == 1 and sleeps == []
 
 

@@ -1,0 +1,75 @@
+"""Seeds the demo hub: one data owner with three sites, one open task, two vendors.
+
+Writes the secrets the demo's agents and vendor uploads need to a JSON file (mode 0600).
+"""
+
+import json
+import os
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from marketplace.accounts.services import organization_create, personal_token_create
+from marketplace.catalog.services import task_create, task_open
+from marketplace.sites.services import site_create
+
+DEMO_PASSWORD = "vaultbench-demo"  # noqa: S105 (a local demo account, printed for the user)
+SITE_NAMES = ["north", "central", "south"]
+VENDORS = [("acme", "Acme Models"), ("globex", "Globex AI")]
+
+
+class Command(BaseCommand):
+    help = "Create the demo's owner, sites, task and vendors; write their tokens to --out."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--out", required=True, type=Path)
+
+    @transaction.atomic
+    def handle(self, *args, out: Path, **options):
+        users = get_user_model().objects
+        admin = users.create_superuser("admin", password=DEMO_PASSWORD)
+        owner = users.create_user("owner", password=DEMO_PASSWORD)
+        hospital = organization_create(name="St. Mercy Hospitals", kind="data_owner", creator=owner)
+        sites = []
+        for name in SITE_NAMES:
+            site, token = site_create(organization=hospital, name=name, actor=owner)
+            sites.append({"id": site.id, "name": name, "token": token})
+        task = task_create(
+            organization=hospital,
+            actor=owner,
+            spec={
+                "title": "Breast cancer screening",
+                "description": (
+                    "Predict whether a tumour is malignant from 30 features of a digitized "
+                    "fine-needle aspirate (scikit-learn's Wisconsin breast-cancer data). "
+                    "The test rows are split across three hospital sites and never leave them."
+                ),
+                "task_type": "binary_classification",
+                "input_spec": {"n_features": 30, "dtype": "float32", "n_classes": 2},
+                "metrics": [
+                    {"name": "roc_auc", "decimals": 4},
+                    {"name": "accuracy", "decimals": 3},
+                    {"name": "log_loss", "decimals": 4},
+                ],
+                "primary_metric": "roc_auc",
+                "min_test_rows": 30,
+                "quota_per_day": 10,
+                "resource_limits": {"memory_mb": 1024, "cpus": 1.0, "timeout_seconds": 120, "max_output_mb": 16},
+            },
+        )
+        task_open(task=task, actor=owner)
+        vendors = []
+        for username, org_name in VENDORS:
+            user = users.create_user(username, password=DEMO_PASSWORD)
+            organization_create(name=org_name, kind="vendor", creator=user)
+            _, token = personal_token_create(user=user, name="demo uploads")
+            vendors.append({"username": username, "organization": org_name, "token": token})
+        seed = {"task_id": task.id, "sites": sites, "vendors": vendors, "password": DEMO_PASSWORD,
+                "admin": admin.username, "owner": owner.username}  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(seed, handle, indent=2)
+        self.stdout.write(f"seeded task {task.id}, {len(sites)} sites, {len(vendors)} vendors -> {out}")
