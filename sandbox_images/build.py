@@ -72,9 +72,7 @@ def _runner_files(runner_dir: Path) -> list[Path]:
     files = []
     for path in sorted(runner_dir.rglob("*")):
         rel = path.relative_to(runner_dir)
-        if any(part in _IGNORED_NAMES for part in rel.parts) or path.name.endswith(
-            _IGNORED_SUFFIXES
-        ):
+        if any(part in _IGNORED_NAMES for part in rel.parts) or path.name.endswith(_IGNORED_SUFFIXES):
             continue
         if path.is_symlink():
             raise ImageBuildError(f"{path}: symlinks are not allowed in the runner package")
@@ -83,9 +81,7 @@ def _runner_files(runner_dir: Path) -> list[Path]:
     return files
 
 
-def runner_content_hash(
-    *, dockerfile: Path, requirements: Path, runner_dir: Path, base_image_id: str
-) -> str:
+def runner_content_hash(*, dockerfile: Path, requirements: Path, runner_dir: Path, base_image_id: str) -> str:
     """Return the 16-hex-digit content tag of a runner image.
 
     Covers the Dockerfile, the requirements, the path and bytes of every file under
@@ -122,9 +118,7 @@ def base_content_hash(*, suite: str = DEBIAN_SUITE, packages=BASE_PACKAGES) -> s
 _MIRROR_SCHEMES = ("http://", "https://", "ftp://", "file:/")
 
 
-def parse_debian_mirror(
-    *, deb822: str = "", sources_list: str = "", suite: str = DEBIAN_SUITE
-) -> str | None:
+def parse_debian_mirror(*, deb822: str = "", sources_list: str = "", suite: str = DEBIAN_SUITE) -> str | None:
     """Return the first ``deb`` URI that serves ``suite`` exactly, or None.
 
     ``deb822`` is the text of ``*.sources`` files (stanzas of ``Field: value``), and
@@ -190,9 +184,7 @@ def host_debian_mirror(*, apt_dir: Path = Path("/etc/apt"), suite: str = DEBIAN_
     )
     mirror = parse_debian_mirror(deb822=deb822, sources_list=one_line, suite=suite)
     if mirror is None:
-        log.warning(
-            "no apt source for %s found under %s; using %s", suite, apt_dir, DEFAULT_DEBIAN_MIRROR
-        )
+        log.warning("no apt source for %s found under %s; using %s", suite, apt_dir, DEFAULT_DEBIAN_MIRROR)
         return DEFAULT_DEBIAN_MIRROR
     return mirror
 
@@ -202,9 +194,7 @@ def host_debian_mirror(*, apt_dir: Path = Path("/etc/apt"), suite: str = DEBIAN_
 
 def _debian_arch() -> str:
     machine = platform.machine().lower()
-    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        machine, machine
-    )
+    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
 
 
 def _wheel_arch() -> str:
@@ -428,8 +418,9 @@ def _assemble_context(ctx: Path, *, wheelhouse: Path, runner_dir: Path) -> None:
         folder.chmod(0o755)
 
 
-def _build_runner(client, *, ref: str, base_ref: str, wheelhouse: Path, runner_dir: Path,
-                  nocache: bool) -> None:  # fmt: skip
+def _build_runner(
+    client, *, ref: str, base_ref: str, wheelhouse: Path, runner_dir: Path, nocache: bool
+) -> None:
     import docker.errors
 
     VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -482,9 +473,7 @@ def ensure_runner_image(
             "the image and must be there before the image can be built"
         )
     if not (runner_dir / "__main__.py").is_file():
-        raise ImageBuildError(
-            f"{runner_dir} has no __main__.py; the sandbox runs it as `python -m runner`"
-        )
+        raise ImageBuildError(f"{runner_dir} has no __main__.py; the sandbox runs it as `python -m runner`")
     client = _docker_client()
     with _build_lock():
         base_ref = ensure_base_image(client, base_image=base_image, offline=offline, force=force)

@@ -70,8 +70,9 @@ def load_predictor(fmt: str, path: Path, workdir: Path):
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
         def predict(features):
-            with torch.no_grad():
-                return module(torch.from_numpy(features)).numpy()
+            with torch.inference_mode():
+                out = module(torch.from_numpy(features))
+            return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
 
         return predict
     if fmt == "onnx":
@@ -80,7 +81,8 @@ def load_predictor(fmt: str, path: Path, workdir: Path):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
         names = [output.name for output in session.get_outputs()]
-        output = "probabilities" if "probabilities" in names else names[0]
+        probabilities = [name for name in names if "prob" in name.lower()]
+        output = probabilities[0] if probabilities else names[-1]  # skl2onnx: (label, probabilities)
         return lambda features: session.run([output], {input_name: features})[0]
     if fmt == "python_package":
         unpack(path, workdir)

@@ -3,8 +3,8 @@
     python docs/examples/make_onnx_model.py model.onnx [--seed 0]
 
 The runner opens onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]), feeds
-the graph's only input a float32 array (n_rows, 30) and reads the output named "probabilities"
-(or the first output if none has that name). zipmap=False makes that output a plain
+the graph's only input a float32 array (n_rows, 30) and reads the first output whose name
+contains "prob" (here "probabilities"). zipmap=False makes that output a plain
 (n_rows, 2) float tensor instead of a list of dicts.
 """
 

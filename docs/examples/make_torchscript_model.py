@@ -3,7 +3,7 @@
     python docs/examples/make_torchscript_model.py model.pt [--seed 0]
 
 The runner calls torch.jit.load(path, map_location="cpu"), puts the module in eval mode and calls
-it under torch.no_grad() on a float32 tensor (n_rows, 30). The module itself returns class
+it under torch.inference_mode() on a float32 tensor (n_rows, 30). The module itself returns class
 probabilities (softmax, 2 columns), not logits. Everything it needs, the standardization
 included, lives inside the module as parameters or buffers.
 """

@@ -59,7 +59,7 @@ def predict_torchscript(path: Path, workdir: Path):
     module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def predict(features):
-        with torch.no_grad():
+        with torch.inference_mode():
             return module(torch.from_numpy(features)).numpy()
 
     return predict

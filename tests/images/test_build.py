@@ -110,9 +110,7 @@ def test_runner_tag_changes_with_the_runner_content_only(tmp_path):
 
 def test_base_tag_depends_on_the_package_list():
     assert build.base_content_hash() == build.base_content_hash()
-    assert build.base_content_hash(packages=(*build.BASE_PACKAGES, "curl")) != (
-        build.base_content_hash()
-    )
+    assert build.base_content_hash(packages=(*build.BASE_PACKAGES, "curl")) != (build.base_content_hash())
 
 
 # --- real Docker engine ----------------------------------------------------------------------
@@ -140,9 +138,7 @@ def runner_image(docker_client):
 
 
 @pytest.mark.docker
-def test_runner_image_imports_the_runtimes_as_nobody_without_network(
-    docker_client, runner_image
-):
+def test_runner_image_imports_the_runtimes_as_nobody_without_network(docker_client, runner_image):
     image = docker_client.images.get(runner_image)
     assert image.attrs["Config"]["User"] == "65534:65534"
     script = (

@@ -1,0 +1,450 @@
+"""The agent loop at unit level: a small fake hub (a real HTTP server on 127.0.0.1) and a fake
+sandbox runner callable. The fake hub mimics docs/site-agent-api.md just enough for these
+tests; the real hub and the real sandbox are tested end-to-end elsewhere."""
+
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from evaluator.agent import Agent, AgentState
+from evaluator.client import HubClient, canonical_json
+from evaluator.config import AgentConfig, LimitCaps, RetryPolicy
+from evaluator.datasets import register_task_data
+from evaluator.ledger import Ledger
+from evaluator.sandbox import SandboxRun, SandboxTimeout
+
+TOKEN = "vbs_agent_test_token"
+MODEL_BYTES = b"fake onnx model bytes"
+N_ROWS = 40
+
+
+class FakeHub:
+    """Queue of jobs, artifacts per job, and a record of everything posted."""
+
+    def __init__(self):
+        self.jobs = []
+        self.artifacts = {}
+        self.results = []  # (job_id, raw body bytes)
+        self.failures = []
+        self.lease_calls = []
+        self.lease_lost = set()
+        self.heartbeats = []
+        self.down_requests = 0  # the next N requests get their connection dropped
+        self.fail_posts_with = []  # statuses for the next result/failure posts
+        self.lock = threading.Lock()
+        self.posted = threading.Event()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _serve(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with hub.lock:
+                    if hub.down_requests > 0:
+                        hub.down_requests -= 1
+                        self.close_connection = True
+                        self.connection.close()  # the hub is "down": no answer at all
+                        return
+                assert self.headers["Authorization"] == f"Bearer {TOKEN}"
+                parts = self.path.removeprefix("/api/v1/agent/").split("/")
+                if parts == ["heartbeat"]:
+                    hub.heartbeats.append(json.loads(body))
+                    return self._send(200, {"site": {"id": 1, "name": "s"}, "server_time": "t"})
+                if parts == ["jobs", "claim"]:
+                    with hub.lock:
+                        job = hub.jobs.pop(0) if hub.jobs else None
+                    return self._send(204) if job is None else self._send(200, {"job": job})
+                job_id = int(parts[1])
+                if parts[2] == "lease":
+                    hub.lease_calls.append(job_id)
+                    if job_id in hub.lease_lost:
+                        return self._send(409, {"error": {"code": "lease_lost", "message": ""}})
+                    return self._send(200, {"lease_expires_at": "2026-11-22T19:00:00Z"})
+                if parts[2] == "artifact":
+                    return self._send(200, hub.artifacts[job_id], json_body=False)
+                if parts[2] in ("result", "failure"):
+                    with hub.lock:
+                        status = hub.fail_posts_with.pop(0) if hub.fail_posts_with else 200
+                    if status != 200:
+                        return self._send(status, {"error": {"code": "x", "message": ""}})
+                    (hub.results if parts[2] == "result" else hub.failures).append((job_id, body))
+                    hub.posted.set()
+                    return self._send(200, {"job": {"id": job_id}})
+                self._send(404, {"error": {"code": "not_found", "message": ""}})
+
+            def _send(self, status, body=None, json_body=True):
+                data = b"" if body is None else (json.dumps(body).encode() if json_body else body)
+                self.send_response(status)
+                if status != 204:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if data:
+                    self.wfile.write(data)
+
+            do_GET = do_POST = _serve
+
+        class QuietServer(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass
+
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+
+    def add_job(self, job_id=12, *, artifact=MODEL_BYTES, sha256=None, **overrides):
+        job = {
+            "id": job_id,
+            "kind": "evaluate",
+            "attempt": 1,
+            "lease_expires_at": "2026-11-22T19:00:00Z",
+            "lease_seconds": 60,
+            "submission": {
+                "id": 7,
+                "format": "onnx",
+                "sha256": sha256 or hashlib.sha256(artifact).hexdigest(),
+                "size": len(artifact),
+                "filename": "model.onnx",
+            },
+            "task": {
+                "id": 3,
+                "slug": "breast-cancer",
+                "task_type": "binary_classification",
+                "input_spec": {"n_features": 5, "dtype": "float32", "n_classes": 2},
+                "metrics": [
+                    {"name": "roc_auc", "direction": "higher", "decimals": 4},
+                    {"name": "accuracy", "direction": "higher", "decimals": 2},
+                ],
+                "primary_metric": "roc_auc",
+                "resource_limits": {
+                    "memory_mb": 1024,
+                    "cpus": 1.0,
+                    "timeout_seconds": 300,
+                    "max_output_mb": 64,
+                },
+            },
+        }
+        for key, value in overrides.items():
+            job["task"][key] = value
+        self.artifacts[job_id] = artifact
+        self.jobs.append(job)
+        return job
+
+
+@pytest.fixture
+def hub():
+    fake = FakeHub()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+RNG = np.random.default_rng(3)
+LABELS = np.arange(N_ROWS) % 2
+P1 = np.clip(0.55 * LABELS + 0.5 * RNG.random(N_ROWS) - 0.05, 0, 1)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    root = tmp_path / "site"
+    np.save(tmp_path / "x.npy", RNG.normal(size=(N_ROWS, 5)))
+    np.save(tmp_path / "y.npy", LABELS)
+    register_task_data(
+        data_dir=root,
+        task_id=3,
+        features_path=tmp_path / "x.npy",
+        labels_path=tmp_path / "y.npy",
+        input_spec={"n_features": 5, "n_classes": 2},
+        task_type="binary_classification",
+    )
+    return root
+
+
+def make_config(hub, data_dir, **overrides):
+    values = dict(
+        hub_url=hub.url,
+        site_token=TOKEN,
+        data_dir=data_dir,
+        work_dir=data_dir / "work",
+        image="vaultbench-runner:test",
+        poll_interval_seconds=0.01,
+        lease_renew_interval_seconds=0.05,
+        limits=LimitCaps(max_memory_mb=2048, max_cpus=2.0, max_timeout_seconds=600),
+        retry=RetryPolicy(max_attempts=2, backoff_base_seconds=0.01, backoff_max_seconds=0.05),
+    )
+    values.update(overrides)
+    return AgentConfig(**values)
+
+
+class FakeSandbox:
+    """Stands in for evaluator.sandbox.run_prediction: records its call, writes predictions."""
+
+    def __init__(self, predictions=P1, *, raises=None, before=None):
+        self.predictions = predictions
+        self.raises = raises
+        self.before = before
+        self.calls = []
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.before:
+            self.before()
+        if self.raises:
+            raise self.raises
+        out = Path(kwargs["work_dir"]) / "out"
+        out.mkdir()
+        np.save(out / "predictions.npy", np.asarray(self.predictions, dtype=np.float32))
+        return SandboxRun(
+            predictions_path=out / "predictions.npy", exit_code=0, logs="ok", duration_seconds=0.1
+        )
+
+
+def make_agent(hub, data_dir, sandbox, **config_overrides):
+    config = make_config(hub, data_dir, **config_overrides)
+    client = HubClient.from_config(config, agent_id="agent-1", sleep=lambda s: time.sleep(0.001))
+    return Agent(config, client, sandbox_runner=sandbox)
+
+
+def _expected_metrics():
+    p = np.asarray(P1, dtype=np.float32).astype(np.float64)
+    return {
+        "roc_auc": round(skm.roc_auc_score(LABELS, p), 4),
+        "accuracy": round(skm.accuracy_score(LABELS, (p > 0.5).astype(int)), 2),
+    }
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_success_posts_rounded_metrics_and_writes_one_ledger_entry(hub, data_dir):
+    hub.add_job()
+    sandbox = FakeSandbox()
+    agent = make_agent(hub, data_dir, sandbox)
+    assert agent.run_once() is True
+
+    [(job_id, raw)] = hub.results
+    body = json.loads(raw)
+    assert job_id == 12 and hub.failures == []
+    assert body["metrics"] == _expected_metrics()
+    assert body["n_rows"] == N_ROWS and body["agent_id"] == "agent-1"
+
+    [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
+    assert (entry.job_id, entry.submission_id, entry.task_id, entry.kind) == (12, 7, 3, "metrics")
+    # the hash sent to the hub is the ledger entry's, over the exact bytes that left
+    released = canonical_json({k: v for k, v in body.items() if k != "ledger"})
+    assert body["ledger"] == {"sha256": entry.sha256, "bytes": entry.bytes}
+    assert entry.sha256 == hashlib.sha256(released).hexdigest()
+    assert entry.payload.encode() == released
+
+
+def test_the_sandbox_gets_the_features_file_and_never_the_labels(hub, data_dir):
+    hub.add_job()
+    sandbox = FakeSandbox()
+    make_agent(hub, data_dir, sandbox).run_once()
+    [call] = sandbox.calls
+    assert call["features_path"] == data_dir / "tasks" / "3" / "features" / "features.npy"
+    assert "labels" not in json.dumps({k: str(v) for k, v in call.items()})
+    assert call["image"] == "vaultbench-runner:test"
+    assert call["model_format"] == "onnx"
+    assert Path(call["model_path"]).read_bytes() == MODEL_BYTES
+    limits = call["limits"]
+    assert (limits.memory_mb, limits.cpus, limits.timeout_seconds, limits.max_output_mb) == (
+        1024,
+        1.0,
+        300,
+        64,
+    )
+
+
+def test_the_per_job_work_dir_is_removed(hub, data_dir):
+    hub.add_job()
+    make_agent(hub, data_dir, FakeSandbox()).run_once()
+    assert list((data_dir / "work").iterdir()) == []
+
+
+def test_heartbeat_reports_capabilities(hub, data_dir):
+    make_agent(hub, data_dir, FakeSandbox()).run_once()
+    [beat] = hub.heartbeats
+    assert beat["agent_id"] == "agent-1"
+    assert "onnx" in beat["capabilities"]["formats"]
+    assert beat["capabilities"]["limits"]["memory_mb"] == 2048
+
+
+def test_no_job_queued_returns_false(hub, data_dir):
+    assert make_agent(hub, data_dir, FakeSandbox()).run_once() is False
+
+
+def test_a_sandbox_timeout_posts_reason_timeout(hub, data_dir):
+    hub.add_job()
+    agent = make_agent(hub, data_dir, FakeSandbox(raises=SandboxTimeout("no exit", logs="secret")))
+    agent.run_once()
+    assert hub.results == []
+    [(job_id, raw)] = hub.failures
+    assert json.loads(raw) == {"agent_id": "agent-1", "reason": "timeout"}
+    [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
+    assert entry.kind == "failure" and entry.payload.encode() == raw
+
+
+def test_a_sha_mismatch_posts_artifact_mismatch_and_never_runs_the_sandbox(hub, data_dir):
+    hub.add_job(sha256="0" * 64)
+    sandbox = FakeSandbox()
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert sandbox.calls == []
+    assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["artifact_mismatch"]
+
+
+def test_more_bytes_than_declared_is_an_artifact_mismatch(hub, data_dir):
+    job = hub.add_job()
+    hub.artifacts[12] = MODEL_BYTES + b"extra"
+    assert job["submission"]["size"] == len(MODEL_BYTES)
+    make_agent(hub, data_dir, FakeSandbox()).run_once()
+    assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["artifact_mismatch"]
+
+
+def test_wrong_prediction_shape_posts_invalid_output(hub, data_dir):
+    hub.add_job()
+    make_agent(hub, data_dir, FakeSandbox(predictions=P1[:-3])).run_once()
+    assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["invalid_output"]
+
+
+def test_limits_above_the_sites_caps_post_policy_violation_without_download(hub, data_dir):
+    hub.add_job(resource_limits={"memory_mb": 10**6, "cpus": 1, "timeout_seconds": 60})
+    sandbox = FakeSandbox()
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert sandbox.calls == []
+    assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["policy_violation"]
+
+
+def test_clamp_mode_runs_with_the_sites_caps(hub, data_dir):
+    hub.add_job(resource_limits={"memory_mb": 10**6, "cpus": 64, "timeout_seconds": 10**6})
+    sandbox = FakeSandbox()
+    caps = LimitCaps(max_memory_mb=512, max_cpus=0.5, max_timeout_seconds=30, on_excess="clamp")
+    make_agent(hub, data_dir, sandbox, limits=caps).run_once()
+    limits = sandbox.calls[0]["limits"]
+    assert (limits.memory_mb, limits.cpus, limits.timeout_seconds) == (512, 0.5, 30)
+    assert len(hub.results) == 1
+
+
+def test_decimals_are_capped_by_the_site(hub, data_dir):
+    hub.add_job(metrics=[{"name": "roc_auc", "direction": "higher", "decimals": 12}])
+    caps = LimitCaps(max_memory_mb=2048, max_cpus=2.0, max_timeout_seconds=600, max_decimals=2)
+    make_agent(hub, data_dir, FakeSandbox(), limits=caps).run_once()
+    [(_, raw)] = hub.results
+    assert json.loads(raw)["metrics"] == {"roc_auc": round(_expected_metrics()["roc_auc"], 2)}
+
+
+def test_a_task_without_data_on_this_site_posts_data_unavailable(hub, data_dir):
+    job = hub.add_job()
+    job["task"]["id"] = 99
+    make_agent(hub, data_dir, FakeSandbox()).run_once()
+    assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["data_unavailable"]
+
+
+def test_an_unexpected_error_posts_internal_error_and_the_agent_keeps_serving(hub, data_dir):
+    hub.add_job(12)
+    hub.add_job(13)
+    calls = []
+
+    def flaky(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise RuntimeError("bug in trusted code /secret/path")
+        return FakeSandbox()(**kwargs)
+
+    agent = make_agent(hub, data_dir, flaky)
+    agent.run_once()
+    agent.run_once()
+    assert [(j, json.loads(raw)["reason"]) for j, raw in hub.failures] == [(12, "internal_error")]
+    assert [j for j, _ in hub.results] == [13]
+    assert b"secret" not in hub.failures[0][1]
+
+
+def test_lease_lost_means_nothing_is_posted(hub, data_dir):
+    hub.add_job()
+    hub.lease_lost.add(12)
+
+    def wait_for_renewal():
+        deadline = time.monotonic() + 5
+        while not hub.lease_calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+
+    make_agent(hub, data_dir, FakeSandbox(before=wait_for_renewal)).run_once()
+    assert hub.lease_calls == [12]  # renewal stopped at the first 409
+    assert hub.results == [] and hub.failures == []
+    assert Ledger(data_dir / "ledger.jsonl").read_entries() == []
+
+
+def test_the_lease_is_renewed_while_the_sandbox_runs(hub, data_dir):
+    hub.add_job()
+    make_agent(hub, data_dir, FakeSandbox(before=lambda: time.sleep(0.3))).run_once()
+    assert len(hub.lease_calls) >= 3
+    assert len(hub.results) == 1
+
+
+def test_hub_down_for_a_while_then_up(hub, data_dir):
+    hub.add_job()
+    hub.down_requests = 7  # heartbeats and claims fail at the connection level for a while
+    agent = make_agent(hub, data_dir, FakeSandbox())
+    thread = threading.Thread(target=agent.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert hub.posted.wait(10), "the agent never posted once the hub came back"
+    finally:
+        agent.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert len(hub.results) == 1 and hub.failures == []
+    assert hub.down_requests == 0
+
+
+def test_a_post_that_cannot_reach_the_hub_is_re_sent_unchanged_after_a_restart(hub, data_dir):
+    hub.add_job()
+    hub.fail_posts_with = [503, 503]  # both attempts of the first post fail
+    agent = make_agent(hub, data_dir, FakeSandbox())
+    from evaluator.client import HubUnreachable
+
+    with pytest.raises(HubUnreachable):
+        agent.run_once()
+    assert hub.results == []
+    assert "12" in AgentState(data_dir / "agent-state.json").pending()
+
+    restarted = make_agent(hub, data_dir, FakeSandbox())
+    assert restarted.run_once() is False  # flushes the pending post, then finds no job
+    [(job_id, raw)] = hub.results
+    assert job_id == 12
+    assert json.loads(raw)["agent_id"] == "agent-1"
+    # one ledger entry for one released value, whose hash the posted body carries
+    [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
+    assert json.loads(raw)["ledger"]["sha256"] == entry.sha256
+    assert AgentState(data_dir / "agent-state.json").pending() == {}
+    restarted.run_once()
+    assert len(hub.results) == 1  # never posted twice
+
+
+def test_a_job_already_posted_is_not_posted_again(hub, data_dir):
+    AgentState(data_dir / "agent-state.json").mark_posted(12)
+    hub.add_job()
+    sandbox = FakeSandbox()
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert sandbox.calls == [] and hub.results == [] and hub.failures == []
+
+
+def test_a_409_on_the_result_drops_it_quietly(hub, data_dir):
+    hub.add_job()
+    hub.fail_posts_with = [409]
+    agent = make_agent(hub, data_dir, FakeSandbox())
+    agent.run_once()
+    assert hub.results == []
+    assert AgentState(data_dir / "agent-state.json").pending() == {}
