@@ -20,12 +20,8 @@ from evaluator.config import ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluator", description="Vaultbench site agent"
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    parser = argparse.ArgumentParser(prog="python -m evaluator", description="Vaultbench site agent")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="claim and evaluate jobs")
@@ -81,9 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     agent = Agent(config, HubClient.from_config(config))
 
     def _stop(signum: int, frame: Any) -> None:
-        logging.getLogger("evaluator").info(
-            "signal %s: finishing the current job, then exiting", signum
-        )
+        logging.getLogger("evaluator").info("signal %s: finishing the current job, then exiting", signum)
         agent.stop()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -155,9 +149,7 @@ def _cmd_ledger_export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "run":
             return _cmd_run(args)

@@ -256,6 +256,10 @@ class Agent:
         """Serve until ``stop()``; never exits on hub or job errors."""
         failures = 0
         log.info("agent %s serving %s", self.client.agent_id, self.config.hub_url)
+        try:  # build or find the runner image before holding any lease
+            log.info("sandbox image: %s", self.image())
+        except Exception:
+            log.exception("the sandbox image is not ready; retrying at the first job")
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
@@ -420,9 +424,7 @@ class Agent:
         try:
             post(job_id, body)
         except LeaseLost:
-            log.warning(
-                "job %s: the hub says another agent holds it; %s not recorded", job_id, kind
-            )
+            log.warning("job %s: the hub says another agent holds it; %s not recorded", job_id, kind)
             self.state.drop_pending(job_id)
             return
         except HubRejected as exc:
@@ -478,11 +480,7 @@ def check_job(job: Mapping[str, Any], config: AgentConfig) -> dict[str, Any]:
     if fmt not in MODEL_FORMATS:
         raise refuse(f"unsupported format {fmt!r}")
     sha = submission.get("sha256")
-    if (
-        not isinstance(sha, str)
-        or len(sha) != 64
-        or any(c not in "0123456789abcdef" for c in sha.lower())
-    ):
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
         raise refuse("submission sha256 is malformed")
     task_type = task.get("task_type")
     if task_type not in metrics.TASK_TYPES:
@@ -494,9 +492,7 @@ def check_job(job: Mapping[str, Any], config: AgentConfig) -> dict[str, Any]:
         n_classes = 2
     elif task_type == "regression":
         n_classes = None
-    policy = disclosure.metric_policy(
-        task.get("metrics") or [], max_decimals=config.limits.max_decimals
-    )
+    policy = disclosure.metric_policy(task.get("metrics") or [], max_decimals=config.limits.max_decimals)
     metrics.check_metric_names(task_type, policy)
     limits_values = effective_limits(task.get("resource_limits"), config.limits)
     try:

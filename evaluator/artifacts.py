@@ -129,9 +129,7 @@ def _extract_zip(artifact: Path, dest: Path, budget: _Budget) -> None:
             raise InvalidArtifact(f"the archive has more than {budget.max_entries} entries")
         declared = sum(i.file_size for i in infos)
         if declared > budget.max_total_bytes:
-            raise InvalidArtifact(
-                f"the archive unpacks to more than {budget.max_total_bytes} bytes"
-            )
+            raise InvalidArtifact(f"the archive unpacks to more than {budget.max_total_bytes} bytes")
         for info in infos:
             name = safe_member_name(info.filename, is_dir=info.is_dir())
             if name is None:

@@ -66,9 +66,9 @@ class _BearerAuth(requests.auth.AuthBase):
 
 def canonical_json(obj: Any) -> bytes:
     """The exact bytes the agent sends for a JSON body (and records in its ledger)."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
+        "ascii"
+    )
 
 
 class HubClient:
@@ -152,9 +152,7 @@ class HubClient:
     def renew_lease(self, job_id: int | str) -> dict[str, Any]:
         return self._json("POST", f"/jobs/{job_id}/lease", {"agent_id": self.agent_id})
 
-    def download_artifact(
-        self, job_id: int | str, dest: str | os.PathLike[str], *, max_bytes: int
-    ) -> Path:
+    def download_artifact(self, job_id: int | str, dest: str | os.PathLike[str], *, max_bytes: int) -> Path:
         """Stream the job's artifact into ``dest``; never more than ``max_bytes`` bytes."""
         dest = Path(dest)
         path = f"/jobs/{job_id}/artifact"
@@ -163,18 +161,14 @@ class HubClient:
                 with self._request("GET", path, None, stream=True, retries=1) as resp:
                     length = resp.headers.get("Content-Length")
                     if length is not None and length.isdigit() and int(length) > max_bytes:
-                        raise ArtifactTooLarge(
-                            f"artifact is {length} bytes; the cap is {max_bytes}"
-                        )
+                        raise ArtifactTooLarge(f"artifact is {length} bytes; the cap is {max_bytes}")
                     written = 0
                     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                     with os.fdopen(fd, "wb") as fh:
                         for chunk in resp.iter_content(_CHUNK):
                             written += len(chunk)
                             if written > max_bytes:
-                                raise ArtifactTooLarge(
-                                    f"artifact exceeds the cap of {max_bytes} bytes"
-                                )
+                                raise ArtifactTooLarge(f"artifact exceeds the cap of {max_bytes} bytes")
                             fh.write(chunk)
                 return dest
             except ArtifactTooLarge:

@@ -182,14 +182,10 @@ def _hub_url(value: Any, *, allow_insecure_http: bool) -> str:
 
 def _site_token(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(
-            "site token is required (site_token, site_token_file or VAULTBENCH_SITE_TOKEN)"
-        )
+        raise ConfigError("site token is required (site_token, site_token_file or VAULTBENCH_SITE_TOKEN)")
     token = value.strip()
     if token.startswith("vbp_"):
-        raise ConfigError(
-            "the token is a personal token (vbp_...); the agent needs a site token (vbs_...)"
-        )
+        raise ConfigError("the token is a personal token (vbp_...); the agent needs a site token (vbs_...)")
     if not token.startswith("vbs_") or len(token) < 8 or any(c.isspace() for c in token):
         raise ConfigError("the site token must look like vbs_... (no spaces)")
     return token
@@ -303,9 +299,7 @@ def load_config(
         hub_url = _hub_url(raw.get("hub_url"), allow_insecure_http=allow_http)
         token = _site_token(token_value)
     else:
-        hub_url = (
-            _hub_url(raw["hub_url"], allow_insecure_http=allow_http) if raw.get("hub_url") else ""
-        )
+        hub_url = _hub_url(raw["hub_url"], allow_insecure_http=allow_http) if raw.get("hub_url") else ""
         token = _site_token(token_value) if token_value else ""
 
     if "data_dir" not in raw:
@@ -326,9 +320,7 @@ def load_config(
             limits_raw.get("max_memory_mb", LimitCaps.max_memory_mb),
             integer=True,
         ),
-        max_cpus=_positive_number(
-            "limits.max_cpus", limits_raw.get("max_cpus", LimitCaps.max_cpus)
-        ),
+        max_cpus=_positive_number("limits.max_cpus", limits_raw.get("max_cpus", LimitCaps.max_cpus)),
         max_timeout_seconds=_positive_number(
             "limits.max_timeout_seconds",
             limits_raw.get("max_timeout_seconds", LimitCaps.max_timeout_seconds),
@@ -350,9 +342,7 @@ def load_config(
         on_excess=str(limits_raw.get("on_excess", LimitCaps.on_excess)),
     )
     if caps.on_excess not in ON_EXCESS_CHOICES:
-        raise ConfigError(
-            f"limits.on_excess must be one of {ON_EXCESS_CHOICES}, got {caps.on_excess!r}"
-        )
+        raise ConfigError(f"limits.on_excess must be one of {ON_EXCESS_CHOICES}, got {caps.on_excess!r}")
     if caps.max_decimals > 10:
         raise ConfigError("limits.max_decimals must be at most 10")
 
@@ -430,11 +420,7 @@ def effective_limits(requested: Mapping[str, Any] | None, caps: LimitCaps) -> di
         if value is None:
             out[key] = cap
             continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise LimitsRefused(f"resource_limits.{key} must be a number")
         if value <= 0:
             raise LimitsRefused(f"resource_limits.{key} must be positive")

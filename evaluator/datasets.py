@@ -79,7 +79,7 @@ def fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
     for name, arr in (("features", features), ("labels", labels)):
         arr = np.ascontiguousarray(arr)
         h.update(f"{name}:{arr.dtype.str}:{list(arr.shape)}\n".encode())
-        h.update(memoryview(arr).cast("B"))
+        h.update(arr.data)  # C-contiguous buffer, no copy
     return h.hexdigest()
 
 
@@ -142,9 +142,7 @@ def _validate_features(raw: np.ndarray, n_features: int) -> np.ndarray:
     return np.ascontiguousarray(raw, dtype=np.float32)
 
 
-def _validate_labels(
-    raw: np.ndarray, *, n_rows: int, task_type: str, n_classes: int | None
-) -> np.ndarray:
+def _validate_labels(raw: np.ndarray, *, n_rows: int, task_type: str, n_classes: int | None) -> np.ndarray:
     if raw.ndim == 2 and raw.shape[1] == 1:
         raw = raw[:, 0]
     if raw.ndim != 1:
@@ -165,9 +163,7 @@ def _validate_labels(
     if labels.min() < 0 or labels.max() >= n_classes:
         raise InvalidData(f"labels must be class indices in 0..{n_classes - 1}")
     if np.unique(labels).size < 2:
-        raise InvalidData(
-            "classification labels contain a single class; metrics would be undefined"
-        )
+        raise InvalidData("classification labels contain a single class; metrics would be undefined")
     return np.ascontiguousarray(labels)
 
 
@@ -176,11 +172,7 @@ def _spec(input_spec: Mapping[str, Any], task_type: str | None) -> tuple[str, in
     if task_type not in TASK_TYPES:
         raise InvalidData(f"task type must be one of {TASK_TYPES}, got {task_type!r}")
     n_features = input_spec.get("n_features")
-    if (
-        isinstance(n_features, bool)
-        or not isinstance(n_features, int)
-        or not 0 < n_features <= MAX_FEATURES
-    ):
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or not 0 < n_features <= MAX_FEATURES:
         raise InvalidData("input_spec.n_features must be a positive integer")
     dtype = input_spec.get("dtype", "float32")
     if dtype != "float32":
@@ -267,9 +259,7 @@ def register_task_data(
     return meta
 
 
-def load_task_data(
-    *, data_dir: str | os.PathLike[str], task_id: int | str, verify: bool = True
-) -> TaskData:
+def load_task_data(*, data_dir: str | os.PathLike[str], task_id: int | str, verify: bool = True) -> TaskData:
     """The stored shard for a task; raises ``DataUnavailable`` if missing or altered."""
     root = task_dir(data_dir, task_id)
     try:
@@ -278,9 +268,7 @@ def load_task_data(
         labels = np.load(root / "labels" / LABELS_FILE, allow_pickle=False)
         features = np.load(features_path, allow_pickle=False, mmap_mode="r") if verify else None
     except (OSError, ValueError) as exc:
-        raise DataUnavailable(
-            f"no usable data stored for task {task_id}: {type(exc).__name__}"
-        ) from None
+        raise DataUnavailable(f"no usable data stored for task {task_id}: {type(exc).__name__}") from None
     if verify:
         assert features is not None
         if fingerprint(np.asarray(features), labels) != meta.get("fingerprint"):

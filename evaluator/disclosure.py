@@ -20,9 +20,7 @@ class DisclosureError(ValueError):
     reason = "policy_violation"
 
 
-def metric_policy(
-    task_metrics: Iterable[Mapping[str, Any]], *, max_decimals: int
-) -> dict[str, int]:
+def metric_policy(task_metrics: Iterable[Mapping[str, Any]], *, max_decimals: int) -> dict[str, int]:
     """``{name: decimals}`` from the task spec's ``metrics`` list, decimals capped by the site."""
     policy: dict[str, int] = {}
     for item in task_metrics:
@@ -30,9 +28,7 @@ def metric_policy(
             raise DisclosureError("each task metric needs a name")
         decimals = item.get("decimals", DEFAULT_DECIMALS)
         if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
-            raise DisclosureError(
-                f"metric {item['name']!r}: decimals must be a non-negative integer"
-            )
+            raise DisclosureError(f"metric {item['name']!r}: decimals must be a non-negative integer")
         if item["name"] in policy:
             raise DisclosureError(f"metric {item['name']!r} is listed twice")
         policy[item["name"]] = min(decimals, max_decimals)

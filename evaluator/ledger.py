@@ -11,6 +11,7 @@ sharing a data dir never interleave lines, and an acknowledged entry survives a 
 
 from __future__ import annotations
 
+import builtins
 import csv
 import fcntl
 import hashlib
@@ -54,10 +55,8 @@ class LedgerEntry:
     sha256: str
     epsilon: float | None = None  # privacy budget spent (federated updates); None for metrics
 
-    def to_json_line(self) -> bytes:
-        return (json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n").encode(
-            "ascii"
-        )
+    def to_json_line(self) -> builtins.bytes:
+        return (json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def digest(payload: bytes) -> str:
@@ -129,9 +128,7 @@ class Ledger:
                 if verify:
                     payload = entry.payload.encode("ascii")
                     if digest(payload) != entry.sha256 or len(payload) != entry.bytes:
-                        raise LedgerError(
-                            f"{self.path}:{lineno}: payload does not match its sha256"
-                        )
+                        raise LedgerError(f"{self.path}:{lineno}: payload does not match its sha256")
                 yield entry
 
     def export_csv(self, out: IO[str] | str | os.PathLike[str]) -> int:

@@ -167,9 +167,7 @@ def class_probabilities(predictions: Any, *, n_rows: int, n_classes: int) -> np.
         p1 = p.reshape(-1)
         p = np.stack([1.0 - p1, p1], axis=1)
     if p.shape != (n_rows, n_classes):
-        raise InvalidPredictions(
-            f"expected probabilities of shape ({n_rows}, {n_classes}), got {p.shape}"
-        )
+        raise InvalidPredictions(f"expected probabilities of shape ({n_rows}, {n_classes}), got {p.shape}")
     if not np.all(np.isfinite(p)):
         raise InvalidPredictions("probabilities must be finite")
     if p.min(initial=0.0) < -1e-6 or p.max(initial=0.0) > 1 + 1e-6:
@@ -221,9 +219,7 @@ def compute_metrics(
         if n_classes is None:
             pred = np.asarray(predictions)
             n_classes = (
-                2
-                if task_type == "binary_classification"
-                else (pred.shape[1] if pred.ndim == 2 else 0)
+                2 if task_type == "binary_classification" else (pred.shape[1] if pred.ndim == 2 else 0)
             )
         if n_classes < 2:
             raise InvalidPredictions("classification needs at least 2 classes")

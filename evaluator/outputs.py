@@ -112,9 +112,7 @@ def validate_predictions(
             raise ValueError("a multiclass task needs n_classes >= 2")
         if array.ndim != 2 or array.shape[1] != n_classes:
             raise InvalidOutput(f"multiclass needs shape (n, {n_classes}), got {array.shape}")
-    if array.size and (
-        array.min() < -PROBABILITY_TOLERANCE or array.max() > 1 + PROBABILITY_TOLERANCE
-    ):
+    if array.size and (array.min() < -PROBABILITY_TOLERANCE or array.max() > 1 + PROBABILITY_TOLERANCE):
         raise InvalidOutput("probabilities must lie in [0, 1]")
     if array.ndim == 2 and array.shape[1] >= 2:
         if not np.all(np.abs(array.sum(axis=1) - 1.0) <= PROBABILITY_SUM_TOLERANCE):
@@ -137,9 +135,7 @@ def load_predictions(
     if not stat.S_ISDIR(dir_stat.st_mode):
         raise InvalidOutput("the output folder is not a folder")
     if names != [PREDICTIONS_NAME]:
-        raise InvalidOutput(
-            "no predictions were written" if not names else "unexpected files in the output"
-        )
+        raise InvalidOutput("no predictions were written" if not names else "unexpected files in the output")
     data = _read_capped(out_dir / PREDICTIONS_NAME, max_bytes)
     array = parse_npy(data)
     return validate_predictions(array, n_rows=n_rows, task_type=task_type, n_classes=n_classes)

@@ -86,8 +86,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several processes (web, worker, beat) share the file in the embedded setup.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # Several processes (web, worker, beat) share the file in the embedded setup. IMMEDIATE takes
+    # the write lock at BEGIN, so concurrent writers wait out `timeout` instead of failing at once
+    # with "database is locked" when a read lock cannot be upgraded (e.g. two agents claiming).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=30, transaction_mode="IMMEDIATE")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -118,7 +120,7 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 VAULTBENCH_MAX_ARTIFACT_BYTES = env_int("VAULTBENCH_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024, minimum=1)
-VAULTBENCH_MAX_ARCHIVE_ENTRIES = env_int("VAULTBENCH_MAX_ARCHIVE_ENTRIES", 2000, minimum=1)
+VAULTBENCH_MAX_ARCHIVE_ENTRIES = env_int("VAULTBENCH_MAX_ARCHIVE_ENTRIES", 1000, minimum=1)
 VAULTBENCH_MAX_SAMPLE_BYTES = env_int("VAULTBENCH_MAX_SAMPLE_BYTES", 20 * 1024 * 1024, minimum=1)
 VAULTBENCH_LEASE_SECONDS = env_int("VAULTBENCH_LEASE_SECONDS", 60, minimum=5)
 VAULTBENCH_MAX_JOB_ATTEMPTS = env_int("VAULTBENCH_MAX_JOB_ATTEMPTS", 3, minimum=1)

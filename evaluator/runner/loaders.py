@@ -56,9 +56,7 @@ def load_onnx(path: Path) -> Predictor:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    session = ort.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise TypeError(f"the ONNX model must have one input, it has {len(inputs)}")

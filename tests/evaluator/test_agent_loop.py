@@ -198,6 +198,7 @@ class FakeSandbox:
 
     def __call__(self, **kwargs):
         self.calls.append(kwargs)
+        self.model_bytes = Path(kwargs["model_path"]).read_bytes()  # the work dir goes later
         if self.before:
             self.before()
         if self.raises:
@@ -257,7 +258,7 @@ def test_the_sandbox_gets_the_features_file_and_never_the_labels(hub, data_dir):
     assert "labels" not in json.dumps({k: str(v) for k, v in call.items()})
     assert call["image"] == "vaultbench-runner:test"
     assert call["model_format"] == "onnx"
-    assert Path(call["model_path"]).read_bytes() == MODEL_BYTES
+    assert sandbox.model_bytes == MODEL_BYTES
     limits = call["limits"]
     assert (limits.memory_mb, limits.cpus, limits.timeout_seconds, limits.max_output_mb) == (
         1024,

@@ -172,9 +172,7 @@ def test_zip_backslash_name(tmp_path):
 
 
 def test_zip_symlink_member(tmp_path):
-    artifact = make_zip(
-        tmp_path / "p.zip", {"model.py": MODEL_PY}, symlinks={"secrets": "/etc/shadow"}
-    )
+    artifact = make_zip(tmp_path / "p.zip", {"model.py": MODEL_PY}, symlinks={"secrets": "/etc/shadow"})
     refused(tmp_path, artifact)
 
 

@@ -167,9 +167,7 @@ def test_npz_is_refused(out_dir):
 
 def test_header_that_lies_about_the_shape(out_dir):
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
-    )
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
     (out_dir / "predictions.npy").write_bytes(buf.getvalue() + b"\0" * 40)
     with pytest.raises(InvalidOutput):
         load(out_dir, task_type="regression", n_classes=None, n_rows=10**12)
