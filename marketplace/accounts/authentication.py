@@ -19,8 +19,11 @@ def bearer_token_from(request) -> str | None:
 class PersonalTokenAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
         raw = bearer_token_from(request)
-        if raw is None or not raw.startswith(PERSONAL_PREFIX):
+        if raw is None:
             return None
+        if not raw.startswith(PERSONAL_PREFIX):
+            # A site token (or anything else) must not pass here as an anonymous visitor.
+            raise exceptions.AuthenticationFailed("People endpoints need a personal token.")
         token = (
             PersonalToken.objects.select_related("user")
             .filter(key_hash=token_hash(raw), revoked_at__isnull=True)

@@ -196,6 +196,7 @@ def test_non_finite_predictions_are_invalid():
         compute_metrics("regression", ["r2"], [1.0, 2.0], [1.0, np.nan])
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 def test_undefined_metric_raises_rather_than_releasing_nan():
     with pytest.raises(ValueError):
         compute_metrics("binary_classification", ["roc_auc"], [1, 1, 1], [0.2, 0.6, 0.9])
