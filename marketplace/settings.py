@@ -161,6 +161,9 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
     _broker_dir = VAR_DIR / "broker"
+    # The filesystem transport needs its folders to exist before the first message.
+    for _folder in ("queue", "processed"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
@@ -175,6 +178,11 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-expired-leases": {
         "task": "marketplace.jobs.tasks.jobs_requeue_expired_task",
         "schedule": timedelta(seconds=env_int("VAULTBENCH_REQUEUE_EVERY_SECONDS", 15, minimum=1)),
+    },
+    # A check that was never enqueued (broker down at upload time) is picked up again.
+    "recheck-stale-submissions": {
+        "task": "marketplace.submissions.tasks.submissions_recheck_stale_task",
+        "schedule": timedelta(minutes=1),
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

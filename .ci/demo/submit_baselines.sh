@@ -18,7 +18,7 @@ upload() {  # token, name, format, file
     local sha; sha=$(sha256sum "$4" | cut -d' ' -f1)
     curl -fsS -H "Authorization: Bearer $1" -F task="$TASK" -F name="$2" -F artifact_format="$3" \
         -F sha256="$sha" -F artifact=@"$4" "$HUB/api/v1/submissions" \
-        | python -c 'import json,sys; s=json.load(sys.stdin); print(f"  submitted #{s[\"id\"]} {s[\"name\"]} ({s[\"artifact_format\"]}, {s[\"size\"]} bytes)")'
+        | python -c 'import json,sys; s=json.load(sys.stdin); print("  submitted #%(id)s %(name)s (%(artifact_format)s, %(size)s bytes)" % s)'
 }
 upload "$ACME" "Logistic regression" sklearn "$OUT/acme-logreg.joblib"
 upload "$ACME" "MLP (TorchScript)" torchscript "$OUT/acme-mlp.pt"

@@ -74,9 +74,9 @@ def submission_create(
     except Exception:
         submission.artifact.delete(save=False)
         raise
-    from marketplace.submissions.tasks import submission_check_task
+    from marketplace.submissions.tasks import enqueue_submission_check
 
-    transaction.on_commit(lambda: submission_check_task.delay(submission.id))
+    transaction.on_commit(lambda: enqueue_submission_check(submission.id))
     return submission
 
 

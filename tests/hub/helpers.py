@@ -1,5 +1,7 @@
 """Small drivers for the hub's API tests: submissions that reach the sites, agents that report."""
 
+from pathlib import Path
+
 from marketplace.jobs.models import Job
 from marketplace.submissions.models import Submission
 from marketplace.submissions.services import submission_check
@@ -36,3 +38,8 @@ def error_code(response) -> str:
     assert set(body) == {"error"}, body
     assert {"code", "message"} <= set(body["error"]), body
     return body["error"]["code"]
+
+
+def files_under(root) -> list:
+    root = Path(root)
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []

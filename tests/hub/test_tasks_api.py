@@ -7,7 +7,7 @@ import pytest
 from marketplace.audit.models import AuditEvent
 from marketplace.catalog.models import DataShard, Task, TaskStatus
 from tests.conftest import TASK_SPEC, make_site, make_task, register_shard
-from tests.hub.helpers import error_code
+from tests.hub.helpers import error_code, files_under
 
 
 def create(persona, **overrides):
@@ -187,7 +187,7 @@ def test_sample_over_the_cap_is_refused_and_not_kept(owner, settings):
     assert error_code(response) == "too_large"
     task.refresh_from_db()
     assert not task.sample_file
-    assert not any(p.is_file() for p in settings.MEDIA_ROOT.rglob("*")) if settings.MEDIA_ROOT.exists() else True
+    assert files_under(settings.MEDIA_ROOT) == []
 
 
 def test_other_owner_cannot_set_a_sample(owner, other_owner):

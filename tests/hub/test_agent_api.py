@@ -1,0 +1,337 @@
+"""The site agent's API (docs/site-agent-api.md): site tokens only, each site only its own jobs."""
+
+import hashlib
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from marketplace.accounts.services import personal_token_create
+from marketplace.audit.models import AuditEvent
+from marketplace.catalog.models import DataShard
+from marketplace.jobs.models import Job, JobStatus, Result
+from marketplace.jobs.services import jobs_requeue_expired
+from marketplace.sites.models import SiteToken
+from tests.conftest import make_site, make_task, register_shard, upload
+from tests.hub.helpers import RESULT, claim, error_code, job_of, post_result, submit
+
+
+@pytest.fixture
+def running(vendor, site, open_task):
+    """A submission whose job at site-a is running under agent-1."""
+    submission = submit(vendor, open_task)
+    job = claim(site)
+    return submission, job
+
+
+def test_heartbeat_records_the_agent(site):
+    response = site.client.post("/api/v1/agent/heartbeat", {"agent_id": "pod-7", "capabilities": {"gpu": False}},
+                                format="json")  # fmt: skip
+    assert response.status_code == 200
+    assert response.json()["site"] == {"id": site.site.id, "name": "site-a"}
+    site.site.refresh_from_db()
+    assert site.site.last_agent_id == "pod-7" and site.site.last_heartbeat_at is not None
+    assert SiteToken.objects.get(site=site.site).last_used_at is not None
+
+
+def test_personal_token_is_refused_on_agent_endpoints(owner, running):
+    _, job = running
+    _, raw = personal_token_create(user=owner.user, name="cli")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    for path, body in [("heartbeat", {"agent_id": "a"}), ("jobs/claim", {"agent_id": "a"}),
+                       (f"jobs/{job['id']}/lease", {"agent_id": "agent-1"})]:
+        response = client.post(f"/api/v1/agent/{path}", body)
+        assert response.status_code == 401, path
+        assert "error" in response.json()
+    assert client.get(f"/api/v1/agent/jobs/{job['id']}/artifact").status_code == 401
+
+
+def test_logged_in_person_is_refused_on_agent_endpoints(owner):
+    response = owner.client.post("/api/v1/agent/jobs/claim", {"agent_id": "a"})
+    assert response.status_code in (401, 403)
+
+
+def test_anonymous_and_unknown_tokens_are_refused(db):
+    assert APIClient().post("/api/v1/agent/jobs/claim", {"agent_id": "a"}).status_code in (401, 403)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer vbs_" + "x" * 43)
+    assert client.post("/api/v1/agent/jobs/claim", {"agent_id": "a"}).status_code == 401
+
+
+def test_revoked_site_token_is_refused(site):
+    SiteToken.objects.filter(site=site.site).update(revoked_at=timezone.now())
+    response = site.client.post("/api/v1/agent/jobs/claim", {"agent_id": "a"})
+    assert response.status_code == 401
+    assert error_code(response) == "authentication_failed"
+
+
+def test_site_registers_and_updates_its_shard(site, owner):
+    task = make_task(owner)
+    body = {"task": task.id, "row_count": 120, "fingerprint": "c" * 64, "split_sizes": {"test": 120}}
+    first = site.client.post("/api/v1/agent/shards", body, format="json")
+    assert first.status_code == 201, first.content
+    second = site.client.post("/api/v1/agent/shards", {**body, "row_count": 150}, format="json")
+    assert second.status_code == 200
+    assert DataShard.objects.get(task=task, site=site.site).row_count == 150
+    actions = list(AuditEvent.objects.filter(actor_site=site.site).values_list("action", flat=True))
+    assert "shard.registered" in actions and "shard.updated" in actions
+
+
+def test_site_cannot_register_a_shard_for_another_owners_task(site, other_owner):
+    task = make_task(other_owner)
+    response = site.client.post("/api/v1/agent/shards", {"task": task.id, "row_count": 100, "fingerprint": "c" * 64},
+                                format="json")  # fmt: skip
+    assert response.status_code == 404
+    assert not DataShard.objects.filter(task=task).exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"task": "x", "row_count": 100, "fingerprint": "c" * 64},
+        {"task": None, "row_count": 100, "fingerprint": "c" * 64},
+        {"row_count": -1, "fingerprint": "c" * 64},
+        {"row_count": 100, "fingerprint": "not-hex"},
+        {"row_count": 5, "fingerprint": "c" * 64},  # below the task's min_test_rows
+        {"row_count": 100, "fingerprint": "c" * 64, "split_sizes": {"test": "many"}},
+    ],
+)
+def test_bad_shard_payload_is_a_clear_400(site, owner, body):
+    task = make_task(owner)
+    body = {"task": task.id, **body}
+    body = {k: v for k, v in body.items() if v is not None}
+    response = site.client.post("/api/v1/agent/shards", body, format="json")
+    assert response.status_code == 400, response.content
+    assert error_code(response) in {"invalid", "too_few_rows"}
+    assert not DataShard.objects.filter(task=task).exists()
+
+
+def test_claim_gives_the_job_contract_and_then_204(vendor, site, open_task):
+    submission = submit(vendor, open_task)
+    job = claim(site)
+    assert job["submission"] == {"id": submission.id, "format": "sklearn", "sha256": submission.sha256,
+                                 "size": submission.size, "filename": "model.bin"}
+    assert job["task"]["metrics"][0] == {"name": "roc_auc", "direction": "higher", "decimals": 4}
+    assert job["attempt"] == 1 and job["lease_seconds"] == 60
+    stored = Job.objects.get(id=job["id"])
+    assert stored.status == JobStatus.RUNNING and stored.lease_holder == "agent-1"
+    assert AuditEvent.objects.filter(action="job.claimed", object_id=str(job["id"]), actor_site=site.site).exists()
+    assert claim(site, "agent-2") is None
+
+
+def test_site_never_claims_another_sites_jobs(owner, other_owner, vendor, site, open_task):
+    foreign = make_site(other_owner, "north-1")
+    submit(vendor, open_task)
+    assert claim(foreign) is None
+    sibling = make_site(owner, "site-b")  # same organization, but the task's data is not there
+    assert claim(sibling) is None
+    assert Job.objects.get().status == JobStatus.QUEUED
+
+
+def test_bad_agent_id_is_a_400(site):
+    for agent_id in ["", "has space", "x" * 65, None, ["a"]]:
+        response = site.client.post("/api/v1/agent/jobs/claim", {"agent_id": agent_id}, format="json")
+        assert response.status_code == 400, agent_id
+        assert error_code(response) == "invalid"
+
+
+def test_lease_renewal_extends_the_lease_of_its_holder(site, running):
+    _, job = running
+    Job.objects.filter(id=job["id"]).update(lease_expires_at=timezone.now() + timedelta(seconds=5))
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/lease", {"agent_id": "agent-1"})
+    assert response.status_code == 200
+    assert Job.objects.get(id=job["id"]).lease_expires_at > timezone.now() + timedelta(seconds=30)
+
+
+def test_lease_renewal_by_another_agent_is_lease_lost(site, running):
+    _, job = running
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/lease", {"agent_id": "agent-2"})
+    assert response.status_code == 409
+    assert error_code(response) == "lease_lost"
+    assert Job.objects.get(id=job["id"]).lease_holder == "agent-1"
+
+
+def test_site_token_of_one_site_cannot_touch_another_sites_job(owner, other_owner, site, running, settings):
+    _, job = running
+    for other in (make_site(owner, "site-b"), make_site(other_owner, "north-1")):
+        path = f"/api/v1/agent/jobs/{job['id']}"
+        responses = [
+            other.client.post(f"{path}/lease", {"agent_id": "agent-1"}),
+            other.client.get(f"{path}/artifact"),
+            post_result(other, job["id"]),
+            other.client.post(f"{path}/failure", {"agent_id": "agent-1", "reason": "crashed"}),
+        ]
+        missing = other.client.post("/api/v1/agent/jobs/999999/lease", {"agent_id": "agent-1"})
+        assert [r.status_code for r in responses] == [404, 404, 404, 404]
+        assert all(r.json() == missing.json() for r in responses if r.get("Content-Type") == "application/json")
+    stored = Job.objects.get(id=job["id"])
+    assert stored.status == JobStatus.RUNNING and not Result.objects.exists()
+
+
+def test_site_downloads_the_artifact_of_a_running_job(vendor, site, open_task):
+    data = b"\x80\x04" + b"weights" * 10
+    upload(vendor, open_task, data=data)
+    from marketplace.submissions.services import submission_check
+    from marketplace.submissions.models import Submission
+
+    submission_check(submission_id=Submission.objects.get().id)
+    job = claim(site)
+    response = site.client.get(f"/api/v1/agent/jobs/{job['id']}/artifact")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == job["submission"]["sha256"]
+
+
+def test_artifact_of_a_job_not_running_is_refused(vendor, site, open_task):
+    submission = submit(vendor, open_task)
+    job = job_of(submission, site)
+    response = site.client.get(f"/api/v1/agent/jobs/{job.id}/artifact")
+    assert response.status_code == 409
+    assert error_code(response) == "lease_lost"
+
+
+def test_result_is_recorded_once_and_a_repeat_changes_nothing(site, running):
+    submission, job = running
+    first = post_result(site, job["id"])
+    assert first.status_code == 200 and first.json()["created"] is True
+    repeat = post_result(site, job["id"])
+    assert repeat.status_code == 200 and repeat.json()["created"] is False
+    assert Result.objects.filter(job_id=job["id"]).count() == 1
+    assert Result.objects.get().metrics == RESULT["metrics"]
+    assert Job.objects.get(id=job["id"]).status == JobStatus.SUCCEEDED
+    assert AuditEvent.objects.filter(action="job.succeeded", object_id=str(job["id"])).count() == 1
+
+
+def test_a_different_second_result_is_a_conflict(site, running):
+    _, job = running
+    post_result(site, job["id"])
+    other = post_result(site, job["id"], ledger={"sha256": "e" * 64, "bytes": 1}, metrics={"roc_auc": 0.1, "accuracy": 0.1})
+    assert other.status_code == 409
+    assert error_code(other) == "already_reported"
+    assert Result.objects.get().metrics == RESULT["metrics"]
+
+
+def test_result_from_an_agent_without_the_lease_is_refused(site, running):
+    _, job = running
+    response = post_result(site, job["id"], agent_id="agent-2")
+    assert response.status_code == 409
+    assert error_code(response) == "lease_lost"
+    assert not Result.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"metrics": [0.9, 0.8]},
+        {"metrics": "0.9"},
+        {"metrics": {"roc_auc": 0.9}},
+        {"metrics": {"roc_auc": 0.9, "accuracy": 0.8, "f1": 0.7}},
+        {"metrics": {"roc_auc": 0.9, "r2": 0.8}},
+        {"metrics": {"roc_auc": "0.9", "accuracy": 0.8}},
+        {"metrics": {"roc_auc": True, "accuracy": 0.8}},
+        {"metrics": {"roc_auc": {"v": 1}, "accuracy": 0.8}},
+        {"metrics": {"roc_auc": None, "accuracy": 0.8}},
+        {"n_rows": 0},
+        {"n_rows": "many"},
+        {"ledger": {"sha256": "short", "bytes": 1}},
+        {"ledger": "receipt"},
+    ],
+)
+def test_bad_result_payload_is_a_clear_400_and_records_nothing(site, running, overrides):
+    _, job = running
+    response = post_result(site, job["id"], **overrides)
+    assert response.status_code == 400, response.content
+    assert error_code(response) in {"invalid", "invalid_metrics"}
+    assert not Result.objects.exists()
+    assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_metric_is_refused(site, running, literal):
+    _, job = running
+    body = json.dumps({"agent_id": "agent-1", "n_rows": 100, "ledger": RESULT["ledger"],
+                       "metrics": {"roc_auc": 0.5, "accuracy": 0.5}}).replace('"roc_auc": 0.5', f'"roc_auc": {literal}')
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "error" in response.json()
+    assert not Result.objects.exists()
+    assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
+
+
+def test_malformed_json_is_a_400(site, running):
+    _, job = running
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert error_code(response) == "parse_error"
+
+
+@pytest.mark.parametrize("reason", ["exploded", "agent_lost", "", 7])
+def test_failure_reason_outside_the_fixed_list_is_a_400(site, running, reason):
+    _, job = running
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": reason},
+                                format="json")  # fmt: skip
+    assert response.status_code == 400
+    assert error_code(response) == "invalid"
+    assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
+
+
+def test_model_failure_fails_the_job_and_the_submission_idempotently(site, running, django_capture_on_commit_callbacks):
+    submission, job = running
+    path = f"/api/v1/agent/jobs/{job['id']}/failure"
+    with django_capture_on_commit_callbacks(execute=True):
+        first = site.client.post(path, {"agent_id": "agent-1", "reason": "crashed"})
+    assert first.status_code == 200 and first.json()["created"] is True
+    repeat = site.client.post(path, {"agent_id": "agent-1", "reason": "crashed"})
+    assert repeat.status_code == 200 and repeat.json()["created"] is False
+    other = site.client.post(path, {"agent_id": "agent-1", "reason": "timeout"})
+    assert other.status_code == 409
+    stored = Job.objects.get(id=job["id"])
+    assert stored.status == JobStatus.FAILED and stored.failure_reason == "crashed"
+    submission.refresh_from_db()
+    assert submission.status == "failed" and submission.status_reason == "crashed"
+    assert AuditEvent.objects.filter(action="job.failed", object_id=str(job["id"])).count() == 1
+
+
+def test_site_side_failure_requeues_while_attempts_remain(site, running, settings):
+    settings.VAULTBENCH_MAX_JOB_ATTEMPTS = 2
+    _, job = running
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": "internal_error"})
+    assert response.status_code == 200 and response.json()["job"]["status"] == "queued"
+    again = claim(site, "agent-2")
+    assert again["id"] == job["id"] and again["attempt"] == 2
+    last = site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-2", "reason": "internal_error"})
+    assert last.json()["job"] == {"id": job["id"], "status": "failed", "failure_reason": "internal_error"}
+
+
+def test_expired_lease_requeues_the_job_and_the_old_agent_is_refused(site, running):
+    _, job = running
+    Job.objects.filter(id=job["id"]).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert jobs_requeue_expired() == 1
+    stored = Job.objects.get(id=job["id"])
+    assert stored.status == JobStatus.QUEUED and stored.lease_holder == "" and stored.lease_expires_at is None
+    assert AuditEvent.objects.filter(action="job.lease_expired", object_id=str(job["id"])).exists()
+    taken = claim(site, "agent-2")
+    assert taken["id"] == job["id"] and taken["attempt"] == 2
+    late = post_result(site, job["id"], agent_id="agent-1")
+    assert late.status_code == 409 and error_code(late) == "lease_lost"
+    renew = site.client.post(f"/api/v1/agent/jobs/{job['id']}/lease", {"agent_id": "agent-1"})
+    assert renew.status_code == 409
+    assert post_result(site, job["id"], agent_id="agent-2").status_code == 200
+    assert Result.objects.count() == 1
+
+
+def test_live_lease_is_not_requeued(site, running):
+    _, job = running
+    assert jobs_requeue_expired() == 0
+    assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
+
+
+def test_claims_go_to_the_oldest_job_first(vendor, site, owner):
+    task = make_task(owner, quota_per_day=10)
+    register_shard(site, task)
+    first, second = submit(vendor, task, name="a"), submit(vendor, task, name="b")
+    assert claim(site)["submission"]["id"] == first.id
+    assert claim(site, "agent-2")["submission"]["id"] == second.id
