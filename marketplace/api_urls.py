@@ -2,6 +2,7 @@ from django.urls import path
 
 from marketplace.accounts import apis as accounts
 from marketplace.catalog import apis as catalog
+from marketplace.egress import apis as egress
 from marketplace.jobs import agent_apis as agent
 from marketplace.jobs import apis as jobs
 from marketplace.leaderboard import apis as leaderboard
@@ -37,6 +38,8 @@ urlpatterns = [
     path("jobs/<int:job_id>", jobs.JobDetailApi.as_view(), name="job"),
     path("jobs/<int:job_id>/approve", jobs.JobApproveApi.as_view(), name="job-approve"),
     path("jobs/<int:job_id>/reject", jobs.JobRejectApi.as_view(), name="job-reject"),
+    path("egress", egress.EgressListApi.as_view(), name="egress"),
+    path("egress.csv", egress.EgressCsvApi.as_view(), name="egress-csv"),
     path("agent/heartbeat", agent.HeartbeatApi.as_view(), name="agent-heartbeat"),
     path("agent/shards", agent.ShardRegisterApi.as_view(), name="agent-shards"),
     path("agent/jobs/claim", agent.JobClaimApi.as_view(), name="agent-claim"),

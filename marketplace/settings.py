@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "marketplace.submissions",
     "marketplace.jobs",
     "marketplace.leaderboard",
+    "marketplace.egress",
     "marketplace.portal",
 ]
 

@@ -157,6 +157,7 @@ class ArtifactDownloadApi(AgentApi):
 class LedgerReceiptInput(serializers.Serializer):
     sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
     bytes = serializers.IntegerField(min_value=0)
+    cost_bits = serializers.FloatField(required=False, allow_null=True, min_value=0)
 
 
 class ResultInput(serializers.Serializer):
@@ -186,6 +187,7 @@ class ResultApi(AgentApi):
         job, created = job_record_result(
             site=self.site, job_id=job_id, agent_id=values["agent_id"], metrics=values["metrics"],
             n_rows=values["n_rows"], ledger_sha256=values["ledger"]["sha256"], ledger_bytes=values["ledger"]["bytes"],
+            released=dict(request.data), cost_bits=values["ledger"].get("cost_bits"),
         )  # fmt: skip
         return Response({"job": AgentJobStateOutput(job).data, "created": created})
 
@@ -193,6 +195,7 @@ class ResultApi(AgentApi):
 class FailureInput(serializers.Serializer):
     agent_id = AGENT_ID
     reason = serializers.ChoiceField(choices=AGENT_REPORTABLE_REASONS)
+    ledger = LedgerReceiptInput(required=False)
 
 
 class FailureApi(AgentApi):
@@ -200,5 +203,10 @@ class FailureApi(AgentApi):
     def post(self, request, job_id: int):
         data = FailureInput(data=request.data)
         data.is_valid(raise_exception=True)
-        job, created = job_record_failure(site=self.site, job_id=job_id, **data.validated_data)
+        values = data.validated_data
+        ledger = values.get("ledger") or {}
+        job, created = job_record_failure(
+            site=self.site, job_id=job_id, agent_id=values["agent_id"], reason=values["reason"],
+            released=dict(request.data), ledger_sha256=ledger.get("sha256"), ledger_bytes=ledger.get("bytes"),
+        )  # fmt: skip
         return Response({"job": AgentJobStateOutput(job).data, "created": created})

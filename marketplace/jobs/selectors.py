@@ -10,3 +10,17 @@ def job_list_visible_to(*, user) -> QuerySet[Job]:
     return Job.objects.filter(
         Q(submission__vendor_id__in=org_ids) | Q(submission__task__organization_id__in=org_ids)
     ).select_related("submission__task", "submission__vendor", "site", "result")
+
+
+def jobs_awaiting_approval_for(*, user) -> QuerySet[Job]:
+    """Jobs on the person's own tasks that wait for the owner's decision."""
+    from marketplace.accounts.models import OrganizationKind
+    from marketplace.accounts.selectors import organizations_of
+    from marketplace.jobs.models import JobStatus
+
+    owner_ids = organizations_of(user=user).filter(kind=OrganizationKind.DATA_OWNER).values_list("id", flat=True)
+    return (
+        Job.objects.filter(status=JobStatus.AWAITING_APPROVAL, submission__task__organization_id__in=list(owner_ids))
+        .select_related("submission__task", "submission__vendor", "site")
+        .order_by("id")
+    )

@@ -15,6 +15,8 @@ from django.utils import timezone
 from marketplace.audit.services import audit_record
 from marketplace.catalog.models import DataShard
 from marketplace.core.errors import Conflict, DomainError, NotFound
+from marketplace.egress.models import EgressKind
+from marketplace.egress.services import egress_receipt_verify, egress_record_create
 from marketplace.jobs.models import (
     RETRYABLE_REASONS,
     TERMINAL_STATUSES,
@@ -141,9 +143,22 @@ def _validate_metrics(job: Job, metrics: dict) -> dict[str, float]:
 
 @transaction.atomic
 def job_record_result(
-    *, site: Site, job_id: int, agent_id: str, metrics: dict, n_rows: int, ledger_sha256: str, ledger_bytes: int
+    *,
+    site: Site,
+    job_id: int,
+    agent_id: str,
+    metrics: dict,
+    n_rows: int,
+    ledger_sha256: str,
+    ledger_bytes: int,
+    released: dict,
+    cost_bits: float | None = None,
 ) -> tuple[Job, bool]:
-    """Stores a site's result. Returns (job, created); a repeat of the same result changes nothing."""
+    """Stores a site's result. Returns (job, created); a repeat of the same result changes nothing.
+
+    `released` is the body exactly as the site sent it; its ledger receipt must match it, and the
+    release is mirrored into the hub's copy of the site's egress ledger.
+    """
     job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
     if job.status == JobStatus.SUCCEEDED:
         if job.result.ledger_sha256 == ledger_sha256:
@@ -152,6 +167,10 @@ def job_record_result(
     if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
         raise LeaseLost("This agent no longer holds the job's lease.")
     cleaned = _validate_metrics(job, metrics)
+    egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
+    egress_record_create(
+        job=job, kind=EgressKind.METRICS, sha256=ledger_sha256, size=ledger_bytes, cost_bits=cost_bits
+    )
     Result.objects.create(
         job=job, metrics=cleaned, n_rows=n_rows, ledger_sha256=ledger_sha256, ledger_bytes=ledger_bytes
     )
@@ -165,8 +184,14 @@ def job_record_result(
 
 
 @transaction.atomic
-def job_record_failure(*, site: Site, job_id: int, agent_id: str, reason: str) -> tuple[Job, bool]:
-    """Stores a coarse failure. Site-side trouble requeues the job while attempts remain."""
+def job_record_failure(
+    *, site: Site, job_id: int, agent_id: str, reason: str, released: dict | None = None,
+    ledger_sha256: str | None = None, ledger_bytes: int | None = None,
+) -> tuple[Job, bool]:
+    """Stores a coarse failure. Site-side trouble requeues the job while attempts remain.
+
+    A failure reason is a released value too: with a ledger receipt it is mirrored like metrics.
+    """
     job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
     if job.status == JobStatus.FAILED:
         if job.failure_reason == reason:
@@ -174,6 +199,9 @@ def job_record_failure(*, site: Site, job_id: int, agent_id: str, reason: str) -
         raise Conflict("A different outcome was already recorded for this job.", code="already_reported")
     if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
         raise LeaseLost("This agent no longer holds the job's lease.")
+    if ledger_sha256 is not None and released is not None:
+        egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes or 0)
+        egress_record_create(job=job, kind=EgressKind.FAILURE, sha256=ledger_sha256, size=ledger_bytes or 0)
     retry = reason in RETRYABLE_REASONS and job.attempts < settings.VAULTBENCH_MAX_JOB_ATTEMPTS
     job.status = JobStatus.QUEUED if retry else JobStatus.FAILED
     job.failure_reason = "" if retry else reason

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from marketplace.egress.receipts import receipt_of
 from marketplace.jobs.models import Job
 from marketplace.submissions.models import Submission
 from marketplace.submissions.services import submission_check
@@ -24,8 +25,16 @@ def claim(site, agent_id: str = "agent-1") -> dict | None:
     return response.json()["job"] if response.status_code == 200 else None
 
 
+def with_receipt(body: dict) -> dict:
+    """Adds the ledger receipt a real agent sends: the hash of exactly the released body."""
+    sha256, size = receipt_of(body)
+    return {**body, "ledger": {"sha256": sha256, "bytes": size}}
+
+
 def post_result(site, job_id: int, *, agent_id: str = "agent-1", **overrides):
     body = {"agent_id": agent_id, **RESULT, **overrides}
+    if "ledger" not in overrides:
+        body = with_receipt({k: v for k, v in body.items() if k != "ledger"})
     return site.client.post(f"/api/v1/agent/jobs/{job_id}/result", body, format="json")
 
 

@@ -5,7 +5,7 @@ import pytest
 from marketplace.audit.models import AuditEvent
 from marketplace.jobs.models import Job, JobStatus
 from tests.conftest import make_site, make_task, register_shard
-from tests.hub.helpers import claim, error_code, job_of, post_result, submit
+from tests.hub.helpers import RESULT, claim, error_code, job_of, post_result, submit, with_receipt
 
 
 @pytest.fixture
@@ -37,7 +37,8 @@ def test_owner_sees_jobs_and_results_of_its_tasks(owner, other_owner, vendor, si
     post_result(site, job["id"])
     body = owner.client.get(f"/api/v1/jobs/{job['id']}").json()
     assert body["status"] == "succeeded" and body["submission_id"] == submission.id
-    assert body["result"] == {"metrics": {"roc_auc": 0.9, "accuracy": 0.8}, "n_rows": 100, "ledger_sha256": "b" * 64}
+    receipt = with_receipt({"agent_id": "agent-1", "metrics": RESULT["metrics"], "n_rows": 100})["ledger"]["sha256"]
+    assert body["result"] == {"metrics": {"roc_auc": 0.9, "accuracy": 0.8}, "n_rows": 100, "ledger_sha256": receipt}
     assert other_owner.client.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     assert other_owner.client.get("/api/v1/jobs").json()["results"] == []
 

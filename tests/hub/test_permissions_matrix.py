@@ -6,7 +6,7 @@ from rest_framework.test import APIClient
 
 from marketplace.accounts.services import personal_token_create
 from tests.conftest import make_site, make_task, register_shard
-from tests.hub.helpers import claim, submit
+from tests.hub.helpers import claim, submit, with_receipt
 
 ROLES = ["visitor", "outsider", "vendor", "second_vendor", "owner", "other_owner", "site_token"]
 
@@ -110,8 +110,7 @@ AGENT_CALLS = [
     ("post", "/api/v1/agent/jobs/{job}/lease", {"agent_id": "agent-1"}),
     ("get", "/api/v1/agent/jobs/{job}/artifact", None),
     ("post", "/api/v1/agent/jobs/{job}/result",
-     {"agent_id": "agent-1", "metrics": {"roc_auc": 0.5, "accuracy": 0.5}, "n_rows": 100,
-      "ledger": {"sha256": "b" * 64, "bytes": 1}}),
+     with_receipt({"agent_id": "agent-1", "metrics": {"roc_auc": 0.5, "accuracy": 0.5}, "n_rows": 100})),
     ("post", "/api/v1/agent/jobs/{job}/failure", {"agent_id": "agent-1", "reason": "crashed"}),
 ]
 

@@ -1,0 +1,59 @@
+import csv
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers
+from rest_framework.views import APIView
+
+from marketplace.core.apis import IsPerson
+from marketplace.egress.filters import EgressFilter
+from marketplace.egress.models import EgressRecord
+from marketplace.egress.selectors import egress_records_visible_to
+
+CSV_COLUMNS = ["created_at", "site", "task", "vendor", "job", "kind", "bytes", "sha256", "cost_bits", "epsilon"]
+
+
+class EgressRecordOutput(serializers.ModelSerializer):
+    site = serializers.CharField(source="site.name")
+    task = serializers.CharField(source="task.title")
+    vendor = serializers.CharField(source="vendor.name")
+    job = serializers.IntegerField(source="job_id", allow_null=True)
+
+    class Meta:
+        model = EgressRecord
+        fields = ["id", *CSV_COLUMNS]
+
+
+class EgressListApi(generics.ListAPIView):
+    """The owner's egress ledger across its sites (filter by site, task, vendor, kind, time)."""
+
+    permission_classes = [IsPerson]
+    serializer_class = EgressRecordOutput
+    filterset_class = EgressFilter
+    queryset = EgressRecord.objects.none()  # for the schema; real rows come from get_queryset
+
+    def get_queryset(self):
+        return egress_records_visible_to(user=self.request.user).order_by("-id")
+
+
+def egress_csv_response(records) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="egress-ledger.csv"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    for record in records:
+        writer.writerow(
+            [record.created_at.isoformat(), record.site.name, record.task.title, record.vendor.name, record.job_id,
+             record.kind, record.bytes, record.sha256, record.cost_bits, record.epsilon]
+        )  # fmt: skip
+    return response
+
+
+class EgressCsvApi(APIView):
+    permission_classes = [IsPerson]
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR}, tags=["egress"])
+    def get(self, request):
+        records = EgressFilter(request.query_params, queryset=egress_records_visible_to(user=request.user)).qs
+        return egress_csv_response(records.order_by("id"))
