@@ -108,7 +108,9 @@ def _hkdf(secret: bytes, info: bytes) -> bytes:
 
 def _info(purpose: bytes, round_id: str, *ids: int) -> bytes:
     rid = round_id.encode("utf-8")
-    return b"|".join([_PROTOCOL, purpose, struct.pack(">I", len(rid)) + rid, *(struct.pack(">I", i) for i in ids)])
+    return b"|".join(
+        [_PROTOCOL, purpose, struct.pack(">I", len(rid)) + rid, *(struct.pack(">I", i) for i in ids)]
+    )
 
 
 def _pairwise_seed(private: X25519PrivateKey, peer_public: bytes, round_id: str, u: int, v: int) -> bytes:
@@ -125,7 +127,9 @@ def _raw_public(key: X25519PrivateKey) -> bytes:
 
 
 def _raw_private(key: X25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
 # --------------------------------------------------------------------------- Shamir secret sharing
@@ -343,10 +347,13 @@ class SecAggClient:
     def _decrypt(self, bundle: EncryptedShares) -> tuple[int, int]:
         assert self._roster is not None
         sender = self._roster[bundle.sender]
-        key = _bundle_key(self._keys.enc_key, sender.enc_public, self.params.round_id, self.site_id, bundle.sender)
+        key = _bundle_key(
+            self._keys.enc_key, sender.enc_public, self.params.round_id, self.site_id, bundle.sender
+        )
         aad = _aad(self.params.round_id, bundle.sender, self.site_id)
         plaintext = AESGCM(key).decrypt(bundle.nonce, bundle.ciphertext, aad)  # raises InvalidTag
-        if len(plaintext) != 8 + 2 * _SHARE_BYTES or struct.unpack(">II", plaintext[:8]) != (bundle.sender, self.site_id):
+        header = struct.pack(">II", bundle.sender, self.site_id)
+        if len(plaintext) != 8 + 2 * _SHARE_BYTES or plaintext[:8] != header:
             raise SecAggError(f"share bundle from site {bundle.sender} is malformed")
         s_share = int.from_bytes(plaintext[8 : 8 + _SHARE_BYTES], "big")
         b_share = int.from_bytes(plaintext[8 + _SHARE_BYTES :], "big")
@@ -383,7 +390,9 @@ class SecAggClient:
         for v in held:
             if v == self.site_id:
                 continue
-            seed = _pairwise_seed(self._keys.mask_key, self._roster[v].mask_public, self.params.round_id, self.site_id, v)
+            seed = _pairwise_seed(
+                self._keys.mask_key, self._roster[v].mask_public, self.params.round_id, self.site_id, v
+            )
             if v > self.site_id:
                 y += prg_uint32(seed, n)
             else:
@@ -408,7 +417,7 @@ class SecAggClient:
         if (request.survivors | request.dropped) != sharers:
             raise SecAggError("survivors and dropped sites must partition the sites that shared keys")
         if self.site_id not in request.survivors:
-            raise SecAggError("this site is listed as dropped but sent its masked input")
+            raise SecAggError("this site is listed as dropped; a dropped site does not answer")
         if len(request.survivors) < self.params.threshold:
             raise SecAggError(
                 f"only {len(request.survivors)} survivors; threshold is {self.params.threshold}: refusing to unmask"
@@ -521,7 +530,9 @@ class SecAggServer:
         """Close round 1 (U2 = sites whose bundles arrived)."""
         if self._sharers is None:
             if len(self._bundles) < self.params.threshold:
-                raise SecAggError(f"only {len(self._bundles)} sites shared keys; threshold is {self.params.threshold}")
+                raise SecAggError(
+                    f"only {len(self._bundles)} sites shared keys; threshold is {self.params.threshold}"
+                )
             self._sharers = frozenset(self._bundles)
         return self._sharers
 
@@ -547,7 +558,9 @@ class SecAggServer:
         if self._request is None:
             sharers = self.close_sharing()
             if len(self._masked) < self.params.threshold:
-                raise SecAggError(f"only {len(self._masked)} masked inputs; threshold is {self.params.threshold}")
+                raise SecAggError(
+                    f"only {len(self._masked)} masked inputs; threshold is {self.params.threshold}"
+                )
             survivors = frozenset(self._masked)
             self._request = UnmaskRequest(survivors=survivors, dropped=sharers - survivors)
         return self._request
@@ -561,7 +574,9 @@ class SecAggServer:
     def aggregate(self) -> np.ndarray:
         """``sum_{u in U3} x_u mod 2**32``; needs >= t unmask answers."""
         request = self.unmask_request()
-        return server_unmask(self.params, self.roster(), self._masked, request.dropped, self._responses.values())
+        return server_unmask(
+            self.params, self.roster(), self._masked, request.dropped, self._responses.values()
+        )
 
     @property
     def survivors(self) -> frozenset[int]:

@@ -51,7 +51,11 @@ class Layout:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Layout:
-        return cls(tuple(TensorSpec(str(n), tuple(int(d) for d in shape), str(dt)) for n, shape, dt in data["tensors"]))
+        return cls(
+            tuple(
+                TensorSpec(str(n), tuple(int(d) for d in shape), str(dt)) for n, shape, dt in data["tensors"]
+            )
+        )
 
 
 def flatten(named_tensors: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Layout]:
@@ -185,7 +189,9 @@ def quantize_stochastic(
     if not clip_norm > 0 or not math.isfinite(clip_norm):
         raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}")
     if n_max is not None and bits > max_bits_for_sites(n_max):
-        raise ValueError(f"{bits} bits wrap a sum of {n_max} values mod 2**32; use <= {max_bits_for_sites(n_max)}")
+        raise ValueError(
+            f"{bits} bits wrap a sum of {n_max} values mod 2**32; use <= {max_bits_for_sites(n_max)}"
+        )
     x = np.asarray(vector, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise ValueError("vector has non-finite values")

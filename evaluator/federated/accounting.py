@@ -1,0 +1,170 @@
+"""Privacy accounting for federated rounds: the (sub-sampled) Gaussian mechanism under RDP.
+
+Each round releases (to the hub, via secure aggregation) the sum of the sites' clipped updates
+plus Gaussian noise of std ``z * C`` in total, so one round is a Gaussian mechanism with noise
+multiplier ``z`` (sensitivity C); ``sample_rate`` is the probability a unit (site or record,
+whatever ``C`` bounds) takes part in the round, 1.0 when every site takes part every round.
+
+The RDP curve comes from ``opacus.accountants.RDPAccountant`` (for ``sample_rate == 1`` it is
+``alpha / (2 z^2)`` per round), composed additively over rounds, and converted to (epsilon, delta)
+with opacus' conversion -- the improved one of Balle et al. 2020 (Theorem 21):
+``eps = min_alpha  rdp(alpha) + log((alpha - 1) / alpha) - (log(delta) + log(alpha)) / (alpha - 1)``
+over the orders in ``ORDERS``.
+
+Opacus (and so torch) is imported lazily: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+#: RDP orders searched in the conversion: opacus' defaults plus a few large ones, which win when
+#: epsilon is small (large z, few rounds).
+ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)]
+    + [float(a) for a in range(12, 64)]
+    + [80.0, 96.0, 128.0, 256.0, 512.0]
+)
+
+
+def _check(noise_multiplier: float, sample_rate: float) -> None:
+    if not noise_multiplier >= 0 or not math.isfinite(noise_multiplier):
+        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+
+
+def _epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float:
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    history = [(float(z), float(q), int(steps)) for z, q, steps in history if steps > 0]
+    if not history:
+        return 0.0
+    for z, q, _ in history:
+        _check(z, q)
+        if z == 0:
+            return math.inf
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = history
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "optimal order is the largest alpha": epsilon is still valid
+        eps, _alpha = accountant.get_privacy_spent(delta=delta, alphas=list(ORDERS))
+    return float(eps)
+
+
+def epsilon_after(rounds: int, noise_multiplier: float, sample_rate: float, delta: float) -> float:
+    """Epsilon spent after ``rounds`` rounds of the Gaussian mechanism at the given delta."""
+    if rounds < 0:
+        raise ValueError("rounds must be >= 0")
+    _check(noise_multiplier, sample_rate)
+    return _epsilon([(noise_multiplier, sample_rate, rounds)], delta)
+
+
+def effective_noise_multiplier(noise_multiplier: float, n_sites: int, n_contributing: int) -> float:
+    """Each of ``n_sites`` sites adds std ``z C / sqrt(n_sites)``; if only ``n_contributing`` of them
+    make it into the sum (dropouts), the sum carries ``z * sqrt(n_contributing / n_sites)``."""
+    if not 1 <= n_contributing <= n_sites:
+        raise ValueError("need 1 <= n_contributing <= n_sites")
+    return noise_multiplier * math.sqrt(n_contributing / n_sites)
+
+
+@dataclass
+class PrivacyLedger:
+    """The epsilon one site has spent in one run, at a fixed delta.
+
+    Call ``would_exceed(cap)`` BEFORE a round and skip/stop the run if it says True; call
+    ``record_round()`` after the round's update left the site. ``noise_multiplier`` and
+    ``sample_rate`` are the run's defaults; a round with dropouts should record the effective
+    multiplier (``effective_noise_multiplier``).
+    """
+
+    delta: float
+    noise_multiplier: float
+    sample_rate: float = 1.0
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(self.noise_multiplier, self.sample_rate)
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+
+    @property
+    def rounds(self) -> int:
+        return sum(steps for _, _, steps in self.history)
+
+    @property
+    def epsilon(self) -> float:
+        return _epsilon(self.history, self.delta)
+
+    def _step(self, noise_multiplier: float | None, sample_rate: float | None) -> tuple[float, float]:
+        z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
+        q = self.sample_rate if sample_rate is None else sample_rate
+        _check(z, q)
+        return z, q
+
+    def epsilon_if(
+        self, *, rounds: int = 1, noise_multiplier: float | None = None, sample_rate: float | None = None
+    ) -> float:
+        """Epsilon after ``rounds`` more rounds, without recording them."""
+        z, q = self._step(noise_multiplier, sample_rate)
+        return _epsilon([*self.history, (z, q, rounds)], self.delta)
+
+    def would_exceed(
+        self, cap: float, *, noise_multiplier: float | None = None, sample_rate: float | None = None
+    ) -> bool:
+        """True if one more round would take epsilon above ``cap``: do not run it."""
+        return self.epsilon_if(rounds=1, noise_multiplier=noise_multiplier, sample_rate=sample_rate) > cap
+
+    def record_round(
+        self, *, noise_multiplier: float | None = None, sample_rate: float | None = None
+    ) -> float:
+        """Record one round; returns the epsilon spent so far."""
+        z, q = self._step(noise_multiplier, sample_rate)
+        if self.history and self.history[-1][:2] == (z, q):
+            self.history[-1] = (z, q, self.history[-1][2] + 1)
+        else:
+            self.history.append((z, q, 1))
+        return self.epsilon
+
+    def rounds_within(self, cap: float, *, max_rounds: int = 100_000) -> int:
+        """How many more rounds at the defaults fit under ``cap`` (binary search, epsilon is monotone)."""
+        if self.epsilon_if(rounds=1) > cap:
+            return 0
+        lo = 1
+        while lo < max_rounds and self.epsilon_if(rounds=min(lo * 2, max_rounds)) <= cap:
+            lo = min(lo * 2, max_rounds)
+        if lo >= max_rounds:
+            return max_rounds
+        hi = min(lo * 2, max_rounds)
+        while hi - lo > 1:  # epsilon_if(lo) <= cap < epsilon_if(hi)
+            mid = (lo + hi) // 2
+            if self.epsilon_if(rounds=mid) <= cap:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def to_dict(self) -> dict:
+        return {
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "history": [list(h) for h in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PrivacyLedger:
+        return cls(
+            delta=float(data["delta"]),
+            noise_multiplier=float(data["noise_multiplier"]),
+            sample_rate=float(data["sample_rate"]),
+            history=[(float(z), float(q), int(n)) for z, q, n in data["history"]],
+        )
+
+
+BudgetTracker = PrivacyLedger
