@@ -21,3 +21,7 @@ def is_org_admin(*, user, organization: Organization) -> bool:
 
 def personal_tokens_of(*, user) -> QuerySet[PersonalToken]:
     return PersonalToken.objects.filter(user=user)
+
+
+def members_of(*, organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")

@@ -3,7 +3,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from marketplace.accounts.models import MemberRole, Membership, Organization, PersonalToken
+from marketplace.accounts.models import MemberRole, Membership, Organization, OrganizationKind, PersonalToken
 from marketplace.audit.services import audit_record
 from marketplace.core.errors import Conflict, DomainError, NotFound
 from marketplace.core.tokens import PERSONAL_PREFIX, token_generate, token_hash
@@ -62,3 +62,20 @@ def personal_token_revoke(*, user, token_id: int) -> PersonalToken:
         token.save(update_fields=["revoked_at"])
         audit_record(action="token.revoked", obj=token, actor_user=user)
     return token
+
+
+@transaction.atomic
+def account_sign_up(*, username: str, password: str, organization_name: str = "", kind: str = "") -> User:
+    """A person signs up; with an organization name they also create it (and become its admin).
+
+    Without one they can be added to an existing organization by its admin later.
+    """
+    if User.objects.filter(username__iexact=username).exists():
+        raise Conflict("This username is taken.", code="username_taken")
+    if organization_name and kind not in OrganizationKind.values:
+        raise DomainError("Say whether the organization is a data owner or a vendor.", code="kind_required")
+    user = User.objects.create_user(username=username, password=password)
+    audit_record(action="account.signed_up", obj=user, actor_user=user)
+    if organization_name:
+        organization_create(name=organization_name, kind=kind, creator=user)
+    return user

@@ -45,7 +45,8 @@ class TaskOutput(serializers.ModelSerializer):
             "id", "slug", "title", "description", "organization", "task_type", "input_spec", "metrics",
             "primary_metric", "visibility", "status", "opens_at", "closes_at", "quota_per_day", "quota_total",
             "resource_limits", "show_per_site", "min_test_rows", "public_split_fraction", "leaderboard_mode",
-            "requires_job_approval", "fine_tuning_allowed", "site_count", "total_rows", "has_sample",
+            "requires_job_approval", "requires_release_approval", "failed_jobs_consume_quota", "leakage_cap_bits",
+            "final_submissions", "fine_tuning_allowed", "site_count", "total_rows", "has_sample",
             "created_at", "updated_at",
         ]  # fmt: skip
 
@@ -78,6 +79,10 @@ class TaskInput(serializers.Serializer):
     public_split_fraction = serializers.FloatField(required=False)
     leaderboard_mode = serializers.ChoiceField(choices=LeaderboardMode.choices, required=False)
     requires_job_approval = serializers.BooleanField(required=False)
+    requires_release_approval = serializers.BooleanField(required=False)
+    failed_jobs_consume_quota = serializers.BooleanField(required=False)
+    leakage_cap_bits = serializers.FloatField(required=False, allow_null=True)
+    final_submissions = serializers.IntegerField(required=False, min_value=1, max_value=20)
     fine_tuning_allowed = serializers.BooleanField(required=False)
     organization = serializers.IntegerField(required=False, write_only=True)
 

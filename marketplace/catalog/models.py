@@ -1,3 +1,5 @@
+import secrets
+
 from django.conf import settings
 from django.db import models
 
@@ -24,6 +26,10 @@ class Visibility(models.TextChoices):
 class LeaderboardMode(models.TextChoices):
     PLAIN = "plain", "Plain (rounded scores)"
     LADDER = "ladder", "Ladder"
+
+
+def _new_split_seed() -> int:
+    return secrets.randbelow(2**31)
 
 
 def _default_limits() -> dict:
@@ -53,8 +59,21 @@ class Task(models.Model):
     show_per_site = models.BooleanField(default=False)
     min_test_rows = models.PositiveIntegerField(default=50)
     public_split_fraction = models.FloatField(default=1.0)
+    split_seed = models.PositiveIntegerField(
+        default=_new_split_seed, help_text="Seeds every site's public/private split of its test rows"
+    )
+    final_submissions = models.PositiveSmallIntegerField(
+        default=2, help_text="How many submissions a vendor nominates for the private leaderboard"
+    )
     leaderboard_mode = models.CharField(max_length=16, choices=LeaderboardMode.choices, default=LeaderboardMode.PLAIN)
     requires_job_approval = models.BooleanField(default=False)
+    requires_release_approval = models.BooleanField(
+        default=False, help_text="Results wait at the site until the owner approves their release"
+    )
+    failed_jobs_consume_quota = models.BooleanField(default=True)
+    leakage_cap_bits = models.FloatField(
+        null=True, blank=True, help_text="Sites refuse a vendor's jobs once its released information reaches this"
+    )
     fine_tuning_allowed = models.BooleanField(default=False)
     sample_file = models.FileField(upload_to="samples/", null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -66,3 +66,37 @@ def leaderboard_visible(*, task: Task, user) -> bool:
 
 def access_events_for_task(*, task: Task) -> QuerySet[AccessEvent]:
     return AccessEvent.objects.filter(task=task).select_related("vendor", "actor")
+
+
+def task_list_owned_by(*, user) -> QuerySet[Task]:
+    """The tasks of the person's data-owner organizations, drafts included (the owner's desk)."""
+    owner_ids = organizations_of(user=user).filter(kind=OrganizationKind.DATA_OWNER).values_list("id", flat=True)
+    return (
+        Task.objects.filter(organization_id__in=list(owner_ids))
+        .select_related("organization")
+        .annotate(site_count=Count("shards", distinct=True), total_rows=Sum("shards__row_count"))
+    )
+
+
+def access_requests_pending_for(*, user) -> QuerySet[AccessEvent]:
+    """Open access requests on the person's own tasks: the latest event per vendor is a request."""
+    owner_ids = organizations_of(user=user).filter(kind=OrganizationKind.DATA_OWNER).values_list("id", flat=True)
+    latest = AccessEvent.objects.filter(task=OuterRef("task"), vendor=OuterRef("vendor")).order_by("-id")
+    return (
+        AccessEvent.objects.filter(task__organization_id__in=list(owner_ids), kind=AccessEventKind.REQUESTED)
+        .filter(id=Subquery(latest.values("id")[:1]))
+        .select_related("task", "vendor", "actor")
+        .order_by("id")
+    )
+
+
+def shards_of_task(*, task: Task):
+    from marketplace.catalog.models import DataShard
+
+    return DataShard.objects.filter(task=task).select_related("site").order_by("site__name")
+
+
+def shards_of_site(*, site):
+    from marketplace.catalog.models import DataShard
+
+    return DataShard.objects.filter(site=site).select_related("task").order_by("task__title")

@@ -19,7 +19,7 @@ from marketplace.core.errors import Conflict, DomainError, Forbidden, NotFound, 
 from marketplace.sites.models import Site
 
 # Fields that define what a submission is judged on: frozen once the task has opened.
-STRUCTURAL_FIELDS = {"task_type", "input_spec", "metrics", "primary_metric"}
+STRUCTURAL_FIELDS = {"task_type", "input_spec", "metrics", "primary_metric", "public_split_fraction"}
 EDITABLE_FIELDS = STRUCTURAL_FIELDS | {
     "title",
     "description",
@@ -34,6 +34,10 @@ EDITABLE_FIELDS = STRUCTURAL_FIELDS | {
     "public_split_fraction",
     "leaderboard_mode",
     "requires_job_approval",
+    "requires_release_approval",
+    "failed_jobs_consume_quota",
+    "leakage_cap_bits",
+    "final_submissions",
     "fine_tuning_allowed",
 }
 
@@ -56,6 +60,8 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         public_split_fraction=values.get("public_split_fraction", 1.0),
         quota_per_day=values.get("quota_per_day", 5),
         quota_total=values.get("quota_total"),
+        final_submissions=values.get("final_submissions", 2),
+        leakage_cap_bits=values.get("leakage_cap_bits"),
     )
     opens_at, closes_at = values.get("opens_at"), values.get("closes_at")
     if opens_at and closes_at and closes_at <= opens_at:

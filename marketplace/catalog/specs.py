@@ -93,7 +93,18 @@ def validate_resource_limits(limits: Any) -> dict:
     return cleaned
 
 
-def validate_policy(*, public_split_fraction: float, quota_per_day: int, quota_total: int | None) -> None:
+def validate_policy(
+    *,
+    public_split_fraction: float,
+    quota_per_day: int,
+    quota_total: int | None,
+    final_submissions: int = 2,
+    leakage_cap_bits: float | None = None,
+) -> None:
+    if not 1 <= final_submissions <= 20:
+        _fail("final_submissions", "final_submissions must be between 1 and 20.")
+    if leakage_cap_bits is not None and not leakage_cap_bits > 0:
+        _fail("leakage_cap_bits", "leakage_cap_bits must be positive when set.")
     if not 0.0 < public_split_fraction <= 1.0:
         _fail("public_split_fraction", "public_split_fraction must be in (0, 1].")
     if quota_per_day < 1:

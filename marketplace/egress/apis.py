@@ -4,12 +4,15 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.accounts.selectors import organization_ids_of
+from marketplace.catalog.access import access_task_by_id
 from marketplace.core.apis import IsPerson
 from marketplace.egress.filters import EgressFilter
 from marketplace.egress.models import EgressRecord
-from marketplace.egress.selectors import egress_records_visible_to
+from marketplace.egress.selectors import egress_records_visible_to, leakage_by_vendor
 
 CSV_COLUMNS = ["created_at", "site", "task", "vendor", "job", "kind", "bytes", "sha256", "cost_bits", "epsilon"]
 
@@ -57,3 +60,27 @@ class EgressCsvApi(APIView):
     def get(self, request):
         records = EgressFilter(request.query_params, queryset=egress_records_visible_to(user=request.user)).qs
         return egress_csv_response(records.order_by("id"))
+
+
+class LeakageOutput(serializers.Serializer):
+    vendor_id = serializers.IntegerField()
+    vendor = serializers.CharField(source="vendor__name")
+    releases = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    cost_bits = serializers.FloatField(allow_null=True)
+    epsilon = serializers.FloatField(allow_null=True)
+    cap_bits = serializers.FloatField(allow_null=True)
+
+
+class TaskLeakageApi(APIView):
+    """What has left the sites per vendor: the owner sees every vendor, a vendor only itself."""
+
+    permission_classes = [IsPerson]
+
+    @extend_schema(responses=LeakageOutput(many=True), tags=["egress"])
+    def get(self, request, task_id: int):
+        task = access_task_by_id(request.user, task_id)
+        org_ids = organization_ids_of(user=request.user)
+        vendor_ids = None if task.organization_id in org_ids else list(org_ids)
+        rows = [{**row, "cap_bits": task.leakage_cap_bits} for row in leakage_by_vendor(task_id=task.id, vendor_ids=vendor_ids)]
+        return Response(LeakageOutput(rows, many=True).data)

@@ -14,9 +14,13 @@ from marketplace.jobs.models import AGENT_REPORTABLE_REASONS, Job
 from marketplace.jobs.services import (
     job_claim,
     job_for_artifact_download,
+    job_hold,
     job_record_failure,
+    job_record_private_result,
     job_record_result,
+    job_release_decisions_for_site,
     job_renew_lease,
+    job_reveals_for_site,
 )
 from marketplace.sites.authentication import IsSiteAgent, SiteTokenAuthentication
 from marketplace.sites.services import site_heartbeat
@@ -82,6 +86,7 @@ class ShardRegisterApi(AgentApi):
 
 class AgentSubmissionOutput(serializers.Serializer):
     id = serializers.IntegerField()
+    vendor_id = serializers.IntegerField(help_text="Opaque id: the site keys its Ladder and leakage totals on it")
     format = serializers.CharField(source="artifact_format")
     sha256 = serializers.CharField()
     size = serializers.IntegerField()
@@ -96,6 +101,11 @@ class AgentTaskOutput(serializers.Serializer):
     metrics = serializers.ListField(child=serializers.DictField(), source="metric_specs")
     primary_metric = serializers.CharField()
     resource_limits = serializers.DictField()
+    leaderboard_mode = serializers.CharField()
+    public_split_fraction = serializers.FloatField()
+    split_seed = serializers.IntegerField()
+    requires_release_approval = serializers.BooleanField()
+    leakage_cap_bits = serializers.FloatField(allow_null=True)
 
 
 class AgentJobOutput(serializers.Serializer):
@@ -164,6 +174,7 @@ class ResultInput(serializers.Serializer):
     agent_id = AGENT_ID
     metrics = serializers.DictField()
     n_rows = serializers.IntegerField(min_value=1)
+    ladder_improved = serializers.BooleanField(required=False, allow_null=True, default=None)
     ledger = LedgerReceiptInput()
 
 
@@ -188,8 +199,56 @@ class ResultApi(AgentApi):
             site=self.site, job_id=job_id, agent_id=values["agent_id"], metrics=values["metrics"],
             n_rows=values["n_rows"], ledger_sha256=values["ledger"]["sha256"], ledger_bytes=values["ledger"]["bytes"],
             released=dict(request.data), cost_bits=values["ledger"].get("cost_bits"),
+            ladder_improved=values["ladder_improved"],
         )  # fmt: skip
         return Response({"job": AgentJobStateOutput(job).data, "created": created})
+
+
+class PrivateResultApi(AgentApi):
+    """Private-split metrics: the site sends them only after the task has closed."""
+
+    @extend_schema(request=ResultInput, responses=JobStateOutput, tags=["agent"])
+    def post(self, request, job_id: int):
+        data = ResultInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        job, created = job_record_private_result(
+            site=self.site, job_id=job_id, agent_id=values["agent_id"], metrics=values["metrics"],
+            n_rows=values["n_rows"], ledger_sha256=values["ledger"]["sha256"], ledger_bytes=values["ledger"]["bytes"],
+            released=dict(request.data), cost_bits=values["ledger"].get("cost_bits"),
+        )  # fmt: skip
+        return Response({"job": AgentJobStateOutput(job).data, "created": created})
+
+
+class HoldApi(AgentApi):
+    """The site holds a computed result until the owner decides (task.requires_release_approval)."""
+
+    @extend_schema(request=ClaimInput, responses=AgentJobStateOutput, tags=["agent"])
+    def post(self, request, job_id: int):
+        data = ClaimInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = job_hold(site=self.site, job_id=job_id, agent_id=data.validated_data["agent_id"])
+        return Response(AgentJobStateOutput(job).data)
+
+
+class ReleaseDecisionOutput(serializers.Serializer):
+    job_id = serializers.IntegerField()
+    decision = serializers.ChoiceField(choices=["approved", "refused"])
+
+
+class PendingWorkOutput(serializers.Serializer):
+    releases = ReleaseDecisionOutput(many=True)
+    reveals = serializers.ListField(child=serializers.IntegerField(), help_text="Jobs whose private scores may now leave")
+
+
+class PendingWorkApi(AgentApi):
+    """What the site should do besides claiming: release decisions made on the hub, and reveals."""
+
+    @extend_schema(responses=PendingWorkOutput, tags=["agent"])
+    def get(self, request):
+        return Response(
+            {"releases": job_release_decisions_for_site(site=self.site), "reveals": job_reveals_for_site(site=self.site)}
+        )
 
 
 class FailureInput(serializers.Serializer):

@@ -11,7 +11,7 @@ from marketplace.jobs.access import access_job_by_id, access_job_for_owner
 from marketplace.jobs.filters import JobFilter
 from marketplace.jobs.models import Job
 from marketplace.jobs.selectors import job_list_visible_to
-from marketplace.jobs.services import job_decide
+from marketplace.jobs.services import job_decide, job_release_decide
 
 
 class ResultOutput(serializers.Serializer):
@@ -79,4 +79,25 @@ class JobApproveApi(JobDecisionApi):
 
 
 class JobRejectApi(JobDecisionApi):
+    approve = False
+
+
+class JobReleaseDecisionApi(APIView):
+    """The owner releases (or withholds) a result that a site holds for approval."""
+
+    permission_classes = [IsPerson]
+    approve = True
+
+    @extend_schema(request=None, responses=JobOutput, tags=["jobs"])
+    def post(self, request, job_id: int):
+        job = job_release_decide(job=access_job_for_owner(request.user, job_id), approve=self.approve, actor=request.user)
+        job = access_job_by_id(request.user, job.id)
+        return Response(JobOutput(job, context={"org_ids": organization_ids_of(user=request.user)}).data)
+
+
+class JobReleaseApi(JobReleaseDecisionApi):
+    approve = True
+
+
+class JobWithholdApi(JobReleaseDecisionApi):
     approve = False

@@ -10,6 +10,7 @@ class JobStatus(models.TextChoices):
     AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
+    HELD = "held", "Held at the site for release approval"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     REJECTED = "rejected", "Rejected by the owner"
@@ -31,11 +32,17 @@ class FailureReason(models.TextChoices):
     POLICY_VIOLATION = "policy_violation", "Refused by the site's policy"
     INTERNAL_ERROR = "internal_error", "Internal error at the site"
     AGENT_LOST = "agent_lost", "The site agent stopped responding"
+    WITHHELD = "withheld", "The data owner did not release the result"
 
 
 # Site-side trouble, not the model's fault: the job goes back to the queue while attempts remain.
 RETRYABLE_REASONS = {FailureReason.INTERNAL_ERROR, FailureReason.DATA_UNAVAILABLE}
 AGENT_REPORTABLE_REASONS = [r for r in FailureReason.values if r != FailureReason.AGENT_LOST]
+
+
+class ReleaseDecision(models.TextChoices):
+    APPROVED = "approved", "Approved"
+    REFUSED = "refused", "Refused"
 
 
 class Job(models.Model):
@@ -47,6 +54,7 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, blank=True)
+    release_decision = models.CharField(max_length=16, choices=ReleaseDecision.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -67,7 +75,10 @@ class Result(models.Model):
     """What one site released for one job: the disclosed metrics and the ledger receipt."""
 
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="result")
-    metrics = models.JSONField()
+    metrics = models.JSONField(help_text="Public-split metrics, as released by the site")
+    ladder_improved = models.BooleanField(null=True, blank=True, help_text="Ladder mode: did this move the best?")
+    private_metrics = models.JSONField(null=True, blank=True, help_text="Released by the site when the task closes")
+    private_n_rows = models.PositiveIntegerField(null=True, blank=True)
     n_rows = models.PositiveIntegerField()
     ledger_sha256 = models.CharField(max_length=64)
     ledger_bytes = models.PositiveIntegerField()

@@ -24,6 +24,7 @@ from marketplace.jobs.models import (
     Job,
     JobKind,
     JobStatus,
+    ReleaseDecision,
     Result,
 )
 from marketplace.sites.models import Site
@@ -126,6 +127,15 @@ def job_for_artifact_download(*, site: Site, job_id: int) -> Job:
     return job
 
 
+def _require_reportable(job: Job, agent_id: str) -> None:
+    """A running job reports through its lease holder; a job held at its site for the owner's
+    release decision has no lease, and any agent of that site may report it."""
+    if job.status == JobStatus.HELD:
+        return
+    if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
+        raise LeaseLost("This agent no longer holds the job's lease.")
+
+
 def _validate_metrics(job: Job, metrics: dict) -> dict[str, float]:
     expected = {m["name"] for m in job.submission.task.metrics}
     if set(metrics) != expected:
@@ -153,6 +163,7 @@ def job_record_result(
     ledger_bytes: int,
     released: dict,
     cost_bits: float | None = None,
+    ladder_improved: bool | None = None,
 ) -> tuple[Job, bool]:
     """Stores a site's result. Returns (job, created); a repeat of the same result changes nothing.
 
@@ -164,15 +175,19 @@ def job_record_result(
         if job.result.ledger_sha256 == ledger_sha256:
             return job, False
         raise Conflict("A different result was already recorded for this job.", code="already_reported")
-    if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
-        raise LeaseLost("This agent no longer holds the job's lease.")
+    _require_reportable(job, agent_id)
     cleaned = _validate_metrics(job, metrics)
     egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
     egress_record_create(
         job=job, kind=EgressKind.METRICS, sha256=ledger_sha256, size=ledger_bytes, cost_bits=cost_bits
     )
     Result.objects.create(
-        job=job, metrics=cleaned, n_rows=n_rows, ledger_sha256=ledger_sha256, ledger_bytes=ledger_bytes
+        job=job,
+        metrics=cleaned,
+        n_rows=n_rows,
+        ledger_sha256=ledger_sha256,
+        ledger_bytes=ledger_bytes,
+        ladder_improved=ladder_improved,
     )
     job.status = JobStatus.SUCCEEDED
     job.finished_at = timezone.now()
@@ -197,8 +212,7 @@ def job_record_failure(
         if job.failure_reason == reason:
             return job, False
         raise Conflict("A different outcome was already recorded for this job.", code="already_reported")
-    if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
-        raise LeaseLost("This agent no longer holds the job's lease.")
+    _require_reportable(job, agent_id)
     if ledger_sha256 is not None and released is not None:
         egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes or 0)
         egress_record_create(job=job, kind=EgressKind.FAILURE, sha256=ledger_sha256, size=ledger_bytes or 0)
@@ -268,3 +282,90 @@ def job_decide(*, job: Job, approve: bool, actor) -> Job:
 
 def job_is_terminal(job: Job) -> bool:
     return job.status in TERMINAL_STATUSES
+
+
+@transaction.atomic
+def job_hold(*, site: Site, job_id: int, agent_id: str) -> Job:
+    """The site keeps a computed result until the owner decides to release it (release approval)."""
+    job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
+    if job.status == JobStatus.HELD:
+        return job
+    if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
+        raise LeaseLost("This agent no longer holds the job's lease.")
+    job.status = JobStatus.HELD
+    job.lease_holder = ""
+    job.lease_expires_at = None
+    job.save(update_fields=["status", "lease_holder", "lease_expires_at", "updated_at"])
+    audit_record(action="job.held", obj=job, actor_site=site)
+    return job
+
+
+@transaction.atomic
+def job_release_decide(*, job: Job, approve: bool, actor) -> Job:
+    """The owner's release decision for a held result; the site acts on it at its next poll."""
+    job = Job.objects.select_for_update().get(id=job.id)
+    if job.status != JobStatus.HELD or job.release_decision:
+        raise Conflict("Only a held result without a decision can be released or withheld.", code="invalid_state")
+    job.release_decision = ReleaseDecision.APPROVED if approve else ReleaseDecision.REFUSED
+    job.save(update_fields=["release_decision", "updated_at"])
+    audit_record(action="job.release_" + job.release_decision, obj=job, actor_user=actor)
+    return job
+
+
+def job_release_decisions_for_site(*, site: Site) -> list[dict]:
+    return [
+        {"job_id": job_id, "decision": decision}
+        for job_id, decision in Job.objects.filter(site=site, status=JobStatus.HELD)
+        .exclude(release_decision="")
+        .values_list("id", "release_decision")
+    ]
+
+
+def job_reveals_for_site(*, site: Site) -> list[int]:
+    """Jobs whose task has closed and whose private-split metrics the site has not released yet."""
+    return list(
+        Job.objects.filter(
+            site=site,
+            status=JobStatus.SUCCEEDED,
+            submission__task__status="closed",
+            submission__task__public_split_fraction__lt=1.0,
+            result__private_metrics__isnull=True,
+        ).values_list("id", flat=True)
+    )
+
+
+@transaction.atomic
+def job_record_private_result(
+    *,
+    site: Site,
+    job_id: int,
+    agent_id: str,
+    metrics: dict,
+    n_rows: int,
+    ledger_sha256: str,
+    ledger_bytes: int,
+    released: dict,
+    cost_bits: float | None = None,
+) -> tuple[Job, bool]:
+    """The private-split metrics, which a site releases only after the task has closed."""
+    job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict("The job has no public result yet.", code="invalid_state")
+    if job.submission.task.status != "closed":
+        raise Conflict("Private scores are revealed only when the task closes.", code="task_not_closed")
+    result = Result.objects.select_for_update().get(job=job)
+    if result.private_metrics is not None:
+        return job, False
+    cleaned = _validate_metrics(job, metrics)
+    egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
+    egress_record_create(
+        job=job, kind=EgressKind.METRICS, sha256=ledger_sha256, size=ledger_bytes, cost_bits=cost_bits
+    )
+    result.private_metrics = cleaned
+    result.private_n_rows = n_rows
+    result.save(update_fields=["private_metrics", "private_n_rows"])
+    audit_record(action="job.private_result", obj=job, actor_site=site)
+    from marketplace.leaderboard.tasks import leaderboard_reveal_task
+
+    transaction.on_commit(lambda: leaderboard_reveal_task.delay(job.submission_id))
+    return job, True

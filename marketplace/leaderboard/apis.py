@@ -4,7 +4,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.catalog.access import access_task_for_leaderboard
-from marketplace.leaderboard.selectors import leaderboard_rows
+from marketplace.catalog.models import TaskStatus
+from marketplace.core.errors import Conflict, DomainError
+from marketplace.leaderboard.selectors import PRIVATE, PUBLIC, leaderboard_rows
 
 
 class LeaderboardRowOutput(serializers.Serializer):
@@ -15,6 +17,7 @@ class LeaderboardRowOutput(serializers.Serializer):
     artifact_format = serializers.CharField()
     model_size = serializers.IntegerField()
     is_baseline = serializers.BooleanField()
+    is_final = serializers.BooleanField()
     submitted_at = serializers.DateTimeField()
     metrics = serializers.DictField(child=serializers.FloatField())
     per_site = serializers.ListField(child=serializers.DictField(), allow_null=True)
@@ -26,6 +29,8 @@ class LeaderboardOutput(serializers.Serializer):
     task_id = serializers.IntegerField()
     primary_metric = serializers.CharField()
     sort = serializers.CharField()
+    split = serializers.ChoiceField(choices=[PUBLIC, PRIVATE])
+    leaderboard_mode = serializers.CharField()
     rows = LeaderboardRowOutput(many=True)
 
 
@@ -33,7 +38,10 @@ class LeaderboardApi(APIView):
     """Public for public tasks; for invite-only tasks, the owner and approved vendors."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("sort", str, description="Metric to rank by (default: primary)")],
+        parameters=[
+            OpenApiParameter("sort", str, description="Metric to rank by (default: primary)"),
+            OpenApiParameter("split", str, enum=[PUBLIC, PRIVATE], description="private: only once the task has closed"),
+        ],
         responses=LeaderboardOutput,
         tags=["leaderboard"],
     )
@@ -42,7 +50,15 @@ class LeaderboardApi(APIView):
         sort = request.query_params.get("sort") or task.primary_metric
         if sort not in {m["name"] for m in task.metrics}:
             sort = task.primary_metric
-        rows = leaderboard_rows(task=task, sort_by=sort)
+        split = request.query_params.get("split", PUBLIC)
+        if split not in (PUBLIC, PRIVATE):
+            raise DomainError("split must be public or private.", code="invalid_split")
+        if split == PRIVATE and task.status != TaskStatus.CLOSED:
+            raise Conflict("The private leaderboard is revealed when the task closes.", code="task_not_closed")
+        rows = leaderboard_rows(task=task, sort_by=sort, split=split)
         return Response(
-            LeaderboardOutput({"task_id": task.id, "primary_metric": task.primary_metric, "sort": sort, "rows": rows}).data
-        )
+            LeaderboardOutput(
+                {"task_id": task.id, "primary_metric": task.primary_metric, "sort": sort, "split": split,
+                 "leaderboard_mode": task.leaderboard_mode, "rows": rows}
+            ).data
+        )  # fmt: skip

@@ -1,10 +1,17 @@
 from django.db import transaction
 
 from marketplace.audit.services import audit_record
-from marketplace.jobs.models import TERMINAL_STATUSES, JobKind, JobStatus
+from marketplace.jobs.models import TERMINAL_STATUSES, Job, JobKind, JobStatus
 from marketplace.leaderboard.aggregation import weighted_metrics
 from marketplace.leaderboard.models import LeaderboardEntry
 from marketplace.submissions.models import Submission, SubmissionStatus
+from marketplace.submissions.quotas import quota_refund
+
+
+def _any_improved(jobs) -> bool | None:
+    flags = [job.result.ladder_improved for job in jobs if job.result.ladder_improved is not None]
+    return any(flags) if flags else None
+
 
 FINAL_STATUSES = {SubmissionStatus.SCORED, SubmissionStatus.FAILED, SubmissionStatus.REJECTED}
 
@@ -26,7 +33,12 @@ def leaderboard_aggregate(*, submission_id: int) -> LeaderboardEntry | None:
     if failed:
         submission.status = SubmissionStatus.FAILED
         submission.status_reason = failed[0].failure_reason or failed[0].status
-        submission.save(update_fields=["status", "status_reason", "updated_at"])
+        update_fields = ["status", "status_reason", "updated_at"]
+        if not submission.task.failed_jobs_consume_quota and not submission.quota_refunded:
+            quota_refund(task=submission.task, vendor_id=submission.vendor_id, on_day=submission.created_at.date())
+            submission.quota_refunded = True
+            update_fields.append("quota_refunded")
+        submission.save(update_fields=update_fields)
         audit_record(action="submission.failed", obj=submission, data={"reason": submission.status_reason})
         return None
     site_results = [(job.result.metrics, job.result.n_rows) for job in jobs]
@@ -40,10 +52,30 @@ def leaderboard_aggregate(*, submission_id: int) -> LeaderboardEntry | None:
             ],
             "n_rows": sum(rows for _, rows in site_results),
             "n_sites": len(jobs),
+            "ladder_improved": _any_improved(jobs),
         },
     )
     submission.status = SubmissionStatus.SCORED
     submission.status_reason = ""
     submission.save(update_fields=["status", "status_reason", "updated_at"])
     audit_record(action="submission.scored", obj=submission, data={"metrics": entry.metrics})
+    return entry
+
+
+@transaction.atomic
+def leaderboard_reveal(*, submission_id: int) -> LeaderboardEntry | None:
+    """Once every site has released its private-split metrics, fills in the private score."""
+    entry = LeaderboardEntry.objects.select_for_update().filter(submission_id=submission_id).first()
+    if entry is None or entry.private_metrics is not None:
+        return entry
+    jobs = list(
+        Job.objects.filter(submission_id=submission_id, kind=JobKind.EVALUATE).select_related("result")
+    )
+    results = [job.result for job in jobs if hasattr(job, "result")]
+    if len(results) != len(jobs) or any(r.private_metrics is None for r in results):
+        return None
+    entry.private_metrics = weighted_metrics([(r.private_metrics, r.private_n_rows) for r in results])
+    entry.private_n_rows = sum(r.private_n_rows for r in results)
+    entry.save(update_fields=["private_metrics", "private_n_rows", "updated_at"])
+    audit_record(action="leaderboard.revealed", obj=entry.submission, data={"metrics": entry.private_metrics})
     return entry

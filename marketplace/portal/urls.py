@@ -1,10 +1,69 @@
-from django.urls import path
+from django.urls import path, register_converter
 
-from marketplace.portal import views
+from marketplace.portal.views import accounts, owners, public, vendors
+
+
+class _Words:
+    """A path part limited to a few words, so that a typo is a 404 rather than a wrong action."""
+
+    words: tuple[str, ...] = ()
+
+    @property
+    def regex(self) -> str:
+        return "|".join(self.words)
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+class TaskAction(_Words):
+    words = ("open", "close")
+
+
+class Decision(_Words):
+    words = ("approve", "reject")
+
+
+register_converter(TaskAction, "task_action")
+register_converter(Decision, "decision")
 
 app_name = "portal"
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    path("tasks/<int:task_id>/", views.task_detail, name="task"),
+    # Everyone
+    path("", public.home, name="home"),
+    path("tasks/<int:task_id>/", public.task_detail, name="task"),
+    path("tasks/<int:task_id>/leaderboard/", public.task_leaderboard, name="task-leaderboard"),
+    # Accounts
+    path("accounts/signup/", accounts.sign_up, name="signup"),
+    path("account/", accounts.account, name="account"),
+    path("account/tokens/", accounts.tokens, name="tokens"),
+    path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token-revoke"),
+    path("organizations/<int:organization_id>/", accounts.organization_detail, name="organization"),
+    # Vendors
+    path("tasks/<int:task_id>/request-access/", vendors.access_request, name="access-request"),
+    path("tasks/<int:task_id>/submit/", vendors.submission_new, name="submit"),
+    path("submissions/", vendors.submissions, name="submissions"),
+    path("submissions/status/", vendors.submissions_status, name="submissions-status"),
+    # Data owners
+    path("manage/", owners.dashboard, name="manage"),
+    path("manage/tasks/new/", owners.task_new, name="task-new"),
+    path("manage/tasks/<int:task_id>/", owners.task_manage, name="manage-task"),
+    path("manage/tasks/<int:task_id>/edit/", owners.task_edit, name="task-edit"),
+    path("manage/tasks/<int:task_id>/<task_action:action>/", owners.task_state, name="task-state"),
+    path("manage/sites/", owners.sites, name="sites"),
+    path("manage/sites/status/", owners.sites_status, name="sites-status"),
+    path("manage/sites/<int:site_id>/", owners.site_detail, name="site"),
+    path("manage/approvals/", owners.approvals, name="approvals"),
+    path(
+        "manage/approvals/tasks/<int:task_id>/vendors/<int:vendor_id>/<decision:decision>/",
+        owners.access_decide,
+        name="access-decide",
+    ),
+    path("manage/approvals/jobs/<int:job_id>/<decision:decision>/", owners.job_decision, name="job-decide"),
+    path("manage/ledger/", owners.ledger, name="ledger"),
+    path("manage/ledger.csv", owners.ledger_csv, name="ledger-csv"),
 ]

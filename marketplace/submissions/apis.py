@@ -14,7 +14,7 @@ from marketplace.submissions.access import access_submission_artifact, access_su
 from marketplace.submissions.filters import SubmissionFilter
 from marketplace.submissions.models import ArtifactFormat, Submission
 from marketplace.submissions.selectors import quota_usage, submission_list_visible_to
-from marketplace.submissions.services import submission_create
+from marketplace.submissions.services import submission_create, submission_nominate
 
 
 class SubmissionJobOutput(serializers.Serializer):
@@ -32,7 +32,7 @@ class SubmissionOutput(serializers.ModelSerializer):
         model = Submission
         fields = [
             "id", "task_id", "vendor", "name", "description", "artifact_format", "original_filename", "size",
-            "sha256", "status", "status_reason", "is_baseline", "created_at", "updated_at",
+            "sha256", "status", "status_reason", "is_baseline", "is_final", "created_at",
         ]  # fmt: skip
 
 
@@ -119,3 +119,20 @@ class TaskQuotaApi(APIView):
         task = access_task_by_id(request.user, task_id)
         usage = quota_usage(task=task, vendor_id=vendor.id)
         return Response(QuotaOutput({"quota_per_day": task.quota_per_day, "quota_total": task.quota_total, **usage}).data)
+
+
+class SubmissionNominateApi(APIView):
+    """A vendor nominates (or unpicks) a final submission for the private leaderboard."""
+
+    permission_classes = [IsPerson]
+    final = True
+
+    @extend_schema(request=None, responses=SubmissionOutput, tags=["submissions"])
+    def post(self, request, submission_id: int):
+        submission = access_submission_artifact(request.user, submission_id)  # the vendor's own only
+        submission = submission_nominate(submission=submission, final=self.final, actor=request.user)
+        return Response(SubmissionOutput(submission).data)
+
+
+class SubmissionUnnominateApi(SubmissionNominateApi):
+    final = False

@@ -39,6 +39,8 @@ class Submission(models.Model):
     status = models.CharField(max_length=32, choices=SubmissionStatus.choices, default=SubmissionStatus.CHECKING, db_index=True)
     status_reason = models.CharField(max_length=64, blank=True)
     is_baseline = models.BooleanField(default=False)
+    is_final = models.BooleanField(default=False, help_text="Nominated for the private leaderboard")
+    quota_refunded = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -47,3 +49,27 @@ class Submission(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.vendor})"
+
+
+class QuotaCounter(models.Model):
+    """Submissions a vendor has used on a task, per UTC day (and one row with day=None: the total).
+
+    Incremented with a conditional UPDATE (`used < limit`), so concurrent uploads can never
+    overrun the quota on any database.
+    """
+
+    task = models.ForeignKey("catalog.Task", on_delete=models.CASCADE, related_name="+")
+    vendor = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="+")
+    day = models.DateField(null=True, blank=True)
+    used = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "vendor", "day"], name="one_quota_counter_per_day"),
+            models.UniqueConstraint(
+                fields=["task", "vendor"], condition=models.Q(day__isnull=True), name="one_total_quota_counter"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.vendor} on {self.task}: {self.used} ({self.day or 'total'})"

@@ -1,14 +1,11 @@
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from marketplace.accounts.selectors import organization_ids_of
 from marketplace.catalog.models import Task
-from marketplace.submissions.models import Submission, SubmissionStatus
-
-# Uploads rejected by the hub's checks never ran anywhere, so they do not use quota.
-COUNTED = ~Q(status=SubmissionStatus.REJECTED)
+from marketplace.submissions.models import QuotaCounter, Submission
 
 
 def submission_list_visible_to(*, user) -> QuerySet[Submission]:
@@ -20,16 +17,31 @@ def submission_list_visible_to(*, user) -> QuerySet[Submission]:
 
 
 def quota_usage(*, task: Task, vendor_id: int, now: datetime | None = None) -> dict[str, int | None]:
-    now = now or timezone.now()
-    day_start = datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
-    counted = Submission.objects.filter(COUNTED, task=task, vendor_id=vendor_id)
-    used_today = counted.filter(created_at__gte=day_start).count()
-    used_total = counted.count()
-    remaining_today = max(task.quota_per_day - used_today, 0)
-    remaining_total = None if task.quota_total is None else max(task.quota_total - used_total, 0)
+    """Used and remaining submissions, read from the counters that uploads take atomically."""
+    today = (now or timezone.now()).astimezone(UTC).date()
+    used = dict(
+        QuotaCounter.objects.filter(task=task, vendor_id=vendor_id)
+        .filter(Q(day=today) | Q(day__isnull=True))
+        .values_list("day", "used")
+    )
+    used_today, used_total = used.get(today, 0), used.get(None, 0)
     return {
         "used_today": used_today,
         "used_total": used_total,
-        "remaining_today": remaining_today,
-        "remaining_total": remaining_total,
+        "remaining_today": max(task.quota_per_day - used_today, 0),
+        "remaining_total": None if task.quota_total is None else max(task.quota_total - used_total, 0),
     }
+
+
+def submission_list_of_vendor_user(*, user) -> QuerySet[Submission]:
+    """'My submissions': those of the person's vendor organizations, with their jobs."""
+    from marketplace.accounts.models import OrganizationKind
+    from marketplace.accounts.selectors import organizations_of
+
+    vendor_ids = organizations_of(user=user).filter(kind=OrganizationKind.VENDOR).values_list("id", flat=True)
+    return (
+        Submission.objects.filter(vendor_id__in=list(vendor_ids))
+        .select_related("vendor", "task")
+        .prefetch_related("jobs__site")
+        .order_by("-created_at", "-id")
+    )

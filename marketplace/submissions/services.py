@@ -5,18 +5,10 @@ from django.db import transaction
 from marketplace.accounts.models import Organization
 from marketplace.audit.services import audit_record
 from marketplace.catalog.models import Task, TaskStatus
-from marketplace.core.errors import Conflict, DomainError, PayloadTooLarge, QuotaExceeded
+from marketplace.core.errors import Conflict, DomainError, PayloadTooLarge
 from marketplace.submissions.artifact_checks import artifact_check_format, sha256_of
 from marketplace.submissions.models import Submission, SubmissionStatus
-from marketplace.submissions.selectors import quota_usage
-
-
-def _check_quota(*, task: Task, vendor: Organization) -> None:
-    usage = quota_usage(task=task, vendor_id=vendor.id)
-    if usage["remaining_today"] == 0:
-        raise QuotaExceeded(f"Daily quota of {task.quota_per_day} submissions reached for this task.")
-    if usage["remaining_total"] == 0:
-        raise QuotaExceeded(f"Total quota of {task.quota_total} submissions reached for this task.")
+from marketplace.submissions.quotas import quota_consume, quota_refund
 
 
 @transaction.atomic
@@ -46,9 +38,7 @@ def submission_create(
     sha256 = sha256_of(artifact)
     if declared_sha256 and declared_sha256.lower() != sha256:
         raise DomainError("The artifact's sha256 does not match the declared one.", code="sha256_mismatch")
-    # Serialize this vendor's uploads so that concurrent requests cannot overrun the quota.
-    Organization.objects.select_for_update().filter(id=vendor.id).first()
-    _check_quota(task=task, vendor=vendor)
+    quota_consume(task=task, vendor_id=vendor.id)
     submission = Submission(
         vendor=vendor,
         task=task,
@@ -95,8 +85,34 @@ def submission_check(*, submission_id: int) -> Submission | None:
         if sha256_of(stored) != submission.sha256:
             submission.status = SubmissionStatus.REJECTED
             submission.status_reason = "artifact_corrupted"
-            submission.save(update_fields=["status", "status_reason", "updated_at"])
+            # Nothing ran anywhere: the upload does not use quota.
+            quota_refund(task=submission.task, vendor_id=submission.vendor_id, on_day=submission.created_at.date())
+            submission.quota_refunded = True
+            submission.save(update_fields=["status", "status_reason", "quota_refunded", "updated_at"])
             audit_record(action="submission.rejected", obj=submission, data={"reason": "artifact_corrupted"})
             return submission
     jobs_create_for_submission(submission=submission)
+    return submission
+
+
+@transaction.atomic
+def submission_nominate(*, submission: Submission, final: bool, actor) -> Submission:
+    """A vendor picks (or unpicks) the submissions its private-leaderboard rank is judged on."""
+    task = Task.objects.select_for_update().get(id=submission.task_id)
+    submission = Submission.objects.select_for_update().get(id=submission.id)
+    if task.status == TaskStatus.CLOSED:
+        raise Conflict("The task has closed: final submissions are fixed.", code="task_closed")
+    if final and not submission.is_final:
+        if submission.status != SubmissionStatus.SCORED:
+            raise Conflict("Only a scored submission can be nominated.", code="not_scored")
+        chosen = Submission.objects.filter(task=task, vendor_id=submission.vendor_id, is_final=True).count()
+        if chosen >= task.final_submissions:
+            raise Conflict(
+                f"This task takes {task.final_submissions} final submission(s): unpick one first.",
+                code="too_many_finals",
+            )
+    if submission.is_final != final:
+        submission.is_final = final
+        submission.save(update_fields=["is_final", "updated_at"])
+        audit_record(action="submission.nominated" if final else "submission.unnominated", obj=submission, actor_user=actor)
     return submission

@@ -8,7 +8,11 @@ from marketplace.submissions.models import Submission
 from marketplace.submissions.services import submission_check
 from tests.conftest import upload
 
-RESULT = {"metrics": {"roc_auc": 0.9, "accuracy": 0.8}, "n_rows": 100, "ledger": {"sha256": "b" * 64, "bytes": 50}}
+RESULT = {
+    "metrics": {"roc_auc": 0.9, "accuracy": 0.8},
+    "n_rows": 100,
+    "ledger": {"sha256": "b" * 64, "bytes": 50},
+}
 
 
 def submit(persona, task, *, name: str = "m1") -> Submission:

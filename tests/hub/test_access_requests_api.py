@@ -98,7 +98,9 @@ def test_owner_cannot_approve_a_vendor_that_never_asked(owner, vendor, invite_ta
     assert not AccessEvent.objects.exists()
 
 
-def test_only_the_tasks_owner_reads_and_decides_access(owner, other_owner, vendor, second_vendor, invite_task):
+def test_only_the_tasks_owner_reads_and_decides_access(
+    owner, other_owner, vendor, second_vendor, invite_task
+):
     request_access(vendor, invite_task)
     for persona in (other_owner, vendor, second_vendor):
         assert persona.client.get(f"/api/v1/tasks/{invite_task.id}/access-requests").status_code == 404
@@ -106,8 +108,9 @@ def test_only_the_tasks_owner_reads_and_decides_access(owner, other_owner, vendo
     assert list(AccessEvent.objects.values_list("kind", flat=True)) == ["requested"]
 
 
-def test_owner_lists_the_access_log_with_constant_queries(owner, vendor, second_vendor, invite_task,
-                                                         django_assert_max_num_queries):
+def test_owner_lists_the_access_log_with_constant_queries(
+    owner, vendor, second_vendor, invite_task, django_assert_max_num_queries
+):
     request_access(vendor, invite_task)
     request_access(second_vendor, invite_task)
     decide(owner, invite_task, vendor, "approve")
@@ -115,7 +118,9 @@ def test_owner_lists_the_access_log_with_constant_queries(owner, vendor, second_
         response = owner.client.get(f"/api/v1/tasks/{invite_task.id}/access-requests")
     rows = response.json()["results"]
     assert [(r["vendor"], r["kind"]) for r in rows] == [
-        ("Acme Models", "approved"), ("Globex AI", "requested"), ("Acme Models", "requested")
+        ("Acme Models", "approved"),
+        ("Globex AI", "requested"),
+        ("Acme Models", "requested"),
     ]
     assert rows[0]["actor"] == "olivia"
 
@@ -133,7 +138,9 @@ def test_visitor_cannot_request_access(visitor, invite_task):
 
 
 def test_access_request_note_of_wrong_type_is_a_400(vendor, invite_task):
-    response = vendor.client.post(f"/api/v1/tasks/{invite_task.id}/access-requests", {"note": {"a": 1}}, format="json")
+    response = vendor.client.post(
+        f"/api/v1/tasks/{invite_task.id}/access-requests", {"note": {"a": 1}}, format="json"
+    )
     assert response.status_code == 400
     assert error_code(response) == "invalid"
     assert not AccessEvent.objects.exists()

@@ -37,7 +37,9 @@ def test_person_creates_an_organization_and_becomes_its_admin(outsider):
 
 
 def test_duplicate_organization_name_is_a_conflict(owner, outsider):
-    response = outsider.client.post("/api/v1/organizations", {"name": "St. Mercy Hospitals", "kind": "vendor"})
+    response = outsider.client.post(
+        "/api/v1/organizations", {"name": "St. Mercy Hospitals", "kind": "vendor"}
+    )
     assert response.status_code == 409
     assert error_code(response) == "conflict"
     assert Organization.objects.filter(name="St. Mercy Hospitals").count() == 1
@@ -98,7 +100,9 @@ def test_cannot_add_members_to_another_organization(vendor, second_vendor, outsi
 
 
 def test_adding_an_unknown_user_is_not_found(vendor):
-    response = vendor.client.post(f"/api/v1/organizations/{vendor.organization.id}/members", {"username": "nobody"})
+    response = vendor.client.post(
+        f"/api/v1/organizations/{vendor.organization.id}/members", {"username": "nobody"}
+    )
     assert response.status_code == 404
     assert error_code(response) == "not_found"
 
@@ -156,8 +160,14 @@ def test_token_list_shows_only_own_tokens(vendor, second_vendor, django_assert_m
 
 
 def test_site_token_is_refused_on_people_endpoints(site):
-    for method, path in [("get", "/api/v1/me"), ("get", "/api/v1/tokens"), ("get", "/api/v1/tasks"),
-                         ("get", "/api/v1/submissions"), ("get", "/api/v1/jobs"), ("get", "/api/v1/sites")]:
+    for method, path in [
+        ("get", "/api/v1/me"),
+        ("get", "/api/v1/tokens"),
+        ("get", "/api/v1/tasks"),
+        ("get", "/api/v1/submissions"),
+        ("get", "/api/v1/jobs"),
+        ("get", "/api/v1/sites"),
+    ]:
         response = getattr(site.client, method)(path)
         assert response.status_code == 401, (path, response.status_code)
         assert "error" in response.json()

@@ -41,8 +41,11 @@ def test_personal_token_is_refused_on_agent_endpoints(owner, running):
     _, raw = personal_token_create(user=owner.user, name="cli")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    for path, body in [("heartbeat", {"agent_id": "a"}), ("jobs/claim", {"agent_id": "a"}),
-                       (f"jobs/{job['id']}/lease", {"agent_id": "agent-1"})]:
+    for path, body in [
+        ("heartbeat", {"agent_id": "a"}),
+        ("jobs/claim", {"agent_id": "a"}),
+        (f"jobs/{job['id']}/lease", {"agent_id": "agent-1"}),
+    ]:
         response = client.post(f"/api/v1/agent/{path}", body)
         assert response.status_code == 401, path
         assert "error" in response.json()
@@ -112,13 +115,21 @@ def test_bad_shard_payload_is_a_clear_400(site, owner, body):
 def test_claim_gives_the_job_contract_and_then_204(vendor, site, open_task):
     submission = submit(vendor, open_task)
     job = claim(site)
-    assert job["submission"] == {"id": submission.id, "format": "sklearn", "sha256": submission.sha256,
-                                 "size": submission.size, "filename": "model.bin"}
+    assert job["submission"] == {
+        "id": submission.id,
+        "vendor_id": vendor.organization.id,
+        "format": "sklearn",
+        "sha256": submission.sha256,
+        "size": submission.size,
+        "filename": "model.bin",
+    }
     assert job["task"]["metrics"][0] == {"name": "roc_auc", "direction": "higher", "decimals": 4}
     assert job["attempt"] == 1 and job["lease_seconds"] == 60
     stored = Job.objects.get(id=job["id"])
     assert stored.status == JobStatus.RUNNING and stored.lease_holder == "agent-1"
-    assert AuditEvent.objects.filter(action="job.claimed", object_id=str(job["id"]), actor_site=site.site).exists()
+    assert AuditEvent.objects.filter(
+        action="job.claimed", object_id=str(job["id"]), actor_site=site.site
+    ).exists()
     assert claim(site, "agent-2") is None
 
 
@@ -166,7 +177,9 @@ def test_site_token_of_one_site_cannot_touch_another_sites_job(owner, other_owne
         ]
         missing = other.client.post("/api/v1/agent/jobs/999999/lease", {"agent_id": "agent-1"})
         assert [r.status_code for r in responses] == [404, 404, 404, 404]
-        assert all(r.json() == missing.json() for r in responses if r.get("Content-Type") == "application/json")
+        assert all(
+            r.json() == missing.json() for r in responses if r.get("Content-Type") == "application/json"
+        )
     stored = Job.objects.get(id=job["id"])
     assert stored.status == JobStatus.RUNNING and not Result.objects.exists()
 
@@ -174,8 +187,8 @@ def test_site_token_of_one_site_cannot_touch_another_sites_job(owner, other_owne
 def test_site_downloads_the_artifact_of_a_running_job(vendor, site, open_task):
     data = b"\x80\x04" + b"weights" * 10
     upload(vendor, open_task, data=data)
-    from marketplace.submissions.services import submission_check
     from marketplace.submissions.models import Submission
+    from marketplace.submissions.services import submission_check
 
     submission_check(submission_id=Submission.objects.get().id)
     job = claim(site)
@@ -208,7 +221,9 @@ def test_result_is_recorded_once_and_a_repeat_changes_nothing(site, running):
 def test_a_different_second_result_is_a_conflict(site, running):
     _, job = running
     post_result(site, job["id"])
-    other = post_result(site, job["id"], ledger={"sha256": "e" * 64, "bytes": 1}, metrics={"roc_auc": 0.1, "accuracy": 0.1})
+    other = post_result(
+        site, job["id"], ledger={"sha256": "e" * 64, "bytes": 1}, metrics={"roc_auc": 0.1, "accuracy": 0.1}
+    )
     assert other.status_code == 409
     assert error_code(other) == "already_reported"
     assert Result.objects.get().metrics == RESULT["metrics"]
@@ -252,9 +267,17 @@ def test_bad_result_payload_is_a_clear_400_and_records_nothing(site, running, ov
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_metric_is_refused(site, running, literal):
     _, job = running
-    body = json.dumps({"agent_id": "agent-1", "n_rows": 100, "ledger": RESULT["ledger"],
-                       "metrics": {"roc_auc": 0.5, "accuracy": 0.5}}).replace('"roc_auc": 0.5', f'"roc_auc": {literal}')
-    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, content_type="application/json")
+    body = json.dumps(
+        {
+            "agent_id": "agent-1",
+            "n_rows": 100,
+            "ledger": RESULT["ledger"],
+            "metrics": {"roc_auc": 0.5, "accuracy": 0.5},
+        }
+    ).replace('"roc_auc": 0.5', f'"roc_auc": {literal}')
+    response = site.client.post(
+        f"/api/v1/agent/jobs/{job['id']}/result", body, content_type="application/json"
+    )
     assert response.status_code == 400, response.content
     assert "error" in response.json()
     assert not Result.objects.exists()
@@ -263,7 +286,9 @@ def test_non_finite_metric_is_refused(site, running, literal):
 
 def test_malformed_json_is_a_400(site, running):
     _, job = running
-    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", "{not json", content_type="application/json")
+    response = site.client.post(
+        f"/api/v1/agent/jobs/{job['id']}/result", "{not json", content_type="application/json"
+    )
     assert response.status_code == 400
     assert error_code(response) == "parse_error"
 
@@ -278,7 +303,9 @@ def test_failure_reason_outside_the_fixed_list_is_a_400(site, running, reason):
     assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
 
 
-def test_model_failure_fails_the_job_and_the_submission_idempotently(site, running, django_capture_on_commit_callbacks):
+def test_model_failure_fails_the_job_and_the_submission_idempotently(
+    site, running, django_capture_on_commit_callbacks
+):
     submission, job = running
     path = f"/api/v1/agent/jobs/{job['id']}/failure"
     with django_capture_on_commit_callbacks(execute=True):
@@ -298,11 +325,15 @@ def test_model_failure_fails_the_job_and_the_submission_idempotently(site, runni
 def test_site_side_failure_requeues_while_attempts_remain(site, running, settings):
     settings.VAULTBENCH_MAX_JOB_ATTEMPTS = 2
     _, job = running
-    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": "internal_error"})
+    response = site.client.post(
+        f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": "internal_error"}
+    )
     assert response.status_code == 200 and response.json()["job"]["status"] == "queued"
     again = claim(site, "agent-2")
     assert again["id"] == job["id"] and again["attempt"] == 2
-    last = site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-2", "reason": "internal_error"})
+    last = site.client.post(
+        f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-2", "reason": "internal_error"}
+    )
     assert last.json()["job"] == {"id": job["id"], "status": "failed", "failure_reason": "internal_error"}
 
 

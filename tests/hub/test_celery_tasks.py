@@ -29,7 +29,9 @@ def test_submission_check_twice_dispatches_once(vendor, site, open_task):
     submission_check_task(submission_id)
     assert Job.objects.filter(submission_id=submission_id).count() == 1
     assert Submission.objects.get(id=submission_id).status == SubmissionStatus.EVALUATING
-    assert AuditEvent.objects.filter(action="submission.dispatched", object_id=str(submission_id)).count() == 1
+    assert (
+        AuditEvent.objects.filter(action="submission.dispatched", object_id=str(submission_id)).count() == 1
+    )
 
 
 def test_submission_check_rejects_a_corrupted_stored_artifact(vendor, site, open_task):
@@ -73,7 +75,9 @@ def test_requeue_task_twice_moves_an_expired_job_once(vendor, site, open_task):
     assert AuditEvent.objects.filter(action="job.lease_expired", object_id=str(job_id)).count() == 1
 
 
-def test_requeue_gives_up_after_max_attempts(vendor, site, open_task, settings, django_capture_on_commit_callbacks):
+def test_requeue_gives_up_after_max_attempts(
+    vendor, site, open_task, settings, django_capture_on_commit_callbacks
+):
     settings.VAULTBENCH_MAX_JOB_ATTEMPTS = 1
     submission = submit(vendor, open_task)
     job_id = claim(site)["id"]
@@ -88,7 +92,9 @@ def test_requeue_gives_up_after_max_attempts(vendor, site, open_task, settings, 
 
 def test_beat_schedules_the_requeue_task():
     schedule = django_settings.CELERY_BEAT_SCHEDULE
-    entry = next(e for e in schedule.values() if e["task"] == "marketplace.jobs.tasks.jobs_requeue_expired_task")
+    entry = next(
+        e for e in schedule.values() if e["task"] == "marketplace.jobs.tasks.jobs_requeue_expired_task"
+    )
     assert entry["schedule"].total_seconds() <= django_settings.VAULTBENCH_LEASE_SECONDS
     app.loader.import_default_modules()
     assert entry["task"] in app.tasks
@@ -112,11 +118,13 @@ def _broker_is_redis() -> bool:
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="production mode: needs PostgreSQL")
 @pytest.mark.skipif(not _broker_is_redis(), reason="production mode: needs a Redis broker")
 @pytest.mark.django_db(transaction=True)
-def test_real_worker_checks_a_submission_through_redis(vendor, site, open_task, settings, tmp_path, monkeypatch):
+def test_real_worker_checks_a_submission_through_redis(
+    vendor, site, open_task, settings, tmp_path, monkeypatch
+):
     """Not eager: the task travels through Redis to a separate `celery worker` process that uses
     the test database (test_vaultbench) and this test's MEDIA_ROOT (tmp_path/media)."""
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    monkeypatch.setattr(app.conf, "task_always_eager", False)
+    app.conf.task_always_eager = False  # the autouse fixture turns it back on for the next test
     queue = f"hub-test-{os.getpid()}-{int(time.time())}"  # a private queue: no other worker steals it
     with monkeypatch.context() as patched:  # the upload's own enqueue is replaced by the one below
         patched.setattr(submission_check_task, "delay", lambda *args, **kwargs: None)

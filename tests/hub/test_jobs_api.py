@@ -37,8 +37,14 @@ def test_owner_sees_jobs_and_results_of_its_tasks(owner, other_owner, vendor, si
     post_result(site, job["id"])
     body = owner.client.get(f"/api/v1/jobs/{job['id']}").json()
     assert body["status"] == "succeeded" and body["submission_id"] == submission.id
-    receipt = with_receipt({"agent_id": "agent-1", "metrics": RESULT["metrics"], "n_rows": 100})["ledger"]["sha256"]
-    assert body["result"] == {"metrics": {"roc_auc": 0.9, "accuracy": 0.8}, "n_rows": 100, "ledger_sha256": receipt}
+    receipt = with_receipt({"agent_id": "agent-1", "metrics": RESULT["metrics"], "n_rows": 100})["ledger"][
+        "sha256"
+    ]
+    assert body["result"] == {
+        "metrics": {"roc_auc": 0.9, "accuracy": 0.8},
+        "n_rows": 100,
+        "ledger_sha256": receipt,
+    }
     assert other_owner.client.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     assert other_owner.client.get("/api/v1/jobs").json()["results"] == []
 
@@ -62,7 +68,9 @@ def test_visitor_and_site_cannot_read_jobs(visitor, site, vendor, open_task):
     assert site.client.get(f"/api/v1/jobs/{job.id}").status_code == 401
 
 
-def test_job_list_query_count_does_not_grow_with_jobs(owner, vendor, open_task, django_assert_max_num_queries):
+def test_job_list_query_count_does_not_grow_with_jobs(
+    owner, vendor, open_task, django_assert_max_num_queries
+):
     open_task.quota_per_day = 20
     open_task.save(update_fields=["quota_per_day"])
     for i in range(2):
@@ -98,8 +106,9 @@ def test_held_jobs_wait_for_the_owners_approval(owner, vendor, site, held_task):
     assert event.actor_user == owner.user
 
 
-def test_owner_rejects_a_held_job_and_the_submission_fails(owner, vendor, site, held_task,
-                                                          django_capture_on_commit_callbacks):
+def test_owner_rejects_a_held_job_and_the_submission_fails(
+    owner, vendor, site, held_task, django_capture_on_commit_callbacks
+):
     submission = submit(vendor, held_task)
     job = job_of(submission, site)
     with django_capture_on_commit_callbacks(execute=True):

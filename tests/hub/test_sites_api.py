@@ -15,8 +15,12 @@ def test_owner_admin_creates_a_site_and_gets_its_token_once(owner):
     site = Site.objects.get(id=response.json()["site"]["id"])
     assert site.organization == owner.organization
     token = SiteToken.objects.get(site=site)
-    assert all(raw not in str(value) for value in SiteToken.objects.filter(id=token.id).values().first().values())
-    assert AuditEvent.objects.filter(action="site.created", object_id=str(site.id), actor_user=owner.user).exists()
+    assert all(
+        raw not in str(value) for value in SiteToken.objects.filter(id=token.id).values().first().values()
+    )
+    assert AuditEvent.objects.filter(
+        action="site.created", object_id=str(site.id), actor_user=owner.user
+    ).exists()
 
 
 def test_vendor_cannot_create_a_site(vendor):
@@ -67,7 +71,9 @@ def test_site_detail_of_another_organization_is_not_found(owner, site, other_own
 
 def test_heartbeat_makes_the_site_online(owner, site):
     assert owner.client.get(f"/api/v1/sites/{site.site.id}").json()["is_online"] is False
-    site.client.post("/api/v1/agent/heartbeat", {"agent_id": "a1", "capabilities": {"docker": True}}, format="json")
+    site.client.post(
+        "/api/v1/agent/heartbeat", {"agent_id": "a1", "capabilities": {"docker": True}}, format="json"
+    )
     body = owner.client.get(f"/api/v1/sites/{site.site.id}").json()
     assert body["is_online"] is True and body["capabilities"] == {"docker": True}
 
@@ -98,7 +104,9 @@ def test_other_owner_cannot_list_rotate_or_revoke_a_sites_tokens(site, other_own
     token = SiteToken.objects.get(site=site.site)
     assert other_owner.client.get(f"/api/v1/sites/{site.site.id}/tokens").status_code == 404
     assert other_owner.client.post(f"/api/v1/sites/{site.site.id}/tokens").status_code == 404
-    assert other_owner.client.post(f"/api/v1/sites/{site.site.id}/tokens/{token.id}/revoke").status_code == 404
+    assert (
+        other_owner.client.post(f"/api/v1/sites/{site.site.id}/tokens/{token.id}/revoke").status_code == 404
+    )
     assert SiteToken.objects.filter(site=site.site).count() == 1
     assert SiteToken.objects.get(id=token.id).revoked_at is None
 

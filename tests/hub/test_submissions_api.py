@@ -49,7 +49,9 @@ def test_upload_is_stored_hashed_and_audited(vendor, open_task, settings):
     assert event.actor_user == vendor.user and event.data["sha256"] == submission.sha256
 
 
-def test_upload_is_checked_and_dispatched_after_commit(vendor, open_task, site, django_capture_on_commit_callbacks):
+def test_upload_is_checked_and_dispatched_after_commit(
+    vendor, open_task, site, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = upload(vendor, open_task)
     assert len(callbacks) == 1
@@ -112,7 +114,13 @@ def test_declared_sha256_must_match(vendor, open_task, settings):
     artifact.name = "m.joblib"
     response = vendor.client.post(
         "/api/v1/submissions",
-        {"task": open_task.id, "name": "m", "artifact_format": "sklearn", "artifact": artifact, "sha256": "0" * 64},
+        {
+            "task": open_task.id,
+            "name": "m",
+            "artifact_format": "sklearn",
+            "artifact": artifact,
+            "sha256": "0" * 64,
+        },
         format="multipart",
     )
     assert response.status_code == 400
@@ -140,7 +148,9 @@ def test_bad_upload_fields_are_a_clear_400(vendor, open_task, fields):
 
 def test_upload_without_a_file_is_a_400(vendor, open_task):
     response = vendor.client.post(
-        "/api/v1/submissions", {"task": open_task.id, "name": "m", "artifact_format": "sklearn"}, format="multipart"
+        "/api/v1/submissions",
+        {"task": open_task.id, "name": "m", "artifact_format": "sklearn"},
+        format="multipart",
     )
     assert response.status_code == 400
     assert "artifact" in response.json()["error"]["details"]
@@ -164,8 +174,14 @@ def test_daily_quota_refuses_the_next_upload_with_429(owner, vendor, site, setti
     assert Submission.objects.filter(task=task).count() == 2
     assert files_under(settings.MEDIA_ROOT) == files_before
     quota = vendor.client.get(f"/api/v1/tasks/{task.id}/quota").json()
-    assert quota == {"quota_per_day": 2, "quota_total": None, "used_today": 2, "used_total": 2,
-                     "remaining_today": 0, "remaining_total": None}
+    assert quota == {
+        "quota_per_day": 2,
+        "quota_total": None,
+        "used_today": 2,
+        "used_total": 2,
+        "remaining_today": 0,
+        "remaining_total": None,
+    }
 
 
 def test_quota_is_per_vendor(owner, vendor, second_vendor, site):
@@ -208,7 +224,9 @@ def test_vendor_cannot_upload_to_a_draft_it_cannot_see(owner, vendor, settings):
     assert not Submission.objects.exists() and files_under(settings.MEDIA_ROOT) == []
 
 
-def test_vendor_lists_only_its_own_submissions(vendor, second_vendor, owner, open_task, django_assert_max_num_queries):
+def test_vendor_lists_only_its_own_submissions(
+    vendor, second_vendor, owner, open_task, django_assert_max_num_queries
+):
     for i in range(4):
         upload(vendor, open_task, name=f"v{i}")
     upload(second_vendor, open_task, name="g0")

@@ -20,7 +20,9 @@ def test_owner_creates_a_draft_task(owner):
     task = Task.objects.get(id=response.json()["id"])
     assert task.status == TaskStatus.DRAFT and task.organization == owner.organization
     assert response.json()["metrics"][0] == {"name": "roc_auc", "direction": "higher", "decimals": 4}
-    assert AuditEvent.objects.filter(action="task.created", object_id=str(task.id), actor_user=owner.user).exists()
+    assert AuditEvent.objects.filter(
+        action="task.created", object_id=str(task.id), actor_user=owner.user
+    ).exists()
 
 
 def test_vendor_cannot_create_a_task(vendor):
@@ -141,14 +143,18 @@ def test_visitor_sees_public_tasks_only(owner, visitor, vendor):
     assert [t["id"] for t in visitor.get("/api/v1/tasks").json()["results"]] == [public.id]
     assert visitor.get(f"/api/v1/tasks/{invite.id}").status_code == 404
     # Vendors see invite-only tasks so that they can ask for access.
-    assert sorted(t["id"] for t in vendor.client.get("/api/v1/tasks").json()["results"]) == sorted([public.id, invite.id])
+    assert sorted(t["id"] for t in vendor.client.get("/api/v1/tasks").json()["results"]) == sorted(
+        [public.id, invite.id]
+    )
 
 
 def test_task_list_filters_by_type_and_search(owner, visitor):
     make_task(owner, title="Breast cancer")
     make_task(owner, title="Loan default", task_type="regression", input_spec={"n_features": 4},
               metrics=[{"name": "r2"}], primary_metric="r2")  # fmt: skip
-    assert [t["title"] for t in visitor.get("/api/v1/tasks?task_type=regression").json()["results"]] == ["Loan default"]
+    assert [t["title"] for t in visitor.get("/api/v1/tasks?task_type=regression").json()["results"]] == [
+        "Loan default"
+    ]
     assert [t["title"] for t in visitor.get("/api/v1/tasks?q=cancer").json()["results"]] == ["Breast cancer"]
     assert visitor.get("/api/v1/tasks?task_type=bogus").status_code == 400
 
@@ -205,11 +211,16 @@ def test_task_without_sample_answers_404(owner, visitor):
     assert visitor.get(f"/api/v1/tasks/{task.id}/sample").status_code == 404
 
 
-def test_owner_lists_shards_other_people_cannot(owner, other_owner, vendor, site, open_task, django_assert_max_num_queries):
+def test_owner_lists_shards_other_people_cannot(
+    owner, other_owner, vendor, site, open_task, django_assert_max_num_queries
+):
     register_shard(make_site(owner, "site-b"), open_task, rows=300)
     with django_assert_max_num_queries(5):
         response = owner.client.get(f"/api/v1/tasks/{open_task.id}/shards")
-    assert [(s["site"], s["row_count"]) for s in response.json()["results"]] == [("site-a", 100), ("site-b", 300)]
+    assert [(s["site"], s["row_count"]) for s in response.json()["results"]] == [
+        ("site-a", 100),
+        ("site-b", 300),
+    ]
     assert other_owner.client.get(f"/api/v1/tasks/{open_task.id}/shards").status_code == 404
     assert vendor.client.get(f"/api/v1/tasks/{open_task.id}/shards").status_code == 404
     assert DataShard.objects.filter(task=open_task).count() == 2

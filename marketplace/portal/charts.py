@@ -1,0 +1,57 @@
+"""The best-score-over-time chart, drawn server-side as SVG geometry (no JavaScript library)."""
+
+from dataclasses import dataclass
+
+WIDTH, HEIGHT = 640, 220
+PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 56, 16, 12, 36
+
+
+@dataclass(frozen=True)
+class Chart:
+    width: int
+    height: int
+    path: str
+    points: list[dict]
+    y_ticks: list[dict]
+    x_ticks: list[dict]
+    baseline_y: float
+
+
+def best_score_chart(points: list[dict], *, decimals: int) -> Chart | None:
+    """A step line of the running best: `points` are {"at", "best", "value", "model_name"} in time order."""
+    if not points:
+        return None
+    times = [p["at"].timestamp() for p in points]
+    values = [p["best"] for p in points] + [p["value"] for p in points]
+    t0, t1 = min(times), max(times)
+    v0, v1 = min(values), max(values)
+    if v1 - v0 < 1e-12:
+        v0, v1 = v0 - 0.5 * 10 ** (-decimals) - 1e-9, v1 + 0.5 * 10 ** (-decimals) + 1e-9
+    span_t = (t1 - t0) or 1.0
+    plot_w, plot_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
+
+    def x(t: float) -> float:
+        return round(PAD_LEFT + (t - t0) / span_t * plot_w if t1 > t0 else PAD_LEFT + plot_w / 2, 1)
+
+    def y(v: float) -> float:
+        return round(PAD_TOP + (1 - (v - v0) / (v1 - v0)) * plot_h, 1)
+
+    segments = []
+    for i, (t, p) in enumerate(zip(times, points, strict=True)):
+        if i == 0:
+            segments.append(f"M{x(t)},{y(p['best'])}")
+        else:
+            segments.append(f"H{x(t)}V{y(p['best'])}")
+    if t1 > t0:
+        segments.append(f"H{x(t1)}")
+    drawn = [
+        {"x": x(t), "y": y(p["value"]), "best_y": y(p["best"]), "label": f"{p['model_name']}: {p['value']:.{decimals}f}",
+         "is_best": p["value"] == p["best"]}
+        for t, p in zip(times, points, strict=True)
+    ]  # fmt: skip
+    y_ticks = [{"y": y(v), "label": f"{v:.{decimals}f}"} for v in (v0 + (v1 - v0) * k / 4 for k in range(5))]
+    first, last = points[0]["at"], points[-1]["at"]
+    x_ticks = [{"x": x(t0), "label": first.strftime("%Y-%m-%d %H:%M"), "anchor": "start"}]
+    if t1 > t0:
+        x_ticks.append({"x": x(t1), "label": last.strftime("%Y-%m-%d %H:%M"), "anchor": "end"})
+    return Chart(WIDTH, HEIGHT, "".join(segments), drawn, y_ticks, x_ticks, HEIGHT - PAD_BOTTOM)

@@ -1,0 +1,259 @@
+"""Portal forms parse and present input only; every rule is checked again by the services."""
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth import password_validation
+from django.contrib.auth.forms import UsernameField
+
+from marketplace.accounts.models import MemberRole, OrganizationKind
+from marketplace.catalog.metric_catalog import METRICS
+from marketplace.catalog.models import LeaderboardMode, TaskType, Visibility
+from marketplace.catalog.specs import (
+    MAX_CPUS,
+    MAX_DECIMALS,
+    MAX_MEMORY_MB,
+    MAX_OUTPUT_MB,
+    MAX_TIMEOUT_SECONDS,
+)
+from marketplace.egress.models import EgressKind
+from marketplace.submissions.models import ArtifactFormat
+
+# What the browser offers in the file picker for each format (the hub checks the bytes anyway).
+FORMAT_EXTENSIONS = {
+    ArtifactFormat.SKLEARN: [".joblib", ".pkl"],
+    ArtifactFormat.TORCHSCRIPT: [".pt", ".pth", ".zip"],
+    ArtifactFormat.ONNX: [".onnx"],
+    ArtifactFormat.PYTHON_PACKAGE: [".zip", ".tar.gz", ".tgz", ".tar"],
+}
+
+NO_ORGANIZATION = ""
+SIGN_UP_KINDS = [
+    (NO_ORGANIZATION, "No organization yet (an admin adds me later)"),
+    *OrganizationKind.choices,
+]
+
+
+class SignUpForm(forms.Form):
+    username = UsernameField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}))
+    password1 = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    password2 = forms.CharField(
+        label="Password again", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
+    kind = forms.ChoiceField(label="I sign up for", choices=SIGN_UP_KINDS, required=False, initial="vendor")
+    organization_name = forms.CharField(
+        label="Organization name", max_length=120, required=False,
+        help_text="Creates the organization with you as its admin.",
+    )  # fmt: skip
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password1") and data.get("password1") != data.get("password2"):
+            self.add_error("password2", "The two passwords differ.")
+        elif data.get("password1"):
+            try:
+                password_validation.validate_password(data["password1"])
+            except forms.ValidationError as exc:
+                self.add_error("password1", exc)
+        if data.get("kind") and not data.get("organization_name"):
+            self.add_error("organization_name", "Name the organization you create.")
+        if data.get("organization_name") and not data.get("kind"):
+            self.add_error("kind", "Say whether the organization is a data owner or a vendor.")
+        return data
+
+
+class OrganizationForm(forms.Form):
+    name = forms.CharField(label="Organization name", max_length=120)
+    kind = forms.ChoiceField(label="Kind", choices=OrganizationKind.choices)
+
+
+class MemberAddForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=MemberRole.choices, initial=MemberRole.MEMBER)
+
+
+class TokenCreateForm(forms.Form):
+    name = forms.CharField(label="Token name", max_length=80, help_text="What the token is for, e.g. 'CI uploads'.")
+
+
+class SiteCreateForm(forms.Form):
+    name = forms.CharField(label="Site name", max_length=120)
+    organization = forms.TypedChoiceField(coerce=int, required=False, label="Organization")
+
+    def __init__(self, *args, organizations=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["organization"].choices = [(o.id, o.name) for o in organizations]
+
+
+class AccessRequestForm(forms.Form):
+    note = forms.CharField(
+        label="Note to the data owner", max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+
+class SubmissionForm(forms.Form):
+    name = forms.CharField(label="Model name", max_length=120)
+    artifact_format = forms.ChoiceField(label="Format", choices=ArtifactFormat.choices)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    artifact = forms.FileField(label="Model file", allow_empty_file=False)
+    organization = forms.TypedChoiceField(coerce=int, required=False, label="Vendor organization")
+
+    def __init__(self, *args, organizations=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["organization"].choices = [(o.id, o.name) for o in organizations]
+        self.max_bytes = settings.VAULTBENCH_MAX_ARTIFACT_BYTES
+        self.fields["artifact"].widget.attrs.update(
+            {"data-max-bytes": str(self.max_bytes), "accept": ",".join(sorted({e for v in FORMAT_EXTENSIONS.values() for e in v}))}
+        )
+        self.fields["artifact"].help_text = f"At most {self.max_bytes // (1024 * 1024)} MB."
+
+    def clean_artifact(self):
+        artifact = self.cleaned_data["artifact"]
+        if artifact.size > self.max_bytes:
+            raise forms.ValidationError(f"The file is larger than the {self.max_bytes} bytes allowed.")
+        return artifact
+
+
+def _datetime_field(label: str) -> forms.DateTimeField:
+    return forms.DateTimeField(
+        label=label, required=False, input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )  # fmt: skip
+
+
+class TaskForm(forms.Form):
+    """Every field of a task and its policy. Structural fields are disabled once the task opened."""
+
+    STRUCTURAL = ["task_type", "n_features", "dtype", "n_classes", "primary_metric"]
+
+    title = forms.CharField(max_length=200)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 5}))
+    task_type = forms.ChoiceField(label="Task type", choices=TaskType.choices)
+    n_features = forms.IntegerField(label="Number of features", min_value=1, max_value=100_000)
+    dtype = forms.ChoiceField(label="Feature dtype", choices=[("float32", "float32"), ("float64", "float64")])
+    n_classes = forms.IntegerField(
+        label="Number of classes", required=False, min_value=2, max_value=10_000,
+        help_text="Classification only (2 for binary).",
+    )  # fmt: skip
+    primary_metric = forms.ChoiceField(label="Primary metric (ranks the leaderboard)", choices=[(m, m) for m in METRICS])
+    visibility = forms.ChoiceField(choices=Visibility.choices)
+    opens_at = _datetime_field("Opens at (UTC)")
+    closes_at = _datetime_field("Closes at (UTC)")
+    quota_per_day = forms.IntegerField(label="Submissions per vendor per day", min_value=1, initial=5)
+    quota_total = forms.IntegerField(label="Submissions per vendor in total", required=False, min_value=1)
+    memory_mb = forms.IntegerField(label="Sandbox memory (MB)", min_value=64, max_value=MAX_MEMORY_MB, initial=1024)
+    cpus = forms.FloatField(label="Sandbox CPUs", min_value=0.1, max_value=MAX_CPUS, initial=1.0)
+    timeout_seconds = forms.IntegerField(
+        label="Sandbox timeout (seconds)", min_value=5, max_value=MAX_TIMEOUT_SECONDS, initial=300
+    )
+    max_output_mb = forms.IntegerField(label="Sandbox output cap (MB)", min_value=1, max_value=MAX_OUTPUT_MB, initial=64)
+    show_per_site = forms.BooleanField(label="Show per-site breakdowns", required=False)
+    min_test_rows = forms.IntegerField(label="Minimum test rows per site", min_value=1, initial=50)
+    public_split_fraction = forms.FloatField(
+        label="Public split fraction", min_value=0.0, max_value=1.0, initial=1.0,
+        help_text="Share of test rows scored publicly; the rest is revealed when the task closes.",
+    )  # fmt: skip
+    leaderboard_mode = forms.ChoiceField(label="Leaderboard mode", choices=LeaderboardMode.choices)
+    requires_job_approval = forms.BooleanField(label="Every job waits for my approval", required=False)
+    fine_tuning_allowed = forms.BooleanField(label="Allow federated fine-tuning", required=False)
+    sample = forms.FileField(
+        label="Public sample for dry runs", required=False,
+        help_text="Synthetic or non-sensitive rows vendors may download.",
+    )  # fmt: skip
+    organization = forms.TypedChoiceField(coerce=int, required=False, label="Organization")
+
+    def __init__(self, *args, organizations=(), frozen: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.metric_names = list(METRICS)
+        for name in self.metric_names:
+            self.fields[f"metric_{name}"] = forms.BooleanField(label=name, required=False)
+            self.fields[f"decimals_{name}"] = forms.IntegerField(
+                label=f"Decimals shown for {name}", min_value=0, max_value=MAX_DECIMALS, initial=4, required=False
+            )
+        self.fields["organization"].choices = [(o.id, o.name) for o in organizations]
+        if frozen:
+            for name in [*self.STRUCTURAL, *(f"metric_{m}" for m in self.metric_names)]:
+                self.fields[name].disabled = True
+                self.fields[name].help_text = "Fixed once the task has opened."
+
+    def metric_rows(self):
+        return [(self[f"metric_{m}"], self[f"decimals_{m}"], METRICS[m]) for m in self.metric_names]
+
+    @staticmethod
+    def initial_from(task) -> dict:
+        chosen = {m["name"]: m["decimals"] for m in task.metrics}
+        initial = {
+            field: getattr(task, field)
+            for field in ["title", "description", "task_type", "primary_metric", "visibility", "opens_at", "closes_at",
+                          "quota_per_day", "quota_total", "show_per_site", "min_test_rows", "public_split_fraction",
+                          "leaderboard_mode", "requires_job_approval", "fine_tuning_allowed"]
+        }  # fmt: skip
+        initial.update({k: task.input_spec.get(k) for k in ("n_features", "dtype", "n_classes")})
+        initial.update(task.resource_limits)
+        for name in METRICS:
+            initial[f"metric_{name}"] = name in chosen
+            initial[f"decimals_{name}"] = chosen.get(name, 4)
+        return initial
+
+    def spec(self) -> dict:
+        """The service's spec from the cleaned form (parsing only: no rule is decided here)."""
+        data = self.cleaned_data
+        input_spec = {"n_features": data["n_features"], "dtype": data["dtype"]}
+        if data.get("n_classes") is not None and data["task_type"] != TaskType.REGRESSION:
+            input_spec["n_classes"] = data["n_classes"]
+        metrics = [
+            {"name": m, "decimals": data.get(f"decimals_{m}") if data.get(f"decimals_{m}") is not None else 4}
+            for m in self.metric_names
+            if data.get(f"metric_{m}")
+        ]
+        return {
+            "title": data["title"],
+            "description": data["description"],
+            "task_type": data["task_type"],
+            "input_spec": input_spec,
+            "metrics": metrics,
+            "primary_metric": data["primary_metric"],
+            "visibility": data["visibility"],
+            "opens_at": data["opens_at"],
+            "closes_at": data["closes_at"],
+            "quota_per_day": data["quota_per_day"],
+            "quota_total": data["quota_total"],
+            "resource_limits": {k: data[k] for k in ("memory_mb", "cpus", "timeout_seconds", "max_output_mb")},
+            "show_per_site": data["show_per_site"],
+            "min_test_rows": data["min_test_rows"],
+            "public_split_fraction": data["public_split_fraction"],
+            "leaderboard_mode": data["leaderboard_mode"],
+            "requires_job_approval": data["requires_job_approval"],
+            "fine_tuning_allowed": data["fine_tuning_allowed"],
+        }
+
+
+class LedgerFilterForm(forms.Form):
+    site = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    task = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    vendor = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    kind = forms.ChoiceField(choices=[("", "Any kind"), *EgressKind.choices], required=False)
+    since = forms.DateField(label="From (UTC)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="Until (UTC, inclusive)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, sites=(), tasks=(), vendors=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["site"].choices = [("", "All sites"), *((s.id, s.name) for s in sites)]
+        self.fields["task"].choices = [("", "All tasks"), *((t.id, t.title) for t in tasks)]
+        self.fields["vendor"].choices = [("", "All vendors"), *((v.id, v.name) for v in vendors)]
+
+    def filter_params(self) -> dict:
+        """The egress app's filter parameters (EgressFilter) for the chosen values."""
+        from datetime import timedelta
+
+        data = self.cleaned_data if self.is_valid() else {}
+        params = {k: str(data[k]) for k in ("site", "task", "vendor", "kind") if data.get(k)}
+        if data.get("since"):
+            params["since"] = f"{data['since'].isoformat()}T00:00:00+00:00"
+        if data.get("until"):
+            params["until"] = f"{(data['until'] + timedelta(days=1)).isoformat()}T00:00:00+00:00"
+        return params

@@ -1,0 +1,249 @@
+"""Data-owner pages: tasks and their policy, sites, the approval queue and the egress ledger."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from marketplace.accounts.access import access_acting_organization, access_organization_by_id
+from marketplace.accounts.models import Organization, OrganizationKind
+from marketplace.accounts.selectors import organizations_of
+from marketplace.catalog.access import access_task_for_owner
+from marketplace.catalog.models import TaskStatus
+from marketplace.catalog.selectors import (
+    access_events_for_task,
+    access_requests_pending_for,
+    shards_of_site,
+    shards_of_task,
+    task_list_owned_by,
+)
+from marketplace.catalog.services import (
+    task_access_decide,
+    task_close,
+    task_create,
+    task_open,
+    task_sample_set,
+    task_update,
+)
+from marketplace.core.errors import DomainError
+from marketplace.egress.apis import egress_csv_response
+from marketplace.egress.filters import EgressFilter
+from marketplace.egress.selectors import egress_records_visible_to
+from marketplace.jobs.access import access_job_for_owner
+from marketplace.jobs.selectors import jobs_awaiting_approval_for
+from marketplace.jobs.services import job_decide
+from marketplace.portal.forms import LedgerFilterForm, SiteCreateForm, TaskForm
+from marketplace.portal.views._common import domain_error_to_form, owner_required
+from marketplace.sites.access import access_site_by_id
+from marketplace.sites.selectors import site_list_visible_to
+from marketplace.sites.services import site_create
+
+
+def _owner_organizations(user):
+    return list(organizations_of(user=user).filter(kind=OrganizationKind.DATA_OWNER).order_by("name"))
+
+
+def _owner_sites(user):
+    return site_list_visible_to(user=user).filter(organization__kind=OrganizationKind.DATA_OWNER).order_by("name")
+
+
+@owner_required
+def dashboard(request):
+    return render(
+        request,
+        "portal/manage.html",
+        {
+            "tasks": task_list_owned_by(user=request.user).order_by("-created_at", "-id"),
+            "sites": _owner_sites(request.user),
+            "pending_access": access_requests_pending_for(user=request.user).count(),
+            "pending_jobs": jobs_awaiting_approval_for(user=request.user).count(),
+        },
+    )
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+@owner_required
+def task_new(request):
+    organizations = _owner_organizations(request.user)
+    form = TaskForm(request.POST or None, request.FILES or None, organizations=organizations,
+                    initial={"visibility": "public", "n_classes": 2})  # fmt: skip
+    if request.method == "POST" and form.is_valid():
+        try:
+            organization = access_acting_organization(
+                request.user, kind=OrganizationKind.DATA_OWNER, organization_id=form.cleaned_data.get("organization")
+            )
+            with transaction.atomic():
+                task = task_create(organization=organization, actor=request.user, spec=form.spec())
+                if form.cleaned_data.get("sample"):
+                    task_sample_set(task=task, actor=request.user, sample=form.cleaned_data["sample"],
+                                    max_bytes=settings.VAULTBENCH_MAX_SAMPLE_BYTES)  # fmt: skip
+        except DomainError as exc:
+            domain_error_to_form(form, exc)
+        else:
+            messages.success(request, f"Task {task.title} saved as a draft. Open it when its sites are ready.")
+            return redirect("portal:manage-task", task_id=task.id)
+    return render(request, "portal/task_form.html", {"form": form, "task": None}, status=400 if form.errors else 200)
+
+
+@owner_required
+def task_edit(request, task_id: int):
+    task = access_task_for_owner(request.user, task_id)
+    frozen = task.status != TaskStatus.DRAFT
+    form = TaskForm(request.POST or None, request.FILES or None, initial=TaskForm.initial_from(task), frozen=frozen)
+    del form.fields["organization"]
+    if request.method == "POST" and form.is_valid():
+        try:
+            with transaction.atomic():
+                task = access_task_for_owner(request.user, task_id, for_update=True)
+                spec = form.spec()
+                if frozen:
+                    for field in ("task_type", "input_spec", "metrics", "primary_metric"):
+                        spec.pop(field)
+                task_update(task=task, actor=request.user, changes=spec)
+                if form.cleaned_data.get("sample"):
+                    task_sample_set(task=task, actor=request.user, sample=form.cleaned_data["sample"],
+                                    max_bytes=settings.VAULTBENCH_MAX_SAMPLE_BYTES)  # fmt: skip
+        except DomainError as exc:
+            domain_error_to_form(form, exc)
+        else:
+            messages.success(request, "Task saved.")
+            return redirect("portal:manage-task", task_id=task.id)
+    return render(request, "portal/task_form.html", {"form": form, "task": task}, status=400 if form.errors else 200)
+
+
+@owner_required
+def task_manage(request, task_id: int):
+    task = access_task_for_owner(request.user, task_id)
+    return render(
+        request,
+        "portal/manage_task.html",
+        {"task": task, "shards": shards_of_task(task=task), "events": access_events_for_task(task=task)[:50]},
+    )
+
+
+@require_POST
+@owner_required
+def task_state(request, task_id: int, action: str):
+    with transaction.atomic():
+        task = access_task_for_owner(request.user, task_id, for_update=True)
+        try:
+            (task_open if action == "open" else task_close)(task=task, actor=request.user)
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Task {'opened' if action == 'open' else 'closed'}.")
+    return redirect("portal:manage-task", task_id=task_id)
+
+
+# --- sites -----------------------------------------------------------------------------------
+
+
+@owner_required
+def sites(request):
+    organizations = _owner_organizations(request.user)
+    form = SiteCreateForm(request.POST or None, organizations=organizations)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            organization_id = form.cleaned_data.get("organization") or organizations[0].id
+            organization = access_organization_by_id(request.user, organization_id, require_admin=True)
+            site, raw = site_create(organization=organization, name=form.cleaned_data["name"], actor=request.user)
+        except DomainError as exc:
+            domain_error_to_form(form, exc)
+        else:
+            # The site agent's secret is rendered in this one answer only.
+            created = {"site": site, "raw": raw}
+            form = SiteCreateForm(organizations=organizations)
+    return render(
+        request, "portal/sites.html",
+        {"sites": _owner_sites(request.user), "form": form, "created": created,
+         "organizations": organizations, "hub_url": request.build_absolute_uri("/").rstrip("/")},
+    )  # fmt: skip
+
+
+@owner_required
+def sites_status(request):
+    """The sites table alone, for htmx polling of heartbeats."""
+    return render(request, "portal/_sites_table.html", {"sites": _owner_sites(request.user)})
+
+
+@owner_required
+def site_detail(request, site_id: int):
+    site = access_site_by_id(request.user, site_id)
+    return render(request, "portal/site_detail.html", {"site": site, "shards": shards_of_site(site=site)})
+
+
+# --- approvals -------------------------------------------------------------------------------
+
+
+@owner_required
+def approvals(request):
+    return render(
+        request,
+        "portal/approvals.html",
+        {"access_requests": access_requests_pending_for(user=request.user),
+         "jobs": jobs_awaiting_approval_for(user=request.user)},
+    )  # fmt: skip
+
+
+@require_POST
+@owner_required
+def access_decide(request, task_id: int, vendor_id: int, decision: str):
+    task = access_task_for_owner(request.user, task_id)
+    try:
+        event = task_access_decide(task=task, vendor_id=vendor_id, approve=decision == "approve", actor=request.user,
+                                   note=request.POST.get("note", ""))  # fmt: skip
+    except DomainError as exc:
+        if exc.status_code == 404:
+            raise
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{event.vendor.name}: access {event.kind} for {task.title}.")
+    return redirect("portal:approvals")
+
+
+@require_POST
+@owner_required
+def job_decision(request, job_id: int, decision: str):
+    job = access_job_for_owner(request.user, job_id)
+    try:
+        job = job_decide(job=job, approve=decision == "approve", actor=request.user)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Job {job.id} {'approved' if decision == 'approve' else 'rejected'}.")
+    return redirect("portal:approvals")
+
+
+# --- egress ledger ---------------------------------------------------------------------------
+
+
+def _ledger(request):
+    records = egress_records_visible_to(user=request.user)
+    vendor_ids = records.values_list("vendor_id", flat=True).distinct()
+    form = LedgerFilterForm(
+        request.GET or None,
+        sites=_owner_sites(request.user),
+        tasks=task_list_owned_by(user=request.user).order_by("title"),
+        vendors=Organization.objects.filter(id__in=vendor_ids).order_by("name"),
+    )
+    return form, EgressFilter(form.filter_params(), queryset=records).qs
+
+
+@owner_required
+def ledger(request):
+    form, records = _ledger(request)
+    page = Paginator(records.order_by("-id"), 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "portal/ledger.html", {"form": form, "page": page, "query": query.urlencode()})
+
+
+@owner_required
+def ledger_csv(request):
+    _, records = _ledger(request)
+    return egress_csv_response(records.order_by("id"))

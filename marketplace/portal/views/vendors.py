@@ -1,0 +1,94 @@
+"""Vendor pages: ask for access, upload a model, follow 'my submissions' live."""
+
+import json
+
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from marketplace.accounts.access import access_acting_organization
+from marketplace.accounts.models import OrganizationKind
+from marketplace.accounts.selectors import organizations_of
+from marketplace.catalog.access import access_task_by_id, access_task_for_vendor
+from marketplace.catalog.services import task_access_request
+from marketplace.core.errors import DomainError
+from marketplace.leaderboard.services import FINAL_STATUSES
+from marketplace.portal.forms import FORMAT_EXTENSIONS, AccessRequestForm, SubmissionForm
+from marketplace.portal.views._common import domain_error_to_form, vendor_required
+from marketplace.submissions.selectors import quota_usage, submission_list_of_vendor_user
+from marketplace.submissions.services import submission_create
+
+
+def _vendor_organizations(user):
+    return list(organizations_of(user=user).filter(kind=OrganizationKind.VENDOR).order_by("name"))
+
+
+@require_POST
+@vendor_required
+def access_request(request, task_id: int):
+    form = AccessRequestForm(request.POST)
+    organization_id = request.POST.get("organization")
+    vendor = access_acting_organization(
+        request.user, kind=OrganizationKind.VENDOR, organization_id=int(organization_id) if organization_id else None
+    )
+    task = access_task_by_id(request.user, task_id)
+    note = form.cleaned_data["note"] if form.is_valid() else ""
+    try:
+        task_access_request(task=task, vendor=vendor, actor=request.user, note=note)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Access requested for {vendor.name}; the data owner will decide.")
+    return redirect("portal:task", task_id=task.id)
+
+
+@vendor_required
+def submission_new(request, task_id: int):
+    organizations = _vendor_organizations(request.user)
+    chosen = request.POST.get("organization") or (organizations[0].id if organizations else None)
+    # The funnel refuses tasks the vendor may not submit to (invite-only and not approved).
+    task, vendor = access_task_for_vendor(request.user, task_id, organization_id=int(chosen) if chosen else None)
+    form = SubmissionForm(request.POST or None, request.FILES or None, organizations=organizations)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            submission = submission_create(
+                vendor=vendor, task=task, actor=request.user, name=data["name"], description=data["description"],
+                artifact_format=data["artifact_format"], artifact=data["artifact"],
+            )  # fmt: skip
+        except DomainError as exc:
+            domain_error_to_form(form, exc)
+        else:
+            messages.success(request, f"{submission.name} uploaded; the sites will evaluate it.")
+            target = reverse("portal:submissions")
+            return HttpResponseClientRedirect(target) if request.htmx else redirect(target)
+    quotas = [{"vendor": v, **quota_usage(task=task, vendor_id=v.id)} for v in organizations]
+    context = {"task": task, "form": form, "quotas": quotas, "format_extensions": json.dumps(FORMAT_EXTENSIONS)}
+    template = "portal/_submission_form.html" if request.htmx else "portal/submission_new.html"
+    return render(request, template, context, status=400 if form.errors and not request.htmx else 200)
+
+
+def _submissions_context(user) -> dict:
+    submissions = list(submission_list_of_vendor_user(user=user)[:100])
+    seen, quotas = set(), []
+    for submission in submissions:
+        key = (submission.task_id, submission.vendor_id)
+        if key not in seen:
+            seen.add(key)
+            quotas.append({"task": submission.task, "vendor": submission.vendor,
+                           **quota_usage(task=submission.task, vendor_id=submission.vendor_id)})  # fmt: skip
+    live = any(s.status not in FINAL_STATUSES for s in submissions)
+    return {"submissions": submissions, "quotas": quotas, "live": live}
+
+
+@vendor_required
+def submissions(request):
+    return render(request, "portal/submissions.html", _submissions_context(request.user))
+
+
+@vendor_required
+def submissions_status(request):
+    """The live part of 'my submissions', polled by htmx while anything is still moving."""
+    return render(request, "portal/_submissions_table.html", _submissions_context(request.user))
