@@ -4,6 +4,7 @@
     python -m evaluator register-data --config site.toml --task ID --features F --labels L \
         (--input-spec JSON | --n-features N --task-type T [--n-classes K]) [--no-report]
     python -m evaluator ledger export --config site.toml [--csv out.csv]
+    python -m evaluator releases list|approve JOB|refuse JOB --config site.toml
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     export = ledger_sub.add_parser("export", help="print or write the ledger")
     export.add_argument("--config")
     export.add_argument("--csv", help="write CSV to this file (default: JSON lines on stdout)")
+
+    releases = sub.add_parser("releases", help="results held for the owner's release decision")
+    releases_sub = releases.add_subparsers(dest="releases_command", required=True)
+    listing = releases_sub.add_parser("list", help="show held results (values stay here)")
+    listing.add_argument("--config")
+    for verb in ("approve", "refuse"):
+        decide = releases_sub.add_parser(verb, help=f"{verb} the release of a held result")
+        decide.add_argument("job", help="the job id")
+        decide.add_argument("--config")
     return parser
 
 
@@ -147,6 +157,25 @@ def _cmd_ledger_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_releases(args: argparse.Namespace) -> int:
+    """The site operator's side of release approval: the agent releases at its next loop."""
+    from evaluator.agent import AgentState
+
+    config = load_config(args.config, require_hub=False)
+    state = AgentState(config.state_path)
+    if args.releases_command == "list":
+        for job_id, held in sorted(state.held().items()):
+            decision = held.get("local_decision", "waiting")
+            print(json.dumps({"job": job_id, "metrics": held["body"].get("metrics"), "decision": decision}))
+        return 0
+    decision = "approved" if args.releases_command == "approve" else "refused"
+    if not state.decide_held(args.job, decision):
+        print(f"no held result for job {args.job}", file=sys.stderr)
+        return 2
+    print(f"job {args.job}: {decision}; the agent acts on it at its next loop")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -155,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "register-data":
             return _cmd_register(args)
+        if args.command == "releases":
+            return _cmd_releases(args)
         return _cmd_ledger_export(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

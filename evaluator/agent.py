@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from evaluator import datasets, disclosure, metrics
+from evaluator import datasets, disclosure, ladder, metrics, splits
 from evaluator.artifacts import ArtifactError
 from evaluator.client import (
     ArtifactTooLarge,
@@ -62,6 +62,7 @@ FAILURE_REASONS = frozenset(
         "data_unavailable",
         "policy_violation",
         "internal_error",
+        "withheld",
     }
 )
 SUPPORTED_KINDS = frozenset({"evaluate"})
@@ -100,6 +101,8 @@ class AgentState:
                 data = {}
             data.setdefault("posted", [])
             data.setdefault("pending", {})
+            data.setdefault("sealed", {})  # private-split metrics, released when the task closes
+            data.setdefault("held", {})  # results awaiting the owner's release decision
             yield data
             if write:
                 data["posted"] = data["posted"][-self.keep_posted :]
@@ -133,6 +136,38 @@ class AgentState:
     def drop_pending(self, job_id: int | str) -> None:
         with self._locked(write=True) as data:
             data["pending"].pop(str(job_id), None)
+
+    def seal(self, job_id: int | str, release: Mapping[str, Any]) -> None:
+        with self._locked(write=True) as data:
+            data["sealed"][str(job_id)] = dict(release)
+
+    def sealed(self, job_id: int | str) -> dict[str, Any] | None:
+        with self._locked(write=False) as data:
+            return data["sealed"].get(str(job_id))
+
+    def unseal(self, job_id: int | str) -> None:
+        with self._locked(write=True) as data:
+            data["sealed"].pop(str(job_id), None)
+
+    def hold(self, job_id: int | str, release: Mapping[str, Any]) -> None:
+        with self._locked(write=True) as data:
+            data["held"][str(job_id)] = dict(release)
+
+    def held(self) -> dict[str, dict[str, Any]]:
+        with self._locked(write=False) as data:
+            return dict(data["held"])
+
+    def decide_held(self, job_id: int | str, decision: str) -> bool:
+        """The site operator's own release decision (CLI); the running agent acts on it."""
+        with self._locked(write=True) as data:
+            if str(job_id) not in data["held"]:
+                return False
+            data["held"][str(job_id)]["local_decision"] = decision
+            return True
+
+    def unhold(self, job_id: int | str) -> None:
+        with self._locked(write=True) as data:
+            data["held"].pop(str(job_id), None)
 
 
 # --- lease renewal ----------------------------------------------------------------------------
@@ -296,6 +331,7 @@ class Agent:
         """
         self.flush_pending()
         self.client.heartbeat(self.capabilities())
+        self.apply_pending_work()
         job = self.client.claim()
         if job is None:
             return False
@@ -307,6 +343,30 @@ class Agent:
             log.info("job %s: re-posting the pending %s", job_id, item["kind"])
             self._post(job_id, item["kind"], item["body"])
 
+    def apply_pending_work(self) -> None:
+        """Releases held results the owner decided on (hub or site CLI) and private scores of
+        closed tasks. Both wait at the site until then: the site, not the hub, holds them."""
+        work = self.client.pending_work()
+        decisions = {str(d["job_id"]): d["decision"] for d in work.get("releases", [])}
+        for job_id, held in self.state.held().items():
+            decision = held.get("local_decision") or decisions.get(job_id)
+            if decision == "approved":
+                self._release(held["job"], "metrics", held["body"], cost_bits=held.get("cost_bits"))
+            elif decision == "refused":
+                self._release(held["job"], "failure", {"agent_id": self.client.agent_id, "reason": "withheld"})
+            else:
+                continue
+            self.state.unhold(job_id)
+            log.info("job %s: held result %s", job_id, decision)
+        for job_id in work.get("reveals", []):
+            sealed = self.state.sealed(job_id)
+            if sealed is None:
+                log.warning("job %s: the task closed but this site kept no private scores for it", job_id)
+                continue
+            body = {"agent_id": self.client.agent_id, "metrics": sealed["metrics"], "n_rows": sealed["n_rows"]}
+            self._release(sealed["job"], "private", body, cost_bits=sealed.get("cost_bits"))
+            self.state.unseal(job_id)
+
     # -- one job ------------------------------------------------------------------------------
 
     def process(self, job: Mapping[str, Any]) -> None:
@@ -317,7 +377,7 @@ class Agent:
         interval = self.config.lease_renew_interval_seconds or _lease_seconds(job) / 3
         with LeaseKeeper(self.client, job_id, interval) as keeper:
             try:
-                kind, body = self._evaluate(job)
+                kind, body, cost_bits = self._evaluate(job)
             except LeaseLost:
                 log.warning("job %s: lease lost; abandoning it", job_id)
                 return
@@ -327,16 +387,22 @@ class Agent:
             if keeper.lost.is_set():
                 log.warning("job %s: lease lost while working; nothing posted", job_id)
                 return
-            self._release(job, kind, body)
+            if kind == "metrics" and job["task"].get("requires_release_approval"):
+                self.state.hold(job_id, {"job": _job_ref(job), "body": body, "cost_bits": cost_bits})
+                self.client.hold(job_id)
+                log.info("job %s: result held at the site for the owner's release decision", job_id)
+                return
+            self._release(job, kind, body, cost_bits=cost_bits)
 
-    def _evaluate(self, job: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Returns the body to release: ("metrics", {...}) or ("failure", {...})."""
+    def _evaluate(self, job: Mapping[str, Any]) -> tuple[str, dict[str, Any], float]:
+        """Returns what to release: ("metrics", body, cost_bits) or ("failure", body, cost_bits)."""
         job_id = job["id"]
         work = None
         try:
             self.config.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             work = Path(tempfile.mkdtemp(prefix=f"job-{_safe(job_id)}-", dir=self.config.work_dir))
-            return "metrics", self._evaluate_in(job, work)
+            body, cost_bits = self._evaluate_in(job, work)
+            return "metrics", body, cost_bits
         except (LeaseLost, HubRejected, HubUnreachable):
             raise
         except Exception as exc:
@@ -349,14 +415,18 @@ class Agent:
             logs = getattr(exc, "logs", "")
             if logs:
                 log.info("job %s sandbox log tail:\n%s", job_id, str(logs)[-LOG_TAIL_CHARS:])
-            return "failure", {"agent_id": self.client.agent_id, "reason": reason}
+            return "failure", {"agent_id": self.client.agent_id, "reason": reason}, FAILURE_COST_BITS
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
 
-    def _evaluate_in(self, job: Mapping[str, Any], work: Path) -> dict[str, Any]:
+    def _evaluate_in(self, job: Mapping[str, Any], work: Path) -> tuple[dict[str, Any], float]:
         spec = check_job(job, self.config)
         task = job["task"]
+        vendor_id = job["submission"].get("vendor_id")
+        cap = task.get("leakage_cap_bits")
+        if cap is not None and self.ledger.cost_for(task_id=task["id"], vendor_id=vendor_id) >= cap:
+            raise JobFailure("policy_violation", "the vendor reached the task's leakage cap at this site")
         data = datasets.load_task_data(data_dir=self.config.data_dir, task_id=task["id"])
         if (
             data.task_type != spec["task_type"]
@@ -392,18 +462,53 @@ class Agent:
             n_classes=data.n_classes,
             max_bytes=limits.max_output_mb * MiB,
         )
-        values = metrics.compute_metrics(
-            spec["task_type"],
-            spec["policy"].keys(),
-            data.labels,
-            predictions,
-            n_classes=data.n_classes,
+        public_rows, private_rows = splits.public_private_split(
+            data.row_count,
+            public_fraction=float(task.get("public_split_fraction", 1.0)),
+            seed=int(task.get("split_seed", 0)),
         )
-        released = disclosure.disclose(values, spec["policy"])
-        return {"agent_id": self.client.agent_id, "metrics": released, "n_rows": data.row_count}
 
-    def _release(self, job: Mapping[str, Any], kind: str, body: dict[str, Any]) -> None:
-        """Ledger first, then pending state, then the post."""
+        def score(rows) -> dict[str, float]:
+            values = metrics.compute_metrics(
+                spec["task_type"], spec["policy"].keys(), data.labels[rows], predictions[rows], n_classes=data.n_classes
+            )
+            return disclosure.disclose(values, spec["policy"])
+
+        released = score(public_rows)
+        decimals = list(spec["policy"].values())
+        body: dict[str, Any] = {"agent_id": self.client.agent_id, "metrics": released, "n_rows": len(public_rows)}
+        if task.get("leaderboard_mode") == "ladder":
+            losses = ladder.per_example_loss(spec["task_type"], data.labels[public_rows], predictions[public_rows])
+            body["metrics"], body["ladder_improved"] = self._ladder(task["id"], vendor_id, losses, released)
+            cost_bits = ladder.release_cost_bits(decimals, ladder=True, improved=body["ladder_improved"])
+        else:
+            cost_bits = ladder.release_cost_bits(decimals, ladder=False, improved=True)
+        if len(private_rows):
+            # Scored now, on the same run, but released only when the task closes.
+            self.state.seal(
+                job["id"],
+                {"job": _job_ref(job), "metrics": score(private_rows), "n_rows": len(private_rows),
+                 "cost_bits": ladder.release_cost_bits(decimals, ladder=False, improved=True)},
+            )  # fmt: skip
+        return body, cost_bits
+
+    def _ladder(
+        self, task_id: Any, vendor_id: Any, losses: Any, released: dict[str, float]
+    ) -> tuple[dict[str, float], bool]:
+        """Moves this vendor's Ladder; returns the values to release and whether it moved."""
+        store = ladder.LadderStore(self.config.data_dir / "ladder")
+        with _file_lock(self.config.data_dir / "ladder.lock"):  # agents of one site share it
+            state, previous = store.load(task_id, vendor_id)
+            step = ladder.ladder_step(state, losses)
+            if step.improved or previous is None:
+                store.save(task_id, vendor_id, step.state, released)
+                return released, True
+            return previous, False
+
+    def _release(
+        self, job: Mapping[str, Any], kind: str, body: dict[str, Any], *, cost_bits: float | None = None
+    ) -> None:
+        """Ledger first, then pending state, then the post. `kind`: metrics, private or failure."""
         payload = canonical_json(body)
         task = job.get("task") or {}
         submission = job.get("submission") or {}
@@ -411,16 +516,24 @@ class Agent:
             job_id=job["id"],
             submission_id=submission.get("id"),
             task_id=task.get("id"),
-            kind="metrics" if kind == "metrics" else "failure",
+            vendor_id=submission.get("vendor_id"),
+            kind="failure" if kind == "failure" else "metrics",
             payload=payload,
+            cost_bits=cost_bits,
         )
-        if kind == "metrics":
-            body = {**body, "ledger": {"sha256": entry.sha256, "bytes": entry.bytes}}
+        receipt: dict[str, Any] = {"sha256": entry.sha256, "bytes": entry.bytes}
+        if cost_bits is not None:
+            receipt["cost_bits"] = cost_bits
+        body = {**body, "ledger": receipt}
         self.state.add_pending(job["id"], kind, body)
         self._post(job["id"], kind, body)
 
     def _post(self, job_id: int | str, kind: str, body: Mapping[str, Any]) -> None:
-        post = self.client.post_result if kind == "metrics" else self.client.post_failure
+        post = {
+            "metrics": self.client.post_result,
+            "private": self.client.post_private_result,
+            "failure": self.client.post_failure,
+        }[kind]
         try:
             post(job_id, body)
         except LeaseLost:
@@ -447,6 +560,30 @@ FAILURE_TYPES: tuple[type[BaseException], ...] = (
     metrics.InvalidPredictions,
     disclosure.DisclosureError,
 )
+
+
+# A failure reason is one of a dozen fixed values: at most log2(12) bits leave.
+FAILURE_COST_BITS = 3.6
+
+
+def _job_ref(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What a later release of this job needs from its spec (kept in the site's state file)."""
+    return {
+        "id": job["id"],
+        "task": {"id": job["task"]["id"]},
+        "submission": {"id": job["submission"].get("id"), "vendor_id": job["submission"].get("vendor_id")},
+    }
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _lease_seconds(job: Mapping[str, Any]) -> float:

@@ -190,6 +190,18 @@ class HubClient:
         """Post a failure body (``agent_id``, ``reason``) as given."""
         return self._json("POST", f"/jobs/{job_id}/failure", body)
 
+    def post_private_result(self, job_id: int | str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Post the private-split metrics of a job whose task has closed."""
+        return self._json("POST", f"/jobs/{job_id}/private-result", body)
+
+    def hold(self, job_id: int | str) -> dict[str, Any]:
+        """Tell the hub this site holds the job's result for the owner's release decision."""
+        return self._json("POST", f"/jobs/{job_id}/hold", {"agent_id": self.agent_id})
+
+    def pending_work(self) -> dict[str, Any]:
+        """Release decisions made on the hub, and jobs whose private scores may now leave."""
+        return self._json("GET", "/pending", None)
+
     # --- plumbing -------------------------------------------------------------------------
 
     def _json(self, method: str, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -34,6 +34,8 @@ CSV_FIELDS = (
     "kind",
     "bytes",
     "sha256",
+    "vendor_id",
+    "cost_bits",
     "epsilon",
     "payload",
 )
@@ -54,6 +56,8 @@ class LedgerEntry:
     bytes: int
     sha256: str
     epsilon: float | None = None  # privacy budget spent (federated updates); None for metrics
+    vendor_id: int | str | None = None  # whose job: leakage is totalled per (task, vendor)
+    cost_bits: float | None = None  # upper bound on the information released (evaluator.ladder)
 
     def to_json_line(self) -> builtins.bytes:
         return (json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
@@ -76,6 +80,8 @@ class Ledger:
         kind: str,
         payload: bytes,
         epsilon: float | None = None,
+        vendor_id: int | str | None = None,
+        cost_bits: float | None = None,
         now: datetime | None = None,
     ) -> LedgerEntry:
         if kind not in KINDS:
@@ -93,6 +99,8 @@ class Ledger:
             bytes=len(payload),
             sha256=digest(payload),
             epsilon=epsilon,
+            vendor_id=vendor_id,
+            cost_bits=cost_bits,
         )
         line = entry.to_json_line()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +115,14 @@ class Ledger:
         finally:
             os.close(fd)  # closing releases the lock
         return entry
+
+    def cost_for(self, *, task_id: int | str, vendor_id: int | str) -> float:
+        """Bits released so far about this task's data to this vendor, from this site."""
+        return sum(
+            entry.cost_bits or 0.0
+            for entry in self.iter_entries()
+            if str(entry.task_id) == str(task_id) and str(entry.vendor_id) == str(vendor_id)
+        )
 
     def read_entries(self, *, verify: bool = True) -> list[LedgerEntry]:
         return list(self.iter_entries(verify=verify))

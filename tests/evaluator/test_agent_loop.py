@@ -4,6 +4,7 @@ tests; the real hub and the real sandbox are tested end-to-end elsewhere."""
 
 import hashlib
 import json
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,9 @@ class FakeHub:
         self.lease_calls = []
         self.lease_lost = set()
         self.heartbeats = []
+        self.pending_work = {"releases": [], "reveals": []}
+        self.held = []
+        self.private_results = []
         self.down_requests = 0  # the next N requests get their connection dropped
         self.fail_posts_with = []  # statuses for the next result/failure posts
         self.lock = threading.Lock()
@@ -60,6 +64,8 @@ class FakeHub:
                 if parts == ["heartbeat"]:
                     hub.heartbeats.append(json.loads(body))
                     return self._send(200, {"site": {"id": 1, "name": "s"}, "server_time": "t"})
+                if parts == ["pending"]:
+                    return self._send(200, hub.pending_work)
                 if parts == ["jobs", "claim"]:
                     with hub.lock:
                         job = hub.jobs.pop(0) if hub.jobs else None
@@ -72,6 +78,12 @@ class FakeHub:
                     return self._send(200, {"lease_expires_at": "2026-11-22T19:00:00Z"})
                 if parts[2] == "artifact":
                     return self._send(200, hub.artifacts[job_id], json_body=False)
+                if parts[2] == "hold":
+                    hub.held.append(job_id)
+                    return self._send(200, {"id": job_id, "status": "held", "failure_reason": ""})
+                if parts[2] == "private-result":
+                    hub.private_results.append((job_id, body))
+                    return self._send(200, {"job": {"id": job_id}})
                 if parts[2] in ("result", "failure"):
                     with hub.lock:
                         status = hub.fail_posts_with.pop(0) if hub.fail_posts_with else 200
@@ -244,7 +256,9 @@ def test_success_posts_rounded_metrics_and_writes_one_ledger_entry(hub, data_dir
     assert (entry.job_id, entry.submission_id, entry.task_id, entry.kind) == (12, 7, 3, "metrics")
     # the hash sent to the hub is the ledger entry's, over the exact bytes that left
     released = canonical_json({k: v for k, v in body.items() if k != "ledger"})
-    assert body["ledger"] == {"sha256": entry.sha256, "bytes": entry.bytes}
+    assert body["ledger"] == {"sha256": entry.sha256, "bytes": entry.bytes, "cost_bits": entry.cost_bits}
+    decimals = (4, 2)  # the fake job's roc_auc and accuracy
+    assert entry.cost_bits == pytest.approx(sum(math.log2(10**d + 1) for d in decimals))
     assert entry.sha256 == hashlib.sha256(released).hexdigest()
     assert entry.payload.encode() == released
 
@@ -292,9 +306,12 @@ def test_a_sandbox_timeout_posts_reason_timeout(hub, data_dir):
     agent.run_once()
     assert hub.results == []
     [(job_id, raw)] = hub.failures
-    assert json.loads(raw) == {"agent_id": "agent-1", "reason": "timeout"}
+    posted = json.loads(raw)
+    assert {k: v for k, v in posted.items() if k != "ledger"} == {"agent_id": "agent-1", "reason": "timeout"}
     [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
-    assert entry.kind == "failure" and entry.payload.encode() == raw
+    assert entry.kind == "failure" and posted["ledger"]["sha256"] == entry.sha256
+    # The ledger holds exactly the bytes that left, without the receipt itself.
+    assert json.loads(entry.payload) == {"agent_id": "agent-1", "reason": "timeout"}
 
 
 def test_a_sha_mismatch_posts_artifact_mismatch_and_never_runs_the_sandbox(hub, data_dir):
