@@ -25,8 +25,10 @@ def best_score_chart(points: list[dict], *, decimals: int) -> Chart | None:
     values = [p["best"] for p in points] + [p["value"] for p in points]
     t0, t1 = min(times), max(times)
     v0, v1 = min(values), max(values)
-    if v1 - v0 < 1e-12:
-        v0, v1 = v0 - 0.5 * 10 ** (-decimals) - 1e-9, v1 + 0.5 * 10 ** (-decimals) + 1e-9
+    step = 10 ** (-decimals)
+    if v1 - v0 < 4 * step:  # too flat to label: widen to four steps of the shown precision
+        middle = (v0 + v1) / 2
+        v0, v1 = middle - 2 * step, middle + 2 * step
     span_t = (t1 - t0) or 1.0
     plot_w, plot_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
 
@@ -49,7 +51,12 @@ def best_score_chart(points: list[dict], *, decimals: int) -> Chart | None:
          "is_best": p["value"] == p["best"]}
         for t, p in zip(times, points, strict=True)
     ]  # fmt: skip
-    y_ticks = [{"y": y(v), "label": f"{v:.{decimals}f}"} for v in (v0 + (v1 - v0) * k / 4 for k in range(5))]
+    y_ticks, labels = [], set()
+    for v in (v0 + (v1 - v0) * k / 4 for k in range(5)):
+        label = f"{v:.{decimals}f}"
+        if label not in labels:
+            labels.add(label)
+            y_ticks.append({"y": y(v), "label": label})
     first, last = points[0]["at"], points[-1]["at"]
     x_ticks = [{"x": x(t0), "label": first.strftime("%Y-%m-%d %H:%M"), "anchor": "start"}]
     if t1 > t0:

@@ -42,7 +42,9 @@ class SignUpForm(forms.Form):
         help_text=password_validation.password_validators_help_text_html(),
     )
     password2 = forms.CharField(
-        label="Password again", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+        label="Password again",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
     kind = forms.ChoiceField(label="I sign up for", choices=SIGN_UP_KINDS, required=False, initial="vendor")
     organization_name = forms.CharField(
@@ -77,12 +79,14 @@ class MemberAddForm(forms.Form):
 
 
 class TokenCreateForm(forms.Form):
-    name = forms.CharField(label="Token name", max_length=80, help_text="What the token is for, e.g. 'CI uploads'.")
+    name = forms.CharField(
+        label="Token name", max_length=80, help_text="What the token is for, e.g. 'CI uploads'."
+    )
 
 
 class SiteCreateForm(forms.Form):
     name = forms.CharField(label="Site name", max_length=120)
-    organization = forms.TypedChoiceField(coerce=int, required=False, label="Organization")
+    organization = forms.TypedChoiceField(coerce=int, required=False, empty_value=None, label="Organization")
 
     def __init__(self, *args, organizations=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -91,7 +95,10 @@ class SiteCreateForm(forms.Form):
 
 class AccessRequestForm(forms.Form):
     note = forms.CharField(
-        label="Note to the data owner", max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2})
+        label="Note to the data owner",
+        max_length=500,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
     )
 
 
@@ -100,14 +107,19 @@ class SubmissionForm(forms.Form):
     artifact_format = forms.ChoiceField(label="Format", choices=ArtifactFormat.choices)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
     artifact = forms.FileField(label="Model file", allow_empty_file=False)
-    organization = forms.TypedChoiceField(coerce=int, required=False, label="Vendor organization")
+    organization = forms.TypedChoiceField(
+        coerce=int, required=False, empty_value=None, label="Vendor organization"
+    )
 
     def __init__(self, *args, organizations=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["organization"].choices = [(o.id, o.name) for o in organizations]
         self.max_bytes = settings.VAULTBENCH_MAX_ARTIFACT_BYTES
         self.fields["artifact"].widget.attrs.update(
-            {"data-max-bytes": str(self.max_bytes), "accept": ",".join(sorted({e for v in FORMAT_EXTENSIONS.values() for e in v}))}
+            {
+                "data-max-bytes": str(self.max_bytes),
+                "accept": ",".join(sorted({e for v in FORMAT_EXTENSIONS.values() for e in v})),
+            }
         )
         self.fields["artifact"].help_text = f"At most {self.max_bytes // (1024 * 1024)} MB."
 
@@ -128,8 +140,6 @@ def _datetime_field(label: str) -> forms.DateTimeField:
 class TaskForm(forms.Form):
     """Every field of a task and its policy. Structural fields are disabled once the task opened."""
 
-    STRUCTURAL = ["task_type", "n_features", "dtype", "n_classes", "primary_metric"]
-
     title = forms.CharField(max_length=200)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 5}))
     task_type = forms.ChoiceField(label="Task type", choices=TaskType.choices)
@@ -139,18 +149,24 @@ class TaskForm(forms.Form):
         label="Number of classes", required=False, min_value=2, max_value=10_000,
         help_text="Classification only (2 for binary).",
     )  # fmt: skip
-    primary_metric = forms.ChoiceField(label="Primary metric (ranks the leaderboard)", choices=[(m, m) for m in METRICS])
+    primary_metric = forms.ChoiceField(
+        label="Primary metric (ranks the leaderboard)", choices=[(m, m) for m in METRICS]
+    )
     visibility = forms.ChoiceField(choices=Visibility.choices)
     opens_at = _datetime_field("Opens at (UTC)")
     closes_at = _datetime_field("Closes at (UTC)")
     quota_per_day = forms.IntegerField(label="Submissions per vendor per day", min_value=1, initial=5)
     quota_total = forms.IntegerField(label="Submissions per vendor in total", required=False, min_value=1)
-    memory_mb = forms.IntegerField(label="Sandbox memory (MB)", min_value=64, max_value=MAX_MEMORY_MB, initial=1024)
+    memory_mb = forms.IntegerField(
+        label="Sandbox memory (MB)", min_value=64, max_value=MAX_MEMORY_MB, initial=1024
+    )
     cpus = forms.FloatField(label="Sandbox CPUs", min_value=0.1, max_value=MAX_CPUS, initial=1.0)
     timeout_seconds = forms.IntegerField(
         label="Sandbox timeout (seconds)", min_value=5, max_value=MAX_TIMEOUT_SECONDS, initial=300
     )
-    max_output_mb = forms.IntegerField(label="Sandbox output cap (MB)", min_value=1, max_value=MAX_OUTPUT_MB, initial=64)
+    max_output_mb = forms.IntegerField(
+        label="Sandbox output cap (MB)", min_value=1, max_value=MAX_OUTPUT_MB, initial=64
+    )
     show_per_site = forms.BooleanField(label="Show per-site breakdowns", required=False)
     min_test_rows = forms.IntegerField(label="Minimum test rows per site", min_value=1, initial=50)
     public_split_fraction = forms.FloatField(
@@ -164,21 +180,33 @@ class TaskForm(forms.Form):
         label="Public sample for dry runs", required=False,
         help_text="Synthetic or non-sensitive rows vendors may download.",
     )  # fmt: skip
-    organization = forms.TypedChoiceField(coerce=int, required=False, label="Organization")
+    organization = forms.TypedChoiceField(coerce=int, required=False, empty_value=None, label="Organization")
 
-    def __init__(self, *args, organizations=(), frozen: bool = False, **kwargs):
+    def __init__(self, *args, organizations=(), frozen: frozenset[str] = frozenset(), **kwargs):
         super().__init__(*args, **kwargs)
         self.metric_names = list(METRICS)
         for name in self.metric_names:
             self.fields[f"metric_{name}"] = forms.BooleanField(label=name, required=False)
             self.fields[f"decimals_{name}"] = forms.IntegerField(
-                label=f"Decimals shown for {name}", min_value=0, max_value=MAX_DECIMALS, initial=4, required=False
+                label=f"Decimals shown for {name}",
+                min_value=0,
+                max_value=MAX_DECIMALS,
+                initial=4,
+                required=False,
             )
         self.fields["organization"].choices = [(o.id, o.name) for o in organizations]
-        if frozen:
-            for name in [*self.STRUCTURAL, *(f"metric_{m}" for m in self.metric_names)]:
+        # `frozen`: the spec keys the service no longer lets change (catalog.services.STRUCTURAL_FIELDS).
+        for key in frozen:
+            for name in self._form_fields_of(key):
                 self.fields[name].disabled = True
                 self.fields[name].help_text = "Fixed once the task has opened."
+
+    def _form_fields_of(self, spec_key: str) -> list[str]:
+        if spec_key == "input_spec":
+            return ["n_features", "dtype", "n_classes"]
+        if spec_key == "metrics":
+            return [f"{prefix}_{m}" for m in self.metric_names for prefix in ("metric", "decimals")]
+        return [spec_key] if spec_key in self.fields else []
 
     def metric_rows(self):
         return [(self[f"metric_{m}"], self[f"decimals_{m}"], METRICS[m]) for m in self.metric_names]
@@ -222,7 +250,9 @@ class TaskForm(forms.Form):
             "closes_at": data["closes_at"],
             "quota_per_day": data["quota_per_day"],
             "quota_total": data["quota_total"],
-            "resource_limits": {k: data[k] for k in ("memory_mb", "cpus", "timeout_seconds", "max_output_mb")},
+            "resource_limits": {
+                k: data[k] for k in ("memory_mb", "cpus", "timeout_seconds", "max_output_mb")
+            },
             "show_per_site": data["show_per_site"],
             "min_test_rows": data["min_test_rows"],
             "public_split_fraction": data["public_split_fraction"],
@@ -237,8 +267,12 @@ class LedgerFilterForm(forms.Form):
     task = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
     vendor = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
     kind = forms.ChoiceField(choices=[("", "Any kind"), *EgressKind.choices], required=False)
-    since = forms.DateField(label="From (UTC)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    until = forms.DateField(label="Until (UTC, inclusive)", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    since = forms.DateField(
+        label="From (UTC)", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        label="Until (UTC, inclusive)", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
 
     def __init__(self, *args, sites=(), tasks=(), vendors=(), **kwargs):
         super().__init__(*args, **kwargs)

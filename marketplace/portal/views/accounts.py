@@ -67,7 +67,9 @@ def organization_detail(request, organization_id: int):
             except DomainError as exc:
                 domain_error_to_form(form, exc)
             else:
-                messages.success(request, f"{form.cleaned_data['username']} is now a {form.cleaned_data['role']}.")
+                messages.success(
+                    request, f"{form.cleaned_data['username']} is now a {form.cleaned_data['role']}."
+                )
                 return redirect("portal:organization", organization_id=organization.id)
     return render(
         request,
@@ -87,7 +89,9 @@ def tokens(request):
         created = {"token": token, "raw": raw}
         form = TokenCreateForm()
     return render(
-        request, "portal/tokens.html", {"tokens": personal_tokens_of(user=request.user), "form": form, "created": created}
+        request,
+        "portal/tokens.html",
+        {"tokens": personal_tokens_of(user=request.user), "form": form, "created": created},
     )
 
 

@@ -20,6 +20,7 @@ from marketplace.catalog.selectors import (
     task_list_owned_by,
 )
 from marketplace.catalog.services import (
+    STRUCTURAL_FIELDS,
     task_access_decide,
     task_close,
     task_create,
@@ -46,7 +47,11 @@ def _owner_organizations(user):
 
 
 def _owner_sites(user):
-    return site_list_visible_to(user=user).filter(organization__kind=OrganizationKind.DATA_OWNER).order_by("name")
+    return (
+        site_list_visible_to(user=user)
+        .filter(organization__kind=OrganizationKind.DATA_OWNER)
+        .order_by("name")
+    )
 
 
 @owner_required
@@ -74,7 +79,9 @@ def task_new(request):
     if request.method == "POST" and form.is_valid():
         try:
             organization = access_acting_organization(
-                request.user, kind=OrganizationKind.DATA_OWNER, organization_id=form.cleaned_data.get("organization")
+                request.user,
+                kind=OrganizationKind.DATA_OWNER,
+                organization_id=form.cleaned_data.get("organization"),
             )
             with transaction.atomic():
                 task = task_create(organization=organization, actor=request.user, spec=form.spec())
@@ -84,25 +91,30 @@ def task_new(request):
         except DomainError as exc:
             domain_error_to_form(form, exc)
         else:
-            messages.success(request, f"Task {task.title} saved as a draft. Open it when its sites are ready.")
+            messages.success(
+                request, f"Task {task.title} saved as a draft. Open it when its sites are ready."
+            )
             return redirect("portal:manage-task", task_id=task.id)
-    return render(request, "portal/task_form.html", {"form": form, "task": None}, status=400 if form.errors else 200)
+    return render(
+        request, "portal/task_form.html", {"form": form, "task": None}, status=400 if form.errors else 200
+    )
 
 
 @owner_required
 def task_edit(request, task_id: int):
     task = access_task_for_owner(request.user, task_id)
-    frozen = task.status != TaskStatus.DRAFT
-    form = TaskForm(request.POST or None, request.FILES or None, initial=TaskForm.initial_from(task), frozen=frozen)
+    frozen = STRUCTURAL_FIELDS if task.status != TaskStatus.DRAFT else frozenset()
+    form = TaskForm(
+        request.POST or None, request.FILES or None, initial=TaskForm.initial_from(task), frozen=frozen
+    )
     del form.fields["organization"]
     if request.method == "POST" and form.is_valid():
         try:
             with transaction.atomic():
                 task = access_task_for_owner(request.user, task_id, for_update=True)
                 spec = form.spec()
-                if frozen:
-                    for field in ("task_type", "input_spec", "metrics", "primary_metric"):
-                        spec.pop(field)
+                for field in frozen:
+                    spec.pop(field, None)
                 task_update(task=task, actor=request.user, changes=spec)
                 if form.cleaned_data.get("sample"):
                     task_sample_set(task=task, actor=request.user, sample=form.cleaned_data["sample"],
@@ -112,7 +124,9 @@ def task_edit(request, task_id: int):
         else:
             messages.success(request, "Task saved.")
             return redirect("portal:manage-task", task_id=task.id)
-    return render(request, "portal/task_form.html", {"form": form, "task": task}, status=400 if form.errors else 200)
+    return render(
+        request, "portal/task_form.html", {"form": form, "task": task}, status=400 if form.errors else 200
+    )
 
 
 @owner_required
@@ -151,7 +165,9 @@ def sites(request):
         try:
             organization_id = form.cleaned_data.get("organization") or organizations[0].id
             organization = access_organization_by_id(request.user, organization_id, require_admin=True)
-            site, raw = site_create(organization=organization, name=form.cleaned_data["name"], actor=request.user)
+            site, raw = site_create(
+                organization=organization, name=form.cleaned_data["name"], actor=request.user
+            )
         except DomainError as exc:
             domain_error_to_form(form, exc)
         else:
@@ -231,6 +247,8 @@ def _ledger(request):
         tasks=task_list_owned_by(user=request.user).order_by("title"),
         vendors=Organization.objects.filter(id__in=vendor_ids).order_by("name"),
     )
+    if form.is_bound and not form.is_valid():
+        return form, records.none()  # a site, task or vendor that is not the owner's matches nothing
     return form, EgressFilter(form.filter_params(), queryset=records).qs
 
 

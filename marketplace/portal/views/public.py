@@ -21,7 +21,9 @@ from marketplace.submissions.selectors import quota_usage
 
 
 def home(request):
-    tasks = TaskFilter(request.GET, queryset=task_list_visible_to(user=request.user).order_by("-created_at", "-id"))
+    tasks = TaskFilter(
+        request.GET, queryset=task_list_visible_to(user=request.user).order_by("-created_at", "-id")
+    )
     page = Paginator(tasks.qs, 25).get_page(request.GET.get("page"))
     return render(request, "portal/home.html", {"filter": tasks, "page": page})
 
@@ -36,7 +38,9 @@ def _leaderboard_context(request, task) -> dict:
     if visible:
         context["rows"] = leaderboard_rows(task=task, sort_by=sort)
         decimals = next(m["decimals"] for m in metrics if m["name"] == sort)
-        context["chart"] = best_score_chart(leaderboard_best_over_time(task=task, metric=sort), decimals=decimals)
+        context["chart"] = best_score_chart(
+            leaderboard_best_over_time(task=task, metric=sort), decimals=decimals
+        )
         context["chart_metric"] = next(m for m in metrics if m["name"] == sort)
     return context
 

@@ -31,7 +31,9 @@ def access_request(request, task_id: int):
     form = AccessRequestForm(request.POST)
     organization_id = request.POST.get("organization")
     vendor = access_acting_organization(
-        request.user, kind=OrganizationKind.VENDOR, organization_id=int(organization_id) if organization_id else None
+        request.user,
+        kind=OrganizationKind.VENDOR,
+        organization_id=int(organization_id) if organization_id else None,
     )
     task = access_task_by_id(request.user, task_id)
     note = form.cleaned_data["note"] if form.is_valid() else ""
@@ -49,7 +51,9 @@ def submission_new(request, task_id: int):
     organizations = _vendor_organizations(request.user)
     chosen = request.POST.get("organization") or (organizations[0].id if organizations else None)
     # The funnel refuses tasks the vendor may not submit to (invite-only and not approved).
-    task, vendor = access_task_for_vendor(request.user, task_id, organization_id=int(chosen) if chosen else None)
+    task, vendor = access_task_for_vendor(
+        request.user, task_id, organization_id=int(chosen) if chosen else None
+    )
     form = SubmissionForm(request.POST or None, request.FILES or None, organizations=organizations)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -65,7 +69,12 @@ def submission_new(request, task_id: int):
             target = reverse("portal:submissions")
             return HttpResponseClientRedirect(target) if request.htmx else redirect(target)
     quotas = [{"vendor": v, **quota_usage(task=task, vendor_id=v.id)} for v in organizations]
-    context = {"task": task, "form": form, "quotas": quotas, "format_extensions": json.dumps(FORMAT_EXTENSIONS)}
+    context = {
+        "task": task,
+        "form": form,
+        "quotas": quotas,
+        "format_extensions": json.dumps(FORMAT_EXTENSIONS),
+    }
     template = "portal/_submission_form.html" if request.htmx else "portal/submission_new.html"
     return render(request, template, context, status=400 if form.errors and not request.htmx else 200)
 
