@@ -1,0 +1,148 @@
+"""Hostile models through the whole pipeline: each ends its job with one coarse reason, the vendor
+sees that reason and nothing else, and the same agent goes on to score a good submission."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import joblib
+import pytest
+
+from tests.e2e.conftest import e2e_task, wait_for_submission
+from tests.sandbox.test_hostile_models import MEMORY_BOMB, VALID_PREDICT, _MarkerPayload
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+# Tight but sufficient for the numpy example on a loaded 2-core machine; the memory bomb needs
+# 400 MiB.
+HOSTILE_LIMITS = {"memory_mb": 192, "cpus": 1.0, "timeout_seconds": 6, "max_output_mb": 8}
+SECRET = "vendor-secret-sauce-0xC0FFEE"
+
+ENDLESS_LOOP = (
+    """
+def load(model_dir):
+    while True:
+        pass
+"""
+    + VALID_PREDICT
+)
+NAN_OUTPUT = """
+import numpy as np
+
+def load(model_dir):
+    return None
+
+def predict(model, features):
+    return np.full((len(features), 2), np.nan, dtype=np.float32)
+"""
+RAISES = (
+    f"""
+def load(model_dir):
+    raise RuntimeError("{SECRET}")
+"""
+    + VALID_PREDICT
+)
+
+
+def package(path: Path, source: str) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("model.py", textwrap.dedent(source))
+    return path
+
+
+def marker_pickle(path: Path, marker_paths: list[Path]) -> Path:
+    """A joblib file whose unpickling writes ``marker_paths`` (and prints what happened)."""
+    code = f"""
+import json
+result = {{}}
+for p in {[str(p) for p in marker_paths]!r}:
+    try:
+        open(p, "w").write("pwned")
+        result[p] = 0
+    except OSError as exc:
+        result[p] = exc.errno
+print("PROBE " + json.dumps(result), flush=True)
+"""
+    joblib.dump(_MarkerPayload(code), path)
+    return path
+
+
+def vendor_view_is_coarse(hub_vendor, submission_id: int, reason: str) -> None:
+    """The vendor's API view: the coarse reason, no logs, no details, no per-site result."""
+    detail = hub_vendor.get(f"/api/v1/submissions/{submission_id}")
+    assert detail.status_code == 200
+    body = detail.json()
+    assert (body["status"], body["status_reason"]) == ("failed", reason)
+    assert [(job["status"], job["failure_reason"]) for job in body["jobs"]] == [("failed", reason)]
+    assert set(body["jobs"][0]) == {"id", "site", "status", "failure_reason"}
+    job = hub_vendor.get(f"/api/v1/jobs/{body['jobs'][0]['id']}").json()
+    assert (job["status"], job["failure_reason"], job["result"]) == ("failed", reason, None)
+    text = detail.text + json.dumps(job)
+    for leak in (SECRET, "Traceback", "PROBE", "exit", "log"):
+        assert leak not in text, leak
+
+
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("endless_loop", "timeout"),
+        ("memory_bomb", "out_of_memory"),
+        ("nan_output", "invalid_output"),
+        ("raises", "crashed"),
+        ("marker_pickle", "crashed"),
+    ],
+)
+def test_hostile_model_fails_with_a_coarse_reason_and_the_agent_keeps_serving(
+    case, reason, owner, hub_vendor, make_site_dir, agents, example_artifacts, test_split, tmp_path
+):
+    features, labels = test_split
+    task = e2e_task(owner, resource_limits=HOSTILE_LIMITS)
+    site_dir = make_site_dir("site-a")
+    site_dir.register(task.id, features, labels)
+    agent = agents(site_dir)
+
+    hub_marker = tmp_path / "hub-host-marker"  # the hub runs on this host, in this process
+    site_marker = site_dir.data_dir / "site-marker"
+    builders = {
+        "endless_loop": lambda p: (package(p.with_suffix(".zip"), ENDLESS_LOOP), "python_package"),
+        "memory_bomb": lambda p: (package(p.with_suffix(".zip"), MEMORY_BOMB), "python_package"),
+        "nan_output": lambda p: (package(p.with_suffix(".zip"), NAN_OUTPUT), "python_package"),
+        "raises": lambda p: (package(p.with_suffix(".zip"), RAISES), "python_package"),
+        "marker_pickle": lambda p: (
+            marker_pickle(p.with_suffix(".joblib"), [hub_marker, site_marker]),
+            "sklearn",
+        ),
+    }
+    artifact, fmt = builders[case](tmp_path / case)
+
+    hostile_id = hub_vendor.upload(task.id, artifact, fmt, name=case)
+    hostile = wait_for_submission(hostile_id)
+    assert (hostile.status, hostile.status_reason) == ("failed", reason)
+    vendor_view_is_coarse(hub_vendor, hostile_id, reason)
+
+    # The same agent keeps serving: the next (good) submission is scored.
+    good_id = hub_vendor.upload(task.id, example_artifacts["python_package"], "python_package", name="good")
+    good = wait_for_submission(good_id)
+    assert good.status == "scored"
+    assert agent.is_alive() and agent.errors == []
+
+    # The failure left the site as a ledger entry too: one per job, nothing more.
+    entries = site_dir.ledger_entries()
+    assert sorted(e.kind for e in entries) == ["failure", "metrics"]
+
+    if case == "marker_pickle":
+        assert not hub_marker.exists()
+        assert not site_marker.exists()
+        assert list(site_dir.data_dir.rglob("*marker*")) == []
+        # Positive control: the same bytes, unpickled on a host, do write the marker.
+        subprocess.run(
+            [sys.executable, "-c", f"import joblib; joblib.load({str(artifact)!r})"],
+            check=True,
+            capture_output=True,
+        )
+        assert hub_marker.read_text() == "pwned"
