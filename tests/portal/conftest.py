@@ -5,11 +5,6 @@ import pytest
 from django.test import Client
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def browser_for(persona) -> Client:
     client = Client()
     if persona is not None:
