@@ -2,7 +2,7 @@
 
     python -m evaluator run --config site.toml [--once]
     python -m evaluator register-data --config site.toml --task ID --features F --labels L \
-        (--input-spec JSON | --n-features N --task-type T [--n-classes K]) [--no-report]
+        (--input-spec JSON | --n-features N --task-type T [--n-classes K]) [--split test|train] [--no-report]
     python -m evaluator ledger export --config site.toml [--csv out.csv]
     python -m evaluator releases list|approve JOB|refuse JOB --config site.toml
 """
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         "--task-type", choices=["binary_classification", "multiclass_classification", "regression"]
     )
     reg.add_argument("--n-classes", type=int)
+    reg.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default="test",
+        help="test: the evaluation shard (default); train: rows for federated fine-tuning (kept here)",
+    )
     reg.add_argument("--no-report", action="store_true", help="store only; do not tell the hub")
 
     ledger = sub.add_parser("ledger", help="the site's egress ledger")
@@ -117,12 +123,18 @@ def _cmd_register(args: argparse.Namespace) -> int:
             features_path=args.features,
             labels_path=args.labels,
             input_spec=spec,
+            split=args.split,
         )
     except DatasetError as exc:
         print(f"invalid data: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(meta, indent=2))
     if args.no_report:
+        return 0
+    if args.split == "train":
+        # The hub sends train jobs to the sites holding the task's (test) shard; the train split's
+        # size stays at the site (the hub's shard endpoint describes the evaluation split).
+        print("train split stored at the site; nothing reported to the hub", file=sys.stderr)
         return 0
     task_id: int | str = int(args.task) if args.task.isdigit() else args.task
     try:

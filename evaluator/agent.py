@@ -65,7 +65,7 @@ FAILURE_REASONS = frozenset(
         "withheld",
     }
 )
-SUPPORTED_KINDS = frozenset({"evaluate"})
+SUPPORTED_KINDS = frozenset({"evaluate", "train"})
 DETAIL_CHARS = 2000  # owner-facing log truncation
 LOG_TAIL_CHARS = 4000
 
@@ -222,6 +222,7 @@ class Agent:
         prepare_model: Callable[..., Path] | None = None,
         load_predictions: Callable[..., Any] | None = None,
         rng: random.Random | None = None,
+        training_session: Callable[..., Any] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -229,6 +230,8 @@ class Agent:
         self._verify_sha256 = verify_sha256
         self._prepare_model = prepare_model
         self._load_predictions = load_predictions
+        self._training_session = training_session
+        self.run_poll_seconds = 0.5
         self._image: str | None = config.image
         self.ledger = Ledger(config.ledger_path)
         self.state = AgentState(config.state_path)
@@ -376,6 +379,9 @@ class Agent:
             return
         interval = self.config.lease_renew_interval_seconds or _lease_seconds(job) / 3
         with LeaseKeeper(self.client, job_id, interval) as keeper:
+            if job.get("kind") == "train":
+                self._train(job, keeper)
+                return
             try:
                 kind, body, cost_bits = self._evaluate(job)
             except LeaseLost:
@@ -393,6 +399,95 @@ class Agent:
                 log.info("job %s: result held at the site for the owner's release decision", job_id)
                 return
             self._release(job, kind, body, cost_bits=cost_bits)
+
+    # -- federated fine-tuning ------------------------------------------------------------------
+
+    def _train(self, job: Mapping[str, Any], keeper: LeaseKeeper) -> None:
+        """Take part in a fine-tuning run for as long as it runs; the lease is kept meanwhile.
+        Only a local failure is posted (coarse reason); a finished run needs no post."""
+        job_id = job["id"]
+        work = None
+        try:
+            self.config.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            work = Path(tempfile.mkdtemp(prefix=f"run-{_safe(job_id)}-", dir=self.config.work_dir))
+            status = self._train_in(job, work, should_stop=lambda: keeper.lost.is_set() or self._stop.is_set())
+            log.info("job %s: fine-tuning run ended: %s", job_id, status)
+            return
+        except (LeaseLost, HubRejected) as exc:
+            log.warning("job %s: leaving the fine-tuning run (%s)", job_id, exc)
+            return
+        except HubUnreachable:
+            raise
+        except Exception as exc:
+            reason = getattr(exc, "reason", None)
+            from evaluator.federated.site import SiteRunError
+
+            if reason not in FAILURE_REASONS or not isinstance(exc, (*FAILURE_TYPES, SiteRunError)):
+                reason = "internal_error"
+                log.exception("job %s: unexpected error in the fine-tuning run", job_id)
+            else:
+                log.warning("job %s: fine-tuning failed (%s): %s", job_id, reason, str(exc)[:DETAIL_CHARS])
+            logs = getattr(exc, "logs", "")
+            if logs:
+                log.info("job %s sandbox log tail:\n%s", job_id, str(logs)[-LOG_TAIL_CHARS:])
+        finally:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+        if not keeper.lost.is_set():
+            self._release(job, "failure", {"agent_id": self.client.agent_id, "reason": reason}, cost_bits=FAILURE_COST_BITS)
+
+    def _train_in(self, job: Mapping[str, Any], work: Path, *, should_stop: Callable[[], bool]) -> str:
+        from evaluator.federated.site import ReleaseContext, SiteParticipant, parse_run
+        from evaluator.sandbox import TRAINABLE_FORMATS
+
+        spec = check_job(job, self.config)
+        if spec["format"] not in TRAINABLE_FORMATS:
+            raise JobFailure("policy_violation", f"format {spec['format']} cannot be fine-tuned")
+        run = parse_run(job.get("run"))
+        task = job["task"]
+        data = datasets.load_train_data(data_dir=self.config.data_dir, task_id=task["id"])
+        if data.task_type != spec["task_type"] or data.n_features != spec["n_features"]:
+            raise JobFailure("data_unavailable", "the stored train split does not match the task's spec")
+        artifact = work / "artifact"
+        try:
+            self.client.download_artifact(job["id"], artifact, max_bytes=spec["max_artifact_bytes"])
+        except ArtifactTooLarge as exc:
+            raise JobFailure("artifact_mismatch", str(exc)) from None
+        verify_sha256, prepare_model = self._artifacts()
+        verify_sha256(artifact, spec["sha256"])
+        model_path = Path(prepare_model(artifact, model_format=spec["format"], dest=work / "model"))
+        inputs = data.write_sandbox_inputs(work)
+        factory = self._training_session
+        if factory is None:
+            from evaluator.sandbox import TrainingSession
+
+            factory = TrainingSession
+        session = factory(
+            image=self.image(),
+            model_path=model_path,
+            model_format=spec["format"],
+            train_features_path=inputs[0],
+            train_labels_path=inputs[1],
+            val_features_path=inputs[2],
+            work_dir=work,
+            limits=spec["limits"],
+        )
+        submission = job["submission"]
+        try:
+            participant = SiteParticipant(
+                client=self.client,
+                spec=run,
+                session=session,
+                data=data,
+                ledger=self.ledger,
+                context=ReleaseContext(job["id"], submission.get("id"), task.get("id"), submission.get("vendor_id")),
+                should_stop=should_stop,
+                poll_seconds=self.run_poll_seconds,
+                work_dir=work,
+            )
+            return participant.run()
+        finally:
+            session.close()
 
     def _evaluate(self, job: Mapping[str, Any]) -> tuple[str, dict[str, Any], float]:
         """Returns what to release: ("metrics", body, cost_bits) or ("failure", body, cost_bits)."""
@@ -443,6 +538,16 @@ class Agent:
         verify_sha256, prepare_model = self._artifacts()
         verify_sha256(artifact, spec["sha256"])
         model_path = prepare_model(artifact, model_format=spec["format"], dest=work / "model")
+        offset_kwargs: dict[str, Any] = {}
+        if spec["weights_offset_sha256"] is not None:  # a fine-tuned entry: parent + offset D
+            offset_path = work / "weights_offset.safetensors"
+            try:
+                self.client.download_weights_offset(job["id"], offset_path, max_bytes=spec["max_artifact_bytes"] * 4 + MiB)
+            except ArtifactTooLarge as exc:
+                raise JobFailure("artifact_mismatch", str(exc)) from None
+            verify_sha256(offset_path, spec["weights_offset_sha256"])
+            offset_path.chmod(0o644)
+            offset_kwargs["weights_offset_path"] = offset_path
 
         limits = spec["limits"]
         run = self._sandbox()(
@@ -453,6 +558,7 @@ class Agent:
             work_dir=work,
             limits=limits,
             batch_size=self.config.batch_size,
+            **offset_kwargs,
         )
         log.info("job %s: sandbox exit %s in %.1fs", job["id"], run.exit_code, run.duration_seconds)
         predictions = self._predictions_loader()(
@@ -644,9 +750,22 @@ def check_job(job: Mapping[str, Any], config: AgentConfig) -> dict[str, Any]:
         max_bytes = size  # more bytes than declared is a mismatch; stop there
     else:
         max_bytes = cap
+    offset = submission.get("weights_offset")  # the hub's {"sha256", "size"} for a fine-tuned entry
+    offset_sha = offset.get("sha256") if isinstance(offset, Mapping) else submission.get("weights_offset_sha256")
+    if offset is not None and not isinstance(offset, Mapping):
+        raise refuse("weights_offset must be an object")
+    if offset_sha is not None:
+        if not isinstance(offset_sha, str) or len(offset_sha) != 64 or any(
+            c not in "0123456789abcdef" for c in offset_sha.lower()
+        ):
+            raise refuse("weights_offset_sha256 is malformed")
+        if fmt not in ("torchscript", "python_package"):
+            raise refuse(f"a weights offset cannot apply to {fmt}")
+        offset_sha = offset_sha.lower()
     return {
         "format": fmt,
         "sha256": sha.lower(),
+        "weights_offset_sha256": offset_sha,
         "task_type": task_type,
         "n_features": n_features,
         "n_classes": n_classes,

@@ -25,6 +25,7 @@ import requests
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/agent"
+ROUND_STEPS = ("keys", "shares", "masked", "unmask", "update")
 _CHUNK = 1 << 16
 
 
@@ -202,7 +203,62 @@ class HubClient:
         """Release decisions made on the hub, and jobs whose private scores may now leave."""
         return self._json("GET", "/pending", None)
 
+    def download_weights_offset(
+        self, job_id: int | str, dest: str | os.PathLike[str], *, max_bytes: int
+    ) -> Path:
+        """A fine-tuned submission's weights offset (safetensors), streamed like the artifact."""
+        return self._download(f"/jobs/{job_id}/weights-offset", dest, max_bytes=max_bytes)
+
+    # --- federated fine-tuning (docs/federated-protocol.md) -------------------------------
+
+    def run_state(self, run_id: int | str) -> dict[str, Any]:
+        """What this site must do now in a fine-tuning run (status, round, phase, ...)."""
+        return self._json("GET", f"/runs/{run_id}/state", None)
+
+    def download_round_offset(
+        self, run_id: int | str, round_number: int, dest: str | os.PathLike[str], *, max_bytes: int
+    ) -> Path:
+        """``D_r`` of a round (safetensors)."""
+        return self._download(f"/runs/{run_id}/rounds/{round_number}/offset", dest, max_bytes=max_bytes)
+
+    def post_layout(self, run_id: int | str, layout: Any) -> dict[str, Any]:
+        return self._json("POST", f"/runs/{run_id}/layout", {"agent_id": self.agent_id, "layout": layout})
+
+    def post_round(self, run_id: int | str, round_number: int, step: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST ``/runs/{run}/rounds/{r}/{step}``; ``step``: keys, shares, masked, unmask, update.
+        ``body`` is sent as given (masked/update bodies carry their ledger receipt)."""
+        if step not in ROUND_STEPS:
+            raise ValueError(f"unknown round step {step!r}")
+        return self._json("POST", f"/runs/{run_id}/rounds/{round_number}/{step}", body)
+
     # --- plumbing -------------------------------------------------------------------------
+
+    def _download(self, path: str, dest: str | os.PathLike[str], *, max_bytes: int) -> Path:
+        dest = Path(dest)
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                with self._request("GET", path, None, stream=True, retries=1) as resp:
+                    length = resp.headers.get("Content-Length")
+                    if length is not None and length.isdigit() and int(length) > max_bytes:
+                        raise ArtifactTooLarge(f"{path} is {length} bytes; the cap is {max_bytes}")
+                    written = 0
+                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                    with os.fdopen(fd, "wb") as fh:
+                        for chunk in resp.iter_content(_CHUNK):
+                            written += len(chunk)
+                            if written > max_bytes:
+                                raise ArtifactTooLarge(f"{path} exceeds the cap of {max_bytes} bytes")
+                            fh.write(chunk)
+                return dest
+            except ArtifactTooLarge:
+                dest.unlink(missing_ok=True)
+                raise
+            except (HubUnreachable, requests.RequestException) as exc:
+                dest.unlink(missing_ok=True)
+                if attempt == self.max_attempts:
+                    raise HubUnreachable(f"download of {path} failed: {_describe(exc)}") from None
+                self._backoff(attempt, f"GET {path}", exc)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _json(self, method: str, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
         resp = self._request(method, path, None if body is None else canonical_json(body))

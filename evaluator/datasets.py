@@ -5,6 +5,8 @@ Layout under ``data_dir/tasks/<task_id>/``::
     features/features.npy   float32 (n_rows, n_features)  -- the ONLY folder mounted into a sandbox
     labels/labels.npy       int64 class indices or float64 values; never mounted for evaluation
     meta.json               row count, fingerprint, spec
+    train/                  the train split for fine-tuning (``register_task_data(split="train")``),
+                            the same layout; never mounted as such (see ``TrainData``)
 
 Features and labels live in separate folders so that mounting the features folder (or the
 parent of ``features.npy``) can never expose the labels. The labels folder and ``meta.json`` are
@@ -23,7 +25,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,10 @@ TASK_TYPES = ("binary_classification", "multiclass_classification", "regression"
 FEATURES_FILE = "features.npy"
 LABELS_FILE = "labels.npy"
 MAX_FEATURES = 1_000_000
+SPLITS = ("test", "train")
+VALIDATION_FRACTION = 0.2
+VALIDATION_SEED = 0
+MIN_TRAIN_ROWS = 5
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -215,15 +221,26 @@ def register_task_data(
     labels_path: str | os.PathLike[str],
     input_spec: Mapping[str, Any],
     task_type: str | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Validate the owner's features and labels, store them, and return the shard metadata.
 
     ``task_type`` may also come from ``input_spec["task_type"]``. Returns ``task_id``,
     ``row_count``, ``fingerprint``, ``split_sizes`` (``{"test": n}``), ``task_type``,
-    ``n_features``, ``n_classes``. Replaces any data stored before for the task.
+    ``n_features``, ``n_classes``. Replaces any data stored before for the task's split.
+
+    ``split="train"`` stores the rows for federated fine-tuning apart, under ``train/`` (the
+    test split is untouched and never used for training); a seeded ``VALIDATION_FRACTION`` of
+    them is held out as validation rows (``split_sizes``: ``{"train": n_fit, "validation": n_val}``).
     """
+    if split not in SPLITS:
+        raise InvalidData(f"split must be one of {SPLITS}, got {split!r}")
     task_type, n_features, n_classes = _spec(input_spec, task_type)
     root = task_dir(data_dir, task_id)
+    if split == "train":
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o711)  # noqa: S103 - traversable, not listable
+        root = root / "train"
     features = _validate_features(_read_table(Path(features_path)), n_features)
     labels = _validate_labels(
         _read_table(Path(labels_path)),
@@ -250,6 +267,15 @@ def register_task_data(
         "fingerprint": fp,
         "split_sizes": {"test": int(features.shape[0])},
     }
+    if split == "train":
+        if features.shape[0] < MIN_TRAIN_ROWS:
+            raise InvalidData(f"a train split needs at least {MIN_TRAIN_ROWS} rows")
+        fit, validation = validation_holdout(features.shape[0], seed=VALIDATION_SEED)
+        meta.update(
+            split="train",
+            validation_seed=VALIDATION_SEED,
+            split_sizes={"train": int(fit.size), "validation": int(validation.size)},
+        )
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".meta-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(meta, fh, indent=2)
@@ -257,6 +283,69 @@ def register_task_data(
         os.fsync(fh.fileno())
     os.replace(tmp, root / "meta.json")
     return meta
+
+
+def validation_holdout(n_rows: int, *, seed: int = 0, fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``n_rows`` train rows into (training rows, validation rows), sorted."""
+    fraction = VALIDATION_FRACTION if fraction is None else fraction
+    n_val = max(1, int(round(n_rows * fraction)))
+    order = np.random.default_rng(seed).permutation(n_rows)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """A task's train split at this site: the training rows and the held-out validation rows."""
+
+    task_id: str
+    task_type: str
+    n_features: int
+    n_classes: int | None
+    fingerprint: str
+    features: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    fit_rows: np.ndarray = field(repr=False)
+    validation_rows: np.ndarray = field(repr=False)
+
+    @property
+    def validation_labels(self) -> np.ndarray:
+        return self.labels[self.validation_rows]
+
+    def write_sandbox_inputs(self, folder: Path) -> tuple[Path, Path, Path]:
+        """Write (training features, training labels, validation features) for a training
+        sandbox into ``folder`` (which must be private to the site, e.g. a 0700 work dir); the
+        files are world-readable because the sandbox user reads them through bind mounts.
+        The validation labels are never written: the agent scores the validation rows."""
+        paths = (folder / "train-features.npy", folder / "train-labels.npy", folder / "val-features.npy")
+        arrays = (self.features[self.fit_rows], self.labels[self.fit_rows], self.features[self.validation_rows])
+        for path, array in zip(paths, arrays, strict=True):
+            _save_npy(np.ascontiguousarray(array), path, 0o644)
+        return paths
+
+
+def load_train_data(*, data_dir: str | os.PathLike[str], task_id: int | str) -> TrainData:
+    """The stored train split of a task; raises ``DataUnavailable`` if missing or altered."""
+    root = task_dir(data_dir, task_id) / "train"
+    try:
+        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        labels = np.load(root / "labels" / LABELS_FILE, allow_pickle=False)
+        features = np.load(root / "features" / FEATURES_FILE, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataUnavailable(f"no usable train data stored for task {task_id}: {type(exc).__name__}") from None
+    if fingerprint(features, labels) != meta.get("fingerprint"):
+        raise DataUnavailable(f"stored train data for task {task_id} does not match its fingerprint")
+    fit, validation = validation_holdout(int(meta["row_count"]), seed=int(meta.get("validation_seed", 0)))
+    return TrainData(
+        task_id=str(task_id),
+        task_type=meta["task_type"],
+        n_features=int(meta["n_features"]),
+        n_classes=meta.get("n_classes"),
+        fingerprint=meta["fingerprint"],
+        features=features,
+        labels=labels,
+        fit_rows=fit,
+        validation_rows=validation,
+    )
 
 
 def load_task_data(*, data_dir: str | os.PathLike[str], task_id: int | str, verify: bool = True) -> TaskData:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-KINDS = ("metrics", "failure")
+KINDS = ("metrics", "failure", "update")  # update: a federated masked/plain update (epsilon set)
 
 CSV_FIELDS = (
     "time",

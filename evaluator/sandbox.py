@@ -49,6 +49,12 @@ MODEL_TARGETS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 FEATURES_TARGET: Final = "/data/features.npy"
+OFFSET_TARGET: Final = "/offset/weights_offset.safetensors"
+TRAIN_FEATURES_TARGET: Final = "/data/train/features.npy"
+TRAIN_LABELS_TARGET: Final = "/data/train/labels.npy"
+VAL_FEATURES_TARGET: Final = "/data/validation/features.npy"
+REQUESTS_TARGET: Final = "/requests"
+TRAINABLE_FORMATS: Final = frozenset({"torchscript", "python_package"})
 OUTPUT_TARGET: Final = "/out"
 PREDICTIONS_NAME: Final = "predictions.npy"
 RUNNER_ENTRYPOINT: Final = ("python3", "-m", "runner")
@@ -178,8 +184,12 @@ def container_config(
     limits: Limits,
     batch_size: int = 4096,
     name: str | None = None,
+    weights_offset_path: Path | None = None,
 ) -> dict[str, Any]:
-    """The ``containers.create`` kwargs for one prediction run (pure: no Docker calls)."""
+    """The ``containers.create`` kwargs for one prediction run (pure: no Docker calls).
+
+    ``weights_offset_path``: a fine-tuned submission's offset ``D`` (safetensors), mounted
+    read-only; the runner adds it to the parent's parameters by name."""
     if model_format not in MODEL_FORMATS:
         raise ValueError(f"unknown model format {model_format!r}")
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
@@ -211,12 +221,18 @@ def container_config(
             f"{OUTPUT_TARGET}/{PREDICTIONS_NAME}",
             "--batch-size",
             str(batch_size),
+            *(["--weights-offset", OFFSET_TARGET] if weights_offset_path is not None else []),
         ],
         name=name or f"vb-sandbox-{uuid.uuid4().hex[:16]}",
         labels={SANDBOX_LABEL: "1"},
         mounts=[
             Mount(target=model_target, source=str(model_path), type="bind", read_only=True),
             Mount(target=FEATURES_TARGET, source=str(features_path), type="bind", read_only=True),
+            *(
+                [Mount(target=OFFSET_TARGET, source=str(weights_offset_path), type="bind", read_only=True)]
+                if weights_offset_path is not None
+                else []
+            ),
             Mount(target=OUTPUT_TARGET, source=str(out_dir), type="bind", read_only=False),
         ],
         tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={limits.scratch_mb}m,mode=1777"},  # noqa: S108
@@ -287,6 +303,7 @@ def prepare_prediction(
     work_dir: Path,
     limits: Limits,
     batch_size: int = 4096,
+    weights_offset_path: Path | None = None,
 ) -> PreparedRun:
     if model_format == "python_package" and not model_path.is_dir():
         raise SandboxUnavailable("a python_package model must be a prepared folder")
@@ -294,6 +311,11 @@ def prepare_prediction(
         raise SandboxUnavailable("the model must be a regular file")
     _check_readable_by_sandbox(model_path)
     _check_readable_by_sandbox(features_path)
+    if weights_offset_path is not None:
+        if model_format not in TRAINABLE_FORMATS:
+            raise SandboxUnavailable(f"a weights offset cannot apply to {model_format}")
+        _check_readable_by_sandbox(weights_offset_path)
+        weights_offset_path = weights_offset_path.resolve()
     out_dir = make_output_dir(work_dir)
     config = container_config(
         image_id=image_id,
@@ -303,6 +325,7 @@ def prepare_prediction(
         out_dir=out_dir.resolve(),
         limits=limits,
         batch_size=batch_size,
+        weights_offset_path=weights_offset_path,
     )
     return PreparedRun(config=config, out_dir=out_dir, predictions_path=out_dir / PREDICTIONS_NAME)
 
@@ -458,6 +481,7 @@ def run_prediction(
     limits: Limits,
     batch_size: int = 4096,
     client: docker.DockerClient | None = None,
+    weights_offset_path: Path | None = None,
 ) -> SandboxRun:
     """Run the runner image on one prepared model and one features file.
 
@@ -474,9 +498,328 @@ def run_prediction(
         work_dir=work_dir,
         limits=limits,
         batch_size=batch_size,
+        weights_offset_path=weights_offset_path,
     )
     return execute(prepared, limits=limits, client=client)
 
+
+
+# --- federated training: one long-lived sandbox per (run, site) -----------------------------
+
+
+def training_container_config(
+    *,
+    image_id: str,
+    model_path: Path,
+    model_format: str,
+    train_features_path: Path,
+    train_labels_path: Path,
+    val_features_path: Path,
+    requests_dir: Path,
+    out_dir: Path,
+    limits: Limits,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The ``containers.create`` kwargs of a training sandbox (pure: no Docker calls).
+
+    The same hardened profile as a prediction run. Mounted read-only: the model, the features
+    and labels of the TRAINING rows, the features (never the labels) of the validation rows,
+    and the requests folder the host writes round requests into. ``/out`` is the one writable
+    path. The test split is never mounted.
+    """
+    if model_format not in TRAINABLE_FORMATS:
+        raise ValueError(f"format {model_format!r} cannot be fine-tuned")
+    base = container_config(
+        image_id=image_id,
+        model_path=model_path,
+        model_format=model_format,
+        features_path=train_features_path,
+        out_dir=out_dir,
+        limits=limits,
+        name=name,
+    )
+    model_target = MODEL_TARGETS[model_format]
+    base.update(
+        command=[
+            "train",
+            "--format",
+            model_format,
+            "--model",
+            model_target,
+            "--train-features",
+            TRAIN_FEATURES_TARGET,
+            "--train-labels",
+            TRAIN_LABELS_TARGET,
+            "--val-features",
+            VAL_FEATURES_TARGET,
+            "--requests",
+            REQUESTS_TARGET,
+            "--output",
+            OUTPUT_TARGET,
+        ],
+        mounts=[
+            Mount(target=model_target, source=str(model_path), type="bind", read_only=True),
+            Mount(target=TRAIN_FEATURES_TARGET, source=str(train_features_path), type="bind", read_only=True),
+            Mount(target=TRAIN_LABELS_TARGET, source=str(train_labels_path), type="bind", read_only=True),
+            Mount(target=VAL_FEATURES_TARGET, source=str(val_features_path), type="bind", read_only=True),
+            Mount(target=REQUESTS_TARGET, source=str(requests_dir), type="bind", read_only=True),
+            Mount(target=OUTPUT_TARGET, source=str(out_dir), type="bind", read_only=False),
+        ],
+    )
+    return base
+
+
+@dataclass(frozen=True)
+class TrainingRound:
+    """What one round of a training sandbox produced (checked: names, shapes, finite)."""
+
+    weights: dict[str, Any] = field(repr=False)  # name -> float32 ndarray, the new weights
+    val_predictions: Any = field(repr=False)  # float64 ndarray, NOT yet schema-checked
+    train_predictions: Any = field(repr=False)  # new weights on the training rows, NOT checked
+    train_loss: float | None  # the sandbox's own claim: for the site's logs only, never released
+    n_examples: int
+    duration_seconds: float
+
+
+def _write_request_file(folder: Path, name: str, data: bytes) -> None:
+    tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o644)  # the sandbox user reads it whatever the umask
+    os.replace(tmp, folder / name)
+
+
+def _parse_safetensors(data: bytes) -> dict[str, Any]:
+    import numpy as np
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(data)
+    except Exception as exc:  # the parser raises several types on malformed input
+        raise InvalidOutput(f"the sandbox wrote malformed safetensors ({type(exc).__name__})") from None
+    out = {}
+    for name, value in tensors.items():
+        if value.dtype != np.float32:
+            raise InvalidOutput(f"tensor {name!r} is {value.dtype}, not float32")
+        if not np.all(np.isfinite(value)):
+            raise InvalidOutput(f"tensor {name!r} has non-finite values")
+        out[name] = np.array(value, dtype=np.float32)
+    return out
+
+
+class TrainingSession:
+    """One kept-alive training sandbox for one run at one site (``runner train``).
+
+    ``start()`` creates and starts the container and waits for the parent's weights ``w0``
+    and layout; ``run_round(offset, config)`` writes a request (and ``D``) into the read-only
+    requests folder and waits, at most ``limits.timeout_seconds``, for the round's outputs,
+    which are read defensively and then deleted; ``close()`` kills and removes the container.
+    Any error kills and removes it too: a session is never reused after an error.
+    """
+
+    def __init__(
+        self,
+        *,
+        image: str,
+        model_path: Path,
+        model_format: str,
+        train_features_path: Path,
+        train_labels_path: Path,
+        val_features_path: Path,
+        work_dir: Path,
+        limits: Limits,
+        client: docker.DockerClient | None = None,
+        poll_seconds: float = 0.1,
+    ) -> None:
+        if model_format not in TRAINABLE_FORMATS:
+            raise SandboxUnavailable(f"format {model_format!r} cannot be fine-tuned")
+        self.image = image
+        self.model_path = model_path
+        self.model_format = model_format
+        self.inputs = (train_features_path, train_labels_path, val_features_path)
+        self.work_dir = work_dir
+        self.limits = limits
+        self.poll_seconds = poll_seconds
+        self._client = client
+        self.container_id: str | None = None
+        self.w0: dict[str, Any] = {}
+        self._seq = 0
+        self._closed = False
+        self.requests_dir = work_dir / f"requests-{uuid.uuid4().hex}"
+        self.out_dir: Path | None = None
+
+    @property
+    def max_bytes(self) -> int:
+        return self.limits.max_output_mb * MiB
+
+    def __enter__(self) -> TrainingSession:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> dict[str, Any]:
+        """Start the sandbox; returns ``w0`` (the parent's trainable parameters)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> dict[str, Any]:
+        client = self._client = self._client or get_client()
+        for path in (self.model_path, *self.inputs):
+            _check_readable_by_sandbox(path)
+        self.requests_dir.mkdir(mode=0o755)
+        self.requests_dir.chmod(0o755)  # noqa: S103 - the sandbox user reads requests
+        self.out_dir = make_output_dir(self.work_dir)
+        config = training_container_config(
+            image_id=resolve_image(client, self.image),
+            model_path=self.model_path.resolve(),
+            model_format=self.model_format,
+            train_features_path=self.inputs[0].resolve(),
+            train_labels_path=self.inputs[1].resolve(),
+            val_features_path=self.inputs[2].resolve(),
+            requests_dir=self.requests_dir.resolve(),
+            out_dir=self.out_dir.resolve(),
+            limits=self.limits,
+        )
+        try:
+            self.container_id = str(client.containers.create(**config).id)
+            client.api.start(self.container_id)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxUnavailable(f"cannot start the training sandbox: {exc}") from exc
+        self._wait_for("layout.json")
+        self.w0 = _parse_safetensors(self._read_and_remove("w0.safetensors"))
+        self._read_and_remove("layout.json")  # the ready marker; the layout comes from w0 itself
+        if not self.w0:
+            raise InvalidOutput("the model has no trainable parameters")
+        return self.w0
+
+    def run_round(self, offset: Mapping[str, Any], config: Mapping[str, Any]) -> TrainingRound:
+        """Train one round from ``w0 + offset``; ``config``: local_epochs, batch_size,
+        learning_rate, proximal_mu, seed."""
+        try:
+            return self._run_round(offset, config)
+        except BaseException:
+            self.close()
+            raise
+
+    def _run_round(self, offset: Mapping[str, Any], config: Mapping[str, Any]) -> TrainingRound:
+        import json
+
+        import numpy as np
+        from safetensors.numpy import save
+
+        if self.container_id is None or self._closed:
+            raise SandboxUnavailable("the training sandbox is not running")
+        if set(offset) != set(self.w0) or any(np.shape(offset[n]) != self.w0[n].shape for n in offset):
+            raise ValueError("the offset does not match the model's layout")
+        seq = self._seq
+        started = time.monotonic()
+        offset_name = f"offset-{seq}.safetensors"
+        tensors = {n: np.ascontiguousarray(offset[n], dtype=np.float32) for n in sorted(offset)}
+        _write_request_file(self.requests_dir, offset_name, save(tensors))
+        request = {
+            "seq": seq,
+            "offset": offset_name,
+            "local_epochs": int(config["local_epochs"]),
+            "batch_size": int(config["batch_size"]),
+            "learning_rate": float(config["learning_rate"]),
+            "proximal_mu": float(config.get("proximal_mu") or 0.0),
+            "seed": int(config.get("seed", 0)),
+        }
+        _write_request_file(self.requests_dir, f"request-{seq}.json", json.dumps(request).encode())
+        self._wait_for(f"result-{seq}.json")
+        try:
+            result = json.loads(self._read_and_remove(f"result-{seq}.json"))
+        except ValueError:
+            raise InvalidOutput("the round result is not JSON") from None
+        if not isinstance(result, dict):
+            raise InvalidOutput("the round result is not an object")
+        from evaluator.outputs import parse_npy
+
+        val_predictions = parse_npy(self._read_and_remove(f"val-{seq}.npy"))
+        train_predictions = parse_npy(self._read_and_remove(f"train-{seq}.npy"))
+        weights = _parse_safetensors(self._read_and_remove(f"weights-{seq}.safetensors"))
+        if set(weights) != set(self.w0) or any(weights[n].shape != self.w0[n].shape for n in weights):
+            raise InvalidOutput("the new weights do not match the model's layout")
+        loss = result.get("train_loss")
+        if isinstance(loss, bool) or not isinstance(loss, int | float) or not np.isfinite(loss):
+            loss = None
+        n_examples = result.get("n_examples")
+        if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 0:
+            raise InvalidOutput("the round result has no example count")
+        for stale in (offset_name, f"request-{seq}.json"):
+            (self.requests_dir / stale).unlink(missing_ok=True)
+        self._seq += 1
+        return TrainingRound(
+            weights=weights,
+            val_predictions=val_predictions,
+            train_predictions=train_predictions,
+            train_loss=float(loss) if loss is not None else None,
+            n_examples=n_examples,
+            duration_seconds=time.monotonic() - started,
+        )
+
+    def _wait_for(self, name: str) -> None:
+        """Until ``out/name`` exists; raise if the sandbox died, flooded /out or ran late."""
+        assert self._client is not None and self.container_id is not None and self.out_dir is not None
+        deadline = time.monotonic() + self.limits.timeout_seconds
+        target = self.out_dir / name
+        while True:
+            if os.path.lexists(target):
+                return
+            try:
+                state = self._client.api.inspect_container(self.container_id)["State"]
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise SandboxUnavailable(f"docker engine error: {exc}") from exc
+            if not state["Running"]:
+                if os.path.lexists(target):
+                    return
+                logs = _logs(self._client, self.container_id)
+                code = int(state.get("ExitCode", -1))
+                if state.get("OOMKilled"):
+                    raise SandboxOutOfMemory("the memory limit was hit", logs=logs, exit_code=code)
+                raise SandboxCrashed(f"the training runner exited with {code}", logs=logs, exit_code=code)
+            size, entries = output_usage(self.out_dir)
+            if size > self.max_bytes or entries > MAX_OUTPUT_ENTRIES:
+                raise InvalidOutput("the output folder grew past its cap")
+            if time.monotonic() >= deadline:
+                raise SandboxTimeout(f"no {name} after {self.limits.timeout_seconds} s")
+            time.sleep(self.poll_seconds)
+
+    def _read_and_remove(self, name: str) -> bytes:
+        from evaluator.outputs import _read_capped
+
+        assert self.out_dir is not None
+        path = self.out_dir / name
+        try:
+            return _read_capped(path, self.max_bytes)
+        finally:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Kill and remove the container; remove the requests folder. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.container_id is not None and self._client is not None:
+            try:
+                _kill(self._client, self.container_id)
+                _remove(self._client, self.container_id)
+            except SandboxError:
+                pass
+        import shutil
+
+        shutil.rmtree(self.requests_dir, ignore_errors=True)
+        if self.out_dir is not None:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
 
 __all__ = [
     "RUN_PROFILE",
@@ -489,7 +832,10 @@ __all__ = [
     "SandboxRun",
     "SandboxTimeout",
     "SandboxUnavailable",
+    "TrainingRound",
+    "TrainingSession",
     "container_config",
+    "training_container_config",
     "execute",
     "prepare_prediction",
     "run_prediction",

@@ -1,4 +1,4 @@
-"""Command line of the runner. One subcommand per job kind; ``train`` comes later."""
+"""Command line of the runner. One subcommand per job kind: ``predict`` and ``train``."""
 
 from __future__ import annotations
 
@@ -28,8 +28,33 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--features", required=True, type=Path)
     predict.add_argument("--output", required=True, type=Path)
     predict.add_argument("--batch-size", type=_positive_int, default=4096)
+    predict.add_argument("--weights-offset", type=Path, default=None, help="safetensors D: w = w0 + D")
     predict.set_defaults(handler=_cmd_predict)
+
+    train = sub.add_parser("train", help="serve federated training rounds until stopped")
+    train.add_argument("--format", required=True, choices=["torchscript", "python_package"], dest="model_format")
+    train.add_argument("--model", required=True, type=Path)
+    train.add_argument("--train-features", required=True, type=Path)
+    train.add_argument("--train-labels", required=True, type=Path)
+    train.add_argument("--val-features", required=True, type=Path)
+    train.add_argument("--requests", required=True, type=Path)
+    train.add_argument("--output", required=True, type=Path)
+    train.set_defaults(handler=_cmd_train)
     return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train import serve_training
+
+    serve_training(
+        model_format=args.model_format,
+        model_path=args.model,
+        train_features_path=args.train_features,
+        train_labels_path=args.train_labels,
+        val_features_path=args.val_features,
+        requests_dir=args.requests,
+        output_dir=args.output,
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -41,6 +66,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         features_path=args.features,
         output_path=args.output,
         batch_size=args.batch_size,
+        weights_offset=args.weights_offset,
     )
 
 

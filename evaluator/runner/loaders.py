@@ -78,7 +78,8 @@ def load_onnx(path: Path) -> Predictor:
     return predict
 
 
-def load_python_package(model_dir: Path) -> Predictor:
+def import_model_module(model_dir: Path) -> Any:
+    """Import the package's ``model.py`` (vendor code) as the module ``vendor_model``."""
     model_file = model_dir / "model.py"
     if not model_file.is_file():
         raise FileNotFoundError("model.py is missing from the model package")
@@ -90,6 +91,11 @@ def load_python_package(model_dir: Path) -> Predictor:
     module = importlib.util.module_from_spec(spec)
     sys.modules["vendor_model"] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def load_python_package(model_dir: Path) -> Predictor:
+    module = import_model_module(model_dir)
     load = getattr(module, "load", None)
     predict_fn = getattr(module, "predict", None)
     if not callable(load) or not callable(predict_fn):

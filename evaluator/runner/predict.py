@@ -68,10 +68,30 @@ def write_predictions(path: Path, predictions: np.ndarray) -> None:
         raise RunnerError(EXIT_OUTPUT, f"cannot write predictions: {exc.strerror}") from exc
 
 
+def load_with_offset(model_format: str, model_path: Path, offset_path: Path) -> Predictor:
+    """The parent model with a fine-tuning offset ``D`` added to its parameters, by name."""
+    from .train import _layout, load_trainer, read_offset
+
+    trainer = load_trainer(model_format, model_path)
+    weights = trainer.get_weights()
+    offset = read_offset(offset_path, _layout(weights))
+    trainer.set_weights({n: w + offset[n] if n in offset else w for n, w in weights.items()})
+    return trainer.predict
+
+
 def run_predict(
-    *, model_format: str, model_path: Path, features_path: Path, output_path: Path, batch_size: int
+    *,
+    model_format: str,
+    model_path: Path,
+    features_path: Path,
+    output_path: Path,
+    batch_size: int,
+    weights_offset: Path | None = None,
 ) -> None:
     features = read_features(features_path)
-    predict = load_model(model_format, model_path)
+    if weights_offset is not None:
+        predict = load_with_offset(model_format, model_path, weights_offset)
+    else:
+        predict = load_model(model_format, model_path)
     predictions = predict_batches(predict, features, batch_size)
     write_predictions(output_path, predictions)

@@ -1,0 +1,507 @@
+"""The site participant of one federated fine-tuning run (docs/federated-protocol.md).
+
+The agent claims a ``Job(kind=train)``, starts ONE training sandbox for the run and hands both
+to ``SiteParticipant.run()``, which follows the hub's run state and does each phase once:
+
+- ``layout`` (round 0): report the parent's parameter layout (from ``w0``, read in the sandbox).
+- ``keys``: fetch ``D_r``, train ``local_epochs`` from ``w0 + D_r`` in the sandbox (which also
+  predicts the validation rows with ``w0 + D_r``), then advertise fresh X25519 keys.
+- ``shares``: Shamir shares for the roster; ``masked``: update = new - old -> clip -> this
+  site's share of the noise -> quantize -> mask; ``unmask``: answer the unmask request.
+- ``update`` (no secure aggregation): train as in ``keys``, post the clipped, noised update.
+
+Every masked/update post is a release: its body (without ``ledger``) is appended to the site's
+egress ledger as kind ``update`` with the epsilon spent so far, BEFORE the post, and the post
+carries the receipt ``ledger: {sha256, bytes}``. Metrics that leave (validation accuracy and log
+loss, the training loss) are computed here from the sandbox's predictions against labels the
+site holds, rounded to ``METRIC_DECIMALS``; the sandbox's own loss claim never leaves.
+
+Privacy accounting (per site, at the run's delta): with secure aggregation the hub only sees
+the sum of at least ``threshold`` sites, each adding std ``z C / sqrt(m)``, so a round is charged
+at the worst case ``z * sqrt(threshold / m)``; without it the hub sees this site's own noised
+update, charged at ``z / sqrt(m)``. The count of rounds already spent comes from the ledger, so
+an agent restart does not reset the budget. A round that would pass ``epsilon_cap`` is not posted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from evaluator.federated import wire
+from evaluator.federated.accounting import PrivacyLedger, effective_noise_multiplier
+from evaluator.federated.client_update import prepare_site_update
+from evaluator.federated.secagg import RoundParams, SecAggClient
+from evaluator.federated.updates import Layout, flatten, max_bits_for_sites
+
+log = logging.getLogger(__name__)
+
+METRIC_DECIMALS = 4
+PHASES = ("layout", "keys", "shares", "masked", "unmask", "update")
+_ORDER = {"keys": 0, "shares": 1, "masked": 2, "unmask": 3, "update": 0}
+MAX_LOCAL_EPOCHS = 1000
+MAX_BATCH_SIZE = 1 << 16
+
+
+class SiteRunError(Exception):
+    """The site stops taking part in the run; ``reason`` is the coarse reason for the hub."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Session(Protocol):
+    """What the participant needs of a training sandbox (``evaluator.sandbox.TrainingSession``)."""
+
+    def start(self) -> dict[str, np.ndarray]: ...
+
+    def run_round(self, offset: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+# --- the run spec -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    id: int | str
+    participant: int
+    n_participants: int
+    rounds: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    proximal_mu: float
+    secure_aggregation: bool
+    threshold: int
+    clip_norm: float
+    noise_multiplier: float
+    dp_delta: float
+    epsilon_cap: float | None
+    quantization_bits: int
+    round_timeout_seconds: float
+    strategy: str = "fedavg"
+
+    @property
+    def accounted_noise_multiplier(self) -> float:
+        """The noise multiplier this site's data is protected by, per round (worst case)."""
+        seen = self.threshold if self.secure_aggregation else 1
+        return effective_noise_multiplier(self.noise_multiplier, self.n_participants, seen)
+
+
+def _number(run: Mapping[str, Any], key: str, *, kind: type = float, default: Any = None) -> Any:
+    value = run.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SiteRunError("policy_violation", f"run.{key} must be a number")
+    if not math.isfinite(value):
+        raise SiteRunError("policy_violation", f"run.{key} must be finite")
+    if kind is int:
+        if int(value) != value:
+            raise SiteRunError("policy_violation", f"run.{key} must be an integer")
+        return int(value)
+    return float(value)
+
+
+def parse_run(run: Any) -> RunSpec:
+    """Check the hub's run settings against the protocol's rules (the hub is not trusted)."""
+    if not isinstance(run, Mapping) or "id" not in run:
+        raise SiteRunError("policy_violation", "a train job must carry its run")
+
+    def refuse(why: str) -> SiteRunError:
+        return SiteRunError("policy_violation", why)
+
+    n = _number(run, "n_participants", kind=int)
+    participant = _number(run, "participant", kind=int)
+    secure = run.get("secure_aggregation", False)
+    if not isinstance(secure, bool):
+        raise refuse("run.secure_aggregation must be a boolean")
+    threshold = _number(run, "threshold", kind=int, default=n // 2 + 1)
+    bits = _number(run, "quantization_bits", kind=int, default=20)
+    cap = run.get("epsilon_cap")
+    spec = RunSpec(
+        id=run["id"],
+        participant=participant,
+        n_participants=n,
+        rounds=_number(run, "rounds", kind=int),
+        local_epochs=_number(run, "local_epochs", kind=int, default=1),
+        batch_size=_number(run, "batch_size", kind=int, default=32),
+        learning_rate=_number(run, "learning_rate"),
+        proximal_mu=_number(run, "proximal_mu", default=0.0),
+        secure_aggregation=secure,
+        threshold=threshold,
+        clip_norm=_number(run, "clip_norm"),
+        noise_multiplier=_number(run, "noise_multiplier", default=0.0),
+        dp_delta=_number(run, "dp_delta", default=1e-5),
+        epsilon_cap=None if cap is None else _number(run, "epsilon_cap"),
+        quantization_bits=bits,
+        round_timeout_seconds=_number(run, "round_timeout_seconds", default=120.0),
+        strategy=str(run.get("strategy", "fedavg"))[:32],
+    )
+    if not 1 <= spec.participant <= n:
+        raise refuse("run.participant must be in 1..n_participants")
+    if not 1 <= spec.rounds <= 100_000:
+        raise refuse("run.rounds out of range")
+    if not 1 <= spec.local_epochs <= MAX_LOCAL_EPOCHS or not 1 <= spec.batch_size <= MAX_BATCH_SIZE:
+        raise refuse("run.local_epochs or run.batch_size out of range")
+    if not 0 < spec.learning_rate <= 100 or spec.proximal_mu < 0:
+        raise refuse("run.learning_rate or run.proximal_mu out of range")
+    if not spec.clip_norm > 0 or spec.noise_multiplier < 0 or not 0 < spec.dp_delta < 1:
+        raise refuse("run.clip_norm, noise_multiplier or dp_delta out of range")
+    if secure:
+        if n < 3:
+            raise refuse("secure aggregation needs at least 3 sites")
+        if not n // 2 < threshold <= n:
+            raise refuse("the secure aggregation threshold must be a majority of the sites")
+        if not 1 <= bits <= max_bits_for_sites(n):
+            raise refuse(f"quantization_bits must be in 1..{max_bits_for_sites(n)} for {n} sites")
+    return spec
+
+
+# --- the participant --------------------------------------------------------------------------
+
+
+@dataclass
+class _Round:
+    number: int
+    attempt: Any
+    done: set[str] = field(default_factory=set)
+    old: dict[str, np.ndarray] | None = None
+    new: dict[str, np.ndarray] | None = None
+    report: dict[str, Any] = field(default_factory=dict)  # train_loss, n_examples, validation, ...
+    secagg: SecAggClient | None = None
+
+    def furthest(self) -> int:
+        return max((_ORDER[p] for p in self.done if p in _ORDER), default=-1)
+
+
+@dataclass
+class ReleaseContext:
+    """Ledger fields of the job the run belongs to."""
+
+    job_id: int | str
+    submission_id: Any
+    task_id: Any
+    vendor_id: Any
+
+
+class SiteParticipant:
+    def __init__(
+        self,
+        *,
+        client: Any,
+        spec: RunSpec,
+        session: Session,
+        data: Any,  # datasets.TrainData
+        ledger: Any,  # evaluator.ledger.Ledger
+        context: ReleaseContext,
+        should_stop: Callable[[], bool] = lambda: False,
+        poll_seconds: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: np.random.Generator | None = None,
+        max_offset_bytes: int = 512 * 1024 * 1024,
+        work_dir: Any = None,
+    ) -> None:
+        self.client = client
+        self.spec = spec
+        self.session = session
+        self.data = data
+        self.ledger = ledger
+        self.context = context
+        self.should_stop = should_stop
+        self.poll_seconds = poll_seconds
+        self._sleep = sleep
+        self._rng = rng
+        self.max_offset_bytes = max_offset_bytes
+        self.work_dir = work_dir
+        self.w0: dict[str, np.ndarray] | None = None
+        self.layout: Layout | None = None
+        self._layout_posted = False
+        self._round: _Round | None = None
+        spent = sum(
+            1
+            for entry in ledger.iter_entries()
+            if entry.kind == "update" and str(entry.job_id) == str(context.job_id)
+        )
+        z = spec.accounted_noise_multiplier
+        self.privacy = PrivacyLedger(
+            delta=spec.dp_delta, noise_multiplier=z, history=[(z, 1.0, spent)] if spent else []
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Take part until the run ends; returns its final status, or ``"abandoned"``."""
+        self._ensure_started()
+        while True:
+            if self.should_stop():
+                return "abandoned"
+            state = self.client.run_state(self.spec.id)
+            status = state.get("status")
+            if status != "running":
+                log.info("run %s: %s", self.spec.id, status)
+                return str(status)
+            if not self.step(state):
+                self._sleep(self.poll_seconds)
+
+    def _ensure_started(self) -> None:
+        if self.w0 is None:
+            self.w0 = {n: np.asarray(v, dtype=np.float32) for n, v in self.session.start().items()}
+            _, self.layout = flatten(self.w0)
+
+    def step(self, state: Mapping[str, Any]) -> bool:
+        """Do what the state asks, if not done yet; returns whether anything was posted."""
+        self._ensure_started()
+        assert self.layout is not None
+        phase = state.get("phase")
+        if phase not in PHASES:
+            log.warning("run %s: unknown phase %r", self.spec.id, phase)
+            return False
+        if phase == "layout":
+            if self._layout_posted:
+                return False
+            self.client.post_layout(self.spec.id, self.layout.to_dict()["tensors"])
+            self._layout_posted = True
+            return True
+        self._check_layout(state.get("layout"))
+        number = int(state.get("round", -1))
+        config = state.get("round_config") or {}
+        attempt = state.get("attempt", config.get("attempt") if isinstance(config, Mapping) else None)
+        current = self._round
+        if (
+            current is None
+            or (current.number, current.attempt) != (number, attempt)
+            or (phase in _ORDER and phase in current.done and _ORDER[phase] < current.furthest())
+        ):  # a new round, or the hub retries this one (it went back to an earlier phase)
+            current = self._round = _Round(number, attempt)
+        if phase in current.done:
+            return False
+        handler = getattr(self, f"_phase_{phase}")
+        return bool(handler(current, state))
+
+    def _check_layout(self, hub_layout: Any) -> None:
+        if hub_layout is None:
+            return
+        assert self.layout is not None
+        tensors = hub_layout.get("tensors") if isinstance(hub_layout, Mapping) else hub_layout
+        try:
+            fixed = Layout.from_dict({"tensors": tensors})
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SiteRunError("policy_violation", f"the hub's layout is malformed: {exc}") from None
+        if fixed != self.layout:
+            raise SiteRunError("invalid_artifact", "the run's layout differs from this site's model")
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def _phase_keys(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
+        self._train(rnd, state)
+        assert self.layout is not None
+        params = RoundParams(
+            round_id=wire.round_id(self.spec.id, rnd.number, state.get("round_config")),
+            threshold=self.spec.threshold,
+            vector_length=self.layout.size,
+        )
+        rnd.secagg = SecAggClient(self.spec.participant, params)
+        advertised = wire.keys_to_json(rnd.secagg.advertise())
+        keys = {k: advertised[k] for k in ("mask_public", "enc_public")}
+        body = {"agent_id": self.client.agent_id, "keys": keys}
+        self._post(rnd, "keys", body)
+        return True
+
+    def _phase_shares(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
+        if "keys" not in rnd.done or rnd.secagg is None:
+            return False  # joined late: this round goes on without this site
+        roster = wire.roster_from_json(state.get("roster"))
+        bundles = rnd.secagg.share_keys(roster)
+        body = {"agent_id": self.client.agent_id, "bundles": [wire.bundle_to_json(b) for b in bundles]}
+        self._post(rnd, "shares", body)
+        return True
+
+    def _phase_masked(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
+        if "shares" not in rnd.done or rnd.secagg is None:
+            return False
+        received = wire.bundles_from_json(state.get("bundles"))
+        vector = self._update_vector(rnd, quantize=True)
+        if vector is None:
+            rnd.done.add("masked")
+            return False
+        masked = rnd.secagg.masked_input(vector, received)
+        self._release(rnd, "masked", wire.vector_to_b64(masked, "<u4"))
+        return True
+
+    def _phase_unmask(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
+        if "masked" not in rnd.done or rnd.secagg is None or rnd.report.get("withheld"):
+            return False
+        request = wire.unmask_request_from_json(state.get("unmask_request"))
+        response = rnd.secagg.unmask_shares(request)
+        body = {"agent_id": self.client.agent_id, "response": wire.unmask_response_to_json(response)}
+        self._post(rnd, "unmask", body)
+        return True
+
+    def _phase_update(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
+        self._train(rnd, state)
+        vector = self._update_vector(rnd, quantize=False)
+        if vector is None:
+            rnd.done.add("update")
+            return False
+        self._release(rnd, "update", wire.vector_to_b64(vector, "<f4"))
+        return True
+
+    # -- work --------------------------------------------------------------------------------
+
+    def _train(self, rnd: _Round, state: Mapping[str, Any]) -> None:
+        assert self.w0 is not None
+        offset = self._download_offset(rnd.number)
+        config = self._round_config(state.get("round_config"))
+        result = self.session.run_round(offset, config)
+        rnd.old = {n: self.w0[n] + offset[n] for n in self.w0}
+        rnd.new = {n: np.asarray(result.weights[n], dtype=np.float32) for n in self.w0}
+        rnd.report = self._round_metrics(result)
+        log.info(
+            "run %s round %s: trained in %.1fs (loss %s, validation %s)",
+            self.spec.id, rnd.number, result.duration_seconds, rnd.report["train_loss"], rnd.report["validation"],
+        )  # fmt: skip
+
+    def _round_config(self, overrides: Any) -> dict[str, Any]:
+        config = {
+            "local_epochs": self.spec.local_epochs,
+            "batch_size": self.spec.batch_size,
+            "learning_rate": self.spec.learning_rate,
+            "proximal_mu": self.spec.proximal_mu,
+        }
+        if isinstance(overrides, Mapping):  # the strategy may set these per round, within bounds
+            checked = parse_run({**_spec_dict(self.spec), **{k: overrides[k] for k in config if k in overrides}})
+            config.update(
+                local_epochs=checked.local_epochs,
+                batch_size=checked.batch_size,
+                learning_rate=checked.learning_rate,
+                proximal_mu=checked.proximal_mu,
+            )
+        config["seed"] = secrets.randbits(31)
+        return config
+
+    def _download_offset(self, number: int) -> dict[str, np.ndarray]:
+        import tempfile
+        from pathlib import Path
+
+        from safetensors.numpy import load
+
+        assert self.w0 is not None and self.layout is not None
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+            dest = Path(tmp) / "offset.safetensors"
+            cap = min(self.max_offset_bytes, 4 * self.layout.size + 64 * 1024 + 100 * len(self.w0))
+            self.client.download_round_offset(self.spec.id, number, dest, max_bytes=cap)
+            data = dest.read_bytes()
+        try:
+            tensors = load(data)
+        except Exception as exc:
+            raise SiteRunError("internal_error", f"the round offset is not safetensors: {type(exc).__name__}") from None
+        if set(tensors) != set(self.w0):
+            raise SiteRunError("internal_error", "the round offset does not name the model's tensors")
+        offset = {}
+        for name, value in tensors.items():
+            if value.shape != self.w0[name].shape or not np.all(np.isfinite(value)):
+                raise SiteRunError("internal_error", f"the round offset of {name!r} is malformed")
+            offset[name] = np.asarray(value, dtype=np.float32)
+        return offset
+
+    def _round_metrics(self, result: Any) -> dict[str, Any]:
+        """Validation accuracy/log loss and the training loss, computed here from predictions."""
+        from evaluator import metrics
+        from evaluator.outputs import validate_predictions
+
+        data = self.data
+        kind, n_classes = data.task_type, data.n_classes
+        val = validate_predictions(
+            np.asarray(result.val_predictions),
+            n_rows=len(data.validation_rows),
+            task_type=kind,
+            n_classes=n_classes,
+        )
+        train = validate_predictions(
+            np.asarray(result.train_predictions), n_rows=len(data.fit_rows), task_type=kind, n_classes=n_classes
+        )
+        names = ["accuracy", "log_loss"] if kind != "regression" else ["rmse"]
+        names = [n for n in names if n in metrics.REGISTRY]
+        loss_name = "log_loss" if kind != "regression" else "rmse"
+        validation = metrics.compute_metrics(kind, names, data.validation_labels, val, n_classes=n_classes)
+        train_loss = metrics.compute_metrics(kind, [loss_name], data.labels[data.fit_rows], train, n_classes=n_classes)
+        return {
+            "train_loss": round(float(train_loss[loss_name]), METRIC_DECIMALS),
+            "n_examples": len(data.fit_rows),
+            "validation": {k: round(float(v), METRIC_DECIMALS) for k, v in validation.items()},
+            "n_validation": len(data.validation_rows),
+        }
+
+    def _update_vector(self, rnd: _Round, *, quantize: bool) -> np.ndarray | None:
+        """The clipped, noised (and quantized) update, or None when the budget forbids it."""
+        cap = self.spec.epsilon_cap
+        if cap is not None and self.privacy.would_exceed(cap):
+            log.warning("run %s round %s: the epsilon cap would be passed; not posting", self.spec.id, rnd.number)
+            rnd.report["withheld"] = True
+            return None
+        assert rnd.old is not None and rnd.new is not None
+        vector, report = prepare_site_update(
+            old_weights=rnd.old,
+            new_weights=rnd.new,
+            clip_norm=self.spec.clip_norm,
+            noise_multiplier=self.spec.noise_multiplier,
+            n_sites=self.spec.n_participants,
+            rng=self._rng,
+            quantization_bits=self.spec.quantization_bits if quantize else None,
+        )
+        log.info(  # the norm stays in the site's log: it says something about the data
+            "run %s round %s: update norm %.4g (clipped: %s)", self.spec.id, rnd.number,
+            report.norm_before_clip, report.clipped,
+        )  # fmt: skip
+        return vector
+
+    def _release(self, rnd: _Round, step: str, vector_b64: str) -> None:
+        """Ledger first (kind ``update``, epsilon), then the post with its receipt."""
+        from evaluator.client import canonical_json
+
+        epsilon = self.privacy.epsilon_if(rounds=1)
+        body: dict[str, Any] = {
+            "agent_id": self.client.agent_id,
+            "vector": vector_b64,
+            "train_loss": rnd.report["train_loss"],
+            "n_examples": rnd.report["n_examples"],
+            "validation": rnd.report["validation"],
+            "n_validation": rnd.report["n_validation"],
+            "epsilon": epsilon if math.isfinite(epsilon) else None,
+        }
+        entry = self.ledger.append(
+            job_id=self.context.job_id,
+            submission_id=self.context.submission_id,
+            task_id=self.context.task_id,
+            vendor_id=self.context.vendor_id,
+            kind="update",
+            payload=canonical_json(body),
+            epsilon=epsilon,
+        )
+        self.privacy.record_round()  # spent once it is in the ledger, whatever the post's fate
+        body["ledger"] = {"sha256": entry.sha256, "bytes": entry.bytes}
+        self._post(rnd, step, body)
+
+    def _post(self, rnd: _Round, step: str, body: Mapping[str, Any]) -> None:
+        from evaluator.client import HubRejected, LeaseLost
+
+        try:
+            self.client.post_round(self.spec.id, rnd.number, step, body)
+        except (HubRejected, LeaseLost) as exc:  # the phase closed without us: wait for the next
+            log.warning("run %s round %s: the hub refused our %s: %s", self.spec.id, rnd.number, step, exc)
+        rnd.done.add(step)
+
+
+def _spec_dict(spec: RunSpec) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(spec)
