@@ -24,3 +24,20 @@ def jobs_awaiting_approval_for(*, user) -> QuerySet[Job]:
         .select_related("submission__task", "submission__vendor", "site")
         .order_by("id")
     )
+
+
+def jobs_held_for_release_for(*, user) -> QuerySet[Job]:
+    """Results held at the sites of the person's own tasks, waiting for (or acting on) a release
+    decision. The values themselves stay at the site; only the job is known here."""
+    from marketplace.accounts.models import OrganizationKind
+    from marketplace.accounts.selectors import organizations_of
+    from marketplace.jobs.models import JobStatus
+
+    owner_ids = (
+        organizations_of(user=user).filter(kind=OrganizationKind.DATA_OWNER).values_list("id", flat=True)
+    )
+    return (
+        Job.objects.filter(status=JobStatus.HELD, submission__task__organization_id__in=list(owner_ids))
+        .select_related("submission__task", "submission__vendor", "site")
+        .order_by("id")
+    )

@@ -98,3 +98,13 @@ def leaderboard_best_over_time(*, task: Task, metric: str | None = None) -> list
              "model_name": entry.submission.name}
         )  # fmt: skip
     return points
+
+
+def ladder_improved_of(*, submission_ids) -> dict[int, bool | None]:
+    """Ladder mode: whether each scored submission moved its vendor's best (part of the released
+    transcript); None where the sites did not say (plain mode)."""
+    return dict(
+        LeaderboardEntry.objects.filter(submission_id__in=list(submission_ids)).values_list(
+            "submission_id", "ladder_improved"
+        )
+    )

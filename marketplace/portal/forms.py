@@ -167,15 +167,53 @@ class TaskForm(forms.Form):
     max_output_mb = forms.IntegerField(
         label="Sandbox output cap (MB)", min_value=1, max_value=MAX_OUTPUT_MB, initial=64
     )
-    show_per_site = forms.BooleanField(label="Show per-site breakdowns", required=False)
-    min_test_rows = forms.IntegerField(label="Minimum test rows per site", min_value=1, initial=50)
+    show_per_site = forms.BooleanField(
+        label="Show per-site breakdowns", required=False,
+        help_text="Off by default: a per-site score tells vendors more about each site's data than the average.",
+    )  # fmt: skip
+    min_test_rows = forms.IntegerField(
+        label="Minimum test rows per site", min_value=1, initial=50,
+        help_text="A site with fewer rows cannot register for the task: a score over a handful of rows says too "
+        "much about each row.",
+    )  # fmt: skip
     public_split_fraction = forms.FloatField(
         label="Public split fraction", min_value=0.0, max_value=1.0, initial=1.0,
-        help_text="Share of test rows scored publicly; the rest is revealed when the task closes.",
+        help_text="Share of each site's test rows scored on the live leaderboard. The rest (the private split) is "
+        "scored only once, when the task closes, so probing the live board cannot overfit it. 1 means no private split.",
     )  # fmt: skip
-    leaderboard_mode = forms.ChoiceField(label="Leaderboard mode", choices=LeaderboardMode.choices)
-    requires_job_approval = forms.BooleanField(label="Every job waits for my approval", required=False)
-    fine_tuning_allowed = forms.BooleanField(label="Allow federated fine-tuning", required=False)
+    final_submissions = forms.IntegerField(
+        label="Final submissions per vendor", min_value=1, max_value=20, initial=2,
+        help_text="How many submissions each vendor nominates for the private (final) leaderboard; only those are "
+        "ranked on the private split, so a vendor cannot pick its best private score after the fact.",
+    )  # fmt: skip
+    leaderboard_mode = forms.ChoiceField(
+        label="Leaderboard mode", choices=LeaderboardMode.choices,
+        help_text="Plain shows each submission's rounded score. Ladder releases a vendor's score only when a "
+        "submission beats its best by a significant margin, which bounds what repeated probing can learn.",
+    )  # fmt: skip
+    requires_job_approval = forms.BooleanField(
+        label="Every job waits for my approval", required=False,
+        help_text="No model runs on your data until you approve its job.",
+    )  # fmt: skip
+    requires_release_approval = forms.BooleanField(
+        label="Every result waits for my release", required=False,
+        help_text="Sites hold each computed result and send nothing to the hub until you release it; a withheld "
+        "result reaches the vendor only as “not released”.",
+    )  # fmt: skip
+    failed_jobs_consume_quota = forms.BooleanField(
+        label="Failed runs count against the quota", required=False, initial=True,
+        help_text="A failure is itself a signal a model can encode private data in; counting failures keeps "
+        "probing by deliberate crashes within the quota.",
+    )  # fmt: skip
+    leakage_cap_bits = forms.FloatField(
+        label="Leakage cap (bits per vendor)", required=False, min_value=0.0,
+        help_text="Sites refuse a vendor's further jobs once the information released to it on this task reaches "
+        "this many bits. Empty: no cap.",
+    )  # fmt: skip
+    fine_tuning_allowed = forms.BooleanField(
+        label="Allow federated fine-tuning", required=False,
+        help_text="Sites train vendor models on local data and send back only clipped, noised updates.",
+    )  # fmt: skip
     sample = forms.FileField(
         label="Public sample for dry runs", required=False,
         help_text="Synthetic or non-sensitive rows vendors may download.",
@@ -218,7 +256,8 @@ class TaskForm(forms.Form):
             field: getattr(task, field)
             for field in ["title", "description", "task_type", "primary_metric", "visibility", "opens_at", "closes_at",
                           "quota_per_day", "quota_total", "show_per_site", "min_test_rows", "public_split_fraction",
-                          "leaderboard_mode", "requires_job_approval", "fine_tuning_allowed"]
+                          "final_submissions", "leaderboard_mode", "requires_job_approval", "requires_release_approval",
+                          "failed_jobs_consume_quota", "leakage_cap_bits", "fine_tuning_allowed"]
         }  # fmt: skip
         initial.update({k: task.input_spec.get(k) for k in ("n_features", "dtype", "n_classes")})
         initial.update(task.resource_limits)
@@ -256,8 +295,12 @@ class TaskForm(forms.Form):
             "show_per_site": data["show_per_site"],
             "min_test_rows": data["min_test_rows"],
             "public_split_fraction": data["public_split_fraction"],
+            "final_submissions": data["final_submissions"],
             "leaderboard_mode": data["leaderboard_mode"],
             "requires_job_approval": data["requires_job_approval"],
+            "requires_release_approval": data["requires_release_approval"],
+            "failed_jobs_consume_quota": data["failed_jobs_consume_quota"],
+            "leakage_cap_bits": data["leakage_cap_bits"],
             "fine_tuning_allowed": data["fine_tuning_allowed"],
         }
 

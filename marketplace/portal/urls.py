@@ -27,8 +27,18 @@ class Decision(_Words):
     words = ("approve", "reject")
 
 
+class ReleaseDecision(_Words):
+    words = ("release", "withhold")
+
+
+class Nomination(_Words):
+    words = ("nominate", "unnominate")
+
+
 register_converter(TaskAction, "task_action")
 register_converter(Decision, "decision")
+register_converter(ReleaseDecision, "release_decision")
+register_converter(Nomination, "nomination")
 
 app_name = "portal"
 
@@ -48,6 +58,9 @@ urlpatterns = [
     path("tasks/<int:task_id>/submit/", vendors.submission_new, name="submit"),
     path("submissions/", vendors.submissions, name="submissions"),
     path("submissions/status/", vendors.submissions_status, name="submissions-status"),
+    path(
+        "submissions/<int:submission_id>/<nomination:action>/", vendors.submission_nomination, name="nominate"
+    ),
     # Data owners
     path("manage/", owners.dashboard, name="manage"),
     path("manage/tasks/new/", owners.task_new, name="task-new"),
@@ -64,6 +77,11 @@ urlpatterns = [
         name="access-decide",
     ),
     path("manage/approvals/jobs/<int:job_id>/<decision:decision>/", owners.job_decision, name="job-decide"),
+    path(
+        "manage/approvals/results/<int:job_id>/<release_decision:decision>/",
+        owners.result_release,
+        name="result-release",
+    ),
     path("manage/ledger/", owners.ledger, name="ledger"),
     path("manage/ledger.csv", owners.ledger_csv, name="ledger-csv"),
 ]

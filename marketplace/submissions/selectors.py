@@ -45,3 +45,8 @@ def submission_list_of_vendor_user(*, user) -> QuerySet[Submission]:
         .prefetch_related("jobs__site")
         .order_by("-created_at", "-id")
     )
+
+
+def finals_chosen(*, task_id: int, vendor_id: int) -> int:
+    """How many submissions the vendor has nominated for the task's private leaderboard."""
+    return Submission.objects.filter(task_id=task_id, vendor_id=vendor_id, is_final=True).count()

@@ -21,6 +21,8 @@ FULL_FORM = {
     "quota_per_day": "3", "quota_total": "20", "memory_mb": "2048", "cpus": "2", "timeout_seconds": "600",
     "max_output_mb": "32", "show_per_site": "on", "min_test_rows": "40", "public_split_fraction": "0.5",
     "leaderboard_mode": "ladder", "requires_job_approval": "on", "fine_tuning_allowed": "on",
+    "final_submissions": "3", "requires_release_approval": "on", "failed_jobs_consume_quota": "",
+    "leakage_cap_bits": "64.5",
 }  # fmt: skip
 
 
@@ -41,6 +43,10 @@ def test_owner_creates_a_task_with_every_policy_field(owner, web):
     }
     assert task.show_per_site and task.requires_job_approval and task.fine_tuning_allowed
     assert task.public_split_fraction == 0.5 and task.leaderboard_mode == "ladder"
+    assert (
+        task.final_submissions == 3 and task.requires_release_approval and not task.failed_jobs_consume_quota
+    )
+    assert task.leakage_cap_bits == 64.5
 
 
 def test_task_form_shows_the_services_refusals_on_the_form(owner, web):

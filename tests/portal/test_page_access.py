@@ -5,7 +5,7 @@ import pytest
 
 from marketplace.catalog.services import task_access_request, task_create
 from tests.conftest import TASK_SPEC, make_site, make_task, register_shard
-from tests.portal.helpers import score, upload_model
+from tests.portal.helpers import hold, score, upload_model
 
 ROLES = ["visitor", "outsider", "vendor", "second_vendor", "owner", "other_owner"]
 LOGIN = "login"
@@ -24,10 +24,14 @@ def world(owner, other_owner, vendor, second_vendor, outsider):
     task_access_request(task=invite, vendor=vendor.organization, actor=vendor.user)
     submission = upload_model(vendor, public)
     score(site, submission, {"roc_auc": 0.91, "accuracy": 0.8})
+    held = make_task(owner, title="Held task", requires_release_approval=True)
+    register_shard(site, held)
+    held_job = hold(site, upload_model(vendor, held, name="held"))
     return {
         "personas": {"owner": owner, "other_owner": other_owner, "vendor": vendor, "second_vendor": second_vendor,
                      "outsider": outsider, "visitor": None},
         "public": public, "invite": invite, "draft": draft, "site": site.site, "submission": submission,
+        "held_job": held_job,
     }  # fmt: skip
 
 
@@ -76,6 +80,7 @@ PAGES = [
     ("approvals", "/manage/approvals/", OWNER_ONLY),
     ("ledger", "/manage/ledger/", OWNER_ONLY),
     ("ledger CSV", "/manage/ledger.csv", OWNER_ONLY),
+    ("ledger with leakage of a task", "/manage/ledger/?task={public}", OWNER_ONLY),
 ]
 
 
@@ -102,6 +107,9 @@ ACTIONS = [
     ("approve access", "/manage/approvals/tasks/{invite}/vendors/{vendor_org}/approve/", "owner"),
     ("reject access", "/manage/approvals/tasks/{invite}/vendors/{vendor_org}/reject/", "owner"),
     ("request access", "/tasks/{invite}/request-access/", "second_vendor"),
+    ("release a held result", "/manage/approvals/results/{held_job}/release/", "owner"),
+    ("withhold a held result", "/manage/approvals/results/{held_job}/withhold/", "owner"),
+    ("nominate a final submission", "/submissions/{submission}/nominate/", "vendor"),
 ]
 
 
@@ -113,7 +121,8 @@ def test_actions_refuse_other_roles(world, web, role, name, url, allowed):
     persona = world["personas"][role]
     url = url.format(
         public=world["public"].id, invite=world["invite"].id, draft=world["draft"].id,
-        vendor_org=world["personas"]["vendor"].organization.id,
+        vendor_org=world["personas"]["vendor"].organization.id, held_job=world["held_job"].id,
+        submission=world["submission"].id,
     )  # fmt: skip
     before = AuditEvent.objects.count()
     response = web(persona).post(url)

@@ -31,10 +31,10 @@ from marketplace.catalog.services import (
 from marketplace.core.errors import DomainError
 from marketplace.egress.apis import egress_csv_response
 from marketplace.egress.filters import EgressFilter
-from marketplace.egress.selectors import egress_records_visible_to
+from marketplace.egress.selectors import egress_records_visible_to, leakage_by_vendor
 from marketplace.jobs.access import access_job_for_owner
-from marketplace.jobs.selectors import jobs_awaiting_approval_for
-from marketplace.jobs.services import job_decide
+from marketplace.jobs.selectors import jobs_awaiting_approval_for, jobs_held_for_release_for
+from marketplace.jobs.services import job_decide, job_release_decide
 from marketplace.portal.forms import LedgerFilterForm, SiteCreateForm, TaskForm
 from marketplace.portal.views._common import domain_error_to_form, owner_required
 from marketplace.sites.access import access_site_by_id
@@ -63,7 +63,8 @@ def dashboard(request):
             "tasks": task_list_owned_by(user=request.user).order_by("-created_at", "-id"),
             "sites": _owner_sites(request.user),
             "pending_access": access_requests_pending_for(user=request.user).count(),
-            "pending_jobs": jobs_awaiting_approval_for(user=request.user).count(),
+            "pending_jobs": jobs_awaiting_approval_for(user=request.user).count()
+            + jobs_held_for_release_for(user=request.user).filter(release_decision="").count(),
         },
     )
 
@@ -202,7 +203,8 @@ def approvals(request):
         request,
         "portal/approvals.html",
         {"access_requests": access_requests_pending_for(user=request.user),
-         "jobs": jobs_awaiting_approval_for(user=request.user)},
+         "jobs": jobs_awaiting_approval_for(user=request.user),
+         "held": jobs_held_for_release_for(user=request.user)},
     )  # fmt: skip
 
 
@@ -235,6 +237,22 @@ def job_decision(request, job_id: int, decision: str):
     return redirect("portal:approvals")
 
 
+@require_POST
+@owner_required
+def result_release(request, job_id: int, decision: str):
+    """Releases (or withholds) a result a site holds; the site acts at its next poll. The values
+    never come through the hub until released."""
+    job = access_job_for_owner(request.user, job_id)
+    try:
+        job = job_release_decide(job=job, approve=decision == "release", actor=request.user)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        done = "released; the site sends it at its next poll" if decision == "release" else "withheld"
+        messages.success(request, f"Result of job {job.id} {done}.")
+    return redirect("portal:approvals")
+
+
 # --- egress ledger ---------------------------------------------------------------------------
 
 
@@ -258,7 +276,24 @@ def ledger(request):
     page = Paginator(records.order_by("-id"), 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "portal/ledger.html", {"form": form, "page": page, "query": query.urlencode()})
+    return render(
+        request, "portal/ledger.html",
+        {"form": form, "page": page, "query": query.urlencode(), **_leakage_context(request, form)},
+    )  # fmt: skip
+
+
+def _leakage_context(request, form) -> dict:
+    """Per-vendor cumulative leakage on the task chosen in the filter (all its sites, all time)."""
+    task_id = form.cleaned_data.get("task") if form.is_bound and form.is_valid() else None
+    if task_id is None:
+        return {"leakage_task": None, "leakage": []}
+    task = access_task_for_owner(request.user, task_id)
+    cap = task.leakage_cap_bits
+    rows = [
+        {**row, "cap_reached": cap is not None and (row["cost_bits"] or 0) >= cap}
+        for row in leakage_by_vendor(task_id=task.id)
+    ]
+    return {"leakage_task": task, "leakage": rows}
 
 
 @owner_required

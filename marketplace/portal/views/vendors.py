@@ -12,13 +12,16 @@ from marketplace.accounts.access import access_acting_organization
 from marketplace.accounts.models import OrganizationKind
 from marketplace.accounts.selectors import organizations_of
 from marketplace.catalog.access import access_task_by_id, access_task_for_vendor
+from marketplace.catalog.models import LeaderboardMode
 from marketplace.catalog.services import task_access_request
 from marketplace.core.errors import DomainError
+from marketplace.leaderboard.selectors import ladder_improved_of
 from marketplace.leaderboard.services import FINAL_STATUSES
 from marketplace.portal.forms import FORMAT_EXTENSIONS, AccessRequestForm, SubmissionForm
 from marketplace.portal.views._common import domain_error_to_form, vendor_required
-from marketplace.submissions.selectors import quota_usage, submission_list_of_vendor_user
-from marketplace.submissions.services import submission_create
+from marketplace.submissions.access import access_submission_artifact
+from marketplace.submissions.selectors import finals_chosen, quota_usage, submission_list_of_vendor_user
+from marketplace.submissions.services import submission_create, submission_nominate
 
 
 def _vendor_organizations(user):
@@ -87,7 +90,12 @@ def _submissions_context(user) -> dict:
         if key not in seen:
             seen.add(key)
             quotas.append({"task": submission.task, "vendor": submission.vendor,
-                           **quota_usage(task=submission.task, vendor_id=submission.vendor_id)})  # fmt: skip
+                           **quota_usage(task=submission.task, vendor_id=submission.vendor_id),
+                           "finals": finals_chosen(task_id=submission.task_id, vendor_id=submission.vendor_id)})  # fmt: skip
+    ladder = [s.id for s in submissions if s.task.leaderboard_mode == LeaderboardMode.LADDER]
+    improved = ladder_improved_of(submission_ids=ladder) if ladder else {}
+    for submission in submissions:
+        submission.no_improvement = improved.get(submission.id) is False
     live = any(s.status not in FINAL_STATUSES for s in submissions)
     return {"submissions": submissions, "quotas": quotas, "live": live}
 
@@ -101,3 +109,23 @@ def submissions(request):
 def submissions_status(request):
     """The live part of 'my submissions', polled by htmx while anything is still moving."""
     return render(request, "portal/_submissions_table.html", _submissions_context(request.user))
+
+
+@require_POST
+@vendor_required
+def submission_nomination(request, submission_id: int, action: str):
+    """Picks (or unpicks) a final submission for the private leaderboard, as the API does."""
+    submission = access_submission_artifact(request.user, submission_id)  # the vendor's own only
+    try:
+        submission = submission_nominate(
+            submission=submission, final=action == "nominate", actor=request.user
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        chosen = finals_chosen(task_id=submission.task_id, vendor_id=submission.vendor_id)
+        verb = "nominated as final" if submission.is_final else "no longer final"
+        messages.success(
+            request, f"{submission.name} {verb} ({chosen} of {submission.task.final_submissions} chosen)."
+        )
+    return redirect("portal:submissions")
