@@ -28,6 +28,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -298,6 +299,10 @@ class Agent:
             log.info("sandbox image: %s", self.image())
         except Exception:
             log.exception("the sandbox image is not ready; retrying at the first job")
+        try:
+            sweep_orphans(self.config.work_dir)
+        except Exception:
+            log.exception("could not clean up after a dead agent; continuing")
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
@@ -406,10 +411,11 @@ class Agent:
         """Take part in a fine-tuning run for as long as it runs; the lease is kept meanwhile.
         Only a local failure is posted (coarse reason); a finished run needs no post."""
         job_id = job["id"]
-        work = None
+        work, work_lock = None, None
         try:
             self.config.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             work = Path(tempfile.mkdtemp(prefix=f"run-{_safe(job_id)}-", dir=self.config.work_dir))
+            work_lock = _claim_work_dir(work)
             status = self._train_in(job, work, should_stop=lambda: keeper.lost.is_set() or self._stop.is_set())
             log.info("job %s: fine-tuning run ended: %s", job_id, status)
             return
@@ -433,6 +439,8 @@ class Agent:
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
+            if work_lock is not None:
+                os.close(work_lock)
         if not keeper.lost.is_set():
             self._release(job, "failure", {"agent_id": self.client.agent_id, "reason": reason}, cost_bits=FAILURE_COST_BITS)
 
@@ -492,10 +500,11 @@ class Agent:
     def _evaluate(self, job: Mapping[str, Any]) -> tuple[str, dict[str, Any], float]:
         """Returns what to release: ("metrics", body, cost_bits) or ("failure", body, cost_bits)."""
         job_id = job["id"]
-        work = None
+        work, work_lock = None, None
         try:
             self.config.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             work = Path(tempfile.mkdtemp(prefix=f"job-{_safe(job_id)}-", dir=self.config.work_dir))
+            work_lock = _claim_work_dir(work)
             body, cost_bits = self._evaluate_in(job, work)
             return "metrics", body, cost_bits
         except (LeaseLost, HubRejected, HubUnreachable):
@@ -514,6 +523,8 @@ class Agent:
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
+            if work_lock is not None:
+                os.close(work_lock)
 
     def _evaluate_in(self, job: Mapping[str, Any], work: Path) -> tuple[dict[str, Any], float]:
         spec = check_job(job, self.config)
@@ -690,6 +701,51 @@ def _file_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+WORK_LOCK = ".agent.lock"
+# A job folder without a lock file yet may be one another agent has just made.
+UNLOCKED_GRACE_SECONDS = 120
+
+
+def _claim_work_dir(work: Path) -> int:
+    """Locks a job's work folder for as long as this process uses it. The kernel drops the lock
+    when the process dies, so a folder whose lock is free belongs to a dead agent."""
+    fd = os.open(work / WORK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def sweep_orphans(work_root: Path, *, remove_containers: Callable[[Path], int] | None = None) -> int:
+    """Cleans up after agents that died mid-job (SIGKILL, power loss): their sandbox containers
+    and job folders. Folders still locked by a live agent of this site are left alone."""
+    if not work_root.is_dir():
+        return 0
+    if remove_containers is None:
+        from evaluator.sandbox import remove_containers_under as remove_containers
+    swept = 0
+    for work in sorted(work_root.iterdir()):
+        if not work.is_dir() or not work.name.startswith(("job-", "run-")):
+            continue
+        try:
+            fd = os.open(work / WORK_LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            if time.time() - work.stat().st_mtime < UNLOCKED_GRACE_SECONDS:
+                continue
+            fd = os.open(work, os.O_RDONLY)  # an old folder without a lock: nobody owns it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            removed = remove_containers(work)
+            shutil.rmtree(work, ignore_errors=True)
+            log.warning("removed the work folder of a dead agent: %s (%d container(s))", work.name, removed)
+            swept += 1
+        finally:
+            os.close(fd)
+    return swept
 
 
 def _lease_seconds(job: Mapping[str, Any]) -> float:

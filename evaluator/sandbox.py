@@ -352,6 +352,22 @@ def output_usage(out_dir: Path) -> tuple[int, int]:
     return total, entries
 
 
+def remove_containers_under(path: Path, *, client: docker.DockerClient | None = None) -> int:
+    """Removes sandbox containers that mount anything under `path` (a dead agent's job folder).
+
+    Only containers carrying the sandbox label are considered, so nothing else on the engine is
+    ever touched."""
+    client = client or get_client()
+    prefix = str(Path(path).resolve())
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": SANDBOX_LABEL}):
+        sources = [mount.get("Source", "") for mount in container.attrs.get("Mounts", [])]
+        if any(source == prefix or source.startswith(prefix + os.sep) for source in sources):
+            _remove(client, container.id)
+            removed += 1
+    return removed
+
+
 def _remove(client: docker.DockerClient, container_id: str) -> None:
     for _ in range(20):
         try:
