@@ -3,6 +3,8 @@ from django.urls import path
 from marketplace.accounts import apis as accounts
 from marketplace.catalog import apis as catalog
 from marketplace.egress import apis as egress
+from marketplace.finetuning import agent_apis as fl_agent
+from marketplace.finetuning import apis as finetuning
 from marketplace.jobs import agent_apis as agent
 from marketplace.jobs import apis as jobs
 from marketplace.leaderboard import apis as leaderboard
@@ -55,4 +57,19 @@ urlpatterns = [
     path("agent/jobs/<int:job_id>/hold", agent.HoldApi.as_view(), name="agent-hold"),
     path("agent/jobs/<int:job_id>/private-result", agent.PrivateResultApi.as_view(), name="agent-private-result"),
     path("agent/pending", agent.PendingWorkApi.as_view(), name="agent-pending"),
+    path("agent/jobs/<int:job_id>/weights-offset", agent.WeightsOffsetDownloadApi.as_view(), name="agent-weights-offset"),
+    path("finetuning-runs", finetuning.RunListCreateApi.as_view(), name="finetuning-runs"),
+    path("finetuning-runs/<int:run_id>", finetuning.RunDetailApi.as_view(), name="finetuning-run"),
+    path("finetuning-runs/<int:run_id>/approve", finetuning.RunApproveApi.as_view(), name="finetuning-run-approve"),
+    path("finetuning-runs/<int:run_id>/reject", finetuning.RunRejectApi.as_view(), name="finetuning-run-reject"),
+    path("finetuning-runs/<int:run_id>/stop", finetuning.RunStopApi.as_view(), name="finetuning-run-stop"),
+    path("finetuning-runs/<int:run_id>/model", finetuning.RunModelApi.as_view(), name="finetuning-run-model"),
+    path("agent/runs/<int:run_id>/state", fl_agent.RunStateApi.as_view(), name="agent-run-state"),
+    path("agent/runs/<int:run_id>/layout", fl_agent.RunLayoutApi.as_view(), name="agent-run-layout"),
+    path("agent/runs/<int:run_id>/rounds/<int:round_number>/offset", fl_agent.RunOffsetApi.as_view(), name="agent-run-offset"),
+    path("agent/runs/<int:run_id>/rounds/<int:round_number>/keys", fl_agent.RunKeysApi.as_view(), name="agent-run-keys"),
+    path("agent/runs/<int:run_id>/rounds/<int:round_number>/shares", fl_agent.RunSharesApi.as_view(), name="agent-run-shares"),
+    path("agent/runs/<int:run_id>/rounds/<int:round_number>/masked", fl_agent.RunMaskedApi.as_view(), name="agent-run-masked"),
+    path("agent/runs/<int:run_id>/rounds/<int:round_number>/unmask", fl_agent.RunUnmaskApi.as_view(), name="agent-run-unmask"),
+    path("agent/runs/<int:run_id>/rounds/<int:round_number>/update", fl_agent.RunUpdateApi.as_view(), name="agent-run-update"),
 ]

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "marketplace.jobs",
     "marketplace.leaderboard",
     "marketplace.egress",
+    "marketplace.finetuning",
     "marketplace.portal",
 ]
 
@@ -126,6 +127,9 @@ VAULTBENCH_MAX_SAMPLE_BYTES = env_int("VAULTBENCH_MAX_SAMPLE_BYTES", 20 * 1024 *
 VAULTBENCH_LEASE_SECONDS = env_int("VAULTBENCH_LEASE_SECONDS", 60, minimum=5)
 VAULTBENCH_MAX_JOB_ATTEMPTS = env_int("VAULTBENCH_MAX_JOB_ATTEMPTS", 3, minimum=1)
 VAULTBENCH_SITE_ONLINE_SECONDS = env_int("VAULTBENCH_SITE_ONLINE_SECONDS", 120, minimum=1)
+# Federated fine-tuning: the largest model (in parameters) a run may fine-tune; a masked vector is
+# 4 bytes per parameter and is held by the hub until its round is aggregated.
+VAULTBENCH_FL_MAX_PARAMETERS = env_int("VAULTBENCH_FL_MAX_PARAMETERS", 20_000_000, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -155,6 +159,9 @@ SPECTACULAR_SETTINGS = {
         "OrganizationKindEnum": "marketplace.accounts.models.OrganizationKind",
         "JobKindEnum": "marketplace.jobs.models.JobKind",
         "AccessEventKindEnum": "marketplace.catalog.models.AccessEventKind",
+        "RunStatusEnum": "marketplace.finetuning.models.RunStatus",
+        "RunPhaseEnum": "marketplace.finetuning.models.Phase",
+        "RobustRuleEnum": "marketplace.finetuning.models.RobustRule",
     },
 }
 
@@ -185,6 +192,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "marketplace.submissions.tasks.submissions_recheck_stale_task",
         "schedule": timedelta(minutes=1),
     },
+}
+# Federated rounds advance when every expected site has posted, or here once a phase times out.
+CELERY_BEAT_SCHEDULE["advance-finetuning-runs"] = {
+    "task": "marketplace.finetuning.tasks.finetuning_runs_advance_task",
+    "schedule": timedelta(seconds=env_int("VAULTBENCH_FL_ADVANCE_EVERY_SECONDS", 10, minimum=1)),
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

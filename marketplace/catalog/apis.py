@@ -46,7 +46,8 @@ class TaskOutput(serializers.ModelSerializer):
             "primary_metric", "visibility", "status", "opens_at", "closes_at", "quota_per_day", "quota_total",
             "resource_limits", "show_per_site", "min_test_rows", "public_split_fraction", "leaderboard_mode",
             "requires_job_approval", "requires_release_approval", "failed_jobs_consume_quota", "leakage_cap_bits",
-            "final_submissions", "fine_tuning_allowed", "site_count", "total_rows", "has_sample",
+            "final_submissions", "fine_tuning_allowed", "fl_clip_norm", "fl_noise_multiplier", "fl_dp_delta",
+            "fl_epsilon_cap", "fl_secure_aggregation", "fl_robust_rule", "fl_quantization_bits", "site_count", "total_rows", "has_sample",
             "created_at", "updated_at",
         ]  # fmt: skip
 
@@ -84,6 +85,13 @@ class TaskInput(serializers.Serializer):
     leakage_cap_bits = serializers.FloatField(required=False, allow_null=True)
     final_submissions = serializers.IntegerField(required=False, min_value=1, max_value=20)
     fine_tuning_allowed = serializers.BooleanField(required=False)
+    fl_clip_norm = serializers.FloatField(required=False)
+    fl_noise_multiplier = serializers.FloatField(required=False)
+    fl_dp_delta = serializers.FloatField(required=False)
+    fl_epsilon_cap = serializers.FloatField(required=False, allow_null=True)
+    fl_secure_aggregation = serializers.BooleanField(required=False)
+    fl_robust_rule = serializers.ChoiceField(choices=["mean", "median", "trimmed_mean", "norm_bound"], required=False)
+    fl_quantization_bits = serializers.IntegerField(required=False, min_value=8, max_value=30)
     organization = serializers.IntegerField(required=False, write_only=True)
 
 

@@ -75,6 +75,16 @@ class Task(models.Model):
         null=True, blank=True, help_text="Sites refuse a vendor's jobs once its released information reaches this"
     )
     fine_tuning_allowed = models.BooleanField(default=False)
+    # Federated fine-tuning privacy policy (docs/federated-protocol.md), copied into a run at approval.
+    fl_clip_norm = models.FloatField(default=1.0, help_text="L2 bound of each site's update")
+    fl_noise_multiplier = models.FloatField(default=0.0, help_text="z: the aggregate carries noise z * clip")
+    fl_dp_delta = models.FloatField(default=1e-5)
+    fl_epsilon_cap = models.FloatField(null=True, blank=True, help_text="A run stops before passing it")
+    fl_secure_aggregation = models.BooleanField(default=True, help_text="Needs at least 3 sites")
+    fl_robust_rule = models.CharField(
+        max_length=16, default="mean", help_text="mean, median, trimmed_mean or norm_bound (no secure aggregation)"
+    )
+    fl_quantization_bits = models.PositiveSmallIntegerField(default=20)
     sample_file = models.FileField(upload_to="samples/", null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -10,6 +10,7 @@ from marketplace.audit.services import audit_record
 from marketplace.catalog.models import AccessEvent, AccessEventKind, DataShard, Task, TaskStatus, Visibility
 from marketplace.catalog.selectors import access_state
 from marketplace.catalog.specs import (
+    validate_fl_policy,
     validate_input_spec,
     validate_metrics,
     validate_policy,
@@ -39,6 +40,13 @@ EDITABLE_FIELDS = STRUCTURAL_FIELDS | {
     "leakage_cap_bits",
     "final_submissions",
     "fine_tuning_allowed",
+    "fl_clip_norm",
+    "fl_noise_multiplier",
+    "fl_dp_delta",
+    "fl_epsilon_cap",
+    "fl_secure_aggregation",
+    "fl_robust_rule",
+    "fl_quantization_bits",
 }
 
 
@@ -62,6 +70,15 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         quota_total=values.get("quota_total"),
         final_submissions=values.get("final_submissions", 2),
         leakage_cap_bits=values.get("leakage_cap_bits"),
+    )
+    validate_fl_policy(
+        clip_norm=values.get("fl_clip_norm", 1.0),
+        noise_multiplier=values.get("fl_noise_multiplier", 0.0),
+        dp_delta=values.get("fl_dp_delta", 1e-5),
+        epsilon_cap=values.get("fl_epsilon_cap"),
+        secure_aggregation=values.get("fl_secure_aggregation", True),
+        robust_rule=values.get("fl_robust_rule", "mean"),
+        quantization_bits=values.get("fl_quantization_bits", 20),
     )
     opens_at, closes_at = values.get("opens_at"), values.get("closes_at")
     if opens_at and closes_at and closes_at <= opens_at:

@@ -111,3 +111,36 @@ def validate_policy(
         _fail("quota_per_day", "quota_per_day must be at least 1.")
     if quota_total is not None and quota_total < 1:
         _fail("quota_total", "quota_total must be at least 1 when set.")
+
+
+FL_ROBUST_RULES = {"mean", "median", "trimmed_mean", "norm_bound"}
+
+
+def validate_fl_policy(
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    dp_delta: float,
+    epsilon_cap: float | None,
+    secure_aggregation: bool,
+    robust_rule: str,
+    quantization_bits: int,
+) -> None:
+    """The task's federated fine-tuning privacy policy (docs/federated-protocol.md)."""
+    if not 0 < clip_norm <= 1e6:
+        _fail("fl_clip_norm", "fl_clip_norm must be positive.")
+    if not 0 <= noise_multiplier <= 1e3:
+        _fail("fl_noise_multiplier", "fl_noise_multiplier must be between 0 and 1000.")
+    if not 0 < dp_delta < 1:
+        _fail("fl_dp_delta", "fl_dp_delta must be in (0, 1).")
+    if epsilon_cap is not None:
+        if not epsilon_cap > 0:
+            _fail("fl_epsilon_cap", "fl_epsilon_cap must be positive when set.")
+        if noise_multiplier == 0:
+            _fail("fl_epsilon_cap", "An epsilon cap needs noise: set fl_noise_multiplier above 0.")
+    if robust_rule not in FL_ROBUST_RULES:
+        _fail("fl_robust_rule", f"fl_robust_rule must be one of {', '.join(sorted(FL_ROBUST_RULES))}.")
+    if secure_aggregation and robust_rule != "mean":
+        _fail("fl_robust_rule", "Robust rules need the individual updates: only 'mean' with secure aggregation.")
+    if not 8 <= quantization_bits <= 30:
+        _fail("fl_quantization_bits", "fl_quantization_bits must be between 8 and 30.")

@@ -4,13 +4,14 @@ from django.conf import settings
 from django.http import FileResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.catalog.services import shard_register
-from marketplace.jobs.models import AGENT_REPORTABLE_REASONS, Job
+from marketplace.core.errors import NotFound
+from marketplace.jobs.models import AGENT_REPORTABLE_REASONS, Job, JobKind
 from marketplace.jobs.services import (
     job_claim,
     job_for_artifact_download,
@@ -84,6 +85,11 @@ class ShardRegisterApi(AgentApi):
         return Response(ShardOutput(shard).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
+class WeightsOffsetOutput(serializers.Serializer):
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
+
+
 class AgentSubmissionOutput(serializers.Serializer):
     id = serializers.IntegerField()
     vendor_id = serializers.IntegerField(help_text="Opaque id: the site keys its Ladder and leakage totals on it")
@@ -91,6 +97,15 @@ class AgentSubmissionOutput(serializers.Serializer):
     sha256 = serializers.CharField()
     size = serializers.IntegerField()
     filename = serializers.CharField(source="original_filename")
+    weights_offset = serializers.SerializerMethodField(
+        help_text="A fine-tuned submission: fetch the offset from jobs/{id}/weights-offset and apply it on load"
+    )
+
+    @extend_schema_field(WeightsOffsetOutput(allow_null=True))
+    def get_weights_offset(self, submission) -> dict | None:
+        if not submission.weights_offset:
+            return None
+        return {"sha256": submission.weights_offset_sha256, "size": submission.weights_offset.size}
 
 
 class AgentTaskOutput(serializers.Serializer):
@@ -116,9 +131,18 @@ class AgentJobOutput(serializers.Serializer):
     lease_seconds = serializers.SerializerMethodField()
     submission = AgentSubmissionOutput()
     task = AgentTaskOutput(source="submission.task")
+    run = serializers.SerializerMethodField(help_text="For train jobs: the fine-tuning run (federated-protocol.md)")
 
     def get_lease_seconds(self, job: Job) -> int:
         return settings.VAULTBENCH_LEASE_SECONDS
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_run(self, job: Job) -> dict | None:
+        if job.kind != JobKind.TRAIN:
+            return None
+        from marketplace.finetuning.selectors import run_payload_for_job
+
+        return run_payload_for_job(job=job)
 
 
 class ClaimInput(serializers.Serializer):
@@ -162,6 +186,17 @@ class ArtifactDownloadApi(AgentApi):
     def get(self, request, job_id: int):
         job = job_for_artifact_download(site=self.site, job_id=job_id)
         return FileResponse(job.submission.artifact.open("rb"), content_type="application/octet-stream")
+
+
+class WeightsOffsetDownloadApi(AgentApi):
+    """The offset a fine-tuned submission adds to its parent's weights (safetensors)."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["agent"])
+    def get(self, request, job_id: int):
+        job = job_for_artifact_download(site=self.site, job_id=job_id)
+        if not job.submission.weights_offset:
+            raise NotFound("This submission has no weights offset.")
+        return FileResponse(job.submission.weights_offset.open("rb"), content_type="application/octet-stream")
 
 
 class LedgerReceiptInput(serializers.Serializer):

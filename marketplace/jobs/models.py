@@ -63,7 +63,13 @@ class Job(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["submission", "site", "kind"], name="one_job_per_site_and_kind"),
+            # One evaluation per (submission, site); a submission may be fine-tuned by several runs,
+            # each with its own train job per site.
+            models.UniqueConstraint(
+                fields=["submission", "site", "kind"],
+                condition=models.Q(kind="evaluate"),
+                name="one_job_per_site_and_kind",
+            ),
         ]
         indexes = [models.Index(fields=["site", "status", "id"])]
 

@@ -25,6 +25,10 @@ def artifact_path(instance: "Submission", filename: str) -> str:
     return f"artifacts/{uuid.uuid4().hex}/artifact"
 
 
+def weights_offset_path(instance: "Submission", filename: str) -> str:
+    return f"artifacts/{uuid.uuid4().hex}/weights_offset.safetensors"
+
+
 class Submission(models.Model):
     vendor = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="submissions")
     task = models.ForeignKey("catalog.Task", on_delete=models.PROTECT, related_name="submissions")
@@ -41,6 +45,13 @@ class Submission(models.Model):
     is_baseline = models.BooleanField(default=False)
     is_final = models.BooleanField(default=False, help_text="Nominated for the private leaderboard")
     quota_refunded = models.BooleanField(default=False)
+    # A fine-tuned submission: the parent's artifact plus an offset added to its weights on load.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="fine_tuned_children"
+    )
+    is_fine_tuned = models.BooleanField(default=False)
+    weights_offset = models.FileField(upload_to=weights_offset_path, null=True, blank=True, max_length=255)
+    weights_offset_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 

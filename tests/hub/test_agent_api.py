@@ -122,7 +122,9 @@ def test_claim_gives_the_job_contract_and_then_204(vendor, site, open_task):
         "sha256": submission.sha256,
         "size": submission.size,
         "filename": "model.bin",
+        "weights_offset": None,  # set only for a fine-tuned submission
     }
+    assert job["run"] is None  # only train jobs carry a fine-tuning run
     assert job["task"]["metrics"][0] == {"name": "roc_auc", "direction": "higher", "decimals": 4}
     assert job["attempt"] == 1 and job["lease_seconds"] == 60
     stored = Job.objects.get(id=job["id"])

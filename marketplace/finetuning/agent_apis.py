@@ -1,0 +1,200 @@
+"""Agent endpoints of a fine-tuning run (site token only). Contract: docs/federated-protocol.md.
+
+A site sees only the runs it takes part in (404 otherwise); every post needs the lease of the
+site's train job (``agent_id``).
+"""
+
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from marketplace.finetuning.rounds import (
+    run_offset_for_site,
+    run_post_keys,
+    run_post_layout,
+    run_post_masked,
+    run_post_shares,
+    run_post_unmask,
+    run_post_update,
+    run_state_for_site,
+)
+from marketplace.jobs.agent_apis import AGENT_ID, AgentApi, LedgerReceiptInput
+
+
+class RosterEntryOutput(serializers.Serializer):
+    participant = serializers.IntegerField()
+    mask_public = serializers.CharField()
+    enc_public = serializers.CharField()
+
+
+class BundleOutput(serializers.Serializer):
+    sender = serializers.IntegerField()
+    recipient = serializers.IntegerField()
+    nonce = serializers.CharField()
+    ciphertext = serializers.CharField()
+
+
+class UnmaskRequestOutput(serializers.Serializer):
+    survivors = serializers.ListField(child=serializers.IntegerField())
+    dropped = serializers.ListField(child=serializers.IntegerField())
+
+
+class RunStateOutput(serializers.Serializer):
+    status = serializers.CharField()
+    round = serializers.IntegerField()
+    attempt = serializers.IntegerField()
+    phase = serializers.CharField(allow_null=True)
+    participant = serializers.IntegerField()
+    done = serializers.BooleanField(help_text="This site already posted in the current phase")
+    round_config = serializers.DictField(allow_null=True)
+    layout = serializers.ListField(child=serializers.ListField(), allow_null=True)
+    roster = RosterEntryOutput(many=True)
+    bundles = BundleOutput(many=True)
+    unmask_request = UnmaskRequestOutput(allow_null=True)
+
+
+class PostOutput(serializers.Serializer):
+    created = serializers.BooleanField(help_text="False when this repeated an already recorded post")
+    state = RunStateOutput()
+
+
+def _answer(api: AgentApi, run_id: int, created: bool) -> Response:
+    return Response({"created": created, "state": run_state_for_site(site=api.site, run_id=run_id)})
+
+
+class RunStateApi(AgentApi):
+    @extend_schema(responses=RunStateOutput, tags=["agent"])
+    def get(self, request, run_id: int):
+        return Response(run_state_for_site(site=self.site, run_id=run_id))
+
+
+class RunOffsetApi(AgentApi):
+    """``D_r`` (safetensors, float32, the layout's names) for the round in progress."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["agent"])
+    def get(self, request, run_id: int, round_number: int):
+        run = run_offset_for_site(site=self.site, run_id=run_id, round_number=round_number)
+        return FileResponse(run.offset.open("rb"), content_type="application/octet-stream")
+
+
+class LayoutInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    layout = serializers.ListField(child=serializers.ListField(), max_length=100_000)
+
+
+class RunLayoutApi(AgentApi):
+    @extend_schema(request=LayoutInput, responses=PostOutput, tags=["agent"])
+    def post(self, request, run_id: int):
+        data = LayoutInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        created = run_post_layout(
+            site=self.site, run_id=run_id, agent_id=values["agent_id"], layout=values["layout"]
+        )
+        return _answer(self, run_id, created)
+
+
+class PublicKeysInput(serializers.Serializer):
+    mask_public = serializers.CharField(max_length=64)
+    enc_public = serializers.CharField(max_length=64)
+
+
+class KeysInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    keys = PublicKeysInput()
+
+
+class RunKeysApi(AgentApi):
+    @extend_schema(request=KeysInput, responses=PostOutput, tags=["agent"])
+    def post(self, request, run_id: int, round_number: int):
+        data = KeysInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        created = run_post_keys(site=self.site, run_id=run_id, round_number=round_number,
+                                agent_id=values["agent_id"], keys=dict(values["keys"]))  # fmt: skip
+        return _answer(self, run_id, created)
+
+
+class BundleInput(serializers.Serializer):
+    recipient = serializers.IntegerField()
+    nonce = serializers.CharField(max_length=64)
+    ciphertext = serializers.CharField(max_length=512)
+
+
+class SharesInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    bundles = BundleInput(many=True)
+
+
+class RunSharesApi(AgentApi):
+    @extend_schema(request=SharesInput, responses=PostOutput, tags=["agent"])
+    def post(self, request, run_id: int, round_number: int):
+        data = SharesInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        created = run_post_shares(site=self.site, run_id=run_id, round_number=round_number,
+                                  agent_id=values["agent_id"], bundles=[dict(b) for b in values["bundles"]])  # fmt: skip
+        return _answer(self, run_id, created)
+
+
+class ReleaseInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    vector = serializers.CharField(help_text="base64: uint32 LE (masked) or float32 LE (update)")
+    train_loss = serializers.FloatField(allow_null=True, required=False, default=None)
+    n_examples = serializers.IntegerField(min_value=1)
+    validation = serializers.DictField(child=serializers.FloatField(), required=False, default=dict)
+    n_validation = serializers.IntegerField(min_value=0, required=False, default=0)
+    epsilon = serializers.FloatField(allow_null=True, required=False, default=None)
+    ledger = LedgerReceiptInput()
+
+
+def _release(api: AgentApi, request, run_id: int, round_number: int, service) -> Response:
+    data = ReleaseInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    values = dict(data.validated_data)
+    ledger = values.pop("ledger")
+    agent_id, vector = values.pop("agent_id"), values.pop("vector")
+    created = service(
+        site=api.site, run_id=run_id, round_number=round_number, agent_id=agent_id, vector=vector, values=values,
+        released=dict(request.data), ledger_sha256=ledger["sha256"], ledger_bytes=ledger["bytes"],
+    )  # fmt: skip
+    return _answer(api, run_id, created)
+
+
+class RunMaskedApi(AgentApi):
+    @extend_schema(request=ReleaseInput, responses=PostOutput, tags=["agent"])
+    def post(self, request, run_id: int, round_number: int):
+        return _release(self, request, run_id, round_number, run_post_masked)
+
+
+class RunUpdateApi(AgentApi):
+    """Without secure aggregation: the clipped, noised float32 update."""
+
+    @extend_schema(request=ReleaseInput, responses=PostOutput, tags=["agent"])
+    def post(self, request, run_id: int, round_number: int):
+        return _release(self, request, run_id, round_number, run_post_update)
+
+
+class UnmaskResponseInput(serializers.Serializer):
+    self_mask_shares = serializers.DictField(child=serializers.CharField(max_length=200))
+    mask_key_shares = serializers.DictField(
+        child=serializers.CharField(max_length=200), required=False, default=dict
+    )
+
+
+class UnmaskInput(serializers.Serializer):
+    agent_id = AGENT_ID
+    response = UnmaskResponseInput()
+
+
+class RunUnmaskApi(AgentApi):
+    @extend_schema(request=UnmaskInput, responses=PostOutput, tags=["agent"])
+    def post(self, request, run_id: int, round_number: int):
+        data = UnmaskInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        created = run_post_unmask(site=self.site, run_id=run_id, round_number=round_number,
+                                  agent_id=values["agent_id"], response=dict(values["response"]))  # fmt: skip
+        return _answer(self, run_id, created)

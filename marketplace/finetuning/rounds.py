@@ -1,0 +1,743 @@
+"""One round of a fine-tuning run on the hub: phase posts, advancement, aggregation.
+
+Phases (docs/federated-protocol.md): ``layout`` (round 0 only), then with secure aggregation
+``keys -> shares -> masked -> unmask``, without it ``update``. A phase closes when every site
+expected in it has posted, or when ``round_timeout_seconds`` has passed (the beat task), with
+whoever answered. Every transition happens under ``select_for_update`` on the run row, so
+concurrent posts from several sites and a beat run at the same moment serialize.
+
+What the hub holds: public keys, ciphertexts it cannot read, masked vectors and revealed shares
+-- only until the round is aggregated or fails, then those rows are deleted -- and ``D_t``. With
+secure aggregation it never has an individual unmasked update: ``server_unmask`` yields the sum.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from evaluator.federated import robust
+from evaluator.federated.secagg import (
+    PRIME,
+    AdvertisedKeys,
+    RoundParams,
+    SecAggError,
+    UnmaskResponse,
+    server_unmask,
+)
+from evaluator.federated.strategies import Strategy, get_strategy, mean_update
+from evaluator.federated.updates import dequantize, distributed_noise_std, quantization_range
+from marketplace.audit.services import audit_record
+from marketplace.core.errors import Conflict, DomainError, NotFound
+from marketplace.egress.models import EgressKind
+from marketplace.egress.receipts import canonical_json
+from marketplace.egress.services import egress_receipt_verify, egress_record_create
+from marketplace.finetuning.models import (
+    FineTuningRun,
+    MessageKind,
+    Participant,
+    Phase,
+    ProtocolMessage,
+    RoundRecord,
+    RoundStatus,
+    RunStatus,
+    StrategyName,
+)
+from marketplace.finetuning.offsets import (
+    layout_clean,
+    layout_of,
+    offset_from_bytes,
+    offset_to_bytes,
+    state_from_bytes,
+    state_to_bytes,
+)
+from marketplace.finetuning.services import (
+    MAX_FAILED_ROUNDS,
+    has_noise,
+    min_contributors,
+    next_round_allowed,
+    privacy_ledger,
+    round_noise_multiplier,
+    run_end,
+    run_finish,
+    worst_case_noise_multiplier,
+)
+from marketplace.jobs.models import TERMINAL_STATUSES, JobStatus
+from marketplace.jobs.services import LeaseLost
+from marketplace.sites.models import Site
+
+_KEY_BYTES = 32
+_NONCE_BYTES = 12
+_BUNDLE_BYTES = 8 + 2 * 66 + 16  # header + two 66-byte shares + GCM tag
+_MAX_VALIDATION_METRICS = 16
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _b64(value: Any, field: str, *, length: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise DomainError(f"{field} must be a base64 string.", code="invalid_message")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise DomainError(f"{field} is not valid base64.", code="invalid_message") from None
+    if length is not None and len(data) != length:
+        raise DomainError(f"{field} must be {length} bytes, got {len(data)}.", code="invalid_message")
+    return data
+
+
+def _b64s(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _finite(value: Any, field: str, *, low: float = -math.inf, allow_null: bool = False) -> float | None:
+    if value is None and allow_null:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < low
+    ):
+        raise DomainError(f"{field} must be a finite number >= {low}.", code="invalid_message")
+    return float(value)
+
+
+def n_participants(run: FineTuningRun) -> int:
+    return run.participants.count()
+
+
+def secagg_round_id(run: FineTuningRun) -> str:
+    """Binds keys, ciphertexts and masks to one attempt of one round of one run."""
+    return f"vaultbench-run-{run.id}-round-{run.current_round}-attempt-{run.attempt}"
+
+
+def quantization_q(run: FineTuningRun, n: int) -> float:
+    noise_std = distributed_noise_std(float(run.noise_multiplier or 0.0), float(run.clip_norm), n)
+    return quantization_range(float(run.clip_norm), noise_std)
+
+
+def _vector_length(run: FineTuningRun) -> int:
+    return layout_of(run.layout).size
+
+
+def round_config(run: FineTuningRun) -> dict[str, Any]:
+    """What every site needs for the current attempt of the current round (same for all)."""
+    n = n_participants(run)
+    z, clip = float(run.noise_multiplier or 0.0), float(run.clip_norm or 1.0)
+    epsilon_after = None
+    if has_noise(run):
+        epsilon_after = privacy_ledger(run).epsilon_if(noise_multiplier=worst_case_noise_multiplier(run, n))
+    return {
+        "round": run.current_round,
+        "attempt": run.attempt,
+        "secagg_round_id": secagg_round_id(run) if run.secure_aggregation else None,
+        "threshold": run.threshold,
+        "n_participants": n,
+        "vector_length": _vector_length(run) if run.layout else None,
+        "clip_norm": clip,
+        "noise_multiplier": z,
+        "noise_std": distributed_noise_std(z, clip, n),
+        "quantization_bits": run.quantization_bits,
+        "quantization_range": quantization_q(run, n) if run.secure_aggregation else None,
+        "learning_rate": run.learning_rate,
+        "local_epochs": run.local_epochs,
+        "batch_size": run.batch_size,
+        "strategy": run.strategy,
+        "proximal_mu": float(run.strategy_params.get("proximal_mu", 0.0))
+        if run.strategy == "fedprox"
+        else 0.0,
+        "epsilon_after_round": epsilon_after,
+    }
+
+
+def _messages(run: FineTuningRun, kind: str) -> dict[int, ProtocolMessage]:
+    rows = ProtocolMessage.objects.filter(
+        run=run, round=run.current_round, attempt=run.attempt, kind=kind
+    ).select_related("participant")
+    return {m.participant.number: m for m in rows}
+
+
+def _active_numbers(run: FineTuningRun) -> set[int]:
+    """Participants whose train job is still alive (a site that gave up is not waited on)."""
+    return set(run.participants.exclude(job__status__in=TERMINAL_STATUSES).values_list("number", flat=True))
+
+
+def _expected(run: FineTuningRun) -> set[int]:
+    active = _active_numbers(run)
+    data = run.phase_data
+    if run.phase == Phase.SHARES:
+        return set(data.get("roster", [])) & active
+    if run.phase == Phase.MASKED:
+        return set(data.get("sharers", [])) & active
+    if run.phase == Phase.UNMASK:
+        return set(data.get("unmask_request", {}).get("survivors", [])) & active
+    return active
+
+
+def _first_phase(run: FineTuningRun) -> str:
+    return Phase.KEYS if run.secure_aggregation else Phase.UPDATE
+
+
+def _open_phase(run: FineTuningRun, phase: str, data: dict | None = None, *, new_round: bool = False) -> None:
+    now = timezone.now()
+    carried = {} if new_round else {"round_started_at": run.phase_data.get("round_started_at")}
+    if new_round or not carried["round_started_at"]:
+        carried["round_started_at"] = now.isoformat()
+    run.phase, run.phase_started_at, run.phase_data = phase, now, {**carried, **(data or {})}
+    run.save(update_fields=["phase", "phase_started_at", "phase_data", "current_round", "attempt", "layout",
+                            "offset", "strategy_state", "privacy_ledger", "epsilon_spent", "rounds_completed",
+                            "failed_rounds", "updated_at"])  # fmt: skip
+
+
+def _round_started_at(run: FineTuningRun) -> datetime:
+    raw = run.phase_data.get("round_started_at")
+    return datetime.fromisoformat(raw) if raw else (run.phase_started_at or timezone.now())
+
+
+def _replace_file(field, name: str, data: bytes) -> None:
+    """Stores a new file in ``field``; the old one is removed only once the new row is committed."""
+    old_name, storage = field.name, field.storage
+    field.save(name, ContentFile(data), save=False)
+    if old_name:
+        transaction.on_commit(lambda: storage.delete(old_name))
+
+
+# --------------------------------------------------------------------------- access for sites
+
+
+def run_for_site(*, site: Site, run_id: int, lock: bool = False) -> tuple[FineTuningRun, Participant]:
+    """The run and this site's participation; a site that does not take part gets 404."""
+    queryset = FineTuningRun.objects.filter(id=run_id)
+    if lock:
+        queryset = queryset.select_for_update()
+    run = queryset.first()
+    participant = (
+        Participant.objects.select_related("job").filter(run_id=run_id, site=site).first() if run else None
+    )
+    if run is None or participant is None:
+        raise NotFound("Run not found.")
+    return run, participant
+
+
+def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
+    """What the site must do now: the phase, the round's config, and the messages addressed to it."""
+    run, participant = run_for_site(site=site, run_id=run_id)
+    number = participant.number
+    running = run.status == RunStatus.RUNNING
+    state: dict[str, Any] = {
+        "status": run.status,
+        "round": run.current_round,
+        "attempt": run.attempt,
+        "phase": run.phase or None,
+        "participant": number,
+        "done": False,
+        "round_config": round_config(run) if running else None,
+        "layout": run.layout,
+        "roster": [],
+        "bundles": [],
+        "unmask_request": None,
+    }
+    if not running:
+        return state
+    kind = run.phase
+    state["done"] = ProtocolMessage.objects.filter(
+        run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
+    ).exists()
+    if run.phase == Phase.SHARES:
+        state["roster"] = [
+            {"participant": n, **{k: m.payload[k] for k in ("mask_public", "enc_public")}}
+            for n, m in sorted(_messages(run, MessageKind.KEYS).items())
+        ]
+    elif run.phase == Phase.MASKED and number in run.phase_data.get("sharers", []):
+        state["bundles"] = [
+            {"sender": sender, **bundle}
+            for sender, m in sorted(_messages(run, MessageKind.SHARES).items())
+            for bundle in m.payload["bundles"]
+            if bundle["recipient"] == number
+        ]
+    elif run.phase == Phase.UNMASK:
+        request = run.phase_data.get("unmask_request", {})
+        if number in request.get("survivors", []):
+            state["unmask_request"] = request
+    return state
+
+
+def run_offset_for_site(*, site: Site, run_id: int, round_number: int) -> FineTuningRun:
+    """``D_r`` for the round in progress (only that one: older offsets are gone)."""
+    run, _ = run_for_site(site=site, run_id=run_id)
+    if run.status != RunStatus.RUNNING or not run.offset or run.current_round != round_number:
+        raise NotFound("No offset for this round.")
+    return run
+
+
+# --------------------------------------------------------------------------- posts
+
+
+def _begin_post(
+    *, site: Site, run_id: int, agent_id: str, kind: str, round_number: int | None
+) -> tuple[FineTuningRun, Participant]:
+    run, participant = run_for_site(site=site, run_id=run_id, lock=True)
+    job = participant.job
+    if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
+        raise LeaseLost("This agent does not hold the lease of the site's train job.")
+    if run.status != RunStatus.RUNNING:
+        raise Conflict("The run is not running.", code="run_not_running")
+    if run.phase != kind or (round_number is not None and round_number != run.current_round):
+        raise Conflict(
+            f"The run is in round {run.current_round}, phase {run.phase}.",
+            code="wrong_phase",
+            details={"round": run.current_round, "phase": run.phase},
+        )
+    return run, participant
+
+
+def _existing(run: FineTuningRun, participant: Participant, kind: str, body_sha256: str) -> bool:
+    """True for an exact repeat of this site's post in this phase; a different one is refused."""
+    previous = ProtocolMessage.objects.filter(
+        run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
+    ).first()
+    if previous is None:
+        return False
+    if previous.body_sha256 == body_sha256:
+        return True
+    raise Conflict("This site already posted a different message in this phase.", code="already_posted")
+
+
+def _require_expected(run: FineTuningRun, participant: Participant) -> None:
+    if participant.number not in _expected(run):
+        raise Conflict("This site is not part of this phase of the round.", code="not_in_round")
+
+
+def _payload_sha(payload: dict) -> str:
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def _store(
+    run: FineTuningRun, participant: Participant, kind: str, payload: dict, body_sha256: str,
+    vector: bytes | None = None,
+) -> None:  # fmt: skip
+    ProtocolMessage.objects.create(
+        run=run, round=run.current_round, attempt=run.attempt, participant=participant, kind=kind,
+        payload=payload, vector=vector, body_sha256=body_sha256,
+    )  # fmt: skip
+    audit_record(action=f"finetuning.{kind}_posted", obj=run, actor_site=participant.site,
+                 data={"round": run.current_round, "attempt": run.attempt, "participant": participant.number})  # fmt: skip
+
+
+@transaction.atomic
+def run_post_layout(*, site: Site, run_id: int, agent_id: str, layout: Any) -> bool:
+    """Round 0: the parameter layout of the parent, as the site's sandbox found it."""
+    run, participant = _begin_post(
+        site=site, run_id=run_id, agent_id=agent_id, kind=Phase.LAYOUT, round_number=None
+    )
+    cleaned = layout_clean(layout, max_parameters=settings.VAULTBENCH_FL_MAX_PARAMETERS)
+    payload = {"layout": cleaned}
+    sha = _payload_sha(payload)
+    if _existing(run, participant, MessageKind.LAYOUT, sha):
+        return False
+    _require_expected(run, participant)
+    others = {m.body_sha256 for m in _messages(run, MessageKind.LAYOUT).values()}
+    if others and sha not in others:
+        raise Conflict("This layout differs from the one other sites reported.", code="layout_mismatch")
+    _store(run, participant, MessageKind.LAYOUT, payload, sha)
+    _advance(run, timed_out=False)
+    return True
+
+
+@transaction.atomic
+def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, keys: Any) -> bool:
+    run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.KEYS,
+                                   round_number=round_number)  # fmt: skip
+    if not isinstance(keys, dict):
+        raise DomainError("keys must be an object.", code="invalid_message")
+    mask = _b64(keys.get("mask_public"), "keys.mask_public", length=_KEY_BYTES)
+    enc = _b64(keys.get("enc_public"), "keys.enc_public", length=_KEY_BYTES)
+    payload = {"mask_public": _b64s(mask), "enc_public": _b64s(enc)}
+    sha = _payload_sha(payload)
+    if _existing(run, participant, MessageKind.KEYS, sha):
+        return False
+    _require_expected(run, participant)
+    taken = {
+        m.payload[k] for m in _messages(run, MessageKind.KEYS).values() for k in ("mask_public", "enc_public")
+    }
+    if mask == enc or payload["mask_public"] in taken or payload["enc_public"] in taken:
+        raise Conflict("Public keys must be fresh and distinct.", code="invalid_keys")
+    _store(run, participant, MessageKind.KEYS, payload, sha)
+    _advance(run, timed_out=False)
+    return True
+
+
+@transaction.atomic
+def run_post_shares(*, site: Site, run_id: int, round_number: int, agent_id: str, bundles: Any) -> bool:
+    run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.SHARES,
+                                   round_number=round_number)  # fmt: skip
+    roster = sorted(run.phase_data.get("roster", []))
+    if not isinstance(bundles, list) or not all(isinstance(b, dict) for b in bundles):
+        raise DomainError("bundles must be a list of objects.", code="invalid_message")
+    cleaned = []
+    for bundle in bundles:
+        sender = bundle.get("sender", participant.number)
+        if sender != participant.number:
+            raise DomainError("A site sends only its own share bundles.", code="invalid_message")
+        recipient = bundle.get("recipient")
+        if isinstance(recipient, bool) or not isinstance(recipient, int):
+            raise DomainError("Each bundle names its recipient.", code="invalid_message")
+        nonce = _b64(bundle.get("nonce"), "nonce", length=_NONCE_BYTES)
+        ciphertext = _b64(bundle.get("ciphertext"), "ciphertext", length=_BUNDLE_BYTES)
+        cleaned.append({"recipient": recipient, "nonce": _b64s(nonce), "ciphertext": _b64s(ciphertext)})
+    cleaned.sort(key=lambda b: b["recipient"])
+    if [b["recipient"] for b in cleaned] != roster:
+        raise DomainError("Send exactly one bundle to every site of the roster.", code="invalid_message")
+    payload = {"bundles": cleaned}
+    sha = _payload_sha(payload)
+    if _existing(run, participant, MessageKind.SHARES, sha):
+        return False
+    _require_expected(run, participant)
+    _store(run, participant, MessageKind.SHARES, payload, sha)
+    _advance(run, timed_out=False)
+    return True
+
+
+def _round_metrics(values: dict) -> dict:
+    validation = values.get("validation") or {}
+    if not isinstance(validation, dict) or len(validation) > _MAX_VALIDATION_METRICS:
+        raise DomainError("validation must be an object of at most 16 metrics.", code="invalid_message")
+    return {
+        "train_loss": _finite(values.get("train_loss"), "train_loss", allow_null=True),
+        "n_examples": int(_finite(values.get("n_examples"), "n_examples", low=1)),
+        "validation": {str(k)[:64]: _finite(v, f"validation.{k}") for k, v in validation.items()},
+        "n_validation": int(_finite(values.get("n_validation", 0), "n_validation", low=0)),
+        "epsilon": _finite(values.get("epsilon"), "epsilon", low=0, allow_null=True),
+    }
+
+
+def _post_release(
+    *, site: Site, run_id: int, round_number: int, agent_id: str, kind: str, vector: Any, values: dict,
+    released: dict, ledger_sha256: str, ledger_bytes: int,
+) -> bool:  # fmt: skip
+    """A masked vector or a plain update: a release the site logged; the hub mirrors it."""
+    run, participant = _begin_post(
+        site=site, run_id=run_id, agent_id=agent_id, kind=kind, round_number=round_number
+    )
+    if _existing(run, participant, kind, ledger_sha256):
+        return False
+    _require_expected(run, participant)
+    length = _vector_length(run)
+    data = _b64(vector, "vector", length=4 * length)
+    if kind == MessageKind.UPDATE and not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
+        raise DomainError("The update has non-finite values.", code="invalid_message")
+    metrics = _round_metrics(values)
+    egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
+    egress_record_create(job=participant.job, kind=EgressKind.UPDATE, sha256=ledger_sha256, size=ledger_bytes,
+                         epsilon=metrics["epsilon"])  # fmt: skip
+    _store(run, participant, kind, metrics, ledger_sha256, vector=data)
+    _advance(run, timed_out=False)
+    return True
+
+
+@transaction.atomic
+def run_post_masked(**kwargs) -> bool:
+    return _post_release(kind=MessageKind.MASKED, **kwargs)
+
+
+@transaction.atomic
+def run_post_update(**kwargs) -> bool:
+    return _post_release(kind=MessageKind.UPDATE, **kwargs)
+
+
+def _shares(raw: Any, expected: set[int], field: str) -> dict[int, int]:
+    if not isinstance(raw, dict):
+        raise DomainError(f"{field} must be an object.", code="invalid_message")
+    out: dict[int, int] = {}
+    for key, value in raw.items():
+        try:
+            site_id, share = int(key), int(value)
+        except (TypeError, ValueError):
+            raise DomainError(
+                f"{field} maps site numbers to decimal integers.", code="invalid_message"
+            ) from None
+        if isinstance(value, bool) or not 0 <= share < PRIME:
+            raise DomainError(f"{field} has a share out of range.", code="invalid_message")
+        out[site_id] = share
+    if set(out) != expected:
+        raise DomainError(
+            f"{field} must answer exactly the sites of the unmask request.", code="invalid_message"
+        )
+    return out
+
+
+@transaction.atomic
+def run_post_unmask(*, site: Site, run_id: int, round_number: int, agent_id: str, response: Any) -> bool:
+    run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.UNMASK,
+                                   round_number=round_number)  # fmt: skip
+    request = run.phase_data["unmask_request"]
+    if not isinstance(response, dict):
+        raise DomainError("response must be an object.", code="invalid_message")
+    self_shares = _shares(response.get("self_mask_shares"), set(request["survivors"]), "self_mask_shares")
+    key_shares = _shares(response.get("mask_key_shares", {}), set(request["dropped"]), "mask_key_shares")
+    payload = {
+        "self_mask_shares": {str(k): str(v) for k, v in sorted(self_shares.items())},
+        "mask_key_shares": {str(k): str(v) for k, v in sorted(key_shares.items())},
+    }
+    sha = _payload_sha(payload)
+    if _existing(run, participant, MessageKind.UNMASK, sha):
+        return False
+    _require_expected(run, participant)
+    _store(run, participant, MessageKind.UNMASK, payload, sha)
+    _advance(run, timed_out=False)
+    return True
+
+
+# --------------------------------------------------------------------------- advancement
+
+
+def _advance(run: FineTuningRun, *, timed_out: bool) -> None:
+    """Closes the current phase of a locked run if every expected site posted, or if it timed out."""
+    if run.status != RunStatus.RUNNING:
+        return
+    posted = set(_messages(run, run.phase))
+    if not timed_out and not _expected(run) <= posted:
+        return
+    {
+        Phase.LAYOUT: _close_layout,
+        Phase.KEYS: _close_keys,
+        Phase.SHARES: _close_shares,
+        Phase.MASKED: _close_masked,
+        Phase.UNMASK: _close_unmask,
+        Phase.UPDATE: _close_update,
+    }[Phase(run.phase)](run, posted)
+
+
+def _close_layout(run: FineTuningRun, posted: set[int]) -> None:
+    messages = _messages(run, MessageKind.LAYOUT)
+    if len(messages) < max(min_contributors(run), 3 if run.secure_aggregation else 1):
+        return _fail_round(run, "too_few_sites")
+    run.layout = next(iter(messages.values())).payload["layout"]
+    layout = layout_of(run.layout)
+    _replace_file(run.offset, "offset.safetensors", offset_to_bytes(np.zeros(layout.size), layout))
+    ProtocolMessage.objects.filter(run=run, kind=MessageKind.LAYOUT).delete()
+    audit_record(
+        action="finetuning.layout_fixed", obj=run, data={"parameters": layout.size, "sites": sorted(posted)}
+    )
+    _open_phase(run, _first_phase(run))
+
+
+def _close_keys(run: FineTuningRun, posted: set[int]) -> None:
+    if len(posted) < max(min_contributors(run), 3):
+        return _fail_round(run, "too_few_sites")
+    _open_phase(run, Phase.SHARES, {"roster": sorted(posted)})
+
+
+def _close_shares(run: FineTuningRun, posted: set[int]) -> None:
+    if len(posted) < min_contributors(run):
+        return _fail_round(run, "too_few_sites")
+    _open_phase(run, Phase.MASKED, {"roster": run.phase_data["roster"], "sharers": sorted(posted)})
+
+
+def _close_masked(run: FineTuningRun, posted: set[int]) -> None:
+    if len(posted) < min_contributors(run):
+        return _fail_round(run, "too_few_sites")
+    sharers = set(run.phase_data["sharers"])
+    request = {"survivors": sorted(posted), "dropped": sorted(sharers - posted)}
+    _open_phase(run, Phase.UNMASK, {**run.phase_data, "unmask_request": request})
+
+
+def _close_unmask(run: FineTuningRun, posted: set[int]) -> None:
+    if len(posted) < int(run.threshold or 0):
+        return _fail_round(run, "too_few_unmask_answers")
+    n = n_participants(run)
+    keys = _messages(run, MessageKind.KEYS)
+    roster = [
+        AdvertisedKeys(
+            num, base64.b64decode(m.payload["mask_public"]), base64.b64decode(m.payload["enc_public"])
+        )
+        for num, m in sorted(keys.items())
+    ]
+    masked_rows = _messages(run, MessageKind.MASKED)
+    masked = {
+        num: np.frombuffer(bytes(m.vector), dtype="<u4").astype(np.uint32) for num, m in masked_rows.items()
+    }
+    request = run.phase_data["unmask_request"]
+    responses = [
+        UnmaskResponse(
+            sender=num,
+            self_mask_shares={int(k): int(v) for k, v in m.payload["self_mask_shares"].items()},
+            mask_key_shares={int(k): int(v) for k, v in m.payload["mask_key_shares"].items()},
+        )
+        for num, m in _messages(run, MessageKind.UNMASK).items()
+    ]
+    params = RoundParams(
+        round_id=secagg_round_id(run), threshold=int(run.threshold), vector_length=_vector_length(run)
+    )
+    try:
+        total = server_unmask(params, roster, masked, request["dropped"], responses)
+    except SecAggError:
+        return _fail_round(run, "unmask_failed")
+    k = len(masked)
+    summed = dequantize(total, clip_norm=quantization_q(run, n), bits=int(run.quantization_bits), n_summed=k)
+    del masked, total  # only the dequantized sum is used from here on
+    _apply_round(run, mean_update(summed, k), masked_rows, n)
+
+
+def _close_update(run: FineTuningRun, posted: set[int]) -> None:
+    rows = _messages(run, MessageKind.UPDATE)
+    if len(rows) < min_contributors(run):
+        return _fail_round(run, "too_few_sites")
+    n = n_participants(run)
+    stack = np.stack(
+        [np.frombuffer(bytes(m.vector), dtype="<f4").astype(np.float64) for _, m in sorted(rows.items())]
+    )
+    _apply_round(run, _robust_mean(run, stack, n), rows, n)
+
+
+def _robust_mean(run: FineTuningRun, stack: np.ndarray, n: int) -> np.ndarray:
+    rule, k = run.robust_rule or "mean", stack.shape[0]
+    if rule == "median":
+        return robust.coordinate_median(stack)
+    if rule == "trimmed_mean":
+        return robust.trimmed_mean(stack, beta=1.0 / k) if k >= 3 else robust.coordinate_median(stack)
+    if rule == "norm_bound":
+        # An honest update is clipped to C, then noised with std sigma per coordinate: its norm is
+        # at most C + ||noise||, and ||noise|| < sigma (sqrt(d) + 4) but with negligible probability.
+        sigma = distributed_noise_std(float(run.noise_multiplier or 0.0), float(run.clip_norm), n)
+        bound = (float(run.clip_norm) + sigma * (math.sqrt(stack.shape[1]) + 4.0)) * (1 + 1e-5)
+        return robust.mean(robust.norm_bound(stack, bound))
+    return robust.mean(stack)
+
+
+def _strategy(run: FineTuningRun) -> Strategy:
+    strategy = get_strategy(
+        run.strategy, learning_rate=run.learning_rate, local_epochs=run.local_epochs, **run.strategy_params
+    )
+    if run.strategy == StrategyName.FEDADAM and run.strategy_state:
+        with run.strategy_state.open("rb") as stored:
+            strategy.load_state_dict(state_from_bytes(stored.read()))
+    return strategy
+
+
+def _weighted(rows: list[dict], value_key: str, weight_key: str) -> float | None:
+    pairs = [
+        (r[value_key], r[weight_key]) for r in rows if r.get(value_key) is not None and r[weight_key] > 0
+    ]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def _weighted_validation(rows: list[dict]) -> dict[str, float]:
+    names = set.intersection(*(set(r["validation"]) for r in rows)) if rows else set()
+    out = {}
+    for name in sorted(names):
+        value = _weighted([{"v": r["validation"][name], "w": r["n_validation"]} for r in rows], "v", "w")
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _apply_round(run: FineTuningRun, mean: np.ndarray, rows: dict[int, ProtocolMessage], n: int) -> None:
+    """``D_{r+1} = strategy(D_r, mean update)``; the round's curves; the privacy ledger; next round."""
+    layout = layout_of(run.layout)
+    with run.offset.open("rb") as stored:
+        current = offset_from_bytes(stored.read(), layout)
+    strategy = _strategy(run)
+    new = strategy.aggregate(current, mean, len(rows))
+    _replace_file(run.offset, "offset.safetensors", offset_to_bytes(new, layout))
+    state = strategy.state_dict()
+    if any(v is not None for v in state.values()):
+        _replace_file(run.strategy_state, "strategy_state.safetensors", state_to_bytes(state))
+    _spend(run, round_noise_multiplier(run, n, len(rows)))
+    sites = dict(run.participants.values_list("number", "site__name"))
+    per_site = [{"participant": num, "site": sites[num], **m.payload} for num, m in sorted(rows.items())]
+    RoundRecord.objects.create(
+        run=run, round=run.current_round, attempt=run.attempt, status=RoundStatus.AGGREGATED,
+        n_contributors=len(rows), train_loss=_weighted(per_site, "train_loss", "n_examples"),
+        validation=_weighted_validation(per_site), per_site=per_site, epsilon=run.epsilon_spent,
+        started_at=_round_started_at(run), finished_at=timezone.now(),
+    )  # fmt: skip
+    ProtocolMessage.objects.filter(run=run, round=run.current_round).delete()
+    run.rounds_completed += 1
+    audit_record(action="finetuning.round_aggregated", obj=run,
+                 data={"round": run.current_round, "contributors": sorted(rows), "epsilon": run.epsilon_spent})  # fmt: skip
+    _next_round(run, n)
+
+
+def _spend(run: FineTuningRun, noise_multiplier: float) -> None:
+    if not has_noise(run):
+        return
+    ledger = privacy_ledger(run)
+    ledger.record_round(noise_multiplier=noise_multiplier)
+    run.privacy_ledger = ledger.to_dict()
+    run.epsilon_spent = ledger.epsilon
+
+
+def _next_round(run: FineTuningRun, n: int) -> None:
+    if run.current_round + 1 >= run.rounds:
+        run.save()
+        run_finish(run=run)
+        return
+    if not next_round_allowed(run, n):
+        run.save()
+        run_finish(run=run, reason="epsilon_cap")
+        return
+    run.current_round += 1
+    run.attempt = 0
+    _open_phase(run, _first_phase(run), new_round=True)
+
+
+def _fail_round(run: FineTuningRun, reason: str) -> None:
+    """Too few sites (or a failed unmask): D is unchanged; retry once, three failures end the run."""
+    n = n_participants(run)
+    if not run.secure_aggregation and run.phase == Phase.UPDATE and _messages(run, MessageKind.UPDATE):
+        _spend(run, round_noise_multiplier(run, n, 1))  # individual updates reached the hub: that is spent
+    RoundRecord.objects.create(
+        run=run, round=run.current_round, attempt=run.attempt, status=RoundStatus.FAILED, failure_reason=reason,
+        epsilon=run.epsilon_spent, started_at=_round_started_at(run), finished_at=timezone.now(),
+    )  # fmt: skip
+    ProtocolMessage.objects.filter(run=run, round=run.current_round, attempt=run.attempt).delete()
+    run.failed_rounds += 1
+    audit_record(action="finetuning.round_failed", obj=run,
+                 data={"round": run.current_round, "attempt": run.attempt, "reason": reason})  # fmt: skip
+    if run.attempt >= 1 or run.failed_rounds >= MAX_FAILED_ROUNDS:
+        run.save()
+        run_end(run=run, status=RunStatus.FAILED, reason="too_many_failed_rounds")
+        return
+    if not next_round_allowed(run, n):
+        run.save()
+        if run.rounds_completed:
+            run_finish(run=run, reason="epsilon_cap")
+        else:
+            run_end(run=run, status=RunStatus.FAILED, reason="epsilon_cap")
+        return
+    run.attempt += 1
+    _open_phase(run, Phase.LAYOUT if run.layout is None else _first_phase(run), new_round=True)
+
+
+def runs_advance_due(*, now: datetime | None = None) -> int:
+    """Closes every phase whose timeout has passed. Safe to run twice or concurrently: each run is
+    locked and moves only if its phase is still the one that timed out."""
+    now = now or timezone.now()
+    moved = 0
+    due = FineTuningRun.objects.filter(status=RunStatus.RUNNING, phase_started_at__isnull=False).values_list(
+        "id", "phase_started_at", "round_timeout_seconds"
+    )
+    for run_id, started, timeout in due:
+        if started + timedelta(seconds=timeout) > now:
+            continue
+        with transaction.atomic():
+            run = FineTuningRun.objects.select_for_update().get(id=run_id)
+            if run.status != RunStatus.RUNNING or run.phase_started_at != started:
+                continue
+            _advance(run, timed_out=True)
+            moved += 1
+    return moved

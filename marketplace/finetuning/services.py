@@ -1,0 +1,314 @@
+"""Fine-tuning runs: request, owner's decision, stop, and the end of a run (docs/federated-protocol.md).
+
+The rounds themselves (phase posts, advancement, aggregation) live in ``rounds.py``.
+Every write here takes the run row with ``select_for_update`` and writes its audit row in the
+same transaction; Celery work (the fine-tuned submission's check) starts only after commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from evaluator.federated.accounting import PrivacyLedger, effective_noise_multiplier
+from evaluator.federated.secagg import default_threshold
+from evaluator.federated.strategies import get_strategy
+from evaluator.federated.updates import max_bits_for_sites
+from marketplace.audit.services import audit_record
+from marketplace.catalog.models import DataShard, Task, TaskStatus
+from marketplace.core.errors import Conflict, DomainError
+from marketplace.finetuning.models import (
+    FineTuningRun,
+    Participant,
+    Phase,
+    ProtocolMessage,
+    RunStatus,
+    StrategyName,
+)
+from marketplace.jobs.models import TERMINAL_STATUSES, Job, JobKind, JobStatus
+from marketplace.submissions.models import ArtifactFormat, Submission, SubmissionStatus
+
+TRAINABLE_FORMATS = {ArtifactFormat.TORCHSCRIPT, ArtifactFormat.PYTHON_PACKAGE}
+MAX_FAILED_ROUNDS = 3
+
+# Which strategy_params each strategy takes (the rest of its constructor comes from the run).
+STRATEGY_PARAMS = {
+    StrategyName.FEDAVG: {"server_learning_rate"},
+    StrategyName.FEDPROX: {"server_learning_rate", "proximal_mu"},
+    StrategyName.FEDADAM: {"eta", "beta1", "beta2", "tau"},
+}
+
+
+# --------------------------------------------------------------------------- privacy helpers
+
+
+def has_noise(run: FineTuningRun) -> bool:
+    return bool(run.noise_multiplier)
+
+
+def min_contributors(run: FineTuningRun) -> int:
+    """The fewest sites whose updates may make a round: the vendor's minimum, and t with secagg."""
+    return max(run.min_sites, run.threshold or 1)
+
+
+def round_noise_multiplier(run: FineTuningRun, n_participants: int, n_contributors: int) -> float:
+    """The Gaussian mechanism one round is, seen from one site's data.
+
+    With secure aggregation the hub sees only the sum, whose noise is ``z * sqrt(k / n)`` for k of
+    n sites contributing (each adds ``z C / sqrt(n)``). Without it the hub sees every update alone,
+    each carrying only its own share of the noise: ``z / sqrt(n)``.
+    """
+    z = float(run.noise_multiplier or 0.0)
+    if run.secure_aggregation:
+        return effective_noise_multiplier(z, n_participants, n_contributors)
+    return z / math.sqrt(n_participants)
+
+
+def worst_case_noise_multiplier(run: FineTuningRun, n_participants: int) -> float:
+    return round_noise_multiplier(run, n_participants, min(min_contributors(run), n_participants))
+
+
+def privacy_ledger(run: FineTuningRun) -> PrivacyLedger:
+    if run.privacy_ledger:
+        return PrivacyLedger.from_dict(run.privacy_ledger)
+    return PrivacyLedger(
+        delta=float(run.dp_delta or 1e-5), noise_multiplier=float(run.noise_multiplier or 0.0)
+    )
+
+
+def next_round_allowed(run: FineTuningRun, n_participants: int) -> bool:
+    """False when one more round could take epsilon past the owner's cap (checked at its worst)."""
+    if run.epsilon_cap is None or not has_noise(run):
+        return True
+    return not privacy_ledger(run).would_exceed(
+        run.epsilon_cap, noise_multiplier=worst_case_noise_multiplier(run, n_participants)
+    )
+
+
+# --------------------------------------------------------------------------- request and decision
+
+
+def _number(value: Any, field: str, *, low: float, high: float, integer: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise DomainError(f"{field} must be {kind} between {low} and {high}.", code="invalid_run",
+                          details={field: [f"between {low} and {high}"]})  # fmt: skip
+    return value
+
+
+def _check_strategy(strategy: str, params: dict, learning_rate: float, local_epochs: int) -> dict:
+    if strategy not in StrategyName.values:
+        raise DomainError(f"Unknown strategy {strategy!r}.", code="invalid_run")
+    if not isinstance(params, dict):
+        raise DomainError("strategy_params must be an object.", code="invalid_run")
+    unknown = set(params) - STRATEGY_PARAMS[StrategyName(strategy)]
+    if unknown:
+        raise DomainError(
+            f"Unknown strategy_params for {strategy}: {', '.join(sorted(unknown))}.", code="invalid_run"
+        )
+    for key, value in params.items():
+        _number(value, f"strategy_params.{key}", low=0.0, high=1e3)
+    try:
+        get_strategy(strategy, learning_rate=learning_rate, local_epochs=local_epochs, **params)
+    except (TypeError, ValueError) as exc:
+        raise DomainError(f"Invalid strategy_params: {exc}", code="invalid_run") from None
+    return {k: float(v) for k, v in params.items()}
+
+
+def _data_sites(task: Task) -> list[DataShard]:
+    return list(DataShard.objects.filter(task=task).select_related("site").order_by("site_id"))
+
+
+def _check_task_policy(task: Task, n_sites: int, min_sites: int) -> None:
+    """Refuses what the task's privacy policy cannot support with the sites it has."""
+    if not task.fine_tuning_allowed:
+        raise Conflict("The task's owner does not allow fine-tuning on it.", code="fine_tuning_not_allowed")
+    if task.status != TaskStatus.OPEN:
+        raise Conflict("The task is not open.", code="task_not_open")
+    if n_sites == 0:
+        raise Conflict("No site holds data for this task yet.", code="no_data_sites")
+    if task.fl_secure_aggregation and n_sites < 3:
+        raise Conflict(
+            f"The task requires secure aggregation, which needs at least 3 sites with data; it has {n_sites}. "
+            "With 2 sites the aggregate minus one site's own update reveals the other's.",
+            code="secure_aggregation_needs_3_sites",
+        )
+    if min_sites > n_sites:
+        raise Conflict(
+            f"min_sites is {min_sites} but the task has {n_sites} site(s) with data.", code="too_few_sites"
+        )
+    if task.fl_epsilon_cap is not None:
+        if not task.fl_noise_multiplier:
+            raise Conflict("The task caps epsilon but adds no noise.", code="epsilon_cap_without_noise")
+        probe = FineTuningRun(
+            noise_multiplier=task.fl_noise_multiplier, dp_delta=task.fl_dp_delta, epsilon_cap=task.fl_epsilon_cap,
+            secure_aggregation=task.fl_secure_aggregation, min_sites=min_sites,
+            threshold=default_threshold(n_sites) if task.fl_secure_aggregation else None,
+        )  # fmt: skip
+        if not next_round_allowed(probe, n_sites):
+            raise Conflict(
+                "The task's epsilon cap does not allow a single round.", code="epsilon_cap_too_low"
+            )
+
+
+@transaction.atomic
+def run_request(
+    *,
+    parent: Submission,
+    actor,
+    rounds: int,
+    learning_rate: float,
+    local_epochs: int = 1,
+    batch_size: int = 32,
+    strategy: str = StrategyName.FEDAVG,
+    strategy_params: dict | None = None,
+    min_sites: int = 1,
+    round_timeout_seconds: int = 600,
+) -> FineTuningRun:
+    """A vendor asks to fine-tune one of its scored, trainable submissions on the task's sites."""
+    task = Task.objects.get(id=parent.task_id)
+    if parent.is_fine_tuned:
+        raise DomainError("Fine-tune the original submission, not a fine-tuned one.", code="not_trainable")
+    if parent.artifact_format not in TRAINABLE_FORMATS:
+        raise DomainError(
+            "Only TorchScript and Python model packages can be fine-tuned.", code="not_trainable"
+        )
+    if parent.status != SubmissionStatus.SCORED:
+        raise Conflict("Only a scored submission can be fine-tuned.", code="not_scored")
+    rounds = int(_number(rounds, "rounds", low=1, high=1000, integer=True))
+    local_epochs = int(_number(local_epochs, "local_epochs", low=1, high=100, integer=True))
+    batch_size = int(_number(batch_size, "batch_size", low=1, high=65536, integer=True))
+    learning_rate = float(_number(learning_rate, "learning_rate", low=1e-9, high=10.0))
+    min_sites = int(_number(min_sites, "min_sites", low=1, high=1000, integer=True))
+    timeout = int(_number(round_timeout_seconds, "round_timeout_seconds", low=10, high=86400, integer=True))
+    params = _check_strategy(strategy, strategy_params or {}, learning_rate, local_epochs)
+    _check_task_policy(task, len(_data_sites(task)), min_sites)
+    run = FineTuningRun.objects.create(
+        task=task, parent=parent, vendor_id=parent.vendor_id, requested_by=actor, rounds=rounds,
+        local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, strategy=strategy,
+        strategy_params=params, min_sites=min_sites, round_timeout_seconds=timeout,
+    )  # fmt: skip
+    audit_record(action="finetuning.requested", obj=run, actor_user=actor,
+                 data={"parent": parent.id, "rounds": rounds, "strategy": strategy})  # fmt: skip
+    return run
+
+
+def _lock(run: FineTuningRun) -> FineTuningRun:
+    return FineTuningRun.objects.select_for_update().get(id=run.id)
+
+
+@transaction.atomic
+def run_approve(*, run: FineTuningRun, actor) -> FineTuningRun:
+    """The owner starts the run: privacy settings are copied from the task, one train job per site."""
+    run = _lock(run)
+    if run.status != RunStatus.REQUESTED:
+        raise Conflict("Only a requested run can be approved.", code="invalid_state")
+    task = Task.objects.get(id=run.task_id)
+    shards = _data_sites(task)
+    _check_task_policy(task, len(shards), run.min_sites)
+    n = len(shards)
+    run.clip_norm = task.fl_clip_norm
+    run.noise_multiplier = task.fl_noise_multiplier
+    run.dp_delta = task.fl_dp_delta
+    run.epsilon_cap = task.fl_epsilon_cap
+    run.secure_aggregation = task.fl_secure_aggregation
+    run.robust_rule = "" if task.fl_secure_aggregation else task.fl_robust_rule
+    run.threshold = default_threshold(n) if task.fl_secure_aggregation else None
+    run.quantization_bits = (
+        min(task.fl_quantization_bits, max_bits_for_sites(n)) if task.fl_secure_aggregation else None
+    )
+    if run.robust_rule == "trimmed_mean" and n < 3:
+        raise Conflict("A trimmed mean needs at least 3 sites.", code="too_few_sites")
+    run.privacy_ledger = PrivacyLedger(
+        delta=run.dp_delta, noise_multiplier=run.noise_multiplier or 0.0
+    ).to_dict()
+    for number, shard in enumerate(shards, start=1):
+        job = Job.objects.create(
+            kind=JobKind.TRAIN, submission_id=run.parent_id, site=shard.site, status=JobStatus.QUEUED
+        )
+        Participant.objects.create(run=run, site=shard.site, number=number, job=job)
+    now = timezone.now()
+    run.status = RunStatus.RUNNING
+    run.decided_by = actor
+    run.approved_at = now
+    run.current_round, run.attempt = 0, 0
+    run.phase, run.phase_started_at, run.phase_data = Phase.LAYOUT, now, {}
+    run.save()
+    audit_record(action="finetuning.approved", obj=run, actor_user=actor,
+                 data={"sites": n, "secure_aggregation": run.secure_aggregation, "threshold": run.threshold})  # fmt: skip
+    return run
+
+
+@transaction.atomic
+def run_reject(*, run: FineTuningRun, actor) -> FineTuningRun:
+    run = _lock(run)
+    if run.status != RunStatus.REQUESTED:
+        raise Conflict("Only a requested run can be rejected.", code="invalid_state")
+    run.status, run.decided_by, run.finished_at = RunStatus.REJECTED, actor, timezone.now()
+    run.save(update_fields=["status", "decided_by", "finished_at", "updated_at"])
+    audit_record(action="finetuning.rejected", obj=run, actor_user=actor)
+    return run
+
+
+@transaction.atomic
+def run_stop(*, run: FineTuningRun, actor) -> FineTuningRun:
+    """The vendor or the owner ends a run early; no fine-tuned submission is made."""
+    run = _lock(run)
+    if run.status not in (RunStatus.REQUESTED, RunStatus.RUNNING):
+        raise Conflict("The run has already ended.", code="invalid_state")
+    run_end(run=run, status=RunStatus.STOPPED, reason="stopped", actor=actor)
+    return run
+
+
+# --------------------------------------------------------------------------- end of a run
+
+
+def run_end(*, run: FineTuningRun, status: str, reason: str = "", actor=None) -> None:
+    """Terminal state for a locked run: its train jobs end, its protocol messages go."""
+    now = timezone.now()
+    ProtocolMessage.objects.filter(run=run).delete()
+    job_status = JobStatus.SUCCEEDED if status == RunStatus.COMPLETED else JobStatus.FAILED
+    Job.objects.filter(fl_participant__run=run).exclude(status__in=TERMINAL_STATUSES).update(
+        status=job_status, lease_holder="", lease_expires_at=None, finished_at=now, updated_at=now
+    )
+    run.status, run.status_reason, run.finished_at = status, reason, now
+    run.phase, run.phase_started_at, run.phase_data = "", None, {}
+    run.save(update_fields=["status", "status_reason", "finished_at", "phase", "phase_started_at", "phase_data",
+                            "updated_at"])  # fmt: skip
+    audit_record(action=f"finetuning.{status}", obj=run, actor_user=actor, data={"reason": reason})
+
+
+def run_finish(*, run: FineTuningRun, reason: str = "") -> Submission:
+    """The run is done: the fine-tuned submission (parent's artifact + final offset) is evaluated
+    like any upload. It uses no submission quota: the owner approved the run."""
+    from marketplace.submissions.tasks import enqueue_submission_check
+
+    parent = Submission.objects.get(id=run.parent_id)
+    with run.offset.open("rb") as stored:
+        offset_bytes = stored.read()
+    child = Submission(
+        vendor_id=parent.vendor_id, task_id=parent.task_id, created_by=run.requested_by,
+        name=f"{parent.name} (fine-tuned, run {run.id})"[:120],
+        description=f"Federated fine-tuning of submission {parent.id}: {run.rounds_completed} round(s), {run.strategy}.",
+        artifact=parent.artifact.name, artifact_format=parent.artifact_format,
+        original_filename=parent.original_filename, size=parent.size, sha256=parent.sha256,
+        parent=parent, is_fine_tuned=True, quota_refunded=True,
+        weights_offset_sha256=hashlib.sha256(offset_bytes).hexdigest(),
+    )  # fmt: skip
+    child.weights_offset.save("weights_offset.safetensors", ContentFile(offset_bytes), save=False)
+    child.save()
+    audit_record(action="submission.created", obj=child,
+                 data={"parent": parent.id, "finetuning_run": run.id, "sha256": parent.sha256})  # fmt: skip
+    run.result = child
+    run.save(update_fields=["result", "updated_at"])
+    run_end(run=run, status=RunStatus.COMPLETED, reason=reason)
+    transaction.on_commit(lambda: enqueue_submission_check(child.id))
+    return child
