@@ -1,23 +1,34 @@
-"""Demo only: polls the hub until no submission is still being evaluated, then prints the board."""
+"""Demo only: polls the hub until every vendor submission is scored or failed, then prints the board."""
 
+import json
 import sys
 import time
 
 import requests
 
-hub, task_id = sys.argv[1], sys.argv[2]
+hub, seed_path = sys.argv[1], sys.argv[2]
+seed = json.loads(open(seed_path).read())
+task_id = seed["task_id"]
+FINAL = {"scored", "failed", "rejected"}
 deadline = time.monotonic() + 900
 while True:
-    board = requests.get(f"{hub}/api/v1/tasks/{task_id}/leaderboard", timeout=10).json()
-    scored = len(board["rows"])
-    print(f"  {scored} model(s) on the leaderboard", flush=True)
-    if scored >= 4:
+    submissions = []
+    for vendor in seed["vendors"]:
+        headers = {"Authorization": f"Bearer {vendor['token']}"}
+        submissions += requests.get(f"{hub}/api/v1/submissions", headers=headers, timeout=10).json()["results"]
+    done = [s for s in submissions if s["status"] in FINAL]
+    print(f"  {len(done)} of {len(submissions)} submissions evaluated at every site", flush=True)
+    if submissions and len(done) == len(submissions):
         break
     if time.monotonic() > deadline:
         sys.exit("timed out waiting for the sites; see var/demo/logs/")
     time.sleep(5)
+for failed in (s for s in submissions if s["status"] != "scored"):
+    print(f"  {failed['name']}: {failed['status']} ({failed['status_reason']})")
+board = requests.get(f"{hub}/api/v1/tasks/{task_id}/leaderboard", timeout=10).json()
+names = list(board["rows"][0]["metrics"]) if board["rows"] else []
 print()
-print(f"{'rank':<5}{'vendor':<14}{'model':<28}{'format':<16}" + "".join(f"{m:<12}" for m in board["rows"][0]["metrics"]))
+print(f"{'rank':<5}{'vendor':<14}{'model':<28}{'format':<16}" + "".join(f"{m:<12}" for m in names))
 for row in board["rows"]:
     print(f"{row['rank']:<5}{row['vendor']:<14}{row['model_name']:<28}{row['artifact_format']:<16}"
-          + "".join(f"{v:<12}" for v in row["metrics"].values()))
+          + "".join(f"{row['metrics'][m]:<12}" for m in names))
