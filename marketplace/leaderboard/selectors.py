@@ -43,7 +43,9 @@ def leaderboard_rows(*, task: Task, sort_by: str | None = None, split: str = PUB
     """
     decimals = {m["name"]: m["decimals"] for m in task.metrics}
     metric = sort_by if sort_by in decimals else task.primary_metric
-    entries = list(LeaderboardEntry.objects.filter(task=task).select_related("submission__vendor"))
+    entries = list(
+        LeaderboardEntry.objects.filter(task=task).select_related("submission__vendor", "submission__parent")
+    )
     if split == PRIVATE:
         entries = _final_entries(task, entries)
     elif task.leaderboard_mode == LeaderboardMode.LADDER:
@@ -67,6 +69,10 @@ def leaderboard_rows(*, task: Task, sort_by: str | None = None, split: str = PUB
                 "model_size": submission.size,
                 "is_baseline": submission.is_baseline,
                 "is_final": submission.is_final,
+                # A fine-tuned entry ranks on its own and names the submission it was trained from.
+                "is_fine_tuned": submission.is_fine_tuned,
+                "parent_submission_id": submission.parent_id,
+                "parent_model_name": submission.parent.name if submission.parent_id else None,
                 "submitted_at": submission.created_at,
                 "metrics": _rounded(values_of(entry), decimals),
                 "per_site": [

@@ -62,3 +62,67 @@ def best_score_chart(points: list[dict], *, decimals: int) -> Chart | None:
     if t1 > t0:
         x_ticks.append({"x": x(t1), "label": last.strftime("%Y-%m-%d %H:%M"), "anchor": "end"})
     return Chart(WIDTH, HEIGHT, "".join(segments), drawn, y_ticks, x_ticks, HEIGHT - PAD_BOTTOM)
+
+
+# Per-series strokes for round curves: the weighted line first, then one per site (colour-blind safe).
+SERIES_STYLES = ["#0969da", "#bc4c00", "#8250df", "#1a7f37", "#cf222e", "#57606a", "#9a6700", "#e85aad"]
+
+
+@dataclass(frozen=True)
+class RoundChart:
+    width: int
+    height: int
+    series: list[dict]
+    y_ticks: list[dict]
+    x_ticks: list[dict]
+    baseline_y: float
+    summary: str
+
+
+def round_curves_chart(series: list[dict], *, decimals: int = 3) -> RoundChart | None:
+    """Line chart of one metric per round: `series` are {"label", "values": [(round, value), ...]};
+    None values (a site that did not contribute to a round) break the line instead of joining it."""
+    drawn_series = [s for s in series if any(v is not None for _, v in s["values"])]
+    if not drawn_series:
+        return None
+    rounds = [r for s in drawn_series for r, v in s["values"] if v is not None]
+    values = [v for s in drawn_series for _, v in s["values"] if v is not None]
+    r0, r1 = min(rounds), max(rounds)
+    v0, v1 = min(values), max(values)
+    step = 10 ** (-decimals)
+    if v1 - v0 < 4 * step:
+        middle = (v0 + v1) / 2
+        v0, v1 = middle - 2 * step, middle + 2 * step
+    plot_w, plot_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
+
+    def x(r: float) -> float:
+        return round(PAD_LEFT + (r - r0) / (r1 - r0) * plot_w if r1 > r0 else PAD_LEFT + plot_w / 2, 1)
+
+    def y(v: float) -> float:
+        return round(PAD_TOP + (1 - (v - v0) / (v1 - v0)) * plot_h, 1)
+
+    out, summary = [], []
+    for i, s in enumerate(drawn_series):
+        segments, pen_down, points = [], False, []
+        for r, v in s["values"]:
+            if v is None:
+                pen_down = False
+                continue
+            segments.append(f"{'L' if pen_down else 'M'}{x(r)},{y(v)}")
+            pen_down = True
+            points.append({"x": x(r), "y": y(v), "label": f"{s['label']}, round {r}: {v:.{decimals}f}"})
+        style = SERIES_STYLES[i % len(SERIES_STYLES)]
+        out.append({"label": s["label"], "path": "".join(segments), "points": points, "color": style,
+                    "dashed": i > 0})  # fmt: skip
+        last = next((v for _, v in reversed(s["values"]) if v is not None), None)
+        summary.append(f"{s['label']}: {last:.{decimals}f} at the last round")
+    y_ticks, labels = [], set()
+    for v in (v0 + (v1 - v0) * k / 4 for k in range(5)):
+        label = f"{v:.{decimals}f}"
+        if label not in labels:
+            labels.add(label)
+            y_ticks.append({"y": y(v), "label": label})
+    x_ticks = [{"x": x(r0), "label": f"round {r0}", "anchor": "start" if r1 > r0 else "middle"}]
+    if r1 > r0:
+        x_ticks.append({"x": x(r1), "label": f"round {r1}", "anchor": "end"})
+    return RoundChart(WIDTH, HEIGHT, out, y_ticks, x_ticks, HEIGHT - PAD_BOTTOM, "; ".join(summary))

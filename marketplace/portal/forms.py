@@ -16,6 +16,7 @@ from marketplace.catalog.specs import (
     MAX_TIMEOUT_SECONDS,
 )
 from marketplace.egress.models import EgressKind
+from marketplace.finetuning.models import RobustRule, StrategyName
 from marketplace.submissions.models import ArtifactFormat
 
 # What the browser offers in the file picker for each format (the hub checks the bytes anyway).
@@ -130,6 +131,10 @@ class SubmissionForm(forms.Form):
         return artifact
 
 
+FL_FIELDS = ["fl_clip_norm", "fl_noise_multiplier", "fl_dp_delta", "fl_epsilon_cap", "fl_secure_aggregation",
+             "fl_robust_rule", "fl_quantization_bits"]  # fmt: skip
+
+
 def _datetime_field(label: str) -> forms.DateTimeField:
     return forms.DateTimeField(
         label=label, required=False, input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
@@ -214,6 +219,44 @@ class TaskForm(forms.Form):
         label="Allow federated fine-tuning", required=False,
         help_text="Sites train vendor models on local data and send back only clipped, noised updates.",
     )  # fmt: skip
+    # Federated fine-tuning privacy policy: copied into each run when the owner approves it.
+    fl_clip_norm = forms.FloatField(
+        label="Clip norm (C)", required=False, min_value=1e-9, max_value=1e6, initial=1.0,
+        help_text="Each site clips its update to this L2 norm before anything leaves the site, which bounds how "
+        "much one site's data can move the model in a round.",
+    )  # fmt: skip
+    fl_noise_multiplier = forms.FloatField(
+        label="Noise multiplier (z)", required=False, min_value=0.0, max_value=1e3, initial=0.0,
+        help_text="Sites add Gaussian noise so the aggregate carries noise of standard deviation z × C. 0 means no "
+        "differential privacy: only clipping and aggregation protect the data. About 1 or more gives a "
+        "meaningful epsilon over tens of rounds.",
+    )  # fmt: skip
+    fl_dp_delta = forms.FloatField(
+        label="Delta (δ)", required=False, min_value=1e-12, max_value=0.999999, initial=1e-5,
+        help_text="The probability with which the epsilon guarantee may fail; keep it well below 1 / (rows at a "
+        "site).",
+    )  # fmt: skip
+    fl_epsilon_cap = forms.FloatField(
+        label="Epsilon cap (ε) per run", required=False, min_value=1e-9,
+        help_text="A run stops before a round would take its (ε, δ) privacy loss past this. Needs noise above 0. "
+        "Empty: no cap (the run stops only after its rounds).",
+    )  # fmt: skip
+    fl_secure_aggregation = forms.TypedChoiceField(
+        label="Secure aggregation", required=False, empty_value=None, coerce=lambda v: v == "on",
+        choices=[("on", "On: the hub sees only the sum of the sites' updates (needs 3 sites or more)"),
+                 ("off", "Off: the hub sees each site's clipped, noised update")],
+        help_text="With it, no single site's update is ever visible to the hub or the vendor; robust rules then "
+        "cannot apply.",
+    )  # fmt: skip
+    fl_robust_rule = forms.ChoiceField(
+        label="Robust aggregation rule", required=False, choices=RobustRule.choices,
+        help_text="Only without secure aggregation: how the hub combines the individual updates (a median or "
+        "trimmed mean limits what one bad site can do). With secure aggregation it must be Mean.",
+    )  # fmt: skip
+    fl_quantization_bits = forms.IntegerField(
+        label="Quantization bits", required=False, min_value=8, max_value=30, initial=20,
+        help_text="Precision of each update coordinate under secure aggregation (8–30).",
+    )  # fmt: skip
     sample = forms.FileField(
         label="Public sample for dry runs", required=False,
         help_text="Synthetic or non-sensitive rows vendors may download.",
@@ -257,8 +300,9 @@ class TaskForm(forms.Form):
             for field in ["title", "description", "task_type", "primary_metric", "visibility", "opens_at", "closes_at",
                           "quota_per_day", "quota_total", "show_per_site", "min_test_rows", "public_split_fraction",
                           "final_submissions", "leaderboard_mode", "requires_job_approval", "requires_release_approval",
-                          "failed_jobs_consume_quota", "leakage_cap_bits", "fine_tuning_allowed"]
+                          "failed_jobs_consume_quota", "leakage_cap_bits", "fine_tuning_allowed", *FL_FIELDS]
         }  # fmt: skip
+        initial["fl_secure_aggregation"] = "on" if task.fl_secure_aggregation else "off"
         initial.update({k: task.input_spec.get(k) for k in ("n_features", "dtype", "n_classes")})
         initial.update(task.resource_limits)
         for name in METRICS:
@@ -302,7 +346,47 @@ class TaskForm(forms.Form):
             "failed_jobs_consume_quota": data["failed_jobs_consume_quota"],
             "leakage_cap_bits": data["leakage_cap_bits"],
             "fine_tuning_allowed": data["fine_tuning_allowed"],
+            # An FL field left out keeps the task's value (or the default); an empty cap means "no cap".
+            **{k: data[k] for k in FL_FIELDS if data.get(k) not in (None, "") or k == "fl_epsilon_cap"},
         }
+
+
+class FineTuneForm(forms.Form):
+    """What a vendor asks of a federated fine-tuning run; the privacy settings are the task's."""
+
+    rounds = forms.IntegerField(min_value=1, max_value=1000, initial=10, help_text="Federated rounds to run.")
+    local_epochs = forms.IntegerField(
+        label="Local epochs", min_value=1, max_value=100, initial=1,
+        help_text="Passes over a site's training rows per round.",
+    )  # fmt: skip
+    batch_size = forms.IntegerField(label="Batch size", min_value=1, max_value=65536, initial=32)
+    learning_rate = forms.FloatField(label="Learning rate", min_value=1e-9, max_value=10.0, initial=0.01)
+    strategy = forms.ChoiceField(
+        choices=StrategyName.choices, initial=StrategyName.FEDAVG,
+        help_text="FedAvg averages the sites' updates; FedProx adds a proximal term that keeps local training near "
+        "the global model; FedAdam applies the average through a server-side Adam step.",
+    )  # fmt: skip
+    proximal_mu = forms.FloatField(
+        label="Proximal μ (FedProx)", required=False, min_value=0.0, max_value=1e3,
+        help_text="FedProx only: the weight of the proximal term. Empty: 0.01.",
+    )  # fmt: skip
+    min_sites = forms.IntegerField(
+        label="Minimum sites per round", min_value=1, max_value=1000, initial=1,
+        help_text="A round with fewer contributing sites fails and is retried.",
+    )  # fmt: skip
+    round_timeout_seconds = forms.IntegerField(
+        label="Round timeout (seconds)", min_value=10, max_value=86400, initial=600,
+        help_text="A phase moves on with the sites that answered once this has passed.",
+    )  # fmt: skip
+
+    def run_values(self) -> dict:
+        """run_request's keyword arguments (parsing only)."""
+        data = dict(self.cleaned_data)
+        mu = data.pop("proximal_mu")
+        data["strategy_params"] = (
+            {"proximal_mu": mu} if data["strategy"] == StrategyName.FEDPROX and mu is not None else {}
+        )
+        return data
 
 
 class LedgerFilterForm(forms.Form):

@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from marketplace.portal.views import accounts, owners, public, vendors
+from marketplace.portal.views import accounts, finetuning, owners, public, vendors
 
 
 class _Words:
@@ -61,6 +61,11 @@ urlpatterns = [
     path(
         "submissions/<int:submission_id>/<nomination:action>/", vendors.submission_nomination, name="nominate"
     ),
+    path("submissions/<int:submission_id>/fine-tune/", finetuning.finetune_new, name="finetune"),
+    path("fine-tuning/", finetuning.runs, name="runs"),
+    path("fine-tuning/<int:run_id>/", finetuning.run_detail, name="run"),
+    path("fine-tuning/<int:run_id>/status/", finetuning.run_status, name="run-status"),
+    path("fine-tuning/<int:run_id>/stop/", finetuning.run_stop_vendor, name="run-stop"),
     # Data owners
     path("manage/", owners.dashboard, name="manage"),
     path("manage/tasks/new/", owners.task_new, name="task-new"),
@@ -82,6 +87,13 @@ urlpatterns = [
         owners.result_release,
         name="result-release",
     ),
+    path(
+        "manage/approvals/runs/<int:run_id>/<decision:decision>/", finetuning.run_decision, name="run-decide"
+    ),
+    path("manage/fine-tuning/", finetuning.owner_runs, name="manage-runs"),
+    path("manage/fine-tuning/<int:run_id>/", finetuning.owner_run_detail, name="manage-run"),
+    path("manage/fine-tuning/<int:run_id>/status/", finetuning.owner_run_status, name="manage-run-status"),
+    path("manage/fine-tuning/<int:run_id>/stop/", finetuning.run_stop_owner, name="manage-run-stop"),
     path("manage/ledger/", owners.ledger, name="ledger"),
     path("manage/ledger.csv", owners.ledger_csv, name="ledger-csv"),
 ]

@@ -27,12 +27,14 @@ class SubmissionJobOutput(serializers.Serializer):
 class SubmissionOutput(serializers.ModelSerializer):
     vendor = serializers.CharField(source="vendor.name")
     task_id = serializers.IntegerField()
+    parent_id = serializers.IntegerField(allow_null=True, read_only=True)
 
     class Meta:
         model = Submission
         fields = [
             "id", "task_id", "vendor", "name", "description", "artifact_format", "original_filename", "size",
-            "sha256", "status", "status_reason", "is_baseline", "is_final", "created_at",
+            "sha256", "status", "status_reason", "is_baseline", "is_final", "is_fine_tuned", "parent_id",
+            "created_at",
         ]  # fmt: skip
 
 

@@ -26,3 +26,30 @@ def test_a_single_flat_point_still_gets_readable_ticks():
     chart = best_score_chart([{"at": T0, "best": 1.0, "value": 1.0, "model_name": "a"}], decimals=4)
     labels = [t["label"] for t in chart.y_ticks]
     assert len(labels) == len(set(labels)) == 5
+
+
+def test_round_curves_have_one_path_per_series_and_break_where_a_site_is_missing():
+    from marketplace.portal.charts import round_curves_chart
+
+    chart = round_curves_chart(
+        [
+            {"label": "All sites (weighted)", "values": [(0, 0.9), (1, 0.6), (2, 0.4)]},
+            {"label": "north", "values": [(0, 1.0), (1, None), (2, 0.5)]},
+        ],
+        decimals=2,
+    )
+    weighted, north = chart.series
+    assert weighted["path"].startswith("M56") and weighted["path"].count("L") == 2 and not weighted["dashed"]
+    assert north["path"].count("M") == 2 and "L" not in north["path"] and north["dashed"]
+    assert [t["label"] for t in chart.x_ticks] == ["round 0", "round 2"]
+    assert chart.y_ticks[0]["label"] == "0.40" and chart.y_ticks[-1]["label"] == "1.00"
+    assert "All sites (weighted): 0.40 at the last round" in chart.summary
+
+
+def test_no_values_no_round_chart():
+    from marketplace.portal.charts import round_curves_chart
+
+    assert round_curves_chart([{"label": "a", "values": [(0, None)]}]) is None
+    assert round_curves_chart([]) is None
+    single = round_curves_chart([{"label": "a", "values": [(0, 0.5)]}], decimals=3)
+    assert len({t["label"] for t in single.y_ticks}) == 5 and single.x_ticks[0]["anchor"] == "middle"

@@ -20,7 +20,7 @@ def get_item(mapping, key):
 
 
 STATUS_TONES = {
-    "scored": "ok", "succeeded": "ok", "open": "ok", "approved": "ok", "online": "ok",
+    "scored": "ok", "succeeded": "ok", "completed": "ok", "open": "ok", "approved": "ok", "online": "ok",
     "failed": "bad", "rejected": "bad", "offline": "bad",
     "running": "busy", "evaluating": "busy", "checking": "busy",
     "queued": "wait", "awaiting_approval": "wait", "requested": "wait", "draft": "wait", "never": "wait",

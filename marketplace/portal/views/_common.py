@@ -65,4 +65,9 @@ def domain_error_to_form(form, exc) -> None:
 
 
 # Spec keys of the services -> the portal form's field that edits them.
-FIELD_ALIASES = {"input_spec": "n_features", "metrics": "primary_metric", "resource_limits": "memory_mb"}
+FIELD_ALIASES = {
+    "input_spec": "n_features",
+    "metrics": "primary_metric",
+    "resource_limits": "memory_mb",
+    "strategy_params.proximal_mu": "proximal_mu",
+}

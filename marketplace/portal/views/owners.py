@@ -37,6 +37,7 @@ from marketplace.jobs.selectors import jobs_awaiting_approval_for, jobs_held_for
 from marketplace.jobs.services import job_decide, job_release_decide
 from marketplace.portal.forms import LedgerFilterForm, SiteCreateForm, TaskForm
 from marketplace.portal.views._common import domain_error_to_form, owner_required
+from marketplace.portal.views.finetuning import runs_awaiting_approval_for
 from marketplace.sites.access import access_site_by_id
 from marketplace.sites.selectors import site_list_visible_to
 from marketplace.sites.services import site_create
@@ -64,7 +65,8 @@ def dashboard(request):
             "sites": _owner_sites(request.user),
             "pending_access": access_requests_pending_for(user=request.user).count(),
             "pending_jobs": jobs_awaiting_approval_for(user=request.user).count()
-            + jobs_held_for_release_for(user=request.user).filter(release_decision="").count(),
+            + jobs_held_for_release_for(user=request.user).filter(release_decision="").count()
+            + runs_awaiting_approval_for(request.user).count(),
         },
     )
 
@@ -204,7 +206,8 @@ def approvals(request):
         "portal/approvals.html",
         {"access_requests": access_requests_pending_for(user=request.user),
          "jobs": jobs_awaiting_approval_for(user=request.user),
-         "held": jobs_held_for_release_for(user=request.user)},
+         "held": jobs_held_for_release_for(user=request.user),
+         "runs": runs_awaiting_approval_for(request.user)},
     )  # fmt: skip
 
 

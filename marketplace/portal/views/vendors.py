@@ -15,6 +15,7 @@ from marketplace.catalog.access import access_task_by_id, access_task_for_vendor
 from marketplace.catalog.models import LeaderboardMode
 from marketplace.catalog.services import task_access_request
 from marketplace.core.errors import DomainError
+from marketplace.finetuning.services import TRAINABLE_FORMATS
 from marketplace.leaderboard.selectors import ladder_improved_of
 from marketplace.leaderboard.services import FINAL_STATUSES
 from marketplace.portal.forms import FORMAT_EXTENSIONS, AccessRequestForm, SubmissionForm
@@ -94,8 +95,15 @@ def _submissions_context(user) -> dict:
                            "finals": finals_chosen(task_id=submission.task_id, vendor_id=submission.vendor_id)})  # fmt: skip
     ladder = [s.id for s in submissions if s.task.leaderboard_mode == LeaderboardMode.LADDER]
     improved = ladder_improved_of(submission_ids=ladder) if ladder else {}
+    names = {s.id: s.name for s in submissions}
     for submission in submissions:
         submission.no_improvement = improved.get(submission.id) is False
+        submission.parent_name = names.get(submission.parent_id)
+        # Only offers the button; run_request checks every rule again.
+        submission.can_fine_tune = (
+            submission.status == "scored" and submission.artifact_format in TRAINABLE_FORMATS
+            and not submission.is_fine_tuned and submission.task.fine_tuning_allowed
+        )  # fmt: skip
     live = any(s.status not in FINAL_STATUSES for s in submissions)
     return {"submissions": submissions, "quotas": quotas, "live": live}
 
