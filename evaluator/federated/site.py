@@ -99,7 +99,9 @@ class RunSpec:
 
 
 def _number(run: Mapping[str, Any], key: str, *, kind: type = float, default: Any = None) -> Any:
-    value = run.get(key, default)
+    value = run.get(key)
+    if value is None:  # absent or null: an optional setting takes its default
+        value = default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SiteRunError("policy_violation", f"run.{key} must be a number")
     if not math.isfinite(value):

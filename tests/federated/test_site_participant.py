@@ -379,3 +379,11 @@ def test_the_site_refuses_unsafe_run_settings(change):
     with pytest.raises(SiteRunError) as info:
         parse_run({**RUN, **change})
     assert info.value.reason == "policy_violation"
+
+
+def test_a_run_without_secure_aggregation_takes_defaults_for_its_null_settings():
+    # The hub sends null for settings that only secure aggregation uses.
+    spec = parse_run({**RUN, "secure_aggregation": False, "threshold": None, "quantization_bits": None})
+    assert spec.secure_aggregation is False and spec.threshold == RUN["n_participants"] // 2 + 1
+    with pytest.raises(SiteRunError):
+        parse_run({**RUN, "learning_rate": None})  # a required setting stays required
