@@ -5,6 +5,7 @@
         (--input-spec JSON | --n-features N --task-type T [--n-classes K]) [--split test|train] [--no-report]
     python -m evaluator ledger export --config site.toml [--csv out.csv]
     python -m evaluator releases list|approve JOB|refuse JOB --config site.toml
+    python -m evaluator dry-run --format F --model M --sample S --task-type T [--n-classes K] [--labels L]
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     export = ledger_sub.add_parser("export", help="print or write the ledger")
     export.add_argument("--config")
     export.add_argument("--csv", help="write CSV to this file (default: JSON lines on stdout)")
+
+    dry = sub.add_parser("dry-run", help="a vendor's model on a task's public sample, sandboxed as at a site")
+    dry.add_argument("--format", required=True, choices=["torchscript", "sklearn", "onnx", "python_package"])
+    dry.add_argument("--model", required=True, help="the artifact file")
+    dry.add_argument("--sample", required=True, help="the task's public sample (.npy, .csv or .parquet features)")
+    dry.add_argument("--labels", help="labels for the sample, to print metrics")
+    dry.add_argument(
+        "--task-type", required=True, choices=["binary_classification", "multiclass_classification", "regression"]
+    )
+    dry.add_argument("--n-classes", type=int)
+    dry.add_argument("--image", help="runner image (default: build or find it)")
+    dry.add_argument("--memory-mb", type=int, default=1024)
+    dry.add_argument("--cpus", type=float, default=1.0)
+    dry.add_argument("--timeout-seconds", type=int, default=300)
+    dry.add_argument("--max-output-mb", type=int, default=64)
 
     releases = sub.add_parser("releases", help="results held for the owner's release decision")
     releases_sub = releases.add_subparsers(dest="releases_command", required=True)
@@ -169,6 +185,36 @@ def _cmd_ledger_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dry_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evaluator.dry_run import dry_run
+    from evaluator.sandbox import Limits
+
+    n_classes = 2 if args.task_type == "binary_classification" else args.n_classes
+    if args.image:
+        image = args.image
+    else:
+        from sandbox_images.build import ensure_runner_image
+
+        image = ensure_runner_image()
+    try:
+        report = dry_run(
+            image=image, model_path=Path(args.model), model_format=args.format, sample_path=Path(args.sample),
+            task_type=args.task_type, n_classes=n_classes,
+            labels_path=Path(args.labels) if args.labels else None,
+            limits=Limits(memory_mb=args.memory_mb, cpus=args.cpus, timeout_seconds=args.timeout_seconds,
+                          max_output_mb=args.max_output_mb),
+        )  # fmt: skip
+    except Exception as exc:
+        reason = getattr(exc, "reason", "internal_error")
+        print(f"{reason}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"rows": report.n_rows, "prediction_shape": list(report.prediction_shape),
+                      "sandbox_seconds": round(report.sandbox_seconds, 2), "metrics": report.metrics}))  # fmt: skip
+    return 0
+
+
 def _cmd_releases(args: argparse.Namespace) -> int:
     """The site operator's side of release approval: the agent releases at its next loop."""
     from evaluator.agent import AgentState
@@ -198,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_register(args)
         if args.command == "releases":
             return _cmd_releases(args)
+        if args.command == "dry-run":
+            return _cmd_dry_run(args)
         return _cmd_ledger_export(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

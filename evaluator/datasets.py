@@ -92,8 +92,11 @@ def fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
 # --- reading the owner's files -------------------------------------------------------------
 
 
-def _read_table(path: Path) -> np.ndarray:
-    """Read .npy, .csv or .parquet into an array (2-D for tables); no pickle, ever."""
+def read_table(path: Path) -> np.ndarray:
+    """Read .npy, .csv or .parquet into an array (2-D for tables); no pickle, ever.
+
+    A CSV header row is recognised when it is not numeric; a numeric first row is data (name
+    your columns, e.g. `feature_0`, rather than `0`)."""
     suffix = path.suffix.lower()
     if not path.is_file():
         raise InvalidData(f"{path} is not a file")
@@ -241,9 +244,9 @@ def register_task_data(
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o711)  # noqa: S103 - traversable, not listable
         root = root / "train"
-    features = _validate_features(_read_table(Path(features_path)), n_features)
+    features = _validate_features(read_table(Path(features_path)), n_features)
     labels = _validate_labels(
-        _read_table(Path(labels_path)),
+        read_table(Path(labels_path)),
         n_rows=features.shape[0],
         task_type=task_type,
         n_classes=n_classes,

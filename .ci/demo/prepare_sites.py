@@ -18,14 +18,15 @@ from _common import load_split  # noqa: E402
 FORMATS = ["npy", "csv", "parquet"]
 
 
-def write(array: np.ndarray, path: Path) -> None:
+def write(array: np.ndarray, path: Path, prefix: str) -> None:
     if path.suffix == ".npy":
         np.save(path, array)
-    elif path.suffix == ".csv":
-        pd.DataFrame(array).to_csv(path, index=False)
+        return
+    # Named columns: a CSV whose first row is numeric is read as data, not as a header.
+    frame = pd.DataFrame(array, columns=[f"{prefix}{i}" for i in range(array.shape[1])])
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
     else:
-        frame = pd.DataFrame(array)
-        frame.columns = [str(c) for c in frame.columns]
         frame.to_parquet(path, index=False)
 
 
@@ -36,8 +37,8 @@ def main(seed_path: Path, sites_dir: Path, hub_url: str, image: str) -> None:
     for site, rows, fmt in zip(seed["sites"], shards, FORMATS, strict=True):
         root = sites_dir / site["name"]
         (root / "incoming").mkdir(parents=True, exist_ok=True)
-        write(features[rows], root / "incoming" / f"features.{fmt}")
-        write(labels[rows].reshape(-1, 1), root / "incoming" / f"labels.{fmt}")
+        write(features[rows], root / "incoming" / f"features.{fmt}", "feature_")
+        write(labels[rows].reshape(-1, 1), root / "incoming" / f"labels.{fmt}", "label_")
         token_file = root / "site-token"
         token_file.write_text(site["token"])
         token_file.chmod(0o600)
