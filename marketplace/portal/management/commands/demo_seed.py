@@ -8,16 +8,35 @@ import os
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from marketplace.accounts.services import organization_create, personal_token_create
-from marketplace.catalog.services import task_create, task_open
+from marketplace.catalog.services import task_create, task_open, task_sample_set
 from marketplace.sites.services import site_create
 
 DEMO_PASSWORD = "vaultbench-demo"  # noqa: S105 (a local demo account, printed for the user)
 SITE_NAMES = ["north", "central", "south"]
 VENDORS = [("acme", "Acme Models"), ("globex", "Globex AI")]
+
+
+def _public_sample() -> SimpleUploadedFile:
+    """Twenty synthetic rows in the task's schema for vendors' dry runs: public rows of the data
+    set with a little noise, never any of the sites' rows."""
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+
+    features, _ = load_breast_cancer(return_X_y=True)
+    # The sites hold the held-out rows of docs/examples/_common.py (the first 114 of this
+    # permutation); the sample draws from the other, public training rows only.
+    public_rows = np.random.default_rng(0).permutation(len(features))[114:]
+    rng = np.random.default_rng(7)
+    rows = features[rng.choice(public_rows, 20, replace=False)]
+    rows = rows * rng.normal(1.0, 0.02, rows.shape)
+    header = ",".join(f"feature_{i}" for i in range(rows.shape[1]))
+    body = "\n".join(",".join(f"{v:.6g}" for v in row) for row in rows)
+    return SimpleUploadedFile("sample.csv", f"{header}\n{body}\n".encode(), content_type="text/csv")
 
 
 class Command(BaseCommand):
@@ -60,6 +79,7 @@ class Command(BaseCommand):
             },
         )
         task_open(task=task, actor=owner)
+        task_sample_set(task=task, actor=owner, sample=_public_sample(), max_bytes=1024 * 1024)
         vendors = []
         for username, org_name in VENDORS:
             user = users.create_user(username, password=DEMO_PASSWORD)
