@@ -155,33 +155,7 @@ class HubClient:
 
     def download_artifact(self, job_id: int | str, dest: str | os.PathLike[str], *, max_bytes: int) -> Path:
         """Stream the job's artifact into ``dest``; never more than ``max_bytes`` bytes."""
-        dest = Path(dest)
-        path = f"/jobs/{job_id}/artifact"
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                with self._request("GET", path, None, stream=True, retries=1) as resp:
-                    length = resp.headers.get("Content-Length")
-                    if length is not None and length.isdigit() and int(length) > max_bytes:
-                        raise ArtifactTooLarge(f"artifact is {length} bytes; the cap is {max_bytes}")
-                    written = 0
-                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                    with os.fdopen(fd, "wb") as fh:
-                        for chunk in resp.iter_content(_CHUNK):
-                            written += len(chunk)
-                            if written > max_bytes:
-                                raise ArtifactTooLarge(f"artifact exceeds the cap of {max_bytes} bytes")
-                            fh.write(chunk)
-                return dest
-            except ArtifactTooLarge:
-                dest.unlink(missing_ok=True)
-                raise
-            except (HubUnreachable, requests.RequestException) as exc:
-                # A broken stream restarts the download from the first byte.
-                dest.unlink(missing_ok=True)
-                if attempt == self.max_attempts:
-                    raise HubUnreachable(f"artifact download failed: {_describe(exc)}") from None
-                self._backoff(attempt, f"GET {path}", exc)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._download(f"/jobs/{job_id}/artifact", dest, max_bytes=max_bytes)
 
     def post_result(self, job_id: int | str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Post a result body (``agent_id``, ``metrics``, ``n_rows``, ``ledger``) as given."""
@@ -254,6 +228,7 @@ class HubClient:
                 dest.unlink(missing_ok=True)
                 raise
             except (HubUnreachable, requests.RequestException) as exc:
+                # A broken stream restarts the download from the first byte.
                 dest.unlink(missing_ok=True)
                 if attempt == self.max_attempts:
                     raise HubUnreachable(f"download of {path} failed: {_describe(exc)}") from None
