@@ -141,7 +141,6 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "marketplace.core.pagination.StandardPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "marketplace.core.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"anon": "120/minute"},
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 
