@@ -217,7 +217,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
 
 def _cmd_releases(args: argparse.Namespace) -> int:
     """The site operator's side of release approval: the agent releases at its next loop."""
-    from evaluator.agent import AgentState
+    from evaluator.state import AgentState
 
     config = load_config(args.config, require_hub=False)
     state = AgentState(config.state_path)

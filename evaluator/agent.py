@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import random
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -39,15 +37,17 @@ from evaluator.artifacts import ArtifactError
 from evaluator.client import (
     ArtifactTooLarge,
     HubClient,
-    HubError,
     HubRejected,
     HubUnreachable,
     LeaseLost,
     canonical_json,
 )
 from evaluator.config import AgentConfig, LimitsRefused, effective_limits
+from evaluator.lease import LeaseKeeper
 from evaluator.ledger import Ledger
 from evaluator.sandbox import MODEL_FORMATS, Limits, SandboxError, SandboxRun
+from evaluator.state import AgentState
+from evaluator.workdirs import claim_work_dir, sweep_orphans
 
 log = logging.getLogger(__name__)
 
@@ -78,133 +78,6 @@ class JobFailure(Exception):
         assert reason in FAILURE_REASONS
         super().__init__(detail or reason)
         self.reason = reason
-
-
-# --- local state: pending and posted bodies ---------------------------------------------------
-
-
-class AgentState:
-    """Posted job ids and pending bodies, shared safely by agents on one data dir (flock)."""
-
-    def __init__(self, path: str | os.PathLike[str], *, keep_posted: int = 10_000) -> None:
-        self.path = Path(path)
-        self.keep_posted = keep_posted
-
-    @contextlib.contextmanager
-    def _locked(self, *, write: bool) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                data = {}
-            data.setdefault("posted", [])
-            data.setdefault("pending", {})
-            data.setdefault("sealed", {})  # private-split metrics, released when the task closes
-            data.setdefault("held", {})  # results awaiting the owner's release decision
-            yield data
-            if write:
-                data["posted"] = data["posted"][-self.keep_posted :]
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(data, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-        finally:
-            os.close(lock_fd)
-
-    def is_posted(self, job_id: int | str) -> bool:
-        with self._locked(write=False) as data:
-            return str(job_id) in data["posted"]
-
-    def pending(self) -> dict[str, dict[str, Any]]:
-        with self._locked(write=False) as data:
-            return dict(data["pending"])
-
-    def add_pending(self, job_id: int | str, kind: str, body: Mapping[str, Any]) -> None:
-        with self._locked(write=True) as data:
-            data["pending"][str(job_id)] = {"kind": kind, "body": dict(body)}
-
-    def mark_posted(self, job_id: int | str) -> None:
-        with self._locked(write=True) as data:
-            data["pending"].pop(str(job_id), None)
-            if str(job_id) not in data["posted"]:
-                data["posted"].append(str(job_id))
-
-    def drop_pending(self, job_id: int | str) -> None:
-        with self._locked(write=True) as data:
-            data["pending"].pop(str(job_id), None)
-
-    def seal(self, job_id: int | str, release: Mapping[str, Any]) -> None:
-        with self._locked(write=True) as data:
-            data["sealed"][str(job_id)] = dict(release)
-
-    def sealed(self, job_id: int | str) -> dict[str, Any] | None:
-        with self._locked(write=False) as data:
-            return data["sealed"].get(str(job_id))
-
-    def unseal(self, job_id: int | str) -> None:
-        with self._locked(write=True) as data:
-            data["sealed"].pop(str(job_id), None)
-
-    def hold(self, job_id: int | str, release: Mapping[str, Any]) -> None:
-        with self._locked(write=True) as data:
-            data["held"][str(job_id)] = dict(release)
-
-    def held(self) -> dict[str, dict[str, Any]]:
-        with self._locked(write=False) as data:
-            return dict(data["held"])
-
-    def decide_held(self, job_id: int | str, decision: str) -> bool:
-        """The site operator's own release decision (CLI); the running agent acts on it."""
-        with self._locked(write=True) as data:
-            if str(job_id) not in data["held"]:
-                return False
-            data["held"][str(job_id)]["local_decision"] = decision
-            return True
-
-    def unhold(self, job_id: int | str) -> None:
-        with self._locked(write=True) as data:
-            data["held"].pop(str(job_id), None)
-
-
-# --- lease renewal ----------------------------------------------------------------------------
-
-
-class LeaseKeeper:
-    """Renews one job's lease in a background thread until stopped or the lease is lost."""
-
-    def __init__(self, client: HubClient, job_id: int | str, interval: float) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.interval = max(0.05, interval)
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.interval + 5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.client.renew_lease(self.job_id)
-            except LeaseLost:
-                log.warning("job %s: lease lost; its result will not be posted", self.job_id)
-                self.lost.set()
-                return
-            except HubError as exc:  # unreachable or refused: keep trying until the lease ends
-                log.warning("job %s: lease renewal failed: %s", self.job_id, exc)
-            except Exception:  # a renewal bug must not kill the job silently
-                log.exception("job %s: lease renewal crashed", self.job_id)
 
 
 # --- the agent --------------------------------------------------------------------------------
@@ -415,7 +288,7 @@ class Agent:
         try:
             self.config.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             work = Path(tempfile.mkdtemp(prefix=f"run-{_safe(job_id)}-", dir=self.config.work_dir))
-            work_lock = _claim_work_dir(work)
+            work_lock = claim_work_dir(work)
             status = self._train_in(job, work, should_stop=lambda: keeper.lost.is_set() or self._stop.is_set())
             log.info("job %s: fine-tuning run ended: %s", job_id, status)
             return
@@ -504,7 +377,7 @@ class Agent:
         try:
             self.config.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             work = Path(tempfile.mkdtemp(prefix=f"job-{_safe(job_id)}-", dir=self.config.work_dir))
-            work_lock = _claim_work_dir(work)
+            work_lock = claim_work_dir(work)
             body, cost_bits = self._evaluate_in(job, work)
             return "metrics", body, cost_bits
         except (LeaseLost, HubRejected, HubUnreachable):
@@ -701,51 +574,6 @@ def _file_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-WORK_LOCK = ".agent.lock"
-# A job folder without a lock file yet may be one another agent has just made.
-UNLOCKED_GRACE_SECONDS = 120
-
-
-def _claim_work_dir(work: Path) -> int:
-    """Locks a job's work folder for as long as this process uses it. The kernel drops the lock
-    when the process dies, so a folder whose lock is free belongs to a dead agent."""
-    fd = os.open(work / WORK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def sweep_orphans(work_root: Path, *, remove_containers: Callable[[Path], int] | None = None) -> int:
-    """Cleans up after agents that died mid-job (SIGKILL, power loss): their sandbox containers
-    and job folders. Folders still locked by a live agent of this site are left alone."""
-    if not work_root.is_dir():
-        return 0
-    if remove_containers is None:
-        from evaluator.sandbox import remove_containers_under as remove_containers
-    swept = 0
-    for work in sorted(work_root.iterdir()):
-        if not work.is_dir() or not work.name.startswith(("job-", "run-")):
-            continue
-        try:
-            fd = os.open(work / WORK_LOCK, os.O_RDWR)
-        except FileNotFoundError:
-            if time.time() - work.stat().st_mtime < UNLOCKED_GRACE_SECONDS:
-                continue
-            fd = os.open(work, os.O_RDONLY)  # an old folder without a lock: nobody owns it
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            removed = remove_containers(work)
-            shutil.rmtree(work, ignore_errors=True)
-            log.warning("removed the work folder of a dead agent: %s (%d container(s))", work.name, removed)
-            swept += 1
-        finally:
-            os.close(fd)
-    return swept
 
 
 def _lease_seconds(job: Mapping[str, Any]) -> float:

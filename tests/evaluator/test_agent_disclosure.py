@@ -8,10 +8,10 @@ import numpy as np
 from sklearn import metrics as skm
 
 from evaluator.__main__ import main as cli
-from evaluator.agent import AgentState
 from evaluator.ladder import release_cost_bits
 from evaluator.ledger import Ledger
 from evaluator.splits import public_private_split
+from evaluator.state import AgentState
 from tests.evaluator.test_agent_loop import LABELS, N_ROWS, P1, FakeSandbox, make_agent
 
 SEED = 11

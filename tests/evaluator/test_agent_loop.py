@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from evaluator.agent import Agent, AgentState
+from evaluator.agent import Agent
 from evaluator.client import HubClient, canonical_json
 from evaluator.config import AgentConfig, LimitCaps, RetryPolicy
 from evaluator.datasets import register_task_data
 from evaluator.ledger import Ledger
 from evaluator.sandbox import SandboxRun, SandboxTimeout
+from evaluator.state import AgentState
 
 TOKEN = "vbs_agent_test_token"
 MODEL_BYTES = b"fake onnx model bytes"

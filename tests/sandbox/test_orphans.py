@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from evaluator.agent import WORK_LOCK, sweep_orphans
 from evaluator.sandbox import SANDBOX_LABEL
+from evaluator.workdirs import WORK_LOCK, sweep_orphans
 
 pytestmark = pytest.mark.docker
 
