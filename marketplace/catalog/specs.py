@@ -1,6 +1,6 @@
 """Validation of a task's specification and policy: pure functions, no database."""
 
-from typing import Any
+from typing import Any, NoReturn
 
 from marketplace.catalog.metric_catalog import METRICS
 from marketplace.core.errors import DomainError
@@ -15,7 +15,7 @@ MAX_DECIMALS = 6
 TASK_TYPES = {"binary_classification", "multiclass_classification", "regression"}
 
 
-def _fail(field: str, message: str) -> None:
+def _fail(field: str, message: str) -> NoReturn:
     raise DomainError(message, code="invalid_spec", details={field: [message]})
 
 
