@@ -224,6 +224,22 @@ class JobStateOutput(serializers.Serializer):
     created = serializers.BooleanField(help_text="False when this repeated an already recorded outcome.")
 
 
+def _released_metrics(site, job_id: int, values: dict, request) -> dict:
+    """What the result services need from a metrics post: the values, the ledger receipt, and
+    the body exactly as the site released it (the receipt is checked against it)."""
+    return {
+        "site": site,
+        "job_id": job_id,
+        "agent_id": values["agent_id"],
+        "metrics": values["metrics"],
+        "n_rows": values["n_rows"],
+        "ledger_sha256": values["ledger"]["sha256"],
+        "ledger_bytes": values["ledger"]["bytes"],
+        "cost_bits": values["ledger"].get("cost_bits"),
+        "released": dict(request.data),
+    }
+
+
 class ResultApi(AgentApi):
     @extend_schema(request=ResultInput, responses=JobStateOutput, tags=["agent"])
     def post(self, request, job_id: int):
@@ -231,11 +247,8 @@ class ResultApi(AgentApi):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         job, created = job_record_result(
-            site=self.site, job_id=job_id, agent_id=values["agent_id"], metrics=values["metrics"],
-            n_rows=values["n_rows"], ledger_sha256=values["ledger"]["sha256"], ledger_bytes=values["ledger"]["bytes"],
-            released=dict(request.data), cost_bits=values["ledger"].get("cost_bits"),
-            ladder_improved=values["ladder_improved"],
-        )  # fmt: skip
+            **_released_metrics(self.site, job_id, values, request), ladder_improved=values["ladder_improved"]
+        )
         return Response({"job": AgentJobStateOutput(job).data, "created": created})
 
 
@@ -246,12 +259,7 @@ class PrivateResultApi(AgentApi):
     def post(self, request, job_id: int):
         data = ResultInput(data=request.data)
         data.is_valid(raise_exception=True)
-        values = data.validated_data
-        job, created = job_record_private_result(
-            site=self.site, job_id=job_id, agent_id=values["agent_id"], metrics=values["metrics"],
-            n_rows=values["n_rows"], ledger_sha256=values["ledger"]["sha256"], ledger_bytes=values["ledger"]["bytes"],
-            released=dict(request.data), cost_bits=values["ledger"].get("cost_bits"),
-        )  # fmt: skip
+        job, created = job_record_private_result(**_released_metrics(self.site, job_id, data.validated_data, request))
         return Response({"job": AgentJobStateOutput(job).data, "created": created})
 
 
