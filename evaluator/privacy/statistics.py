@@ -289,3 +289,41 @@ def metrics_from_statistics(spec: ReleaseSpec, statistics: Mapping[str, np.ndarr
         low, high = METRIC_RANGES[name]
         values[name] = min(max(value, low), high)
     return values
+
+
+# A noised value further than this many noise stds outside its block's exact range is not a
+# release of this mechanism (probability below 1e-15 per value): the hub refuses it.
+PLAUSIBLE_STDS = 8.0
+
+
+def exact_range(spec: ReleaseSpec, block: str, n_rows: int) -> tuple[float, float]:
+    """The range every entry of a block's exact (un-noised) value lies in, over ``n_rows`` rows."""
+    if block in ("confusion", "score_histogram"):
+        return 0.0, float(n_rows)
+    if block == "log_loss_sum":
+        return 0.0, n_rows * LOG_LOSS_CLIP
+    assert spec.target_range is not None
+    lo, hi = spec.target_range
+    span = hi - lo
+    if block == "squared_error_sum":
+        return 0.0, n_rows * span**2
+    if block == "abs_error_sum":
+        return 0.0, n_rows * span
+    if block == "target_sum":
+        return n_rows * lo, n_rows * hi
+    if block == "target_sq_sum":
+        return n_rows * (0.0 if lo <= 0.0 <= hi else min(lo * lo, hi * hi)), n_rows * max(lo * lo, hi * hi)
+    raise StatisticsError(f"unknown block {block!r}")
+
+
+def check_plausible(
+    spec: ReleaseSpec, statistics: Mapping[str, np.ndarray], *, n_rows: int, noise: Mapping[str, float]
+) -> None:
+    """Refuse statistics no honest site could have released: an entry outside its exact range by
+    more than ``PLAUSIBLE_STDS`` noise stds (``noise``: std per block, from the mechanism)."""
+    for block in spec.blocks:
+        low, high = exact_range(spec, block, n_rows)
+        slack = PLAUSIBLE_STDS * noise[block]
+        value = np.asarray(statistics[block], dtype=np.float64)
+        if value.min(initial=low) < low - slack or value.max(initial=high) > high + slack:
+            raise StatisticsError(f"statistic {block!r} lies outside what {n_rows} rows can give")

@@ -148,3 +148,18 @@ def test_released_statistics_are_checked_against_the_spec():
 def test_a_regression_task_needs_a_target_range():
     with pytest.raises(StatisticsError, match="target_range"):
         ReleaseSpec.for_task(task_type="regression", metric_names=["r2"], input_spec={})
+
+
+def test_implausible_statistics_are_refused():
+    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy", "roc_auc"], input_spec={})
+    y, proba = _classification(50, 2)
+    noise = noise_scales(spec, 0.02)
+    for _ in range(50):  # honest releases always pass
+        released = st.check_statistics(spec, gaussian_release(spec, st.sufficient_statistics(spec, y, proba), rho=0.02))
+        st.check_plausible(spec, released, n_rows=50, noise=noise)
+    forged = st.check_statistics(spec, {"confusion": [[1e300, 0], [0, 0]], "score_histogram": [[0] * 20, [0] * 20]})
+    with pytest.raises(StatisticsError, match="outside"):
+        st.check_plausible(spec, forged, n_rows=50, noise=noise)
+    too_many_rows = st.sufficient_statistics(spec, np.zeros(5000, dtype=int), np.tile([0.9, 0.1], (5000, 1)))
+    with pytest.raises(StatisticsError, match="outside"):
+        st.check_plausible(spec, too_many_rows, n_rows=50, noise=noise)
