@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "marketplace.jobs",
     "marketplace.leaderboard",
     "marketplace.egress",
+    "marketplace.budgets",
     "marketplace.finetuning",
     "marketplace.portal",
 ]

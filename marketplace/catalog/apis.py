@@ -45,7 +45,9 @@ class TaskOutput(serializers.ModelSerializer):
             "id", "slug", "title", "description", "organization", "task_type", "input_spec", "metrics",
             "primary_metric", "visibility", "status", "opens_at", "closes_at", "quota_per_day", "quota_total",
             "resource_limits", "show_per_site", "min_test_rows", "public_split_fraction", "leaderboard_mode",
-            "requires_job_approval", "requires_release_approval", "failed_jobs_consume_quota", "leakage_cap_bits",
+            "requires_job_approval", "requires_release_approval", "failed_jobs_consume_quota",
+            "dp_epsilon_per_release", "dp_delta", "dp_vendor_epsilon", "dp_task_epsilon", "release_delay_seconds",
+            "ladder_threshold",
             "final_submissions", "fine_tuning_allowed", "fl_clip_norm", "fl_noise_multiplier", "fl_dp_delta",
             "fl_epsilon_cap", "fl_secure_aggregation", "fl_robust_rule", "fl_quantization_bits", "site_count", "total_rows", "has_sample",
             "created_at", "updated_at",
@@ -82,7 +84,12 @@ class TaskInput(serializers.Serializer):
     requires_job_approval = serializers.BooleanField(required=False)
     requires_release_approval = serializers.BooleanField(required=False)
     failed_jobs_consume_quota = serializers.BooleanField(required=False)
-    leakage_cap_bits = serializers.FloatField(required=False, allow_null=True)
+    dp_epsilon_per_release = serializers.FloatField(required=False)
+    dp_delta = serializers.FloatField(required=False)
+    dp_vendor_epsilon = serializers.FloatField(required=False)
+    dp_task_epsilon = serializers.FloatField(required=False)
+    release_delay_seconds = serializers.IntegerField(required=False, min_value=0)
+    ladder_threshold = serializers.FloatField(required=False)
     final_submissions = serializers.IntegerField(required=False, min_value=1, max_value=20)
     fine_tuning_allowed = serializers.BooleanField(required=False)
     fl_clip_norm = serializers.FloatField(required=False)

@@ -71,8 +71,17 @@ class Task(models.Model):
         default=False, help_text="Results wait at the site until the owner approves their release"
     )
     failed_jobs_consume_quota = models.BooleanField(default=True)
-    leakage_cap_bits = models.FloatField(
-        null=True, blank=True, help_text="Sites refuse a vendor's jobs once its released information reaches this"
+    # Differential privacy of evaluation releases (docs/disclosure.md): each release costs
+    # rho_for_epsilon(dp_epsilon_per_release, dp_delta), paid per (vendor, split) and per split.
+    dp_epsilon_per_release = models.FloatField(default=1.0, help_text="Epsilon of one submission's release")
+    dp_delta = models.FloatField(default=1e-6, help_text="Delta of every guarantee on the task")
+    dp_vendor_epsilon = models.FloatField(default=10.0, help_text="What one vendor organization may spend")
+    dp_task_epsilon = models.FloatField(default=20.0, help_text="What all vendors together may spend")
+    release_delay_seconds = models.PositiveIntegerField(
+        default=60, help_text="Results become visible at upload + a multiple of this"
+    )
+    ladder_threshold = models.FloatField(
+        default=0.01, help_text="Ladder: an entry improves only if it beats the vendor's best by this"
     )
     fine_tuning_allowed = models.BooleanField(default=False)
     # Federated fine-tuning privacy policy (docs/federated-protocol.md), copied into a run at approval.

@@ -14,13 +14,23 @@ from marketplace.catalog.specs import (
     validate_input_spec,
     validate_metrics,
     validate_policy,
+    validate_privacy,
     validate_resource_limits,
 )
 from marketplace.core.errors import Conflict, DomainError, Forbidden, NotFound, PayloadTooLarge
 from marketplace.sites.models import Site
 
 # Fields that define what a submission is judged on: frozen once the task has opened.
-STRUCTURAL_FIELDS = {"task_type", "input_spec", "metrics", "primary_metric", "public_split_fraction"}
+# The release's noise (epsilon per release, delta) is fixed too: sites release at it and budgets add it up.
+STRUCTURAL_FIELDS = {
+    "task_type",
+    "input_spec",
+    "metrics",
+    "primary_metric",
+    "public_split_fraction",
+    "dp_epsilon_per_release",
+    "dp_delta",
+}
 EDITABLE_FIELDS = STRUCTURAL_FIELDS | {
     "title",
     "description",
@@ -37,7 +47,12 @@ EDITABLE_FIELDS = STRUCTURAL_FIELDS | {
     "requires_job_approval",
     "requires_release_approval",
     "failed_jobs_consume_quota",
-    "leakage_cap_bits",
+    "dp_epsilon_per_release",
+    "dp_delta",
+    "dp_vendor_epsilon",
+    "dp_task_epsilon",
+    "release_delay_seconds",
+    "ladder_threshold",
     "final_submissions",
     "fine_tuning_allowed",
     "fl_clip_norm",
@@ -69,7 +84,14 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         quota_per_day=values.get("quota_per_day", 5),
         quota_total=values.get("quota_total"),
         final_submissions=values.get("final_submissions", 2),
-        leakage_cap_bits=values.get("leakage_cap_bits"),
+    )
+    validate_privacy(
+        epsilon_per_release=values.get("dp_epsilon_per_release", 1.0),
+        delta=values.get("dp_delta", 1e-6),
+        vendor_epsilon=values.get("dp_vendor_epsilon", 10.0),
+        task_epsilon=values.get("dp_task_epsilon", 20.0),
+        release_delay_seconds=values.get("release_delay_seconds", 60),
+        ladder_threshold=values.get("ladder_threshold", 0.01),
     )
     validate_fl_policy(
         clip_norm=values.get("fl_clip_norm", 1.0),

@@ -1,5 +1,6 @@
 """Validation of a task's specification and policy: pure functions, no database."""
 
+import math
 from typing import Any, NoReturn
 
 from marketplace.catalog.metric_catalog import METRICS
@@ -40,9 +41,26 @@ def validate_input_spec(task_type: str, input_spec: Any) -> dict:
         if not isinstance(n_classes, int) or isinstance(n_classes, bool) or not 3 <= n_classes <= 10_000:
             _fail("input_spec", "A multiclass task needs input_spec.n_classes between 3 and 10000.")
         spec["n_classes"] = n_classes
-    elif "n_classes" in input_spec:
-        _fail("input_spec", "A regression task has no n_classes.")
+    else:
+        if "n_classes" in input_spec:
+            _fail("input_spec", "A regression task has no n_classes.")
+        spec["target_range"] = _target_range(input_spec.get("target_range"))
     return spec
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _target_range(value: Any) -> list[float]:
+    """A regression task's [lo, hi]: errors and targets are clipped to it, which bounds what one
+    row can change in a release (docs/disclosure.md)."""
+    if not (isinstance(value, list | tuple) and len(value) == 2 and all(_number(v) for v in value)):
+        _fail("input_spec", "A regression task needs input_spec.target_range = [lo, hi], two finite numbers.")
+    lo, hi = float(value[0]), float(value[1])
+    if not lo < hi:
+        _fail("input_spec", "input_spec.target_range must be [lo, hi] with lo < hi.")
+    return [lo, hi]
 
 
 def validate_metrics(task_type: str, metrics: Any, primary_metric: str) -> list[dict]:
@@ -99,18 +117,49 @@ def validate_policy(
     quota_per_day: int,
     quota_total: int | None,
     final_submissions: int = 2,
-    leakage_cap_bits: float | None = None,
 ) -> None:
     if not 1 <= final_submissions <= 20:
         _fail("final_submissions", "final_submissions must be between 1 and 20.")
-    if leakage_cap_bits is not None and not leakage_cap_bits > 0:
-        _fail("leakage_cap_bits", "leakage_cap_bits must be positive when set.")
     if not 0.0 < public_split_fraction <= 1.0:
         _fail("public_split_fraction", "public_split_fraction must be in (0, 1].")
     if quota_per_day < 1:
         _fail("quota_per_day", "quota_per_day must be at least 1.")
     if quota_total is not None and quota_total < 1:
         _fail("quota_total", "quota_total must be at least 1 when set.")
+
+
+MAX_DP_DELTA = 1e-3
+MAX_EPSILON = 1000.0
+MAX_RELEASE_DELAY_SECONDS = 7 * 24 * 3600
+
+
+def validate_privacy(
+    *,
+    epsilon_per_release: float,
+    delta: float,
+    vendor_epsilon: float,
+    task_epsilon: float,
+    release_delay_seconds: int,
+    ladder_threshold: float,
+) -> None:
+    """The task's differential-privacy policy for evaluation releases (docs/disclosure.md)."""
+    for field, value in (
+        ("dp_epsilon_per_release", epsilon_per_release),
+        ("dp_vendor_epsilon", vendor_epsilon),
+        ("dp_task_epsilon", task_epsilon),
+    ):
+        if not _number(value) or not 0 < value <= MAX_EPSILON:
+            _fail(field, f"{field} must be a number in (0, {MAX_EPSILON:g}].")
+    if not _number(delta) or not 0 < delta < MAX_DP_DELTA:
+        _fail("dp_delta", f"dp_delta must be in (0, {MAX_DP_DELTA:g}).")
+    if vendor_epsilon < epsilon_per_release:
+        _fail("dp_vendor_epsilon", "dp_vendor_epsilon must be at least dp_epsilon_per_release.")
+    if task_epsilon < vendor_epsilon:
+        _fail("dp_task_epsilon", "dp_task_epsilon must be at least dp_vendor_epsilon.")
+    if not isinstance(release_delay_seconds, int) or not 0 <= release_delay_seconds <= MAX_RELEASE_DELAY_SECONDS:
+        _fail("release_delay_seconds", f"release_delay_seconds must be between 0 and {MAX_RELEASE_DELAY_SECONDS}.")
+    if not _number(ladder_threshold) or not 0 <= ladder_threshold <= 1e6:
+        _fail("ladder_threshold", "ladder_threshold must be a number >= 0.")
 
 
 FL_ROBUST_RULES = {"mean", "median", "trimmed_mean", "norm_bound"}

@@ -5,7 +5,7 @@ from marketplace.egress.models import EgressRecord
 
 @admin.register(EgressRecord)
 class EgressRecordAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "site", "task", "vendor", "kind", "bytes", "cost_bits", "epsilon"]
+    list_display = ["created_at", "site", "task", "vendor", "kind", "bytes", "rho", "epsilon", "delta"]
     list_filter = ["kind", "site"]
 
     # A mirror of the sites' append-only ledgers.

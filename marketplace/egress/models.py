@@ -5,6 +5,7 @@ class EgressKind(models.TextChoices):
     METRICS = "metrics", "Metrics"
     FAILURE = "failure", "Failure reason"
     UPDATE = "update", "Fine-tuning update"
+    REVEAL = "reveal", "Private reveal"
 
 
 class EgressRecord(models.Model):
@@ -21,8 +22,10 @@ class EgressRecord(models.Model):
     kind = models.CharField(max_length=16, choices=EgressKind.choices)
     bytes = models.PositiveIntegerField()
     sha256 = models.CharField(max_length=64)
-    cost_bits = models.FloatField(null=True, blank=True, help_text="Information released, upper bound in bits")
+    # The release's privacy cost, as in the site's ledger: rho (zCDP) and its (epsilon, delta).
+    rho = models.FloatField(null=True, blank=True, help_text="zCDP cost of the release")
     epsilon = models.FloatField(null=True, blank=True, help_text="Differential-privacy budget spent")
+    delta = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -78,16 +78,19 @@ class Job(models.Model):
 
 
 class Result(models.Model):
-    """What one site released for one job: the disclosed metrics and the ledger receipt."""
+    """What one site released for one job: its noised statistics (and, after close, those of its
+    private split), the metrics the hub computed from them, and the ledger receipts."""
 
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="result")
-    metrics = models.JSONField(help_text="Public-split metrics, as released by the site")
-    ladder_improved = models.BooleanField(null=True, blank=True, help_text="Ladder mode: did this move the best?")
-    private_metrics = models.JSONField(null=True, blank=True, help_text="Released by the site when the task closes")
-    private_n_rows = models.PositiveIntegerField(null=True, blank=True)
+    statistics = models.JSONField(default=dict, help_text="Public-split noised sufficient statistics, as released by the site")
+    metrics = models.JSONField(default=dict, help_text="This site's metrics, computed by the hub from its statistics")
     n_rows = models.PositiveIntegerField()
     ledger_sha256 = models.CharField(max_length=64)
     ledger_bytes = models.PositiveIntegerField()
+    private_statistics = models.JSONField(null=True, blank=True, help_text="Released by the site at close")
+    private_metrics = models.JSONField(null=True, blank=True)
+    private_n_rows = models.PositiveIntegerField(null=True, blank=True)
+    private_ledger_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

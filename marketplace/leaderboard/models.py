@@ -2,7 +2,7 @@ from django.db import models
 
 
 class LeaderboardEntry(models.Model):
-    """A submission's score on a task: the sites' metrics averaged, weighted by rows."""
+    """A submission's score on a task: metrics of the sites' pooled (summed) noised statistics."""
 
     task = models.ForeignKey("catalog.Task", on_delete=models.CASCADE, related_name="leaderboard_entries")
     submission = models.OneToOneField(
@@ -10,7 +10,10 @@ class LeaderboardEntry(models.Model):
     )
     metrics = models.JSONField()
     per_site = models.JSONField(default=list)
-    ladder_improved = models.BooleanField(null=True, blank=True)
+    ladder_improved = models.BooleanField(null=True, blank=True, help_text="Ladder mode: did this move the best?")
+    reveal_approved = models.BooleanField(
+        default=False, help_text="Chosen at close, its private budget reserved: the sites may reveal it"
+    )
     private_metrics = models.JSONField(null=True, blank=True, help_text="Revealed after the task closes")
     private_n_rows = models.PositiveIntegerField(null=True, blank=True)
     n_rows = models.PositiveIntegerField()

@@ -52,6 +52,9 @@ class Submission(models.Model):
     is_fine_tuned = models.BooleanField(default=False)
     weights_offset = models.FileField(upload_to=weights_offset_path, null=True, blank=True, max_length=255)
     weights_offset_sha256 = models.CharField(max_length=64, blank=True)
+    # When a vendor may see the outcome: set once the submission is final, padded to a multiple of
+    # the task's release_delay_seconds after created_at (the run time is not observable).
+    results_visible_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
