@@ -12,6 +12,7 @@ row*: each site's row count is public metadata). Contributions are clipped first
 ====================  =========================================  ===========================
 block                 per-row contribution                       L2 sensitivity
 ====================  =========================================  ===========================
+correct               1 if the predicted class is the label      1
 confusion (k x k)     one-hot at (label, predicted class)        sqrt(2)
 log_loss_sum          min(-ln p_label, LOG_LOSS_CLIP)            LOG_LOSS_CLIP = ln(100)
 score_histogram       binary (2, B): one-hot at (label, bin(p1)) sqrt(2)
@@ -28,7 +29,8 @@ accuracy and F1 (binary, or macro over all classes) from the confusion matrix; l
 the clipped sum (so a confidently wrong row costs at most ln(100)); ROC AUC from the binned
 score histogram (scores within one bin count as ties; one-vs-rest macro for k classes); MSE,
 MAE and R^2 from the clipped error and target sums. On exact statistics each equals the
-scikit-learn metric of the clipped or binned inputs (tests/privacy).
+scikit-learn metric of the clipped or binned inputs (tests/privacy). Accuracy needs only the
+count of correct rows; it is read off the confusion matrix when that is released anyway.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ import numpy as np
 
 LOG_LOSS_FLOOR = 0.01  # probabilities below it count as it: one row costs at most ln(100)
 LOG_LOSS_CLIP = -math.log(LOG_LOSS_FLOOR)
-SCORE_BINS = 20
+SCORE_BINS = 10  # fewer bins, less noise in total; the binning itself costs < 0.02 AUC (BENCHMARKS.md)
 
 CLASSIFICATION = frozenset({"binary_classification", "multiclass_classification"})
 METRIC_BLOCKS: dict[str, tuple[str, ...]] = {
-    "accuracy": ("confusion",),
+    "accuracy": ("correct",),
     "balanced_accuracy": ("confusion",),
     "f1": ("confusion",),
     "log_loss": ("log_loss_sum",),
@@ -117,6 +119,8 @@ class ReleaseSpec:
             for block in METRIC_BLOCKS[name]:
                 if block not in seen:
                     seen.append(block)
+        if "confusion" in seen and "correct" in seen:  # accuracy is the confusion matrix's trace
+            seen.remove("correct")
         return tuple(seen)
 
     def shape(self, block: str) -> tuple[int, ...]:
@@ -131,6 +135,8 @@ class ReleaseSpec:
         """L2 sensitivity of the block to replacing one row."""
         if block == "confusion":
             return math.sqrt(2.0)
+        if block == "correct":
+            return 1.0
         if block == "log_loss_sum":
             return LOG_LOSS_CLIP
         if block == "score_histogram":
@@ -168,6 +174,8 @@ def sufficient_statistics(spec: ReleaseSpec, y_true: np.ndarray, predictions: np
         for block in spec.blocks:
             if block == "confusion":
                 out[block] = np.bincount(labels * k + np.argmax(proba, axis=1), minlength=k * k).reshape(k, k).astype(np.float64)
+            elif block == "correct":
+                out[block] = np.array([float(np.sum(np.argmax(proba, axis=1) == labels))])
             elif block == "log_loss_sum":
                 picked = np.maximum(proba[rows, labels], LOG_LOSS_FLOOR)
                 out[block] = np.array([float(np.sum(-np.log(picked)))])
@@ -227,7 +235,7 @@ def pool(spec: ReleaseSpec, per_site: Sequence[Mapping[str, np.ndarray]]) -> dic
 def _auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """ROC AUC of binned scores: P(score of a positive > a negative's) + half the ties."""
     n_pos, n_neg = positives.sum(), negatives.sum()
-    if n_pos <= 0 or n_neg <= 0:
+    if n_pos < 0.5 or n_neg < 0.5:
         return math.nan
     below = np.concatenate([[0.0], np.cumsum(negatives)[:-1]])
     return float(np.sum(positives * (below + 0.5 * negatives)) / (n_pos * n_neg))
@@ -238,14 +246,18 @@ def _f1(confusion: np.ndarray, k: int) -> float:
     predicted = confusion.sum(axis=0)
     actual = confusion.sum(axis=1)
     denominator = predicted + actual
-    per_class = np.divide(2 * tp, denominator, out=np.zeros(k), where=denominator > 0)
+    per_class = np.clip(np.divide(2 * tp, denominator, out=np.zeros(k), where=denominator > 0.5), 0.0, 1.0)
     return float(per_class[1]) if k == 2 else float(per_class.mean())
 
 
 def _metric(name: str, spec: ReleaseSpec, stats: Mapping[str, np.ndarray], n_rows: int) -> float:
     k = spec.n_classes or 2
+    if name == "accuracy" and "confusion" not in stats:
+        return float(stats["correct"][0] / n_rows)
     if name in ("accuracy", "balanced_accuracy", "f1"):
-        confusion = np.maximum(stats["confusion"], 0.0)  # noise can push a count below 0
+        # No clamping of single counts: zeroing the negative noise of the many small cells would
+        # inflate row and column sums; ratios of unbiased sums are clamped at the end instead.
+        confusion = stats["confusion"]
         if name == "accuracy":
             return float(np.trace(confusion) / n_rows)
         if name == "f1":
@@ -254,11 +266,11 @@ def _metric(name: str, spec: ReleaseSpec, stats: Mapping[str, np.ndarray], n_row
         present = actual >= 0.5  # a class with (about) no rows has no recall
         if not present.any():
             return math.nan
-        return float(np.mean(np.diag(confusion)[present] / actual[present]))
+        return float(np.mean(np.clip(np.diag(confusion)[present] / actual[present], 0.0, 1.0)))
     if name == "log_loss":
         return float(stats["log_loss_sum"][0] / n_rows)
     if name == "roc_auc":
-        hist = np.maximum(stats["score_histogram"], 0.0)
+        hist = np.maximum(stats["score_histogram"], 0.0)  # stabler than raw counts here (BENCHMARKS.md)
         if k == 2:
             return _auc(hist[1], hist[0])
         per_class = [_auc(hist[c, 1], hist[c, 0]) for c in range(k)]
@@ -298,7 +310,7 @@ PLAUSIBLE_STDS = 8.0
 
 def exact_range(spec: ReleaseSpec, block: str, n_rows: int) -> tuple[float, float]:
     """The range every entry of a block's exact (un-noised) value lies in, over ``n_rows`` rows."""
-    if block in ("confusion", "score_histogram"):
+    if block in ("correct", "confusion", "score_histogram"):
         return 0.0, float(n_rows)
     if block == "log_loss_sum":
         return 0.0, n_rows * LOG_LOSS_CLIP

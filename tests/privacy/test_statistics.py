@@ -125,8 +125,8 @@ def test_noise_scale_matches_rho_and_sensitivity():
     spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy", "log_loss"], input_spec={})
     rho = 0.05
     scales = noise_scales(spec, rho)
-    # Two blocks: scaled sensitivity sqrt(2); rho = 2 / (2 s^2) on the scaled vector.
-    assert scales["confusion"] == pytest.approx(math.sqrt(2) * math.sqrt(2) / math.sqrt(2 * rho))
+    # Two blocks (correct count, log-loss sum): scaled sensitivity sqrt(2); rho = 2 / (2 s^2).
+    assert scales["correct"] == pytest.approx(1 * math.sqrt(2) / math.sqrt(2 * rho))
     assert scales["log_loss_sum"] == pytest.approx(st.LOG_LOSS_CLIP * math.sqrt(2) / math.sqrt(2 * rho))
     y, proba = _classification(100, 2)
     exact = st.sufficient_statistics(spec, y, proba)
@@ -136,7 +136,7 @@ def test_noise_scale_matches_rho_and_sensitivity():
 
 
 def test_released_statistics_are_checked_against_the_spec():
-    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy"], input_spec={})
+    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["f1"], input_spec={})
     good = {"confusion": [[1.0, 2.0], [3.0, 4.0]]}
     assert st.check_statistics(spec, good)["confusion"].shape == (2, 2)
     for bad in ({}, {"confusion": [[1, 2]]}, {"confusion": [[1, 2], [3, float("nan")]]},
@@ -145,19 +145,26 @@ def test_released_statistics_are_checked_against_the_spec():
             st.check_statistics(spec, bad)
 
 
+def test_accuracy_alone_releases_one_count_and_shares_the_confusion_matrix_otherwise():
+    alone = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy"], input_spec={})
+    assert alone.blocks == ("correct",) and alone.sensitivity("correct") == 1.0
+    shared = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy", "f1"], input_spec={})
+    assert shared.blocks == ("confusion",)
+
+
 def test_a_regression_task_needs_a_target_range():
     with pytest.raises(StatisticsError, match="target_range"):
         ReleaseSpec.for_task(task_type="regression", metric_names=["r2"], input_spec={})
 
 
 def test_implausible_statistics_are_refused():
-    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy", "roc_auc"], input_spec={})
+    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["f1", "roc_auc"], input_spec={})
     y, proba = _classification(50, 2)
     noise = noise_scales(spec, 0.02)
     for _ in range(50):  # honest releases always pass
         released = st.check_statistics(spec, gaussian_release(spec, st.sufficient_statistics(spec, y, proba), rho=0.02))
         st.check_plausible(spec, released, n_rows=50, noise=noise)
-    forged = st.check_statistics(spec, {"confusion": [[1e300, 0], [0, 0]], "score_histogram": [[0] * 20, [0] * 20]})
+    forged = st.check_statistics(spec, {"confusion": [[1e300, 0], [0, 0]], "score_histogram": [[0] * 10, [0] * 10]})
     with pytest.raises(StatisticsError, match="outside"):
         st.check_plausible(spec, forged, n_rows=50, noise=noise)
     too_many_rows = st.sufficient_statistics(spec, np.zeros(5000, dtype=int), np.tile([0.9, 0.1], (5000, 1)))
