@@ -61,7 +61,9 @@ def mnist1d_task(seed: int = 0):
     data = make_dataset(args)
     x_train, y_train = data["x"], data["y"]
     x_test, y_test = data["x_test"][:1000], data["y_test"][:1000]
-    model = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=300, random_state=seed).fit(x_train, y_train)
+    model = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=300, random_state=seed).fit(
+        x_train, y_train
+    )
     order = np.argsort(y_test, kind="stable")  # label-skewed sites, as in the measurement
     sites = np.array_split(order, 4)
     metrics = ["accuracy", "f1", "balanced_accuracy", "roc_auc", "log_loss"]
@@ -78,7 +80,11 @@ def weighted_per_site(spec, y, proba, sites) -> dict[str, float]:
     values, weights = [], []
     for rows in sites:
         try:
-            values.append(compute_metrics(spec.task_type, spec.metric_names, y[rows], proba[rows], n_classes=spec.n_classes))
+            values.append(
+                compute_metrics(
+                    spec.task_type, spec.metric_names, y[rows], proba[rows], n_classes=spec.n_classes
+                )
+            )
             weights.append(len(rows))
         except ValueError:
             return {}  # a metric undefined at one site failed the whole submission
@@ -95,7 +101,8 @@ def measure(name, spec, y, proba, sites, *, epsilon: float, repeats: int) -> dic
     errors: dict[str, list[float]] = {m: [] for m in spec.metric_names}
     for _ in range(repeats):
         noised = [
-            {b: np.asarray(v) for b, v in gaussian_release(spec, s, rho=rho, rng=rng).items()} for s in exact_per_site
+            {b: np.asarray(v) for b, v in gaussian_release(spec, s, rho=rho, rng=rng).items()}
+            for s in exact_per_site
         ]
         released = metrics_from_statistics(spec, pool(spec, noised), n)
         for m in spec.metric_names:
@@ -122,7 +129,9 @@ def measure(name, spec, y, proba, sites, *, epsilon: float, repeats: int) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--epsilon", type=float, nargs="+", default=[1.0])
     parser.add_argument("--json", type=Path)
@@ -132,7 +141,9 @@ def main() -> None:
         for epsilon in args.epsilon:
             results.append(measure(*task, epsilon=epsilon, repeats=args.repeats))
     for r in results:
-        print(f"\n### {r['task']}, epsilon {r['epsilon']} per release (delta {r['delta']:g}), {args.repeats} repeats\n")
+        print(
+            f"\n### {r['task']}, epsilon {r['epsilon']} per release (delta {r['delta']:g}), {args.repeats} repeats\n"
+        )
         print("| metric | exact pooled | old per-site weighted | MAE of released | p95 error |")
         print("| --- | ---: | ---: | ---: | ---: |")
         for m, v in r["metrics"].items():

@@ -92,7 +92,12 @@ class ReleaseSpec:
                 raise StatisticsError("a classification task needs n_classes >= 2")
         elif self.task_type == "regression":
             lo_hi = self.target_range
-            if lo_hi is None or len(lo_hi) != 2 or not all(math.isfinite(v) for v in lo_hi) or lo_hi[0] >= lo_hi[1]:
+            if (
+                lo_hi is None
+                or len(lo_hi) != 2
+                or not all(math.isfinite(v) for v in lo_hi)
+                or lo_hi[0] >= lo_hi[1]
+            ):
                 raise StatisticsError("a regression task needs target_range [lo, hi] with lo < hi")
         else:
             raise StatisticsError(f"unknown task type {self.task_type!r}")
@@ -108,7 +113,9 @@ class ReleaseSpec:
             task_type=task_type,
             metric_names=tuple(metric_names),
             n_classes=n_classes if task_type in CLASSIFICATION else None,
-            target_range=(float(target[0]), float(target[1])) if isinstance(target, list | tuple) and len(target) == 2 else None,
+            target_range=(float(target[0]), float(target[1]))
+            if isinstance(target, list | tuple) and len(target) == 2
+            else None,
         )
 
     @property
@@ -159,7 +166,9 @@ def _bins(scores: np.ndarray) -> np.ndarray:
     return np.minimum((np.clip(scores, 0.0, 1.0) * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
 
 
-def sufficient_statistics(spec: ReleaseSpec, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, np.ndarray]:
+def sufficient_statistics(
+    spec: ReleaseSpec, y_true: np.ndarray, predictions: np.ndarray
+) -> dict[str, np.ndarray]:
     """The exact statistics of one site's rows. ``predictions``: an ``(n, k)`` probability matrix
     for classification (rows summing to 1), values of shape ``(n,)`` for regression."""
     y = np.asarray(y_true)
@@ -173,7 +182,11 @@ def sufficient_statistics(spec: ReleaseSpec, y_true: np.ndarray, predictions: np
         rows = np.arange(len(labels))
         for block in spec.blocks:
             if block == "confusion":
-                out[block] = np.bincount(labels * k + np.argmax(proba, axis=1), minlength=k * k).reshape(k, k).astype(np.float64)
+                out[block] = (
+                    np.bincount(labels * k + np.argmax(proba, axis=1), minlength=k * k)
+                    .reshape(k, k)
+                    .astype(np.float64)
+                )
             elif block == "correct":
                 out[block] = np.array([float(np.sum(np.argmax(proba, axis=1) == labels))])
             elif block == "log_loss_sum":
@@ -182,12 +195,16 @@ def sufficient_statistics(spec: ReleaseSpec, y_true: np.ndarray, predictions: np
             elif block == "score_histogram":
                 if k == 2:
                     flat = labels * SCORE_BINS + _bins(proba[:, 1])
-                    out[block] = np.bincount(flat, minlength=2 * SCORE_BINS).reshape(2, SCORE_BINS).astype(np.float64)
+                    out[block] = (
+                        np.bincount(flat, minlength=2 * SCORE_BINS).reshape(2, SCORE_BINS).astype(np.float64)
+                    )
                 else:
                     hist = np.zeros((k, 2, SCORE_BINS))
                     for c in range(k):
                         is_c = (labels == c).astype(np.int64)
-                        hist[c] = np.bincount(is_c * SCORE_BINS + _bins(proba[:, c]), minlength=2 * SCORE_BINS).reshape(2, SCORE_BINS)
+                        hist[c] = np.bincount(
+                            is_c * SCORE_BINS + _bins(proba[:, c]), minlength=2 * SCORE_BINS
+                        ).reshape(2, SCORE_BINS)
                     out[block] = hist
         return out
     assert spec.target_range is not None
@@ -218,7 +235,9 @@ def check_statistics(spec: ReleaseSpec, statistics: Mapping[str, object]) -> dic
         except (TypeError, ValueError):
             raise StatisticsError(f"statistic {block!r} is not an array of numbers") from None
         if value.shape != spec.shape(block):
-            raise StatisticsError(f"statistic {block!r} must have shape {spec.shape(block)}, got {value.shape}")
+            raise StatisticsError(
+                f"statistic {block!r} must have shape {spec.shape(block)}, got {value.shape}"
+            )
         if not np.all(np.isfinite(value)):
             raise StatisticsError(f"statistic {block!r} is not finite")
         parsed[block] = value
@@ -229,7 +248,10 @@ def pool(spec: ReleaseSpec, per_site: Sequence[Mapping[str, np.ndarray]]) -> dic
     """The sum of the sites' statistics."""
     if not per_site:
         raise StatisticsError("nothing to pool")
-    return {block: np.sum([np.asarray(s[block], dtype=np.float64) for s in per_site], axis=0) for block in spec.blocks}
+    return {
+        block: np.sum([np.asarray(s[block], dtype=np.float64) for s in per_site], axis=0)
+        for block in spec.blocks
+    }
 
 
 def _auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -288,7 +310,9 @@ def _metric(name: str, spec: ReleaseSpec, stats: Mapping[str, np.ndarray], n_row
     raise StatisticsError(f"unknown metric {name!r}")
 
 
-def metrics_from_statistics(spec: ReleaseSpec, statistics: Mapping[str, np.ndarray], n_rows: int) -> dict[str, float]:
+def metrics_from_statistics(
+    spec: ReleaseSpec, statistics: Mapping[str, np.ndarray], n_rows: int
+) -> dict[str, float]:
     """Each metric of the spec from (pooled, possibly noised) statistics over ``n_rows`` rows,
     clamped to the metric's range. A metric undefined on these statistics is left out."""
     if n_rows <= 0:

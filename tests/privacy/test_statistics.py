@@ -58,7 +58,9 @@ def test_exact_statistics_give_the_sklearn_metric(name, k):
 
 def test_unclipped_log_loss_and_auc_are_close_to_sklearn_exact():
     y, proba = _classification(2000, 2, seed=3)
-    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["log_loss", "roc_auc"], input_spec={})
+    spec = ReleaseSpec.for_task(
+        task_type="binary_classification", metric_names=["log_loss", "roc_auc"], input_spec={}
+    )
     got = st.metrics_from_statistics(spec, st.sufficient_statistics(spec, y, proba), len(y))
     assert got["log_loss"] == pytest.approx(skm.log_loss(y, proba), abs=0.02)
     assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba[:, 1]), abs=0.01)
@@ -69,7 +71,9 @@ def test_regression_statistics_give_the_sklearn_metric_of_clipped_values(name):
     rng = np.random.default_rng(1)
     y = rng.uniform(0, 10, size=300)
     pred = y + rng.normal(0, 1.5, size=300)
-    spec = ReleaseSpec.for_task(task_type="regression", metric_names=[name], input_spec={"target_range": [0, 10]})
+    spec = ReleaseSpec.for_task(
+        task_type="regression", metric_names=[name], input_spec={"target_range": [0, 10]}
+    )
     got = st.metrics_from_statistics(spec, st.sufficient_statistics(spec, y, pred), len(y))[name]
     reference = {"mean_squared_error": skm.mean_squared_error, "mean_absolute_error": skm.mean_absolute_error,
                  "r2": skm.r2_score}[name](y, pred)  # fmt: skip
@@ -80,7 +84,9 @@ def test_pooled_metrics_do_not_depend_on_how_rows_are_spread_over_sites():
     """The issue's measurement: macro-F1 on label-skewed sites averaged per site != pooled."""
     y, proba = _classification(1000, 10, seed=7)
     spec = ReleaseSpec.for_task(
-        task_type="multiclass_classification", metric_names=list(CLASSIFICATION_METRICS), input_spec={"n_classes": 10}
+        task_type="multiclass_classification",
+        metric_names=list(CLASSIFICATION_METRICS),
+        input_spec={"n_classes": 10},
     )
     central = st.metrics_from_statistics(spec, st.sufficient_statistics(spec, y, proba), len(y))
     order = np.argsort(y, kind="stable")  # label-skewed: each site holds a few classes only
@@ -102,7 +108,9 @@ def test_a_metric_undefined_at_one_site_is_defined_on_the_pool():
 def test_changing_one_row_moves_each_block_by_at_most_its_sensitivity():
     rng = np.random.default_rng(5)
     for k, task_type in ((2, "binary_classification"), (5, "multiclass_classification")):
-        spec = ReleaseSpec.for_task(task_type=task_type, metric_names=list(CLASSIFICATION_METRICS), input_spec={"n_classes": k})
+        spec = ReleaseSpec.for_task(
+            task_type=task_type, metric_names=list(CLASSIFICATION_METRICS), input_spec={"n_classes": k}
+        )
         for _ in range(200):
             y, proba = _classification(30, k, seed=int(rng.integers(1 << 30)))
             y2, proba2 = y.copy(), proba.copy()
@@ -111,7 +119,9 @@ def test_changing_one_row_moves_each_block_by_at_most_its_sensitivity():
             a, b = st.sufficient_statistics(spec, y, proba), st.sufficient_statistics(spec, y2, proba2)
             for block in spec.blocks:
                 assert np.linalg.norm(a[block] - b[block]) <= spec.sensitivity(block) + 1e-9
-    spec = ReleaseSpec.for_task(task_type="regression", metric_names=list(REGRESSION_METRICS), input_spec={"target_range": [-2, 3]})
+    spec = ReleaseSpec.for_task(
+        task_type="regression", metric_names=list(REGRESSION_METRICS), input_spec={"target_range": [-2, 3]}
+    )
     for _ in range(200):
         y, pred = rng.uniform(-5, 6, size=20), rng.normal(0, 10, size=20)
         y2, pred2 = y.copy(), pred.copy()
@@ -122,7 +132,9 @@ def test_changing_one_row_moves_each_block_by_at_most_its_sensitivity():
 
 
 def test_noise_scale_matches_rho_and_sensitivity():
-    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy", "log_loss"], input_spec={})
+    spec = ReleaseSpec.for_task(
+        task_type="binary_classification", metric_names=["accuracy", "log_loss"], input_spec={}
+    )
     rho = 0.05
     scales = noise_scales(spec, rho)
     # Two blocks (correct count, log-loss sum): scaled sensitivity sqrt(2); rho = 2 / (2 s^2).
@@ -131,7 +143,9 @@ def test_noise_scale_matches_rho_and_sensitivity():
     y, proba = _classification(100, 2)
     exact = st.sufficient_statistics(spec, y, proba)
     draws = np.array([gaussian_release(spec, exact, rho=rho)["log_loss_sum"][0] for _ in range(4000)])
-    assert np.mean(draws) == pytest.approx(exact["log_loss_sum"][0], abs=4 * scales["log_loss_sum"] / math.sqrt(4000))
+    assert np.mean(draws) == pytest.approx(
+        exact["log_loss_sum"][0], abs=4 * scales["log_loss_sum"] / math.sqrt(4000)
+    )
     assert np.std(draws) == pytest.approx(scales["log_loss_sum"], rel=0.05)
 
 
@@ -148,7 +162,9 @@ def test_released_statistics_are_checked_against_the_spec():
 def test_accuracy_alone_releases_one_count_and_shares_the_confusion_matrix_otherwise():
     alone = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy"], input_spec={})
     assert alone.blocks == ("correct",) and alone.sensitivity("correct") == 1.0
-    shared = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["accuracy", "f1"], input_spec={})
+    shared = ReleaseSpec.for_task(
+        task_type="binary_classification", metric_names=["accuracy", "f1"], input_spec={}
+    )
     assert shared.blocks == ("confusion",)
 
 
@@ -158,15 +174,51 @@ def test_a_regression_task_needs_a_target_range():
 
 
 def test_implausible_statistics_are_refused():
-    spec = ReleaseSpec.for_task(task_type="binary_classification", metric_names=["f1", "roc_auc"], input_spec={})
+    spec = ReleaseSpec.for_task(
+        task_type="binary_classification", metric_names=["f1", "roc_auc"], input_spec={}
+    )
     y, proba = _classification(50, 2)
     noise = noise_scales(spec, 0.02)
     for _ in range(50):  # honest releases always pass
-        released = st.check_statistics(spec, gaussian_release(spec, st.sufficient_statistics(spec, y, proba), rho=0.02))
+        released = st.check_statistics(
+            spec, gaussian_release(spec, st.sufficient_statistics(spec, y, proba), rho=0.02)
+        )
         st.check_plausible(spec, released, n_rows=50, noise=noise)
-    forged = st.check_statistics(spec, {"confusion": [[1e300, 0], [0, 0]], "score_histogram": [[0] * 10, [0] * 10]})
+    forged = st.check_statistics(
+        spec, {"confusion": [[1e300, 0], [0, 0]], "score_histogram": [[0] * 10, [0] * 10]}
+    )
     with pytest.raises(StatisticsError, match="outside"):
         st.check_plausible(spec, forged, n_rows=50, noise=noise)
     too_many_rows = st.sufficient_statistics(spec, np.zeros(5000, dtype=int), np.tile([0.9, 0.1], (5000, 1)))
     with pytest.raises(StatisticsError, match="outside"):
         st.check_plausible(spec, too_many_rows, n_rows=50, noise=noise)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=hs.integers(2, 6),
+    n=hs.integers(2, 120),
+    n_sites=hs.integers(1, 5),
+    seed=hs.integers(0, 2**31 - 1),
+)
+def test_property_pooling_any_partition_equals_the_centralized_statistics(k, n, n_sites, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    proba = rng.dirichlet(np.full(k, 0.5), size=n)
+    task_type = "binary_classification" if k == 2 else "multiclass_classification"
+    spec = ReleaseSpec.for_task(
+        task_type=task_type, metric_names=list(CLASSIFICATION_METRICS), input_spec={"n_classes": k}
+    )
+    cuts = np.sort(rng.integers(0, n + 1, size=n_sites - 1))
+    parts = [p for p in np.split(rng.permutation(n), cuts)]
+    pooled = st.pool(spec, [st.sufficient_statistics(spec, y[p], proba[p]) for p in parts])
+    central = st.sufficient_statistics(spec, y, proba)
+    for block in spec.blocks:
+        np.testing.assert_allclose(pooled[block], central[block], rtol=1e-12, atol=1e-9)
+    assert st.metrics_from_statistics(spec, pooled, n) == pytest.approx(
+        st.metrics_from_statistics(spec, central, n)
+    )

@@ -10,9 +10,7 @@ from evaluator.privacy.zcdp import epsilon_for_rho, noise_multiplier_for_rho, rh
 
 def _by_hand(rho, delta):
     """Balle et al. 2020, Theorem 21, for RDP(alpha) = alpha * rho, minimised over the orders."""
-    return min(
-        a * rho + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1) for a in ORDERS
-    )
+    return min(a * rho + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1) for a in ORDERS)
 
 
 @pytest.mark.parametrize("rho", [0.001, 0.0172, 0.1, 1.0, 5.0])
