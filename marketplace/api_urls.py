@@ -26,6 +26,7 @@ urlpatterns = [
     path("tasks/<int:task_id>", catalog.TaskDetailApi.as_view(), name="task"),
     path("tasks/<int:task_id>/open", catalog.TaskOpenApi.as_view(), name="task-open"),
     path("tasks/<int:task_id>/close", catalog.TaskCloseApi.as_view(), name="task-close"),
+    path("tasks/<int:task_id>/close-plan", catalog.TaskClosePlanApi.as_view(), name="task-close-plan"),
     path("tasks/<int:task_id>/sample", catalog.TaskSampleApi.as_view(), name="task-sample"),
     path("tasks/<int:task_id>/shards", catalog.TaskShardListApi.as_view(), name="task-shards"),
     path("tasks/<int:task_id>/access-requests", catalog.AccessRequestListCreateApi.as_view(), name="task-access-requests"),

@@ -17,6 +17,7 @@ from marketplace.catalog.services import (
     task_access_decide,
     task_access_request,
     task_close,
+    task_close_plan,
     task_create,
     task_open,
     task_sample_set,
@@ -156,6 +157,40 @@ class TaskCloseApi(APIView):
     def post(self, request, task_id: int):
         task_close(task=access_task_for_owner(request.user, task_id), actor=request.user)
         return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
+
+
+class ClosePlanEntryOutput(serializers.Serializer):
+    submission_id = serializers.IntegerField()
+    submission = serializers.CharField()
+    vendor_id = serializers.IntegerField()
+    vendor = serializers.CharField()
+    nominated = serializers.BooleanField()
+    primary_metric = serializers.CharField()
+    public_value = serializers.FloatField(allow_null=True)
+
+
+class ClosePlanSkippedOutput(ClosePlanEntryOutput):
+    reason = serializers.CharField()
+    scope = serializers.ChoiceField(choices=["vendor", "task"])
+
+
+class ClosePlanOutput(serializers.Serializer):
+    has_private_split = serializers.BooleanField()
+    epsilon_per_reveal = serializers.FloatField()
+    delta = serializers.FloatField()
+    reveal = ClosePlanEntryOutput(many=True)
+    not_revealed = ClosePlanSkippedOutput(many=True)
+
+
+class TaskClosePlanApi(APIView):
+    """The owner's summary before closing: the finals whose private scores closing would reveal."""
+
+    permission_classes = [IsPerson]
+
+    @extend_schema(responses=ClosePlanOutput, tags=["tasks"])
+    def get(self, request, task_id: int):
+        task = access_task_for_owner(request.user, task_id)
+        return Response(ClosePlanOutput(task_close_plan(task=task)).data)
 
 
 class TaskSampleInput(serializers.Serializer):

@@ -155,14 +155,36 @@ def task_open(*, task: Task, actor) -> Task:
     return task
 
 
+def task_close_plan(*, task: Task) -> dict:
+    """What closing the task would reveal (finals only) and what would not fit the private budgets."""
+    from marketplace.leaderboard.closing import close_plan
+
+    return close_plan(task)
+
+
 @transaction.atomic
 def task_close(*, task: Task, actor) -> Task:
+    """Closes the task. The owner confirming the close approves the reveals of its plan: their
+    private budget is reserved now, and only they are listed to the sites (job_reveals_for_site)."""
+    from marketplace.leaderboard.closing import close_plan, close_reveals_approve
+
+    task = Task.objects.select_for_update().get(id=task.id)
     if task.status != TaskStatus.OPEN:
         raise Conflict("Only an open task can be closed.", code="invalid_state")
     task.status = TaskStatus.CLOSED
     task.closes_at = timezone.now()
     task.save(update_fields=["status", "closes_at", "updated_at"])
-    audit_record(action="task.closed", obj=task, actor_user=actor)
+    plan = close_plan(task)
+    approved, refused = close_reveals_approve(task=task, plan=plan)
+    audit_record(
+        action="task.closed",
+        obj=task,
+        actor_user=actor,
+        data={
+            "reveals": approved,
+            "not_revealed": sorted(refused + [row["submission_id"] for row in plan["not_revealed"]]),
+        },
+    )
     return task
 
 

@@ -14,7 +14,7 @@ from marketplace.egress.filters import EgressFilter
 from marketplace.egress.models import EgressRecord
 from marketplace.egress.selectors import egress_records_visible_to, leakage_by_vendor
 
-CSV_COLUMNS = ["created_at", "site", "task", "vendor", "job", "kind", "bytes", "sha256", "cost_bits", "epsilon"]
+CSV_COLUMNS = ["created_at", "site", "task", "vendor", "job", "kind", "bytes", "sha256", "rho", "epsilon", "delta"]
 
 
 class EgressRecordOutput(serializers.ModelSerializer):
@@ -48,7 +48,7 @@ def egress_csv_response(records) -> HttpResponse:
     for record in records:
         writer.writerow(
             [record.created_at.isoformat(), record.site.name, record.task.title, record.vendor.name, record.job_id,
-             record.kind, record.bytes, record.sha256, record.cost_bits, record.epsilon]
+             record.kind, record.bytes, record.sha256, record.rho, record.epsilon, record.delta]
         )  # fmt: skip
     return response
 
@@ -65,15 +65,18 @@ class EgressCsvApi(APIView):
 class LeakageOutput(serializers.Serializer):
     vendor_id = serializers.IntegerField()
     vendor = serializers.CharField(source="vendor__name")
-    releases = serializers.IntegerField()
+    releases = serializers.IntegerField(help_text="Priced releases mirrored from the sites' ledgers")
     bytes = serializers.IntegerField()
-    cost_bits = serializers.FloatField(allow_null=True)
-    epsilon = serializers.FloatField(allow_null=True)
-    cap_bits = serializers.FloatField(allow_null=True)
+    rho = serializers.FloatField(help_text="zCDP spent on the public split")
+    epsilon = serializers.FloatField(help_text="Its (epsilon, delta) guarantee")
+    private_rho = serializers.FloatField()
+    private_epsilon = serializers.FloatField(help_text="Spent on the private split (reveals at close)")
+    delta = serializers.FloatField()
+    vendor_epsilon = serializers.FloatField(help_text="The cap per vendor organization and split")
 
 
 class TaskLeakageApi(APIView):
-    """What has left the sites per vendor: the owner sees every vendor, a vendor only itself."""
+    """Privacy spent per vendor on a task: the owner sees every vendor, a vendor only itself."""
 
     permission_classes = [IsPerson]
 
@@ -82,5 +85,4 @@ class TaskLeakageApi(APIView):
         task = access_task_by_id(request.user, task_id)
         org_ids = organization_ids_of(user=request.user)
         vendor_ids = None if task.organization_id in org_ids else list(org_ids)
-        rows = [{**row, "cap_bits": task.leakage_cap_bits} for row in leakage_by_vendor(task_id=task.id, vendor_ids=vendor_ids)]
-        return Response(LeakageOutput(rows, many=True).data)
+        return Response(LeakageOutput(leakage_by_vendor(task=task, vendor_ids=vendor_ids), many=True).data)

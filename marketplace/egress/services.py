@@ -17,8 +17,17 @@ def egress_receipt_verify(*, body: dict[str, Any], sha256: str, size: int) -> No
 
 
 def egress_record_create(
-    *, job, kind: str, sha256: str, size: int, cost_bits: float | None = None, epsilon: float | None = None
+    *,
+    job,
+    kind: str,
+    sha256: str,
+    size: int,
+    rho: float | None = None,
+    epsilon: float | None = None,
+    delta: float | None = None,
 ) -> EgressRecord:
+    """Mirrors one ledger entry of a site, with the release's privacy cost (None: a constant
+    release, which carries nothing)."""
     record, _ = EgressRecord.objects.get_or_create(
         site=job.site,
         job=job,
@@ -28,8 +37,9 @@ def egress_record_create(
             "vendor_id": job.submission.vendor_id,
             "kind": kind,
             "bytes": size,
-            "cost_bits": cost_bits,
+            "rho": rho,
             "epsilon": epsilon,
+            "delta": delta,
         },
     )
     return record

@@ -441,7 +441,7 @@ def _post_release(
     metrics = _round_metrics(values)
     egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
     egress_record_create(job=participant.job, kind=EgressKind.UPDATE, sha256=ledger_sha256, size=ledger_bytes,
-                         epsilon=metrics["epsilon"])  # fmt: skip
+                         epsilon=metrics["epsilon"], delta=run.dp_delta)  # fmt: skip
     _store(run, participant, kind, metrics, ledger_sha256, vector=data)
     _advance(run, timed_out=False)
     return True

@@ -305,6 +305,15 @@ def run_finish(*, run: FineTuningRun, reason: str = "") -> Submission:
     )  # fmt: skip
     child.weights_offset.save("weights_offset.safetensors", ContentFile(offset_bytes), save=False)
     child.save()
+    # Its evaluation is a release like any upload's: paid from the same budgets, or not run at all
+    # (the check fails a submission without a reservation).
+    from marketplace.budgets.services import BudgetExhausted, budget_reserve
+
+    try:
+        with transaction.atomic():
+            budget_reserve(task=child.task, vendor_id=child.vendor_id, submission=child)
+    except BudgetExhausted as exhausted:
+        audit_record(action="submission.budget_exhausted", obj=child, data={"message": exhausted.message})
     audit_record(action="submission.created", obj=child,
                  data={"parent": parent.id, "finetuning_run": run.id, "sha256": parent.sha256})  # fmt: skip
     run.result = child

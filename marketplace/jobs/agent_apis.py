@@ -92,7 +92,7 @@ class WeightsOffsetOutput(serializers.Serializer):
 
 class AgentSubmissionOutput(serializers.Serializer):
     id = serializers.IntegerField()
-    vendor_id = serializers.IntegerField(help_text="Opaque id: the site keys its Ladder and leakage totals on it")
+    vendor_id = serializers.IntegerField(help_text="Opaque id: the site keys its privacy budget on it")
     format = serializers.CharField(source="artifact_format")
     sha256 = serializers.CharField()
     size = serializers.IntegerField()
@@ -108,6 +108,13 @@ class AgentSubmissionOutput(serializers.Serializer):
         return {"sha256": submission.weights_offset_sha256, "size": submission.weights_offset.size}
 
 
+class AgentPrivacyOutput(serializers.Serializer):
+    epsilon_per_release = serializers.FloatField()
+    delta = serializers.FloatField()
+    vendor_epsilon = serializers.FloatField()
+    task_epsilon = serializers.FloatField()
+
+
 class AgentTaskOutput(serializers.Serializer):
     id = serializers.IntegerField()
     slug = serializers.CharField()
@@ -120,7 +127,16 @@ class AgentTaskOutput(serializers.Serializer):
     public_split_fraction = serializers.FloatField()
     split_seed = serializers.IntegerField()
     requires_release_approval = serializers.BooleanField()
-    leakage_cap_bits = serializers.FloatField(allow_null=True)
+    privacy = serializers.SerializerMethodField(help_text="The release's differential privacy (docs/disclosure.md)")
+
+    @extend_schema_field(AgentPrivacyOutput)
+    def get_privacy(self, task) -> dict:
+        return {
+            "epsilon_per_release": task.dp_epsilon_per_release,
+            "delta": task.dp_delta,
+            "vendor_epsilon": task.dp_vendor_epsilon,
+            "task_epsilon": task.dp_task_epsilon,
+        }
 
 
 class AgentJobOutput(serializers.Serializer):
@@ -202,15 +218,29 @@ class WeightsOffsetDownloadApi(AgentApi):
 class LedgerReceiptInput(serializers.Serializer):
     sha256 = serializers.RegexField(r"^[0-9a-f]{64}$")
     bytes = serializers.IntegerField(min_value=0)
-    cost_bits = serializers.FloatField(required=False, allow_null=True, min_value=0)
+
+
+class ReleaseLedgerInput(LedgerReceiptInput):
+    rho = serializers.FloatField()
+    epsilon = serializers.FloatField()
+    delta = serializers.FloatField()
+
+
+class ReleasePrivacyInput(serializers.Serializer):
+    mechanism = serializers.ChoiceField(choices=["gaussian"])
+    rho = serializers.FloatField()
+    epsilon = serializers.FloatField()
+    delta = serializers.FloatField()
 
 
 class ResultInput(serializers.Serializer):
+    """For the schema only: the services check the body as posted (marketplace/jobs/releases.py)."""
+
     agent_id = AGENT_ID
-    metrics = serializers.DictField()
-    n_rows = serializers.IntegerField(min_value=1)
-    ladder_improved = serializers.BooleanField(required=False, allow_null=True, default=None)
-    ledger = LedgerReceiptInput()
+    n_rows = serializers.IntegerField(help_text="Rows of this split at this site")
+    statistics = serializers.DictField(help_text="Noised sufficient statistics: block -> nested list of numbers")
+    privacy = ReleasePrivacyInput()
+    ledger = ReleaseLedgerInput()
 
 
 class AgentJobStateOutput(serializers.Serializer):
@@ -224,42 +254,24 @@ class JobStateOutput(serializers.Serializer):
     created = serializers.BooleanField(help_text="False when this repeated an already recorded outcome.")
 
 
-def _released_metrics(site, job_id: int, values: dict, request) -> dict:
-    """What the result services need from a metrics post: the values, the ledger receipt, and
-    the body exactly as the site released it (the receipt is checked against it)."""
-    return {
-        "site": site,
-        "job_id": job_id,
-        "agent_id": values["agent_id"],
-        "metrics": values["metrics"],
-        "n_rows": values["n_rows"],
-        "ledger_sha256": values["ledger"]["sha256"],
-        "ledger_bytes": values["ledger"]["bytes"],
-        "cost_bits": values["ledger"].get("cost_bits"),
-        "released": dict(request.data),
-    }
+def _body(request) -> dict | None:
+    """The post exactly as the site released it: its ledger receipt is checked against it."""
+    return request.data if isinstance(request.data, dict) else None
 
 
 class ResultApi(AgentApi):
     @extend_schema(request=ResultInput, responses=JobStateOutput, tags=["agent"])
     def post(self, request, job_id: int):
-        data = ResultInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        job, created = job_record_result(
-            **_released_metrics(self.site, job_id, values, request), ladder_improved=values["ladder_improved"]
-        )
+        job, created = job_record_result(site=self.site, job_id=job_id, body=_body(request))
         return Response({"job": AgentJobStateOutput(job).data, "created": created})
 
 
 class PrivateResultApi(AgentApi):
-    """Private-split metrics: the site sends them only after the task has closed."""
+    """Private-split statistics: the site sends them only for reveals the owner's close approved."""
 
     @extend_schema(request=ResultInput, responses=JobStateOutput, tags=["agent"])
     def post(self, request, job_id: int):
-        data = ResultInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        job, created = job_record_private_result(**_released_metrics(self.site, job_id, data.validated_data, request))
+        job, created = job_record_private_result(site=self.site, job_id=job_id, body=_body(request))
         return Response({"job": AgentJobStateOutput(job).data, "created": created})
 
 

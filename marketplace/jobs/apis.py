@@ -1,4 +1,6 @@
-"""Jobs as people see them: coarse status only (no logs, no run times) to vendors."""
+"""Jobs are the owner's: a job's status and timing move with what the model does on the data, so
+vendors see none (list empty, detail 404) and follow their submissions instead
+(marketplace.submissions.visibility)."""
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
@@ -7,7 +9,7 @@ from rest_framework.views import APIView
 
 from marketplace.accounts.selectors import organization_ids_of
 from marketplace.core.apis import IsPerson
-from marketplace.jobs.access import access_job_by_id, access_job_for_owner
+from marketplace.jobs.access import access_job_for_owner
 from marketplace.jobs.filters import JobFilter
 from marketplace.jobs.models import Job
 from marketplace.jobs.selectors import job_list_visible_to
@@ -15,7 +17,8 @@ from marketplace.jobs.services import job_decide, job_release_decide
 
 
 class ResultOutput(serializers.Serializer):
-    metrics = serializers.DictField(child=serializers.FloatField())
+    statistics = serializers.JSONField(help_text="The noised sufficient statistics the site released")
+    metrics = serializers.DictField(child=serializers.FloatField(), help_text="Computed by the hub from them")
     n_rows = serializers.IntegerField()
     ledger_sha256 = serializers.CharField()
 
@@ -32,14 +35,10 @@ class JobOutput(serializers.ModelSerializer):
 
     @extend_schema(responses=ResultOutput(allow_null=True))
     def get_result(self, job: Job) -> dict | None:
-        """Per-site values go to the task's owner, and to the vendor only if the task shows them."""
-        owner_org_ids = self.context.get("org_ids", set())
-        task = job.submission.task
+        """What the site released, and the metrics the hub computed from it (owners only see jobs)."""
         if not hasattr(job, "result"):
             return None
-        if task.organization_id in owner_org_ids or task.show_per_site:
-            return ResultOutput(job.result).data
-        return None
+        return ResultOutput(job.result).data
 
 
 class JobListApi(generics.ListAPIView):
@@ -48,10 +47,9 @@ class JobListApi(generics.ListAPIView):
     filterset_class = JobFilter
 
     def get_queryset(self):
-        return job_list_visible_to(user=self.request.user).order_by("-id")
-
-    def get_serializer_context(self):
-        return {**super().get_serializer_context(), "org_ids": organization_ids_of(user=self.request.user)}
+        # Only jobs on the person's own tasks: a vendor's list is empty.
+        owned = organization_ids_of(user=self.request.user)
+        return job_list_visible_to(user=self.request.user).filter(submission__task__organization_id__in=owned).order_by("-id")
 
 
 class JobDetailApi(APIView):
@@ -59,8 +57,7 @@ class JobDetailApi(APIView):
 
     @extend_schema(responses=JobOutput, tags=["jobs"])
     def get(self, request, job_id: int):
-        job = access_job_by_id(request.user, job_id)
-        return Response(JobOutput(job, context={"org_ids": organization_ids_of(user=request.user)}).data)
+        return Response(JobOutput(access_job_for_owner(request.user, job_id)).data)
 
 
 class JobDecisionApi(APIView):
@@ -70,8 +67,7 @@ class JobDecisionApi(APIView):
     @extend_schema(request=None, responses=JobOutput, tags=["jobs"])
     def post(self, request, job_id: int):
         job = job_decide(job=access_job_for_owner(request.user, job_id), approve=self.approve, actor=request.user)
-        job = access_job_by_id(request.user, job.id)
-        return Response(JobOutput(job, context={"org_ids": organization_ids_of(user=request.user)}).data)
+        return Response(JobOutput(access_job_for_owner(request.user, job.id)).data)
 
 
 class JobApproveApi(JobDecisionApi):
@@ -91,8 +87,7 @@ class JobReleaseDecisionApi(APIView):
     @extend_schema(request=None, responses=JobOutput, tags=["jobs"])
     def post(self, request, job_id: int):
         job = job_release_decide(job=access_job_for_owner(request.user, job_id), approve=self.approve, actor=request.user)
-        job = access_job_by_id(request.user, job.id)
-        return Response(JobOutput(job, context={"org_ids": organization_ids_of(user=request.user)}).data)
+        return Response(JobOutput(access_job_for_owner(request.user, job.id)).data)
 
 
 class JobReleaseApi(JobReleaseDecisionApi):

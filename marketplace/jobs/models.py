@@ -38,6 +38,18 @@ class FailureReason(models.TextChoices):
 # Site-side trouble, not the model's fault: the job goes back to the queue while attempts remain.
 RETRYABLE_REASONS = {FailureReason.INTERNAL_ERROR, FailureReason.DATA_UNAVAILABLE}
 AGENT_REPORTABLE_REASONS = [r for r in FailureReason.values if r != FailureReason.AGENT_LOST]
+# What an evaluation may fail with: only what happens before the model sees data (or the owner's
+# refusal). A failure after it is released as the statistics of a fallback prediction instead,
+# so the model cannot choose what the hub learns (docs/disclosure.md).
+PRE_DATA_REASONS = {
+    FailureReason.POLICY_VIOLATION,
+    FailureReason.ARTIFACT_MISMATCH,
+    FailureReason.INVALID_ARTIFACT,
+    FailureReason.DATA_UNAVAILABLE,
+    FailureReason.INTERNAL_ERROR,
+    FailureReason.WITHHELD,
+    FailureReason.AGENT_LOST,
+}
 
 
 class ReleaseDecision(models.TextChoices):

@@ -4,7 +4,6 @@ Claims are atomic (a conditional UPDATE, with SELECT ... FOR UPDATE SKIP LOCKED 
 database has it), results are idempotent per job, and an expired lease puts the job back.
 """
 
-import math
 from datetime import timedelta
 
 from django.conf import settings
@@ -13,11 +12,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from marketplace.audit.services import audit_record
+from marketplace.budgets.models import PrivacyCharge, Split
+from marketplace.budgets.services import budget_refund
 from marketplace.catalog.models import DataShard
 from marketplace.core.errors import Conflict, DomainError, NotFound
 from marketplace.egress.models import EgressKind
-from marketplace.egress.services import egress_receipt_verify, egress_record_create
+from marketplace.egress.services import LedgerMismatch, egress_receipt_verify, egress_record_create
 from marketplace.jobs.models import (
+    PRE_DATA_REASONS,
     RETRYABLE_REASONS,
     TERMINAL_STATUSES,
     FailureReason,
@@ -27,6 +29,7 @@ from marketplace.jobs.models import (
     ReleaseDecision,
     Result,
 )
+from marketplace.jobs.releases import InvalidRelease, release_check
 from marketplace.sites.models import Site
 from marketplace.submissions.models import Submission, SubmissionStatus
 
@@ -47,12 +50,19 @@ def _enqueue_aggregation(submission_id: int) -> None:
 
 def jobs_create_for_submission(*, submission: Submission) -> list[Job]:
     """One evaluation job per site holding the task's data; held for approval if the task says so."""
+    from marketplace.submissions.services import submission_mark_visible
+
     shards = list(DataShard.objects.filter(task=submission.task).select_related("site").order_by("site_id"))
-    if not shards:
+    reserved = PrivacyCharge.objects.filter(submission=submission, split=Split.PUBLIC, refunded=False).exists()
+    if not shards or not reserved:
+        # Nothing runs without data, nor without its release paid for.
+        reason = "no_data_sites" if not shards else "no_privacy_budget"
         submission.status = SubmissionStatus.FAILED
-        submission.status_reason = "no_data_sites"
-        submission.save(update_fields=["status", "status_reason", "updated_at"])
-        audit_record(action="submission.failed", obj=submission, data={"reason": "no_data_sites"})
+        submission.status_reason = reason
+        budget_refund(submission=submission, reason=reason)
+        submission_mark_visible(submission=submission)
+        submission.save(update_fields=["status", "status_reason", "results_visible_at", "updated_at"])
+        audit_record(action="submission.failed", obj=submission, data={"reason": reason})
         return []
     held = submission.task.requires_job_approval
     status = JobStatus.AWAITING_APPROVAL if held else JobStatus.QUEUED
@@ -136,85 +146,128 @@ def _require_reportable(job: Job, agent_id: str) -> None:
         raise LeaseLost("This agent no longer holds the job's lease.")
 
 
-def _validate_metrics(job: Job, metrics: dict) -> dict[str, float]:
-    expected = {m["name"] for m in job.submission.task.metrics}
-    if set(metrics) != expected:
-        raise DomainError(
-            f"metrics must have exactly the task's metrics: {', '.join(sorted(expected))}.",
-            code="invalid_metrics",
-        )
-    cleaned: dict[str, float] = {}
-    for name, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise DomainError(f"Metric {name!r} must be a finite number.", code="invalid_metrics")
-        cleaned[name] = float(value)
-    return cleaned
+def _refused(*, site: Site, job_id: int, action: str, error: DomainError) -> None:
+    """Audits a refused post. Runs after the refused transaction has rolled back."""
+    job = Job.objects.filter(id=job_id, site=site).first()
+    audit_record(
+        action=action, obj=job or site, actor_site=site,
+        data={"job": job_id, "code": error.code, "message": error.message[:500]},
+    )  # fmt: skip
+
+
+def _shard_of(job: Job) -> DataShard | None:
+    return DataShard.objects.filter(task_id=job.submission.task_id, site_id=job.site_id).first()
+
+
+def _verify_receipt(body: dict, ledger: dict) -> None:
+    try:
+        egress_receipt_verify(body=body, sha256=ledger.get("sha256"), size=ledger.get("bytes"))
+    except ValueError:  # not canonical JSON (a non-finite number somewhere)
+        raise LedgerMismatch("The ledger receipt does not match the released body.") from None
+
+
+def _is_receipt_of(body: dict, ledger: dict) -> bool:
+    try:
+        _verify_receipt(body, ledger)
+    except LedgerMismatch:
+        return False
+    return True
+
+
+def job_record_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
+    """Stores a site's release of a job's public split. Returns (job, created).
+
+    ``body`` is the post exactly as the site sent it (the metrics-post contract, docs/disclosure.md);
+    its ledger receipt must match it. The same body again changes nothing (created False); another
+    body for a recorded job is a 409. Every refusal changes nothing and is audited.
+    """
+    try:
+        return _record_result(site=site, job_id=job_id, body=body)
+    except DomainError as error:
+        _refused(site=site, job_id=job_id, action="job.result_refused", error=error)
+        raise
+
+
+def _ledger_of(body: dict) -> dict:
+    ledger = body.get("ledger") if isinstance(body, dict) else None
+    if not isinstance(ledger, dict) or not isinstance(ledger.get("sha256"), str):
+        raise InvalidRelease("ledger must be an object with the release's sha256, bytes, rho, epsilon and delta.")
+    if not isinstance(ledger.get("bytes"), int) or isinstance(ledger.get("bytes"), bool) or ledger["bytes"] < 0:
+        raise InvalidRelease("ledger.bytes must be a non-negative integer.")
+    return ledger
 
 
 @transaction.atomic
-def job_record_result(
-    *,
-    site: Site,
-    job_id: int,
-    agent_id: str,
-    metrics: dict,
-    n_rows: int,
-    ledger_sha256: str,
-    ledger_bytes: int,
-    released: dict,
-    cost_bits: float | None = None,
-    ladder_improved: bool | None = None,
-) -> tuple[Job, bool]:
-    """Stores a site's result. Returns (job, created); a repeat of the same result changes nothing.
-
-    `released` is the body exactly as the site sent it; its ledger receipt must match it, and the
-    release is mirrored into the hub's copy of the site's egress ledger.
-    """
+def _record_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
+    ledger = _ledger_of(body)
+    agent_id = body.get("agent_id")
     job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
     if job.status == JobStatus.SUCCEEDED:
-        if job.result.ledger_sha256 == ledger_sha256:
+        if job.result.ledger_sha256 == ledger["sha256"] and _is_receipt_of(body, ledger):
             return job, False
         raise Conflict("A different result was already recorded for this job.", code="already_reported")
     _require_reportable(job, agent_id)
-    cleaned = _validate_metrics(job, metrics)
-    egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
+    release = release_check(task=job.submission.task, shard=_shard_of(job), body=body, private=False)
+    _verify_receipt(body, ledger)
     egress_record_create(
-        job=job, kind=EgressKind.METRICS, sha256=ledger_sha256, size=ledger_bytes, cost_bits=cost_bits
-    )
+        job=job, kind=EgressKind.METRICS, sha256=ledger["sha256"], size=ledger["bytes"],
+        rho=release.rho, epsilon=release.epsilon, delta=release.delta,
+    )  # fmt: skip
     Result.objects.create(
         job=job,
-        metrics=cleaned,
-        n_rows=n_rows,
-        ledger_sha256=ledger_sha256,
-        ledger_bytes=ledger_bytes,
-        ladder_improved=ladder_improved,
+        statistics=release.statistics,
+        metrics=release.metrics,
+        n_rows=release.n_rows,
+        ledger_sha256=ledger["sha256"],
+        ledger_bytes=ledger["bytes"],
     )
     job.status = JobStatus.SUCCEEDED
     job.finished_at = timezone.now()
     job.lease_expires_at = None
     job.save(update_fields=["status", "finished_at", "lease_expires_at", "updated_at"])
-    audit_record(action="job.succeeded", obj=job, actor_site=site, data={"ledger_sha256": ledger_sha256})
+    audit_record(action="job.succeeded", obj=job, actor_site=site, data={"ledger_sha256": ledger["sha256"]})
     _enqueue_aggregation(job.submission_id)
     return job, True
 
 
-@transaction.atomic
 def job_record_failure(
     *, site: Site, job_id: int, agent_id: str, reason: str, released: dict | None = None,
     ledger_sha256: str | None = None, ledger_bytes: int | None = None,
 ) -> tuple[Job, bool]:
     """Stores a coarse failure. Site-side trouble requeues the job while attempts remain.
 
-    A failure reason is a released value too: with a ledger receipt it is mirrored like metrics.
+    An evaluation fails only before its model has seen data (PRE_DATA_REASONS): any other reason
+    is refused (and audited). A failure carries no data, so its ledger mirror has no privacy cost.
     """
+    try:
+        return _record_failure(
+            site=site, job_id=job_id, agent_id=agent_id, reason=reason, released=released,
+            ledger_sha256=ledger_sha256, ledger_bytes=ledger_bytes,
+        )  # fmt: skip
+    except DomainError as error:
+        _refused(site=site, job_id=job_id, action="job.failure_refused", error=error)
+        raise
+
+
+@transaction.atomic
+def _record_failure(
+    *, site: Site, job_id: int, agent_id: str, reason: str, released: dict | None,
+    ledger_sha256: str | None, ledger_bytes: int | None,
+) -> tuple[Job, bool]:
     job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
     if job.status == JobStatus.FAILED:
         if job.failure_reason == reason:
             return job, False
         raise Conflict("A different outcome was already recorded for this job.", code="already_reported")
     _require_reportable(job, agent_id)
+    if job.kind == JobKind.EVALUATE and reason not in PRE_DATA_REASONS:
+        raise DomainError(
+            f"An evaluation cannot fail with {reason!r} once its model has seen data: the site releases the "
+            "statistics of its fallback prediction instead.",
+            code="data_dependent_failure",
+        )
     if ledger_sha256 is not None and released is not None:
-        egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes or 0)
+        _verify_receipt(released, {"sha256": ledger_sha256, "bytes": ledger_bytes or 0})
         egress_record_create(job=job, kind=EgressKind.FAILURE, sha256=ledger_sha256, size=ledger_bytes or 0)
     retry = reason in RETRYABLE_REASONS and job.attempts < settings.VAULTBENCH_MAX_JOB_ATTEMPTS
     job.status = JobStatus.QUEUED if retry else JobStatus.FAILED
@@ -322,49 +375,61 @@ def job_release_decisions_for_site(*, site: Site) -> list[dict]:
 
 
 def job_reveals_for_site(*, site: Site) -> list[int]:
-    """Jobs whose task has closed and whose private-split metrics the site has not released yet."""
+    """Jobs whose private-split statistics the site may now release: the task has closed, the
+    owner's close approved the submission's reveal (its private budget reserved), and the site
+    has not released them yet."""
     return list(
         Job.objects.filter(
             site=site,
+            kind=JobKind.EVALUATE,
             status=JobStatus.SUCCEEDED,
             submission__task__status="closed",
             submission__task__public_split_fraction__lt=1.0,
-            result__private_metrics__isnull=True,
+            submission__leaderboard_entry__reveal_approved=True,
+            result__private_statistics__isnull=True,
         ).values_list("id", flat=True)
     )
 
 
+def job_record_private_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
+    """The private-split release of a job, which a site sends only after the close approved it.
+    Same contract, checks, idempotency and auditing as job_record_result."""
+    try:
+        return _record_private_result(site=site, job_id=job_id, body=body)
+    except DomainError as error:
+        _refused(site=site, job_id=job_id, action="job.private_result_refused", error=error)
+        raise
+
+
 @transaction.atomic
-def job_record_private_result(
-    *,
-    site: Site,
-    job_id: int,
-    agent_id: str,
-    metrics: dict,
-    n_rows: int,
-    ledger_sha256: str,
-    ledger_bytes: int,
-    released: dict,
-    cost_bits: float | None = None,
-) -> tuple[Job, bool]:
-    """The private-split metrics, which a site releases only after the task has closed."""
-    job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
+def _record_private_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
+    ledger = _ledger_of(body)
+    job = _job_held_by(site=site, job_id=job_id, agent_id=body.get("agent_id"), lock=True)
     if job.status != JobStatus.SUCCEEDED:
         raise Conflict("The job has no public result yet.", code="invalid_state")
-    if job.submission.task.status != "closed":
-        raise Conflict("Private scores are revealed only when the task closes.", code="task_not_closed")
     result = Result.objects.select_for_update().get(job=job)
-    if result.private_metrics is not None:
-        return job, False
-    cleaned = _validate_metrics(job, metrics)
-    egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
+    if result.private_statistics is not None:
+        if result.private_ledger_sha256 == ledger["sha256"] and _is_receipt_of(body, ledger):
+            return job, False
+        raise Conflict("A different private result was already recorded for this job.", code="already_reported")
+    task = job.submission.task
+    if task.status != "closed":
+        raise Conflict("Private scores are revealed only when the task closes.", code="task_not_closed")
+    entry = getattr(job.submission, "leaderboard_entry", None)
+    if entry is None or not entry.reveal_approved:
+        raise Conflict("The owner's close did not approve revealing this submission.", code="reveal_not_approved")
+    release = release_check(task=task, shard=_shard_of(job), body=body, private=True)
+    _verify_receipt(body, ledger)
     egress_record_create(
-        job=job, kind=EgressKind.METRICS, sha256=ledger_sha256, size=ledger_bytes, cost_bits=cost_bits
-    )
-    result.private_metrics = cleaned
-    result.private_n_rows = n_rows
-    result.save(update_fields=["private_metrics", "private_n_rows"])
-    audit_record(action="job.private_result", obj=job, actor_site=site)
+        job=job, kind=EgressKind.REVEAL, sha256=ledger["sha256"], size=ledger["bytes"],
+        rho=release.rho, epsilon=release.epsilon, delta=release.delta,
+    )  # fmt: skip
+    result.private_statistics = release.statistics
+    result.private_metrics = release.metrics
+    result.private_n_rows = release.n_rows
+    result.private_ledger_sha256 = ledger["sha256"]
+    result.save(update_fields=["private_statistics", "private_metrics", "private_n_rows", "private_ledger_sha256"])
+    audit_record(action="job.private_result", obj=job, actor_site=site, data={"ledger_sha256": ledger["sha256"]})
     from marketplace.leaderboard.tasks import leaderboard_reveal_task
 
     transaction.on_commit(lambda: leaderboard_reveal_task.delay(job.submission_id))

@@ -23,7 +23,9 @@ class LeaderboardRowOutput(serializers.Serializer):
     parent_model_name = serializers.CharField(allow_null=True)
     submitted_at = serializers.DateTimeField()
     metrics = serializers.DictField(child=serializers.FloatField())
-    per_site = serializers.ListField(child=serializers.DictField(), allow_null=True)
+    per_site = serializers.ListField(
+        child=serializers.DictField(), allow_null=True, help_text="The owner only, unless the task shows per-site values"
+    )
     n_rows = serializers.IntegerField()
     n_sites = serializers.IntegerField()
 
@@ -38,7 +40,8 @@ class LeaderboardOutput(serializers.Serializer):
 
 
 class LeaderboardApi(APIView):
-    """Public for public tasks; for invite-only tasks, the owner and approved vendors."""
+    """Public for public tasks; for invite-only tasks, the owner and approved vendors. An entry
+    appears to anyone but the owner at its release time (Submission.results_visible_at)."""
 
     @extend_schema(
         parameters=[
@@ -58,7 +61,7 @@ class LeaderboardApi(APIView):
             raise DomainError("split must be public or private.", code="invalid_split")
         if split == PRIVATE and task.status != TaskStatus.CLOSED:
             raise Conflict("The private leaderboard is revealed when the task closes.", code="task_not_closed")
-        rows = leaderboard_rows(task=task, sort_by=sort, split=split)
+        rows = leaderboard_rows(task=task, user=request.user, sort_by=sort, split=split)
         return Response(
             LeaderboardOutput(
                 {"task_id": task.id, "primary_metric": task.primary_metric, "sort": sort, "split": split,

@@ -1,53 +1,63 @@
+from datetime import datetime
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from marketplace.accounts.selectors import organization_ids_of
 from marketplace.catalog.metric_catalog import LOWER, metric_direction
 from marketplace.catalog.models import LeaderboardMode, Task
 from marketplace.leaderboard.models import LeaderboardEntry
+from marketplace.submissions.visibility import is_task_owner, rounded_metrics, rounded_per_site
 
 PUBLIC = "public"
 PRIVATE = "private"
+
+
+def leaderboard_entries_visible_to(*, task: Task, user=None, now: datetime | None = None) -> QuerySet[LeaderboardEntry]:
+    """The task's scored entries that `user` may see: all of them for the task's owner; for anyone
+    else only those whose results_visible_at has passed (a score appears at its release time,
+    never when the sites happen to finish)."""
+    entries = LeaderboardEntry.objects.filter(task=task).select_related("submission__vendor", "submission__parent")
+    if user is not None and is_task_owner(task=task, org_ids=organization_ids_of(user=user)):
+        return entries
+    return entries.filter(submission__results_visible_at__lte=now or timezone.now())
 
 
 def _rounded(metrics: dict[str, float], decimals: dict[str, int]) -> dict[str, float]:
     return {name: round(value, decimals[name]) for name, value in metrics.items()}
 
 
-def _final_entries(task: Task, entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
-    """The private board: each vendor's nominated submissions, or, if it nominated none, its
-    best `final_submissions` by public primary score (what a vendor would have picked)."""
-    sign = 1 if metric_direction(task.primary_metric) == LOWER else -1
-    by_vendor: dict[int, list[LeaderboardEntry]] = {}
-    for entry in entries:
-        by_vendor.setdefault(entry.submission.vendor_id, []).append(entry)
-    chosen: list[LeaderboardEntry] = []
-    for vendor_entries in by_vendor.values():
-        nominated = [e for e in vendor_entries if e.submission.is_final]
-        if not nominated:
-            nominated = sorted(vendor_entries, key=lambda e: sign * e.metrics[task.primary_metric])
-        chosen.extend(nominated[: task.final_submissions])
-    return [e for e in chosen if e.private_metrics is not None]
+def _revealed_entries(entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
+    """The private board: the finals the owner approved at close, once the sites revealed them."""
+    return [e for e in entries if e.reveal_approved and e.private_metrics is not None]
 
 
 def _ladder_entries(entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
-    """Ladder mode shows each vendor's current ladder score: its latest scored submission, whose
-    released values are the sites' best-so-far for that vendor."""
+    """Ladder mode shows each vendor's current Ladder score: its latest entry that improved (the
+    hub's Ladder, computed on the DP scores, marks each entry; see leaderboard.services)."""
     latest: dict[int, LeaderboardEntry] = {}
     for entry in sorted(entries, key=lambda e: (e.submission.created_at, e.submission_id)):
-        latest[entry.submission.vendor_id] = entry
+        if entry.ladder_improved is not False:
+            latest[entry.submission.vendor_id] = entry
     return list(latest.values())
 
 
-def leaderboard_rows(*, task: Task, sort_by: str | None = None, split: str = PUBLIC) -> list[dict]:
-    """Entries ranked by a metric in its own direction, values rounded per the task's decimals.
+def leaderboard_rows(
+    *, task: Task, user=None, sort_by: str | None = None, split: str = PUBLIC, now: datetime | None = None
+) -> list[dict]:
+    """Entries `user` may see (None: a visitor) ranked by a metric in its own direction, values
+    rounded per the task's decimals; per-site values for the owner, or for everyone if the task
+    shows them.
 
-    `split=private` is the final board (nominated submissions, private-split scores); callers
-    offer it only once the task has closed.
+    `split=private` is the final board (the finals revealed at close, private-split scores);
+    callers offer it only once the task has closed.
     """
     decimals = {m["name"]: m["decimals"] for m in task.metrics}
     metric = sort_by if sort_by in decimals else task.primary_metric
-    entries = list(
-        LeaderboardEntry.objects.filter(task=task).select_related("submission__vendor", "submission__parent")
-    )
+    owner = user is not None and is_task_owner(task=task, org_ids=organization_ids_of(user=user))
+    entries = list(leaderboard_entries_visible_to(task=task, user=user, now=now))
     if split == PRIVATE:
-        entries = _final_entries(task, entries)
+        entries = _revealed_entries(entries)
     elif task.leaderboard_mode == LeaderboardMode.LADDER:
         entries = _ladder_entries(entries)
 
@@ -74,11 +84,9 @@ def leaderboard_rows(*, task: Task, sort_by: str | None = None, split: str = PUB
                 "parent_submission_id": submission.parent_id,
                 "parent_model_name": submission.parent.name if submission.parent_id else None,
                 "submitted_at": submission.created_at,
-                "metrics": _rounded(values_of(entry), decimals),
-                "per_site": [
-                    {**site, "metrics": _rounded(site["metrics"], decimals)} for site in entry.per_site
-                ]
-                if task.show_per_site and split == PUBLIC
+                "metrics": rounded_metrics(task, values_of(entry)),
+                "per_site": rounded_per_site(task, entry.per_site)
+                if (owner or task.show_per_site) and split == PUBLIC
                 else None,
                 "n_rows": entry.private_n_rows if split == PRIVATE else entry.n_rows,
                 "n_sites": entry.n_sites,
@@ -87,30 +95,35 @@ def leaderboard_rows(*, task: Task, sort_by: str | None = None, split: str = PUB
     return rows
 
 
-def leaderboard_best_over_time(*, task: Task, metric: str | None = None) -> list[dict]:
-    """The best score of the board after each scoring, in time order (rounded per the task)."""
+def leaderboard_best_over_time(
+    *, task: Task, user=None, metric: str | None = None, now: datetime | None = None
+) -> list[dict]:
+    """The best score of the board after each release, in time order (rounded per the task).
+
+    Each point is placed at the entry's release time (results_visible_at), not when the sites
+    finished; in Ladder mode only entries that moved their vendor's best count.
+    """
     decimals = {m["name"]: m["decimals"] for m in task.metrics}
     metric = metric if metric in decimals else task.primary_metric
     better = min if metric_direction(metric) == LOWER else max
+    ladder = task.leaderboard_mode == LeaderboardMode.LADDER
+    entries = [
+        e for e in leaderboard_entries_visible_to(task=task, user=user, now=now)
+        if not (ladder and e.ladder_improved is False)
+    ]  # fmt: skip
+
+    def released_at(entry: LeaderboardEntry):
+        return entry.submission.results_visible_at or entry.created_at
+
     points: list[dict] = []
     best = None
-    for entry in LeaderboardEntry.objects.filter(task=task).select_related("submission").order_by("created_at", "id"):
+    for entry in sorted(entries, key=lambda e: (released_at(e), e.id)):
         value = entry.metrics.get(metric)
         if value is None:
             continue
         best = value if best is None else better(best, value)
         points.append(
-            {"at": entry.created_at, "best": round(best, decimals[metric]), "value": round(value, decimals[metric]),
+            {"at": released_at(entry), "best": round(best, decimals[metric]), "value": round(value, decimals[metric]),
              "model_name": entry.submission.name}
         )  # fmt: skip
     return points
-
-
-def ladder_improved_of(*, submission_ids) -> dict[int, bool | None]:
-    """Ladder mode: whether each scored submission moved its vendor's best (part of the released
-    transcript); None where the sites did not say (plain mode)."""
-    return dict(
-        LeaderboardEntry.objects.filter(submission_id__in=list(submission_ids)).values_list(
-            "submission_id", "ladder_improved"
-        )
-    )

@@ -12,9 +12,15 @@ from marketplace.catalog.access import access_task_by_id, access_task_for_vendor
 from marketplace.core.apis import IsPerson
 from marketplace.submissions.access import access_submission_artifact, access_submission_by_id
 from marketplace.submissions.filters import SubmissionFilter
-from marketplace.submissions.models import ArtifactFormat, Submission
+from marketplace.submissions.models import ArtifactFormat
 from marketplace.submissions.selectors import quota_usage, submission_list_visible_to
 from marketplace.submissions.services import submission_create, submission_nominate
+from marketplace.submissions.visibility import (
+    check_nominable,
+    privacy_budget_of,
+    submission_view_for,
+    submission_views_for,
+)
 
 
 class SubmissionJobOutput(serializers.Serializer):
@@ -24,25 +30,48 @@ class SubmissionJobOutput(serializers.Serializer):
     failure_reason = serializers.CharField()
 
 
-class SubmissionOutput(serializers.ModelSerializer):
-    vendor = serializers.CharField(source="vendor.name")
-    task_id = serializers.IntegerField()
-    parent_id = serializers.IntegerField(allow_null=True, read_only=True)
+class SiteValuesOutput(serializers.Serializer):
+    site = serializers.CharField()
+    n_rows = serializers.IntegerField()
+    metrics = serializers.DictField(child=serializers.FloatField())
 
-    class Meta:
-        model = Submission
-        fields = [
-            "id", "task_id", "vendor", "name", "description", "artifact_format", "original_filename", "size",
-            "sha256", "status", "status_reason", "is_baseline", "is_final", "is_fine_tuned", "parent_id",
-            "created_at",
-        ]  # fmt: skip
+
+class SubmissionOutput(serializers.Serializer):
+    """A submission as `submission_view_for` lets the person see it: to anyone but the task's owner,
+    "pending" with nothing that moves until its results are visible (status_reason, updated_at,
+    results_visible_at, metrics and per_site empty), then the outcome without a reason."""
+
+    id = serializers.IntegerField()
+    task_id = serializers.IntegerField()
+    vendor = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    artifact_format = serializers.CharField()
+    original_filename = serializers.CharField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    status = serializers.CharField(help_text="pending (non-owners, until the results are visible), scored, failed, rejected; the owner sees the true status")
+    status_reason = serializers.CharField(help_text="The owner only (and the hub's own reason for a rejected upload)")
+    is_baseline = serializers.BooleanField()
+    is_final = serializers.BooleanField()
+    is_fine_tuned = serializers.BooleanField()
+    parent_id = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    release_delay_seconds = serializers.IntegerField(help_text="Results become visible at created_at + a multiple of this")
+    results_visible_at = serializers.DateTimeField(allow_null=True)
+    metrics = serializers.DictField(child=serializers.FloatField(), allow_null=True)
+    ladder_improved = serializers.BooleanField(allow_null=True)
+    per_site = SiteValuesOutput(many=True, allow_null=True)
 
 
 class SubmissionDetailOutput(SubmissionOutput):
-    jobs = SubmissionJobOutput(many=True, read_only=True)
+    jobs = SubmissionJobOutput(many=True, allow_null=True, help_text="The task's owner only")
 
-    class Meta(SubmissionOutput.Meta):
-        fields = [*SubmissionOutput.Meta.fields, "jobs"]
+
+def _detail_of(user, submission) -> dict:
+    view = submission_view_for(user=user, submission=submission)
+    jobs = list(submission.jobs.select_related("site").order_by("id")) if view["is_owner_view"] else None
+    return {**view, "jobs": jobs}
 
 
 class SubmissionInput(serializers.Serializer):
@@ -62,7 +91,16 @@ class SubmissionListCreateApi(generics.ListAPIView):
     parser_classes = [MultiPartParser]
 
     def get_queryset(self):
-        return submission_list_visible_to(user=self.request.user).order_by("-created_at", "-id")
+        return (
+            submission_list_visible_to(user=self.request.user)
+            .select_related("leaderboard_entry")
+            .order_by("-created_at", "-id")
+        )
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        views = submission_views_for(user=request.user, submissions=page)
+        return self.get_paginated_response(SubmissionOutput(views, many=True).data)
 
     @extend_schema(request={"multipart/form-data": SubmissionInput}, responses={201: SubmissionOutput}, tags=["submissions"])
     def post(self, request):
@@ -80,7 +118,8 @@ class SubmissionListCreateApi(generics.ListAPIView):
             artifact=values["artifact"],
             declared_sha256=values.get("sha256"),
         )
-        return Response(SubmissionOutput(submission).data, status=status.HTTP_201_CREATED)
+        view = submission_view_for(user=request.user, submission=submission)
+        return Response(SubmissionOutput(view).data, status=status.HTTP_201_CREATED)
 
 
 class SubmissionDetailApi(APIView):
@@ -89,7 +128,7 @@ class SubmissionDetailApi(APIView):
     @extend_schema(responses=SubmissionDetailOutput, tags=["submissions"])
     def get(self, request, submission_id: int):
         submission = access_submission_by_id(request.user, submission_id)
-        return Response(SubmissionDetailOutput(submission).data)
+        return Response(SubmissionDetailOutput(_detail_of(request.user, submission)).data)
 
 
 class SubmissionArtifactApi(APIView):
@@ -103,6 +142,21 @@ class SubmissionArtifactApi(APIView):
         )
 
 
+class PrivacyBudgetOutput(serializers.Serializer):
+    """The vendor's privacy budget on the task's public split, as (epsilon, delta) at the task's
+    delta: each upload costs epsilon_per_release, reserved at upload."""
+
+    mechanism = serializers.CharField()
+    accountant = serializers.CharField()
+    epsilon_per_release = serializers.FloatField()
+    delta = serializers.FloatField()
+    vendor_epsilon = serializers.FloatField()
+    vendor_epsilon_spent = serializers.FloatField()
+    vendor_epsilon_remaining = serializers.FloatField()
+    task_epsilon_remaining = serializers.FloatField()
+    submissions_left = serializers.IntegerField(help_text="Releases that still fit both budgets")
+
+
 class QuotaOutput(serializers.Serializer):
     quota_per_day = serializers.IntegerField()
     quota_total = serializers.IntegerField(allow_null=True)
@@ -110,6 +164,7 @@ class QuotaOutput(serializers.Serializer):
     used_total = serializers.IntegerField()
     remaining_today = serializers.IntegerField()
     remaining_total = serializers.IntegerField(allow_null=True)
+    privacy = PrivacyBudgetOutput()
 
 
 class TaskQuotaApi(APIView):
@@ -120,7 +175,12 @@ class TaskQuotaApi(APIView):
         vendor = access_acting_organization(request.user, kind=OrganizationKind.VENDOR)
         task = access_task_by_id(request.user, task_id)
         usage = quota_usage(task=task, vendor_id=vendor.id)
-        return Response(QuotaOutput({"quota_per_day": task.quota_per_day, "quota_total": task.quota_total, **usage}).data)
+        privacy = privacy_budget_of(task=task, vendor_id=vendor.id)
+        return Response(
+            QuotaOutput(
+                {"quota_per_day": task.quota_per_day, "quota_total": task.quota_total, **usage, "privacy": privacy}
+            ).data
+        )
 
 
 class SubmissionNominateApi(APIView):
@@ -132,8 +192,10 @@ class SubmissionNominateApi(APIView):
     @extend_schema(request=None, responses=SubmissionOutput, tags=["submissions"])
     def post(self, request, submission_id: int):
         submission = access_submission_artifact(request.user, submission_id)  # the vendor's own only
+        if self.final:
+            check_nominable(submission_view_for(user=request.user, submission=submission))
         submission = submission_nominate(submission=submission, final=self.final, actor=request.user)
-        return Response(SubmissionOutput(submission).data)
+        return Response(SubmissionOutput(submission_view_for(user=request.user, submission=submission)).data)
 
 
 class SubmissionUnnominateApi(SubmissionNominateApi):

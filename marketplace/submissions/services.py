@@ -1,9 +1,14 @@
+import math
+from datetime import datetime, timedelta
+
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.utils import timezone
 
 from marketplace.accounts.models import Organization
 from marketplace.audit.services import audit_record
+from marketplace.budgets.services import budget_refund, budget_reserve
 from marketplace.catalog.models import Task, TaskStatus
 from marketplace.core.errors import Conflict, DomainError, PayloadTooLarge
 from marketplace.submissions.artifact_checks import artifact_check_format, sha256_of
@@ -38,6 +43,8 @@ def submission_create(
     sha256 = sha256_of(artifact)
     if declared_sha256 and declared_sha256.lower() != sha256:
         raise DomainError("The artifact's sha256 does not match the declared one.", code="sha256_mismatch")
+    # The release's privacy cost first, then the quota: a refusal of either rolls back both.
+    charge = budget_reserve(task=task, vendor_id=vendor.id)
     quota_consume(task=task, vendor_id=vendor.id)
     submission = Submission(
         vendor=vendor,
@@ -55,6 +62,8 @@ def submission_create(
     # If the row cannot be written, the stored file must not outlive it.
     try:
         submission.save()
+        charge.submission = submission
+        charge.save()
         audit_record(
             action="submission.created",
             obj=submission,
@@ -88,11 +97,34 @@ def submission_check(*, submission_id: int) -> Submission | None:
             # Nothing ran anywhere: the upload does not use quota.
             quota_refund(task=submission.task, vendor_id=submission.vendor_id, on_day=submission.created_at.date())
             submission.quota_refunded = True
-            submission.save(update_fields=["status", "status_reason", "quota_refunded", "updated_at"])
+            budget_refund(submission=submission, reason="artifact_corrupted")
+            submission_mark_visible(submission=submission)
+            submission.save(
+                update_fields=["status", "status_reason", "quota_refunded", "results_visible_at", "updated_at"]
+            )
             audit_record(action="submission.rejected", obj=submission, data={"reason": "artifact_corrupted"})
             return submission
     jobs_create_for_submission(submission=submission)
     return submission
+
+
+def results_visible_at(*, created_at: datetime, now: datetime, delay_seconds: int) -> datetime:
+    """When a final outcome may be shown to the vendor: created_at plus the elapsed time rounded
+    up to a multiple of the task's delay (at least one), so the model's run time is not seen."""
+    if delay_seconds <= 0:
+        return now
+    elapsed = max((now - created_at).total_seconds(), 1.0)
+    return created_at + timedelta(seconds=math.ceil(elapsed / delay_seconds) * delay_seconds)
+
+
+def submission_mark_visible(*, submission: Submission, now: datetime | None = None) -> None:
+    """Sets results_visible_at on a submission that has just become final (the caller saves)."""
+    if submission.results_visible_at is None:
+        submission.results_visible_at = results_visible_at(
+            created_at=submission.created_at,
+            now=now or timezone.now(),
+            delay_seconds=submission.task.release_delay_seconds,
+        )
 
 
 @transaction.atomic

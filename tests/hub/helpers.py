@@ -2,17 +2,54 @@
 
 from pathlib import Path
 
+import numpy as np
+
+from evaluator.privacy.statistics import sufficient_statistics
+from marketplace.budgets.costs import release_cost
 from marketplace.egress.receipts import receipt_of
 from marketplace.jobs.models import Job
+from marketplace.jobs.releases import release_spec
 from marketplace.submissions.models import Submission
 from marketplace.submissions.services import submission_check
 from tests.conftest import upload
 
-RESULT = {
-    "metrics": {"roc_auc": 0.9, "accuracy": 0.8},
-    "n_rows": 100,
-    "ledger": {"sha256": "b" * 64, "bytes": 50},
-}
+def release_body(
+    task, *, n_rows: int = 100, correct: float = 0.8, agent_id: str = "agent-1", **overrides
+) -> dict:
+    """A metrics post as an honest site sends it (docs/disclosure.md), without its receipt: exact
+    (un-noised, hence plausible) statistics of a model that gets ``correct`` of the rows right, and
+    the task's privacy parameters."""
+    spec = release_spec(task)
+    rho, epsilon, delta = release_cost(task)
+    k = spec.n_classes or 2
+    if spec.task_type == "regression":
+        lo, hi = spec.target_range
+        y = np.linspace(lo, hi, n_rows)
+        predictions = y + (1 - correct) * (hi - lo) / 2
+    else:
+        y = np.arange(n_rows) % k
+        right = np.arange(n_rows) < round(correct * n_rows)
+        predicted = np.where(right, y, (y + 1) % k)
+        predictions = np.full((n_rows, k), 0.1 / (k - 1))
+        predictions[np.arange(n_rows), predicted] = 0.9
+    statistics = {b: v.tolist() for b, v in sufficient_statistics(spec, y, predictions).items()} if n_rows else {}
+    body = {
+        "agent_id": agent_id,
+        "n_rows": n_rows,
+        "statistics": statistics,
+        "privacy": {"mechanism": "gaussian", "rho": rho, "epsilon": epsilon, "delta": delta},
+    }
+    return {**body, **overrides}
+
+
+def with_receipt(body: dict, task=None) -> dict:
+    """Adds the ledger receipt a real agent sends: the hash of exactly the released body, with the
+    release's privacy cost."""
+    sha256, size = receipt_of(body)
+    privacy = body.get("privacy") if isinstance(body.get("privacy"), dict) else {}
+    ledger = {"sha256": sha256, "bytes": size}
+    ledger.update({k: privacy[k] for k in ("rho", "epsilon", "delta") if k in privacy})
+    return {**body, "ledger": ledger}
 
 
 def submit(persona, task, *, name: str = "m1") -> Submission:
@@ -29,17 +66,15 @@ def claim(site, agent_id: str = "agent-1") -> dict | None:
     return response.json()["job"] if response.status_code == 200 else None
 
 
-def with_receipt(body: dict) -> dict:
-    """Adds the ledger receipt a real agent sends: the hash of exactly the released body."""
-    sha256, size = receipt_of(body)
-    return {**body, "ledger": {"sha256": sha256, "bytes": size}}
-
-
-def post_result(site, job_id: int, *, agent_id: str = "agent-1", **overrides):
-    body = {"agent_id": agent_id, **RESULT, **overrides}
-    if "ledger" not in overrides:
-        body = with_receipt({k: v for k, v in body.items() if k != "ledger"})
-    return site.client.post(f"/api/v1/agent/jobs/{job_id}/result", body, format="json")
+def post_result(site, job_id: int, *, agent_id: str = "agent-1", private: bool = False, **overrides):
+    """Posts a valid release of the job's task (``overrides`` replace fields before the receipt is
+    computed, except ``ledger``, which replaces the receipt)."""
+    task = Job.objects.get(id=job_id).submission.task
+    ledger = overrides.pop("ledger", None)
+    body = release_body(task, agent_id=agent_id, **overrides)
+    body = with_receipt(body) if ledger is None else {**body, "ledger": ledger}
+    path = "private-result" if private else "result"
+    return site.client.post(f"/api/v1/agent/jobs/{job_id}/{path}", body, format="json")
 
 
 def job_of(submission: Submission, site) -> Job:

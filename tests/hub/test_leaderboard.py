@@ -1,117 +1,177 @@
-"""Scores: the sites' metrics averaged weighted by rows, once every site has reported."""
+"""Scores: the sites' released statistics pooled (summed) over all their rows, once every site
+has reported; the Ladder on the hub; results shown at a padded time."""
+
+from datetime import timedelta
 
 import pytest
 
-from marketplace.leaderboard.aggregation import weighted_metrics
+from marketplace.budgets.models import PrivacyBudget, PrivacyCharge
+from marketplace.leaderboard.aggregation import ladder_improves
 from marketplace.leaderboard.models import LeaderboardEntry
 from marketplace.leaderboard.services import leaderboard_aggregate
+from marketplace.submissions.services import results_visible_at
 from tests.conftest import make_site, make_task, register_shard
-from tests.hub.helpers import claim, job_of, post_result, submit
+from tests.hub.helpers import claim, job_of, post_result, release_body, submit
 
 
 @pytest.fixture
 def two_sites(owner, site):
     """site-a holds 100 rows, site-b 300 rows of the task."""
     other = make_site(owner, "site-b")
-    task = make_task(owner, show_per_site=True, quota_per_day=10)
+    task = make_task(owner, show_per_site=True, quota_per_day=10, release_delay_seconds=0)
     register_shard(site, task, rows=100)
     register_shard(other, task, rows=300)
     return task, site, other
 
 
-def report(site, submission, metrics, n_rows, capture):
+def report(site, submission, n_rows, capture, **release):
     job = job_of(submission, site)
     assert claim(site)["id"] == job.id
     with capture(execute=True):
-        response = post_result(site, job.id, metrics=metrics, n_rows=n_rows)
+        response = post_result(site, job.id, n_rows=n_rows, **release)
     assert response.status_code == 200, response.content
     return job
 
 
-def test_weighted_metrics_weights_by_rows():
-    assert weighted_metrics([({"auc": 0.9}, 100), ({"auc": 0.5}, 300)]) == pytest.approx({"auc": 0.6})
-    with pytest.raises(ValueError):
-        weighted_metrics([({"auc": 0.9}, 0)])
-
-
-def test_leaderboard_aggregates_sites_weighted_by_rows(
+def test_leaderboard_pools_the_sites_statistics_over_all_rows(
     vendor, visitor, two_sites, django_capture_on_commit_callbacks
 ):
     task, site_a, site_b = two_sites
     submission = submit(vendor, task)
-    report(site_a, submission, {"roc_auc": 0.9, "accuracy": 0.8}, 100, django_capture_on_commit_callbacks)
+    report(site_a, submission, 100, django_capture_on_commit_callbacks, correct=0.9)
     submission.refresh_from_db()
     assert submission.status == "evaluating" and not LeaderboardEntry.objects.exists()  # site-b still out
-    report(site_b, submission, {"roc_auc": 0.5, "accuracy": 0.4}, 300, django_capture_on_commit_callbacks)
+    report(site_b, submission, 300, django_capture_on_commit_callbacks, correct=0.5)
 
     entry = LeaderboardEntry.objects.get(submission=submission)
-    assert entry.metrics == pytest.approx({"roc_auc": 0.6, "accuracy": 0.5})
+    # (90 + 150) correct of 400 rows: the accuracy of the pool, not a mean of the sites' accuracies.
+    assert entry.metrics["accuracy"] == pytest.approx(240 / 400)
     assert (entry.n_rows, entry.n_sites) == (400, 2)
+    assert [(s["site"], s["n_rows"], s["metrics"]["accuracy"]) for s in entry.per_site] == [
+        ("site-a", 100, pytest.approx(0.9)),
+        ("site-b", 300, pytest.approx(0.5)),
+    ]
+    submission.refresh_from_db()
+    assert submission.status == "scored" and submission.results_visible_at is not None
+    row = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["rows"][0]
+    assert row["metrics"]["accuracy"] == pytest.approx(0.6)
+
+
+def test_a_metric_undefined_at_one_site_is_defined_on_the_pool(owner, vendor, site, django_capture_on_commit_callbacks):
+    """ROC AUC needs both classes: a site whose rows are all one class alone has none, the pool has."""
+    task = make_task(owner, release_delay_seconds=0)
+    other = make_site(owner, "site-b")
+    register_shard(site, task, rows=100)
+    register_shard(other, task, rows=100)
+    submission = submit(vendor, task)
+    body = release_body(task, n_rows=100)
+    one_class = dict(body["statistics"])
+    bins = len(one_class["score_histogram"][0])
+    one_class["score_histogram"] = [[0.0] * (bins - 2) + [10.0, 90.0], [0.0] * bins]  # no positives
+    report(site, submission, 100, django_capture_on_commit_callbacks, statistics=one_class)
+    report(other, submission, 100, django_capture_on_commit_callbacks)
+    assert "roc_auc" not in job_of(submission, site).result.metrics
+    entry = LeaderboardEntry.objects.get(submission=submission)
+    assert 0.0 <= entry.metrics["roc_auc"] <= 1.0
     submission.refresh_from_db()
     assert submission.status == "scored"
-    row = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["rows"][0]
-    assert row["metrics"] == {"roc_auc": 0.6, "accuracy": 0.5}
-    assert [(s["site"], s["n_rows"]) for s in row["per_site"]] == [("site-a", 100), ("site-b", 300)]
 
 
 def test_duplicated_result_does_not_double_count(vendor, two_sites, django_capture_on_commit_callbacks):
     task, site_a, site_b = two_sites
     submission = submit(vendor, task)
-    job_a = report(
-        site_a, submission, {"roc_auc": 0.9, "accuracy": 0.8}, 100, django_capture_on_commit_callbacks
-    )
+    job_a = report(site_a, submission, 100, django_capture_on_commit_callbacks)
     with django_capture_on_commit_callbacks(execute=True):
-        repeat = post_result(site_a, job_a.id, metrics={"roc_auc": 0.9, "accuracy": 0.8}, n_rows=100)
+        repeat = post_result(site_a, job_a.id, n_rows=100)
     assert repeat.json()["created"] is False
-    report(site_b, submission, {"roc_auc": 0.5, "accuracy": 0.4}, 300, django_capture_on_commit_callbacks)
+    job_b = report(site_b, submission, 300, django_capture_on_commit_callbacks)
     with django_capture_on_commit_callbacks(execute=True):
-        post_result(
-            site_b, job_of(submission, site_b).id, metrics={"roc_auc": 0.5, "accuracy": 0.4}, n_rows=300
-        )
+        post_result(site_b, job_b.id, n_rows=300)
     leaderboard_aggregate(submission_id=submission.id)
     entry = LeaderboardEntry.objects.get()
     assert entry.n_rows == 400 and entry.n_sites == 2
-    assert entry.metrics["roc_auc"] == pytest.approx(0.6)
+    assert entry.metrics["accuracy"] == pytest.approx(0.8)
 
 
-def test_one_failed_site_fails_the_submission_instead_of_scoring_a_subset(
+def test_a_site_failing_before_release_fails_the_submission_without_a_refund(
     vendor, two_sites, django_capture_on_commit_callbacks
 ):
+    """site-a released: the budget stays spent; the vendor sees only 'failed'."""
     task, site_a, site_b = two_sites
     submission = submit(vendor, task)
-    report(site_a, submission, {"roc_auc": 0.9, "accuracy": 0.8}, 100, django_capture_on_commit_callbacks)
+    report(site_a, submission, 100, django_capture_on_commit_callbacks)
     job_b = claim(site_b)
     with django_capture_on_commit_callbacks(execute=True):
         site_b.client.post(
-            f"/api/v1/agent/jobs/{job_b['id']}/failure", {"agent_id": "agent-1", "reason": "timeout"}
+            f"/api/v1/agent/jobs/{job_b['id']}/failure", {"agent_id": "agent-1", "reason": "invalid_artifact"}
         )
     submission.refresh_from_db()
-    assert submission.status == "failed" and submission.status_reason == "timeout"
+    assert submission.status == "failed" and submission.status_reason == "invalid_artifact"
     assert not LeaderboardEntry.objects.exists()
+    assert PrivacyCharge.objects.get(submission=submission).refunded is False
 
 
-def test_leaderboard_ranks_in_each_metrics_direction_and_rounds(
-    owner, vendor, second_vendor, site, visitor, django_capture_on_commit_callbacks
+def test_nothing_released_refunds_the_privacy_budget(vendor, two_sites, django_capture_on_commit_callbacks):
+    task, site_a, site_b = two_sites
+    submission = submit(vendor, task)
+    budget = PrivacyBudget.objects.get(task=task, vendor=vendor.organization, split="public")
+    assert budget.rho_spent > 0
+    for handle in (site_a, site_b):
+        job = claim(handle)
+        with django_capture_on_commit_callbacks(execute=True):
+            handle.client.post(
+                f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": "artifact_mismatch"}
+            )
+    submission.refresh_from_db()
+    assert submission.status == "failed"
+    assert PrivacyCharge.objects.get(submission=submission).refunded is True
+    assert PrivacyBudget.objects.get(id=budget.id).rho_spent == 0
+    assert PrivacyBudget.objects.get(task=task, vendor=None, split="public").rho_spent == 0
+
+
+def test_ladder_on_the_hub_counts_only_improvements_by_the_threshold(
+    owner, vendor, site, django_capture_on_commit_callbacks
 ):
-    task = make_task(owner, metrics=[{"name": "roc_auc", "decimals": 2}, {"name": "log_loss", "decimals": 3}],
-                     primary_metric="roc_auc")  # fmt: skip
+    task = make_task(owner, leaderboard_mode="ladder", ladder_threshold=0.05, quota_per_day=10,
+                     metrics=[{"name": "accuracy", "decimals": 3}], primary_metric="accuracy")  # fmt: skip
     register_shard(site, task)
-    first = submit(vendor, task)
-    report(site, first, {"roc_auc": 0.71234, "log_loss": 0.2}, 100, django_capture_on_commit_callbacks)
-    second = submit(second_vendor, task)
-    report(site, second, {"roc_auc": 0.9, "log_loss": 0.5}, 100, django_capture_on_commit_callbacks)
+    flags = []
+    for name, correct in (("a", 0.70), ("b", 0.73), ("c", 0.76), ("d", 0.60)):
+        submission = submit(vendor, task, name=name)
+        job = claim(site)
+        assert job["task"]["leaderboard_mode"] == "ladder"
+        with django_capture_on_commit_callbacks(execute=True):
+            assert post_result(site, job["id"], correct=correct).status_code == 200
+        flags.append(LeaderboardEntry.objects.get(submission=submission).ladder_improved)
+    # a is the first; b is within 0.05 of a; c beats a (the best improving entry) by 0.06.
+    assert flags == [True, False, True, False]
 
-    board = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()
-    assert [r["submission_id"] for r in board["rows"]] == [second.id, first.id]
-    assert board["rows"][1]["metrics"] == {"roc_auc": 0.71, "log_loss": 0.2}
-    by_loss = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard?sort=log_loss").json()
-    assert by_loss["sort"] == "log_loss" and [r["submission_id"] for r in by_loss["rows"]] == [
-        first.id,
-        second.id,
-    ]
-    unknown = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard?sort=bogus").json()
-    assert unknown["sort"] == "roc_auc"
-    assert board["rows"][0]["per_site"] is None  # show_per_site is off
+
+def test_ladder_improves_in_the_metrics_direction():
+    assert ladder_improves(metric="log_loss", value=0.40, best=0.5, threshold=0.05)
+    assert not ladder_improves(metric="log_loss", value=0.46, best=0.5, threshold=0.05)
+    assert ladder_improves(metric="accuracy", value=0.5, best=None, threshold=0.05)
+    assert not ladder_improves(metric="accuracy", value=None, best=None, threshold=0.05)
+
+
+def test_results_become_visible_at_a_multiple_of_the_release_delay():
+    from django.utils import timezone
+
+    created = timezone.now()
+    for elapsed, padded in ((0, 60), (1, 60), (59.5, 60), (60, 60), (61, 120), (250, 300)):
+        at = results_visible_at(created_at=created, now=created + timedelta(seconds=elapsed), delay_seconds=60)
+        assert at == created + timedelta(seconds=padded)
+    now = created + timedelta(seconds=5)
+    assert results_visible_at(created_at=created, now=now, delay_seconds=0) == now
+
+
+def test_scored_submission_is_visible_only_at_its_padded_time(owner, vendor, site, django_capture_on_commit_callbacks):
+    task = make_task(owner, release_delay_seconds=600)
+    register_shard(site, task)
+    submission = submit(vendor, task)
+    report(site, submission, 100, django_capture_on_commit_callbacks)
+    submission.refresh_from_db()
+    assert submission.results_visible_at == submission.created_at + timedelta(seconds=600)
 
 
 def test_leaderboard_query_count_does_not_grow_with_entries(
@@ -119,12 +179,11 @@ def test_leaderboard_query_count_does_not_grow_with_entries(
 ):
     from tests.conftest import _persona
 
-    task = make_task(owner)
+    task = make_task(owner, release_delay_seconds=0)
     register_shard(site, task)
     for i in range(4):
         persona = _persona(f"vendor{i}", f"Vendor {i}", "vendor")
-        report(site, submit(persona, task), {"roc_auc": 0.5 + i / 10, "accuracy": 0.5}, 100,
-               django_capture_on_commit_callbacks)  # fmt: skip
+        report(site, submit(persona, task), 100, django_capture_on_commit_callbacks, correct=0.5 + i / 10)
     with django_assert_max_num_queries(3):
         response = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard")
     assert [r["rank"] for r in response.json()["rows"]] == [1, 2, 3, 4]
