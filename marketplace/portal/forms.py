@@ -131,6 +131,8 @@ class SubmissionForm(forms.Form):
         return artifact
 
 
+DP_FIELDS = ["dp_epsilon_per_release", "dp_delta", "dp_vendor_epsilon", "dp_task_epsilon", "release_delay_seconds",
+             "ladder_threshold"]  # fmt: skip
 FL_FIELDS = ["fl_clip_norm", "fl_noise_multiplier", "fl_dp_delta", "fl_epsilon_cap", "fl_secure_aggregation",
              "fl_robust_rule", "fl_quantization_bits"]  # fmt: skip
 
@@ -154,6 +156,12 @@ class TaskForm(forms.Form):
         label="Number of classes", required=False, min_value=2, max_value=10_000,
         help_text="Classification only (2 for binary).",
     )  # fmt: skip
+    target_min = forms.FloatField(
+        label="Lowest target value", required=False,
+        help_text="Regression only: the range [lowest, highest] of the target. Errors are clipped to it, which "
+        "bounds what one row can change (the noise is calibrated to it); a failed model scores its middle.",
+    )  # fmt: skip
+    target_max = forms.FloatField(label="Highest target value", required=False, help_text="Regression only.")
     primary_metric = forms.ChoiceField(
         label="Primary metric (ranks the leaderboard)", choices=[(m, m) for m in METRICS]
     )
@@ -210,10 +218,40 @@ class TaskForm(forms.Form):
         help_text="A failure is itself a signal a model can encode private data in; counting failures keeps "
         "probing by deliberate crashes within the quota.",
     )  # fmt: skip
-    leakage_cap_bits = forms.FloatField(
-        label="Leakage cap (bits per vendor)", required=False, min_value=0.0,
-        help_text="Sites refuse a vendor's further jobs once the information released to it on this task reaches "
-        "this many bits. Empty: no cap.",
+    # Differential privacy of the results (docs/disclosure.md).
+    dp_epsilon_per_release = forms.FloatField(
+        label="Epsilon (ε) per release", min_value=1e-6, initial=1.0,
+        help_text="How much one submission's scores may reveal about any one row of your data: the sites add "
+        "Gaussian noise to what they release so that no row changes what a vendor sees by more than a factor "
+        "e^ε (with probability δ of more). Smaller is more private and noisier. Default 1. The privacy unit is "
+        "one row of a site's test data. Fixed once the task has opened.",
+    )  # fmt: skip
+    dp_delta = forms.FloatField(
+        label="Delta (δ)", min_value=1e-12, max_value=0.000999, initial=1e-6,
+        help_text="The probability with which every ε guarantee on the task may fail; keep it well below "
+        "1 / (rows at a site). Default 1e-6. Fixed once the task has opened.",
+    )  # fmt: skip
+    dp_vendor_epsilon = forms.FloatField(
+        label="Epsilon budget per vendor", min_value=1e-6, initial=10.0,
+        help_text="What one vendor organization may learn from your rows over all its submissions (ε add up, "
+        "composed by a zCDP accountant): at the defaults (ε 1 per release) about 60 submissions. An upload that "
+        "would pass it is refused. Default 10.",
+    )  # fmt: skip
+    dp_task_epsilon = forms.FloatField(
+        label="Epsilon budget for all vendors", min_value=1e-6, initial=20.0,
+        help_text="What all vendors together may learn from your rows, however many organizations they open. "
+        "Default 20. The public and the private split each have these budgets; a row is in one split only.",
+    )  # fmt: skip
+    release_delay_seconds = forms.IntegerField(
+        label="Release delay (seconds)", min_value=0, initial=60,
+        help_text="Results become visible at upload + a multiple of this, so how long a model runs on your data "
+        "tells no one anything; vendors see “pending” until then. Default 60; 0 shows results as soon as they are "
+        "in.",
+    )  # fmt: skip
+    ladder_threshold = forms.FloatField(
+        label="Ladder threshold", min_value=0.0, initial=0.01,
+        help_text="Ladder mode only: a submission's score is shown only if it beats the vendor's best by at least "
+        "this much on the primary metric. Default 0.01.",
     )  # fmt: skip
     fine_tuning_allowed = forms.BooleanField(
         label="Allow federated fine-tuning", required=False,
@@ -284,7 +322,7 @@ class TaskForm(forms.Form):
 
     def _form_fields_of(self, spec_key: str) -> list[str]:
         if spec_key == "input_spec":
-            return ["n_features", "dtype", "n_classes"]
+            return ["n_features", "dtype", "n_classes", "target_min", "target_max"]
         if spec_key == "metrics":
             return [f"{prefix}_{m}" for m in self.metric_names for prefix in ("metric", "decimals")]
         return [spec_key] if spec_key in self.fields else []
@@ -300,10 +338,11 @@ class TaskForm(forms.Form):
             for field in ["title", "description", "task_type", "primary_metric", "visibility", "opens_at", "closes_at",
                           "quota_per_day", "quota_total", "show_per_site", "min_test_rows", "public_split_fraction",
                           "final_submissions", "leaderboard_mode", "requires_job_approval", "requires_release_approval",
-                          "failed_jobs_consume_quota", "leakage_cap_bits", "fine_tuning_allowed", *FL_FIELDS]
+                          "failed_jobs_consume_quota", *DP_FIELDS, "fine_tuning_allowed", *FL_FIELDS]
         }  # fmt: skip
         initial["fl_secure_aggregation"] = "on" if task.fl_secure_aggregation else "off"
         initial.update({k: task.input_spec.get(k) for k in ("n_features", "dtype", "n_classes")})
+        initial["target_min"], initial["target_max"] = task.input_spec.get("target_range") or (None, None)
         initial.update(task.resource_limits)
         for name in METRICS:
             initial[f"metric_{name}"] = name in chosen
@@ -316,6 +355,8 @@ class TaskForm(forms.Form):
         input_spec = {"n_features": data["n_features"], "dtype": data["dtype"]}
         if data.get("n_classes") is not None and data["task_type"] != TaskType.REGRESSION:
             input_spec["n_classes"] = data["n_classes"]
+        if data["task_type"] == TaskType.REGRESSION and (data.get("target_min"), data.get("target_max")) != (None, None):
+            input_spec["target_range"] = [data.get("target_min"), data.get("target_max")]
         metrics = [
             {"name": m, "decimals": data.get(f"decimals_{m}") if data.get(f"decimals_{m}") is not None else 4}
             for m in self.metric_names
@@ -344,7 +385,7 @@ class TaskForm(forms.Form):
             "requires_job_approval": data["requires_job_approval"],
             "requires_release_approval": data["requires_release_approval"],
             "failed_jobs_consume_quota": data["failed_jobs_consume_quota"],
-            "leakage_cap_bits": data["leakage_cap_bits"],
+            **{k: data[k] for k in DP_FIELDS},
             "fine_tuning_allowed": data["fine_tuning_allowed"],
             # An FL field left out keeps the task's value (or the default); an empty cap means "no cap".
             **{k: data[k] for k in FL_FIELDS if data.get(k) not in (None, "") or k == "fl_epsilon_cap"},

@@ -20,7 +20,7 @@ class _Words:
 
 
 class TaskAction(_Words):
-    words = ("open", "close")
+    words = ("open",)
 
 
 class Decision(_Words):
@@ -71,6 +71,7 @@ urlpatterns = [
     path("manage/tasks/new/", owners.task_new, name="task-new"),
     path("manage/tasks/<int:task_id>/", owners.task_manage, name="manage-task"),
     path("manage/tasks/<int:task_id>/edit/", owners.task_edit, name="task-edit"),
+    path("manage/tasks/<int:task_id>/close/", owners.task_close_confirm, name="task-close"),
     path("manage/tasks/<int:task_id>/<task_action:action>/", owners.task_state, name="task-state"),
     path("manage/sites/", owners.sites, name="sites"),
     path("manage/sites/status/", owners.sites_status, name="sites-status"),

@@ -23,7 +23,7 @@ STATUS_TONES = {
     "scored": "ok", "succeeded": "ok", "completed": "ok", "open": "ok", "approved": "ok", "online": "ok",
     "failed": "bad", "rejected": "bad", "offline": "bad",
     "running": "busy", "evaluating": "busy", "checking": "busy",
-    "queued": "wait", "awaiting_approval": "wait", "requested": "wait", "draft": "wait", "never": "wait",
+    "queued": "wait", "pending": "wait", "awaiting_approval": "wait", "requested": "wait", "draft": "wait", "never": "wait",
 }  # fmt: skip
 
 

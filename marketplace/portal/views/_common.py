@@ -56,6 +56,8 @@ def domain_error_to_form(form, exc) -> None:
     placed = False
     for field, messages in details.items():
         target = FIELD_ALIASES.get(field, field)
+        if field == "input_spec" and "target_range" in str(messages):
+            target = "target_min"
         if target in form.fields:
             for message in messages if isinstance(messages, list) else [messages]:
                 form.add_error(target, str(message))

@@ -4,9 +4,11 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import transaction
+from django.db.models import Count, Sum
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from evaluator.privacy.zcdp import ACCOUNTANT, epsilon_for_rho
 from marketplace.accounts.access import access_acting_organization, access_organization_by_id
 from marketplace.accounts.models import Organization, OrganizationKind
 from marketplace.accounts.selectors import organizations_of
@@ -23,6 +25,7 @@ from marketplace.catalog.services import (
     STRUCTURAL_FIELDS,
     task_access_decide,
     task_close,
+    task_close_plan,
     task_create,
     task_open,
     task_sample_set,
@@ -31,7 +34,8 @@ from marketplace.catalog.services import (
 from marketplace.core.errors import DomainError
 from marketplace.egress.apis import egress_csv_response
 from marketplace.egress.filters import EgressFilter
-from marketplace.egress.selectors import egress_records_visible_to, leakage_by_vendor
+from marketplace.egress.models import EgressKind, EgressRecord
+from marketplace.egress.selectors import egress_records_visible_to
 from marketplace.jobs.access import access_job_for_owner
 from marketplace.jobs.selectors import jobs_awaiting_approval_for, jobs_held_for_release_for
 from marketplace.jobs.services import job_decide, job_release_decide
@@ -145,15 +149,46 @@ def task_manage(request, task_id: int):
 @require_POST
 @owner_required
 def task_state(request, task_id: int, action: str):
+    """Opens the task (closing goes through task_close_confirm)."""
     with transaction.atomic():
         task = access_task_for_owner(request.user, task_id, for_update=True)
         try:
-            (task_open if action == "open" else task_close)(task=task, actor=request.user)
+            task_open(task=task, actor=request.user)
         except DomainError as exc:
             messages.error(request, exc.message)
         else:
-            messages.success(request, f"Task {'opened' if action == 'open' else 'closed'}.")
+            messages.success(request, "Task opened.")
     return redirect("portal:manage-task", task_id=task_id)
+
+
+def _reveal_ids(plan: dict) -> list[int]:
+    return sorted(row["submission_id"] for row in plan["reveal"])
+
+
+@owner_required
+def task_close_confirm(request, task_id: int):
+    """Closing, in two steps: the page lists the private scores the close will reveal (the finals
+    that fit the private budgets) and those it will not; confirming it approves exactly those
+    reveals. If the plan changed in between (a new score, a nomination), the page shows it again."""
+    task = access_task_for_owner(request.user, task_id)
+    if request.method == "POST":
+        shown = sorted(int(v) for v in request.POST.getlist("reveal") if v.isdigit())
+        with transaction.atomic():
+            task = access_task_for_owner(request.user, task_id, for_update=True)
+            plan = task_close_plan(task=task)
+            if shown == _reveal_ids(plan):
+                try:
+                    task_close(task=task, actor=request.user)
+                except DomainError as exc:
+                    messages.error(request, exc.message)
+                else:
+                    messages.success(
+                        request, f"Task closed. Private scores to reveal: {len(plan['reveal'])}."
+                    )
+                return redirect("portal:manage-task", task_id=task_id)
+        messages.error(request, "What the close would reveal has changed since you opened this page: review it again.")
+    plan = task_close_plan(task=task)
+    return render(request, "portal/task_close.html", {"task": task, "plan": plan, "reveal_ids": _reveal_ids(plan)})
 
 
 # --- sites -----------------------------------------------------------------------------------
@@ -281,21 +316,42 @@ def ledger(request):
     query.pop("page", None)
     return render(
         request, "portal/ledger.html",
-        {"form": form, "page": page, "query": query.urlencode(), **_leakage_context(request, form)},
+        {"form": form, "page": page, "query": query.urlencode(), "accountant": ACCOUNTANT,
+         **_leakage_context(request, form)},
     )  # fmt: skip
 
 
 def _leakage_context(request, form) -> dict:
-    """Per-vendor cumulative leakage on the task chosen in the filter (all its sites, all time)."""
+    """Per-vendor privacy loss on the task chosen in the filter (all its sites, all time): the
+    rhos of its releases composed (summed) per site and split, converted once to epsilon at the
+    task's delta. Sites hold disjoint rows, so a vendor's guarantee is that of its worst site."""
     task_id = form.cleaned_data.get("task") if form.is_bound and form.is_valid() else None
     if task_id is None:
         return {"leakage_task": None, "leakage": []}
     task = access_task_for_owner(request.user, task_id)
-    cap = task.leakage_cap_bits
-    rows = [
-        {**row, "cap_reached": cap is not None and (row["cost_bits"] or 0) >= cap}
-        for row in leakage_by_vendor(task_id=task.id)
-    ]
+    per_site = (
+        EgressRecord.objects.filter(task=task, kind__in=[EgressKind.METRICS, EgressKind.REVEAL])
+        .values("vendor_id", "vendor__name", "site_id", "kind")
+        .annotate(releases=Count("id"), bytes=Sum("bytes"), rho=Sum("rho"))
+    )
+    vendors: dict[int, dict] = {}
+    for row in per_site:
+        vendor = vendors.setdefault(
+            row["vendor_id"],
+            {"vendor_id": row["vendor_id"], "vendor__name": row["vendor__name"], "releases": 0, "bytes": 0,
+             "rho": {EgressKind.METRICS: 0.0, EgressKind.REVEAL: 0.0}},
+        )  # fmt: skip
+        vendor["releases"] += row["releases"]
+        vendor["bytes"] += row["bytes"] or 0
+        vendor["rho"][row["kind"]] = max(vendor["rho"][row["kind"]], row["rho"] or 0.0)
+    rows = []
+    for vendor in sorted(vendors.values(), key=lambda v: v["vendor__name"]):
+        public, private = vendor.pop("rho").values()
+        rows.append({
+            **vendor,
+            "epsilon_public": epsilon_for_rho(public, task.dp_delta),
+            "epsilon_private": epsilon_for_rho(private, task.dp_delta),
+        })  # fmt: skip
     return {"leakage_task": task, "leakage": rows}
 
 

@@ -7,7 +7,7 @@ from marketplace.accounts.models import OrganizationKind
 from marketplace.accounts.selectors import organizations_of
 from marketplace.catalog.access import access_task_by_id
 from marketplace.catalog.filters import TaskFilter
-from marketplace.catalog.models import LeaderboardMode, TaskStatus
+from marketplace.catalog.models import TaskStatus
 from marketplace.catalog.selectors import (
     access_state,
     leaderboard_visible,
@@ -15,16 +15,11 @@ from marketplace.catalog.selectors import (
     task_list_visible_to,
     vendor_may_submit,
 )
-from marketplace.egress.selectors import leakage_by_vendor
-from marketplace.leaderboard.selectors import (
-    PRIVATE,
-    ladder_improved_of,
-    leaderboard_best_over_time,
-    leaderboard_rows,
-)
+from marketplace.leaderboard.selectors import PRIVATE, leaderboard_best_over_time, leaderboard_rows
 from marketplace.portal.charts import best_score_chart
 from marketplace.portal.views._common import funnelled
 from marketplace.submissions.selectors import quota_usage
+from marketplace.submissions.visibility import MECHANISM, privacy_budget_of
 
 
 def home(request):
@@ -43,17 +38,11 @@ def _leaderboard_context(request, task) -> dict:
     visible = leaderboard_visible(task=task, user=request.user)
     context = {"task": task, "metrics": metrics, "sort": sort, "rows": None, "chart": None}
     if visible:
-        context["rows"] = leaderboard_rows(task=task, sort_by=sort)
-        if task.leaderboard_mode == LeaderboardMode.LADDER:
-            # Whether a submission moved its vendor's best is part of the Ladder's released transcript.
-            improved = ladder_improved_of(submission_ids=[row["submission_id"] for row in context["rows"]])
-            context["rows"] = [
-                {**row, "no_improvement": improved.get(row["submission_id"]) is False}
-                for row in context["rows"]
-            ]
+        context["rows"] = leaderboard_rows(task=task, user=request.user, sort_by=sort)
+        context["show_per_site"] = any(row["per_site"] is not None for row in context["rows"])
         decimals = next(m["decimals"] for m in metrics if m["name"] == sort)
         context["chart"] = best_score_chart(
-            leaderboard_best_over_time(task=task, metric=sort), decimals=decimals
+            leaderboard_best_over_time(task=task, user=request.user, metric=sort), decimals=decimals
         )
         context["chart_metric"] = next(m for m in metrics if m["name"] == sort)
     return context
@@ -66,7 +55,7 @@ def task_detail(request, task_id: int):
     context["is_owner"] = task_is_owned_by(task=task, user=request.user)
     # The private (final) board exists only once the task has closed, and only with a private split.
     context["final_rows"] = (
-        leaderboard_rows(task=task, sort_by=context["sort"], split=PRIVATE)
+        leaderboard_rows(task=task, user=request.user, sort_by=context["sort"], split=PRIVATE)
         if context["rows"] is not None and task.status == TaskStatus.CLOSED and task.public_split_fraction < 1
         else None
     )
@@ -77,18 +66,13 @@ def task_detail(request, task_id: int):
             "access": access_state(task=task, vendor=vendor),
             "may_submit": vendor_may_submit(task=task, vendor=vendor),
             "quota": quota_usage(task=task, vendor_id=vendor.id),
-            "leakage": _leakage_of(task, vendor),
+            "privacy": privacy_budget_of(task=task, vendor_id=vendor.id),
         }
         for vendor in vendors
     ]
+    context["privacy"] = privacy_budget_of(task=task, vendor_id=None)
+    context["mechanism"] = MECHANISM
     return render(request, "portal/task_detail.html", context)
-
-
-def _leakage_of(task, vendor) -> dict:
-    """What this vendor has learned from the task so far, as the owner's ledger counts it."""
-    rows = leakage_by_vendor(task_id=task.id, vendor_ids=[vendor.id])
-    row = rows[0] if rows else {"releases": 0, "cost_bits": None, "epsilon": None}
-    return {**row, "cap_bits": task.leakage_cap_bits}
 
 
 @funnelled

@@ -5,6 +5,7 @@ import json
 from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -12,17 +13,21 @@ from marketplace.accounts.access import access_acting_organization
 from marketplace.accounts.models import OrganizationKind
 from marketplace.accounts.selectors import organizations_of
 from marketplace.catalog.access import access_task_by_id, access_task_for_vendor
-from marketplace.catalog.models import LeaderboardMode
 from marketplace.catalog.services import task_access_request
 from marketplace.core.errors import DomainError
 from marketplace.finetuning.services import TRAINABLE_FORMATS
-from marketplace.leaderboard.selectors import ladder_improved_of
-from marketplace.leaderboard.services import FINAL_STATUSES
 from marketplace.portal.forms import FORMAT_EXTENSIONS, AccessRequestForm, SubmissionForm
 from marketplace.portal.views._common import domain_error_to_form, vendor_required
 from marketplace.submissions.access import access_submission_artifact
 from marketplace.submissions.selectors import finals_chosen, quota_usage, submission_list_of_vendor_user
 from marketplace.submissions.services import submission_create, submission_nominate
+from marketplace.submissions.visibility import (
+    PENDING,
+    check_nominable,
+    privacy_budget_of,
+    submission_view_for,
+    submission_views_for,
+)
 
 
 def _vendor_organizations(user):
@@ -72,7 +77,10 @@ def submission_new(request, task_id: int):
             messages.success(request, f"{submission.name} uploaded; the sites will evaluate it.")
             target = reverse("portal:submissions")
             return HttpResponseClientRedirect(target) if request.htmx else redirect(target)
-    quotas = [{"vendor": v, **quota_usage(task=task, vendor_id=v.id)} for v in organizations]
+    quotas = [
+        {"vendor": v, **quota_usage(task=task, vendor_id=v.id), "privacy": privacy_budget_of(task=task, vendor_id=v.id)}
+        for v in organizations
+    ]
     context = {
         "task": task,
         "form": form,
@@ -83,8 +91,18 @@ def submission_new(request, task_id: int):
     return render(request, template, context, status=400 if form.errors and not request.htmx else 200)
 
 
+def _fixed(task, metrics: dict | None) -> list[tuple[str, str]]:
+    """Metric values written with exactly the task's decimals (0.9 with 4 -> 0.9000)."""
+    decimals = {m["name"]: m["decimals"] for m in task.metrics}
+    return [(name, f"{value:.{decimals[name]}f}") for name, value in (metrics or {}).items()]
+
+
 def _submissions_context(user) -> dict:
-    submissions = list(submission_list_of_vendor_user(user=user)[:100])
+    """'My submissions', each as submission_view_for shows it: "pending until ~<release time>"
+    while the sites work, no per-site progress, then the outcome."""
+    submissions = list(submission_list_of_vendor_user(user=user).select_related("leaderboard_entry")[:100])
+    now = timezone.now()
+    views = submission_views_for(user=user, submissions=submissions, now=now)
     seen, quotas = set(), []
     for submission in submissions:
         key = (submission.task_id, submission.vendor_id)
@@ -92,20 +110,25 @@ def _submissions_context(user) -> dict:
             seen.add(key)
             quotas.append({"task": submission.task, "vendor": submission.vendor,
                            **quota_usage(task=submission.task, vendor_id=submission.vendor_id),
+                           "privacy": privacy_budget_of(task=submission.task, vendor_id=submission.vendor_id),
                            "finals": finals_chosen(task_id=submission.task_id, vendor_id=submission.vendor_id)})  # fmt: skip
-    ladder = [s.id for s in submissions if s.task.leaderboard_mode == LeaderboardMode.LADDER]
-    improved = ladder_improved_of(submission_ids=ladder) if ladder else {}
     names = {s.id: s.name for s in submissions}
-    for submission in submissions:
-        submission.no_improvement = improved.get(submission.id) is False
-        submission.parent_name = names.get(submission.parent_id)
-        # Only offers the button; run_request checks every rule again.
-        submission.can_fine_tune = (
-            submission.status == "scored" and submission.artifact_format in TRAINABLE_FORMATS
-            and not submission.is_fine_tuned and submission.task.fine_tuning_allowed
-        )  # fmt: skip
-    live = any(s.status not in FINAL_STATUSES for s in submissions)
-    return {"submissions": submissions, "quotas": quotas, "live": live}
+    rows = []
+    for submission, view in zip(submissions, views, strict=True):
+        rows.append({
+            **view, "submission": submission, "task": submission.task,
+            "vendor_name": submission.vendor.name,
+            "format_display": submission.get_artifact_format_display(),
+            "parent_name": names.get(submission.parent_id),
+            "no_improvement": view["ladder_improved"] is False,
+            "scores": _fixed(submission.task, view["metrics"]),
+            # Only offers the button; run_request checks every rule again.
+            "can_fine_tune": view["status"] == "scored" and submission.artifact_format in TRAINABLE_FORMATS
+            and not submission.is_fine_tuned and submission.task.fine_tuning_allowed,
+        })  # fmt: skip
+    live = any(row["status"] == PENDING for row in rows)
+    return {"submissions": rows, "quotas": quotas, "live": live,
+            "show_per_site": any(row["per_site"] for row in rows)}  # fmt: skip
 
 
 @vendor_required
@@ -125,6 +148,8 @@ def submission_nomination(request, submission_id: int, action: str):
     """Picks (or unpicks) a final submission for the private leaderboard, as the API does."""
     submission = access_submission_artifact(request.user, submission_id)  # the vendor's own only
     try:
+        if action == "nominate":
+            check_nominable(submission_view_for(user=request.user, submission=submission))
         submission = submission_nominate(
             submission=submission, final=action == "nominate", actor=request.user
         )
