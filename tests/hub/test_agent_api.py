@@ -10,12 +10,15 @@ from rest_framework.test import APIClient
 
 from marketplace.accounts.services import personal_token_create
 from marketplace.audit.models import AuditEvent
+from marketplace.budgets.costs import release_cost
+from marketplace.budgets.models import PrivacyCharge
 from marketplace.catalog.models import DataShard
+from marketplace.egress.models import EgressRecord
 from marketplace.jobs.models import Job, JobStatus, Result
 from marketplace.jobs.services import jobs_requeue_expired
 from marketplace.sites.models import SiteToken
 from tests.conftest import make_site, make_task, register_shard, upload
-from tests.hub.helpers import RESULT, claim, error_code, job_of, post_result, submit
+from tests.hub.helpers import claim, error_code, job_of, post_result, release_body, submit, with_receipt
 
 
 @pytest.fixture
@@ -208,27 +211,38 @@ def test_artifact_of_a_job_not_running_is_refused(vendor, site, open_task):
     assert error_code(response) == "lease_lost"
 
 
-def test_result_is_recorded_once_and_a_repeat_changes_nothing(site, running):
+def test_result_is_recorded_once_and_a_repeat_changes_nothing(site, running, open_task):
     submission, job = running
     first = post_result(site, job["id"])
     assert first.status_code == 200 and first.json()["created"] is True
     repeat = post_result(site, job["id"])
     assert repeat.status_code == 200 and repeat.json()["created"] is False
     assert Result.objects.filter(job_id=job["id"]).count() == 1
-    assert Result.objects.get().metrics == RESULT["metrics"]
+    result = Result.objects.get()
+    assert result.statistics == release_body(open_task)["statistics"]
+    assert result.metrics["accuracy"] == pytest.approx(0.8) and result.n_rows == 100
     assert Job.objects.get(id=job["id"]).status == JobStatus.SUCCEEDED
     assert AuditEvent.objects.filter(action="job.succeeded", object_id=str(job["id"])).count() == 1
+    rho, epsilon, delta = release_cost(open_task)
+    record = EgressRecord.objects.get()
+    assert (record.kind, record.rho, record.epsilon, record.delta) == ("metrics", rho, epsilon, delta)
 
 
 def test_a_different_second_result_is_a_conflict(site, running):
     _, job = running
     post_result(site, job["id"])
-    other = post_result(
-        site, job["id"], ledger={"sha256": "e" * 64, "bytes": 1}, metrics={"roc_auc": 0.1, "accuracy": 0.1}
-    )
+    other = post_result(site, job["id"], correct=0.1)
     assert other.status_code == 409
     assert error_code(other) == "already_reported"
-    assert Result.objects.get().metrics == RESULT["metrics"]
+    assert Result.objects.get().metrics["accuracy"] == pytest.approx(0.8)
+    assert AuditEvent.objects.filter(action="job.result_refused", object_id=str(job["id"])).count() == 1
+
+
+def test_job_spec_carries_the_tasks_privacy_and_no_bit_cap(site, running, open_task):
+    _, job = running
+    assert job["task"]["privacy"] == {"epsilon_per_release": 1.0, "delta": 1e-6, "vendor_epsilon": 10.0,
+                                      "task_epsilon": 20.0}  # fmt: skip
+    assert "leakage_cap_bits" not in job["task"]
 
 
 def test_result_from_an_agent_without_the_lease_is_refused(site, running):
@@ -239,47 +253,102 @@ def test_result_from_an_agent_without_the_lease_is_refused(site, running):
     assert not Result.objects.exists()
 
 
+def _set(path, value):
+    """A change of one field of the honest body (before its receipt is computed)."""
+
+    def change(body):
+        target = body
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value(target.get(path[-1])) if callable(value) else value
+        return body
+
+    return change
+
+
+def _drop(block):
+    def change(body):
+        body["statistics"].pop(block)
+        return body
+
+    return change
+
+
+BAD_RELEASES = {
+    "unknown block": _set(("statistics", "extra"), [1.0]),
+    "missing block": _drop("score_histogram"),
+    "wrong shape": _set(("statistics", "score_histogram"), [[1.0, 2.0, 3.0]]),
+    "NaN as a string": _set(("statistics", "score_histogram"), lambda h: [["NaN", *h[0][1:]], h[1]]),
+    "a number as a string": _set(("statistics", "score_histogram"), lambda h: [["1", *h[0][1:]], h[1]]),
+    "a boolean": _set(("statistics", "score_histogram"), lambda h: [[True, *h[0][1:]], h[1]]),
+    "1e300": _set(("statistics", "score_histogram"), lambda h: [[1e300, *h[0][1:]], h[1]]),
+    "an int too large for a float": _set(("statistics", "score_histogram"), lambda h: [[10**400, *h[0][1:]], h[1]]),
+    "far below zero": _set(("statistics", "score_histogram"), lambda h: [[-1e6, *h[0][1:]], h[1]]),
+    "statistics not an object": _set(("statistics",), [1.0, 2.0]),
+    "negative n_rows": _set(("n_rows",), -5),
+    "zero n_rows": _set(("n_rows",), 0),
+    "n_rows larger than the shard": _set(("n_rows",), 101),
+    "n_rows not a number": _set(("n_rows",), "many"),
+    "wrong rho": _set(("privacy", "rho"), lambda rho: rho * 2),
+    "wrong epsilon": _set(("privacy", "epsilon"), 5.0),
+    "wrong delta": _set(("privacy", "delta"), 1e-3),
+    "another mechanism": _set(("privacy", "mechanism"), "laplace"),
+    "no privacy": _set(("privacy",), None),
+    "old-style metrics": _set(("metrics",), {"roc_auc": 0.9, "accuracy": 0.8}),
+    "a site-side Ladder flag": _set(("ladder_improved",), True),
+}
+
+
+@pytest.mark.parametrize("change", BAD_RELEASES.values(), ids=BAD_RELEASES.keys())
+def test_every_bad_field_from_a_site_is_a_4xx_changes_nothing_and_is_audited(site, running, open_task, change):
+    _, job = running
+    body = with_receipt(change(release_body(open_task)))
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, format="json")
+    assert 400 <= response.status_code < 500, response.content
+    assert error_code(response) in {"invalid_release", "invalid_statistics", "wrong_n_rows", "wrong_privacy"}
+    assert not Result.objects.exists() and not EgressRecord.objects.exists()
+    assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
+    refused = AuditEvent.objects.get(action="job.result_refused")
+    assert refused.object_id == str(job["id"]) and refused.data["code"] == error_code(response)
+
+
 @pytest.mark.parametrize(
-    "overrides",
+    "ledger",
     [
-        {"metrics": [0.9, 0.8]},
-        {"metrics": "0.9"},
-        {"metrics": {"roc_auc": 0.9}},
-        {"metrics": {"roc_auc": 0.9, "accuracy": 0.8, "f1": 0.7}},
-        {"metrics": {"roc_auc": 0.9, "r2": 0.8}},
-        {"metrics": {"roc_auc": "0.9", "accuracy": 0.8}},
-        {"metrics": {"roc_auc": True, "accuracy": 0.8}},
-        {"metrics": {"roc_auc": {"v": 1}, "accuracy": 0.8}},
-        {"metrics": {"roc_auc": None, "accuracy": 0.8}},
-        {"n_rows": 0},
-        {"n_rows": "many"},
-        {"ledger": {"sha256": "short", "bytes": 1}},
-        {"ledger": "receipt"},
+        lambda ledger: {**ledger, "rho": ledger["rho"] * 2},
+        lambda ledger: {**ledger, "epsilon": 1e300},
+        lambda ledger: {**ledger, "sha256": "e" * 64},
+        lambda ledger: {**ledger, "bytes": ledger["bytes"] + 1},
+        lambda ledger: "receipt",
+        lambda ledger: {"sha256": "short", "bytes": 1},
     ],
 )
-def test_bad_result_payload_is_a_clear_400_and_records_nothing(site, running, overrides):
+def test_a_ledger_receipt_that_does_not_match_is_refused(site, running, open_task, ledger):
     _, job = running
-    response = post_result(site, job["id"], **overrides)
+    body = with_receipt(release_body(open_task))
+    body["ledger"] = ledger(body["ledger"])
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, format="json")
     assert response.status_code == 400, response.content
-    assert error_code(response) in {"invalid", "invalid_metrics"}
-    assert not Result.objects.exists()
-    assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
+    assert not Result.objects.exists() and not EgressRecord.objects.exists()
+    assert AuditEvent.objects.filter(action="job.result_refused").count() == 1
+
+
+def test_a_body_changed_after_its_receipt_is_refused_even_as_a_repeat(site, running, open_task):
+    _, job = running
+    body = with_receipt(release_body(open_task))
+    assert site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, format="json").status_code == 200
+    body["n_rows"] = 99  # same receipt, another body
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, format="json")
+    assert response.status_code == 409 and error_code(response) == "already_reported"
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
-def test_non_finite_metric_is_refused(site, running, literal):
+def test_non_finite_statistic_is_refused(site, running, open_task, literal):
     _, job = running
-    body = json.dumps(
-        {
-            "agent_id": "agent-1",
-            "n_rows": 100,
-            "ledger": RESULT["ledger"],
-            "metrics": {"roc_auc": 0.5, "accuracy": 0.5},
-        }
-    ).replace('"roc_auc": 0.5', f'"roc_auc": {literal}')
-    response = site.client.post(
-        f"/api/v1/agent/jobs/{job['id']}/result", body, content_type="application/json"
-    )
+    body = with_receipt(release_body(open_task))
+    body["statistics"]["score_histogram"][0][0] = 123456.5
+    text = json.dumps(body).replace("123456.5", literal)
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", text, content_type="application/json")
     assert response.status_code == 400, response.content
     assert "error" in response.json()
     assert not Result.objects.exists()
@@ -305,23 +374,35 @@ def test_failure_reason_outside_the_fixed_list_is_a_400(site, running, reason):
     assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
 
 
-def test_model_failure_fails_the_job_and_the_submission_idempotently(
+@pytest.mark.parametrize("reason", ["crashed", "timeout", "out_of_memory", "invalid_output"])
+def test_a_data_dependent_failure_is_refused_and_audited(site, running, reason):
+    """After its model has seen data a job releases a fallback's statistics, never a reason."""
+    _, job = running
+    response = site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": reason})
+    assert response.status_code == 400 and error_code(response) == "data_dependent_failure"
+    assert Job.objects.get(id=job["id"]).status == JobStatus.RUNNING
+    assert AuditEvent.objects.filter(action="job.failure_refused", object_id=str(job["id"])).count() == 1
+
+
+def test_pre_data_failure_fails_the_job_and_the_submission_idempotently(
     site, running, django_capture_on_commit_callbacks
 ):
     submission, job = running
     path = f"/api/v1/agent/jobs/{job['id']}/failure"
     with django_capture_on_commit_callbacks(execute=True):
-        first = site.client.post(path, {"agent_id": "agent-1", "reason": "crashed"})
+        first = site.client.post(path, {"agent_id": "agent-1", "reason": "invalid_artifact"})
     assert first.status_code == 200 and first.json()["created"] is True
-    repeat = site.client.post(path, {"agent_id": "agent-1", "reason": "crashed"})
+    repeat = site.client.post(path, {"agent_id": "agent-1", "reason": "invalid_artifact"})
     assert repeat.status_code == 200 and repeat.json()["created"] is False
-    other = site.client.post(path, {"agent_id": "agent-1", "reason": "timeout"})
+    other = site.client.post(path, {"agent_id": "agent-1", "reason": "policy_violation"})
     assert other.status_code == 409
     stored = Job.objects.get(id=job["id"])
-    assert stored.status == JobStatus.FAILED and stored.failure_reason == "crashed"
+    assert stored.status == JobStatus.FAILED and stored.failure_reason == "invalid_artifact"
     submission.refresh_from_db()
-    assert submission.status == "failed" and submission.status_reason == "crashed"
+    assert submission.status == "failed" and submission.status_reason == "invalid_artifact"
+    assert submission.results_visible_at is not None
     assert AuditEvent.objects.filter(action="job.failed", object_id=str(job["id"])).count() == 1
+    assert PrivacyCharge.objects.get(submission=submission).refunded is True  # nothing was released
 
 
 def test_site_side_failure_requeues_while_attempts_remain(site, running, settings):

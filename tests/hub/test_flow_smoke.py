@@ -1,12 +1,16 @@
-from tests.conftest import upload
-from tests.hub.helpers import with_receipt
+import pytest
+
+from tests.conftest import make_task, register_shard, upload
+from tests.hub.helpers import release_body, with_receipt
 
 
 def test_upload_is_checked_dispatched_claimed_scored_and_ranked(
-    vendor, site, open_task, django_capture_on_commit_callbacks
+    owner, vendor, site, django_capture_on_commit_callbacks
 ):
+    task = make_task(owner, release_delay_seconds=0)
+    register_shard(site, task)
     with django_capture_on_commit_callbacks(execute=True):
-        response = upload(vendor, open_task)
+        response = upload(vendor, task)
     assert response.status_code == 201, response.content
     submission_id = response.json()["id"]
 
@@ -16,15 +20,13 @@ def test_upload_is_checked_dispatched_claimed_scored_and_ranked(
     assert job["submission"]["id"] == submission_id
     artifact = site.client.get(f"/api/v1/agent/jobs/{job['id']}/artifact")
     assert artifact.status_code == 200
-    body = with_receipt(
-        {"agent_id": "agent-1", "metrics": {"roc_auc": 0.91234, "accuracy": 0.9}, "n_rows": 100}
-    )
+    body = with_receipt(release_body(task, correct=0.9))
     with django_capture_on_commit_callbacks(execute=True):
         result = site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, format="json")
     assert result.status_code == 200, result.content
 
-    board = vendor.client.get(f"/api/v1/tasks/{open_task.id}/leaderboard").json()
-    assert board["rows"][0]["metrics"] == {"roc_auc": 0.9123, "accuracy": 0.9}
+    board = vendor.client.get(f"/api/v1/tasks/{task.id}/leaderboard").json()
+    assert board["rows"][0]["metrics"]["accuracy"] == pytest.approx(0.9)
 
     from marketplace.egress.models import EgressRecord
 

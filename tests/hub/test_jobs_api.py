@@ -5,7 +5,7 @@ import pytest
 from marketplace.audit.models import AuditEvent
 from marketplace.jobs.models import Job, JobStatus
 from tests.conftest import make_site, make_task, register_shard
-from tests.hub.helpers import RESULT, claim, error_code, job_of, post_result, submit, with_receipt
+from tests.hub.helpers import claim, error_code, job_of, post_result, submit
 
 
 @pytest.fixture
@@ -15,12 +15,12 @@ def held_task(owner, site):
     return task
 
 
-def test_vendor_sees_the_jobs_of_its_submissions_only(vendor, second_vendor, site, open_task):
+def test_vendors_see_no_jobs_at_all(vendor, second_vendor, site, open_task):
+    """Per-site progress and timing are observables: a vendor sees its submission, never its jobs."""
     mine = submit(vendor, open_task)
     submit(second_vendor, open_task)
-    rows = vendor.client.get("/api/v1/jobs").json()["results"]
-    assert [row["submission_id"] for row in rows] == [mine.id]
-    assert rows[0]["site"] == "site-a" and rows[0]["status"] == "queued"
+    assert vendor.client.get("/api/v1/jobs").json()["results"] == []
+    assert vendor.client.get(f"/api/v1/jobs/{job_of(mine, site).id}").status_code == 404
 
 
 def test_vendor_never_sees_another_vendors_job(vendor, second_vendor, site, open_task):
@@ -37,28 +37,10 @@ def test_owner_sees_jobs_and_results_of_its_tasks(owner, other_owner, vendor, si
     post_result(site, job["id"])
     body = owner.client.get(f"/api/v1/jobs/{job['id']}").json()
     assert body["status"] == "succeeded" and body["submission_id"] == submission.id
-    receipt = with_receipt({"agent_id": "agent-1", "metrics": RESULT["metrics"], "n_rows": 100})["ledger"][
-        "sha256"
-    ]
-    assert body["result"] == {
-        "metrics": {"roc_auc": 0.9, "accuracy": 0.8},
-        "n_rows": 100,
-        "ledger_sha256": receipt,
-    }
+    assert body["result"]["metrics"]["accuracy"] == pytest.approx(0.8)
+    assert body["result"]["n_rows"] == 100
     assert other_owner.client.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     assert other_owner.client.get("/api/v1/jobs").json()["results"] == []
-
-
-def test_vendor_gets_per_site_results_only_when_the_task_shows_them(owner, vendor, site):
-    hidden = make_task(owner, title="Hidden")
-    shown = make_task(owner, title="Shown", show_per_site=True)
-    for task in (hidden, shown):
-        register_shard(site, task)
-        submit(vendor, task)
-        post_result(site, claim(site)["id"])
-    results = {row["task_id"]: row["result"] for row in vendor.client.get("/api/v1/jobs").json()["results"]}
-    assert results[hidden.id] is None
-    assert results[shown.id]["metrics"] == {"roc_auc": 0.9, "accuracy": 0.8}
 
 
 def test_visitor_and_site_cannot_read_jobs(visitor, site, vendor, open_task):
@@ -82,11 +64,11 @@ def test_job_list_query_count_does_not_grow_with_jobs(
         response = owner.client.get("/api/v1/jobs")
     assert response.json()["count"] == 15
     with django_assert_max_num_queries(4):
-        assert vendor.client.get(f"/api/v1/jobs?task={open_task.id}&site={site.id}").json()["count"] == 5
+        assert owner.client.get(f"/api/v1/jobs?task={open_task.id}&site={site.id}").json()["count"] == 5
 
 
-def test_bad_job_filter_is_a_400(vendor):
-    response = vendor.client.get("/api/v1/jobs?status=exploded")
+def test_bad_job_filter_is_a_400(owner):
+    response = owner.client.get("/api/v1/jobs?status=exploded")
     assert response.status_code == 400
     assert error_code(response) == "invalid"
 

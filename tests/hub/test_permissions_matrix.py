@@ -6,7 +6,8 @@ from rest_framework.test import APIClient
 
 from marketplace.accounts.services import personal_token_create
 from tests.conftest import make_site, make_task, register_shard
-from tests.hub.helpers import claim, submit, with_receipt
+from marketplace.catalog.models import Task
+from tests.hub.helpers import claim, release_body, submit, with_receipt
 
 ROLES = ["visitor", "outsider", "vendor", "second_vendor", "owner", "other_owner", "site_token"]
 
@@ -49,7 +50,7 @@ READS = [
     ("/api/v1/tasks/{invite}/access-requests", {"owner"}, False),
     ("/api/v1/submissions/{submission}", {"vendor", "owner"}, False),
     ("/api/v1/submissions/{submission}/artifact", {"vendor"}, False),
-    ("/api/v1/jobs/{job}", {"vendor", "owner"}, False),
+    ("/api/v1/jobs/{job}", {"owner"}, False),  # vendors see no jobs (docs/disclosure.md)
     ("/api/v1/sites/{site}", {"owner"}, False),
     ("/api/v1/sites/{site}/tokens", {"owner"}, False),
     ("/api/v1/organizations/{owner_org}", {"owner"}, False),
@@ -123,9 +124,9 @@ AGENT_CALLS = [
     (
         "post",
         "/api/v1/agent/jobs/{job}/result",
-        with_receipt({"agent_id": "agent-1", "metrics": {"roc_auc": 0.5, "accuracy": 0.5}, "n_rows": 100}),
+        "a release of the public task",
     ),
-    ("post", "/api/v1/agent/jobs/{job}/failure", {"agent_id": "agent-1", "reason": "crashed"}),
+    ("post", "/api/v1/agent/jobs/{job}/failure", {"agent_id": "agent-1", "reason": "invalid_artifact"}),
 ]
 
 
@@ -135,6 +136,8 @@ def test_agent_job_endpoints_refuse_other_sites_people_and_visitors(
 ):
     clients, ids = world
     url = path.format(**ids)
+    if body == "a release of the public task":
+        body = with_receipt(release_body(Task.objects.get(id=ids["public"])))
     _, raw = personal_token_create(user=owner.user, name="cli")
     personal = APIClient()
     personal.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")

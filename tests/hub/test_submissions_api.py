@@ -8,6 +8,8 @@ import zipfile
 
 import pytest
 
+from evaluator.privacy.zcdp import epsilon_for_rho, rho_for_epsilon
+
 from marketplace.audit.models import AuditEvent
 from marketplace.submissions.models import Submission
 from tests.conftest import make_task, register_shard, upload
@@ -174,6 +176,10 @@ def test_daily_quota_refuses_the_next_upload_with_429(owner, vendor, site, setti
     assert Submission.objects.filter(task=task).count() == 2
     assert files_under(settings.MEDIA_ROOT) == files_before
     quota = vendor.client.get(f"/api/v1/tasks/{task.id}/quota").json()
+    privacy = quota.pop("privacy")
+    assert privacy["epsilon_per_release"] == 1.0 and privacy["vendor_epsilon_spent"] == pytest.approx(
+        epsilon_for_rho(2 * rho_for_epsilon(1.0, 1e-6), 1e-6)
+    )
     assert quota == {
         "quota_per_day": 2,
         "quota_total": None,
@@ -251,11 +257,11 @@ def test_vendor_never_sees_another_vendors_submission(vendor, second_vendor, ope
     assert foreign.json() == missing.json()
 
 
-def test_submission_detail_shows_jobs_to_vendor_and_owner(vendor, owner, open_task):
+def test_submission_detail_shows_jobs_to_the_owner_only(vendor, owner, open_task):
     submission = submit(vendor, open_task)
-    for persona in (vendor, owner):
-        body = persona.client.get(f"/api/v1/submissions/{submission.id}").json()
-        assert [(j["site"], j["status"]) for j in body["jobs"]] == [("site-a", "queued")]
+    body = owner.client.get(f"/api/v1/submissions/{submission.id}").json()
+    assert [(j["site"], j["status"]) for j in body["jobs"]] == [("site-a", "queued")]
+    assert not vendor.client.get(f"/api/v1/submissions/{submission.id}").json().get("jobs")
 
 
 def test_vendor_downloads_its_own_artifact(vendor, open_task):

@@ -55,6 +55,20 @@ def test_visitor_cannot_create_a_task(visitor):
         ({"resource_limits": {"memory_mb": 10**9}}, "resource_limits"),
         ({"resource_limits": {"gpus": 8}}, "resource_limits"),
         ({"title": ""}, "title"),
+        ({"dp_epsilon_per_release": 0}, "dp_epsilon_per_release"),
+        ({"dp_epsilon_per_release": -1.0}, "dp_epsilon_per_release"),
+        ({"dp_delta": 0.0}, "dp_delta"),
+        ({"dp_delta": 0.01}, "dp_delta"),
+        ({"dp_vendor_epsilon": 0.5}, "dp_vendor_epsilon"),  # below the epsilon of one release
+        ({"dp_task_epsilon": 5.0}, "dp_task_epsilon"),  # below the vendor's
+        ({"release_delay_seconds": -1}, "release_delay_seconds"),
+        ({"ladder_threshold": -0.1}, "ladder_threshold"),
+        ({"task_type": "regression", "input_spec": {"n_features": 3}, "metrics": [{"name": "r2"}],
+          "primary_metric": "r2"}, "input_spec"),  # no target_range
+        ({"task_type": "regression", "input_spec": {"n_features": 3, "target_range": [5, 1]},
+          "metrics": [{"name": "r2"}], "primary_metric": "r2"}, "input_spec"),
+        ({"task_type": "regression", "input_spec": {"n_features": 3, "target_range": [0, "inf"]},
+          "metrics": [{"name": "r2"}], "primary_metric": "r2"}, "input_spec"),
     ],
 )
 def test_bad_task_spec_is_a_clear_400_and_creates_nothing(owner, overrides, field):
@@ -67,11 +81,31 @@ def test_bad_task_spec_is_a_clear_400_and_creates_nothing(owner, overrides, fiel
 
 def test_regression_metric_is_accepted_on_a_regression_task(owner):
     response = create(
-        owner, task_type="regression", input_spec={"n_features": 3},
+        owner, task_type="regression", input_spec={"n_features": 3, "target_range": [0, 50]},
         metrics=[{"name": "mean_squared_error"}, {"name": "r2"}], primary_metric="mean_squared_error",
     )  # fmt: skip
     assert response.status_code == 201, response.content
     assert response.json()["metrics"][0]["direction"] == "lower"
+    assert response.json()["input_spec"]["target_range"] == [0.0, 50.0]
+
+
+def test_privacy_settings_have_real_defaults_and_are_exposed(owner):
+    body = create(owner).json()
+    assert {k: body[k] for k in ("dp_epsilon_per_release", "dp_delta", "dp_vendor_epsilon", "dp_task_epsilon",
+                                 "release_delay_seconds", "ladder_threshold")} == {
+        "dp_epsilon_per_release": 1.0, "dp_delta": 1e-6, "dp_vendor_epsilon": 10.0, "dp_task_epsilon": 20.0,
+        "release_delay_seconds": 60, "ladder_threshold": 0.01,
+    }  # fmt: skip
+    assert "leakage_cap_bits" not in body
+
+
+def test_the_release_noise_is_frozen_once_open_but_budgets_may_grow(owner):
+    task_id = create(owner).json()["id"]
+    owner.client.post(f"/api/v1/tasks/{task_id}/open")
+    frozen = owner.client.patch(f"/api/v1/tasks/{task_id}", {"dp_epsilon_per_release": 2.0}, format="json")
+    assert frozen.status_code == 409 and error_code(frozen) == "task_frozen"
+    grown = owner.client.patch(f"/api/v1/tasks/{task_id}", {"dp_vendor_epsilon": 12.0}, format="json")
+    assert grown.status_code == 200 and grown.json()["dp_vendor_epsilon"] == 12.0
 
 
 def test_draft_is_hidden_until_the_owner_opens_it(owner, visitor, vendor):
@@ -150,7 +184,7 @@ def test_visitor_sees_public_tasks_only(owner, visitor, vendor):
 
 def test_task_list_filters_by_type_and_search(owner, visitor):
     make_task(owner, title="Breast cancer")
-    make_task(owner, title="Loan default", task_type="regression", input_spec={"n_features": 4},
+    make_task(owner, title="Loan default", task_type="regression", input_spec={"n_features": 4, "target_range": [0, 1]},
               metrics=[{"name": "r2"}], primary_metric="r2")  # fmt: skip
     assert [t["title"] for t in visitor.get("/api/v1/tasks?task_type=regression").json()["results"]] == [
         "Loan default"
