@@ -21,9 +21,13 @@ class PrivacyBudget(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["task", "vendor", "split"], name="one_budget_per_vendor_and_split"),
             models.UniqueConstraint(
-                fields=["task", "split"], condition=models.Q(vendor__isnull=True), name="one_task_budget_per_split"
+                fields=["task", "vendor", "split"], name="one_budget_per_vendor_and_split"
+            ),
+            models.UniqueConstraint(
+                fields=["task", "split"],
+                condition=models.Q(vendor__isnull=True),
+                name="one_task_budget_per_split",
             ),
         ]
 
@@ -36,7 +40,9 @@ class PrivacyCharge(models.Model):
 
     task = models.ForeignKey("catalog.Task", on_delete=models.CASCADE, related_name="+")
     vendor = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="+")
-    submission = models.ForeignKey("submissions.Submission", on_delete=models.CASCADE, related_name="privacy_charges")
+    submission = models.ForeignKey(
+        "submissions.Submission", on_delete=models.CASCADE, related_name="privacy_charges"
+    )
     split = models.CharField(max_length=16, choices=Split.choices)
     rho = models.FloatField()
     epsilon = models.FloatField()

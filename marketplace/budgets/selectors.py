@@ -8,7 +8,9 @@ from marketplace.catalog.models import Task
 
 def budget_spent(*, task: Task, vendor_id: int | None, split: str = Split.PUBLIC) -> float:
     """rho spent on ``split`` by one vendor organization (vendor_id=None: by all vendors)."""
-    row = PrivacyBudget.objects.filter(task=task, vendor_id=vendor_id, split=split).values_list("rho_spent", flat=True)
+    row = PrivacyBudget.objects.filter(task=task, vendor_id=vendor_id, split=split).values_list(
+        "rho_spent", flat=True
+    )
     return max(row.first() or 0.0, 0.0)
 
 
@@ -40,5 +42,7 @@ def budget_summary(*, task: Task, vendor_id: int | None, split: str = Split.PUBL
 def budget_spent_by_vendor(*, task: Task, split: str = Split.PUBLIC) -> dict[int, float]:
     """The owner's view: rho spent per vendor organization on a split."""
     return dict(
-        PrivacyBudget.objects.filter(task=task, split=split, vendor__isnull=False).values_list("vendor_id", "rho_spent")
+        PrivacyBudget.objects.filter(task=task, split=split, vendor__isnull=False).values_list(
+            "vendor_id", "rho_spent"
+        )
     )

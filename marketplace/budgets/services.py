@@ -36,18 +36,26 @@ def _budget(task: Task, vendor_id: int | None, split: str) -> PrivacyBudget:
 
 def _take(budget: PrivacyBudget, rho: float, cap: float) -> bool:
     return (
-        PrivacyBudget.objects.filter(id=budget.id, rho_spent__lte=cap - rho).update(rho_spent=F("rho_spent") + rho)
+        PrivacyBudget.objects.filter(id=budget.id, rho_spent__lte=cap - rho).update(
+            rho_spent=F("rho_spent") + rho
+        )
         == 1
     )
 
 
 def _give_back(task: Task, vendor_id: int | None, split: str, rho: float) -> None:
-    PrivacyBudget.objects.filter(task=task, vendor_id=vendor_id, split=split).update(rho_spent=F("rho_spent") - rho)
+    PrivacyBudget.objects.filter(task=task, vendor_id=vendor_id, split=split).update(
+        rho_spent=F("rho_spent") - rho
+    )
     # Float sums may leave -1e-17 behind: a budget never goes below zero.
-    PrivacyBudget.objects.filter(task=task, vendor_id=vendor_id, split=split, rho_spent__lt=0).update(rho_spent=0.0)
+    PrivacyBudget.objects.filter(task=task, vendor_id=vendor_id, split=split, rho_spent__lt=0).update(
+        rho_spent=0.0
+    )
 
 
-def budget_reserve(*, task: Task, vendor_id: int, split: str = Split.PUBLIC, submission=None) -> PrivacyCharge:
+def budget_reserve(
+    *, task: Task, vendor_id: int, split: str = Split.PUBLIC, submission=None
+) -> PrivacyCharge:
     """Reserves one release on ``split`` from the vendor's and the task's budgets, or raises
     BudgetExhausted. Returns the charge: saved when ``submission`` is given, else for the caller
     to attach to the submission it is about to save and save it.
@@ -70,7 +78,13 @@ def budget_reserve(*, task: Task, vendor_id: int, split: str = Split.PUBLIC, sub
             details={"split": split, "scope": "task"},
         )
     charge = PrivacyCharge(
-        task=task, vendor_id=vendor_id, submission=submission, split=split, rho=rho, epsilon=epsilon, delta=delta
+        task=task,
+        vendor_id=vendor_id,
+        submission=submission,
+        split=split,
+        rho=rho,
+        epsilon=epsilon,
+        delta=delta,
     )
     if submission is not None:
         charge.save()
@@ -80,7 +94,10 @@ def budget_reserve(*, task: Task, vendor_id: int, split: str = Split.PUBLIC, sub
 def budget_refund(*, submission, split: str = Split.PUBLIC, reason: str = "") -> bool:
     """Gives back a reservation of which nothing was released. At most once; True if it did."""
     charge = PrivacyCharge.objects.filter(submission=submission, split=split, refunded=False).first()
-    if charge is None or PrivacyCharge.objects.filter(id=charge.id, refunded=False).update(refunded=True) != 1:
+    if (
+        charge is None
+        or PrivacyCharge.objects.filter(id=charge.id, refunded=False).update(refunded=True) != 1
+    ):
         return False
     task = charge.task
     _give_back(task, charge.vendor_id, split, charge.rho)

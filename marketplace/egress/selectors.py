@@ -7,13 +7,17 @@ from marketplace.egress.models import EgressRecord
 
 def egress_records_visible_to(*, user) -> QuerySet[EgressRecord]:
     """The owner's view: every release from the sites of the user's data-owner organizations."""
-    owner_ids = organizations_of(user=user).filter(kind=OrganizationKind.DATA_OWNER).values_list("id", flat=True)
+    owner_ids = (
+        organizations_of(user=user).filter(kind=OrganizationKind.DATA_OWNER).values_list("id", flat=True)
+    )
     return EgressRecord.objects.filter(site__organization_id__in=list(owner_ids)).select_related(
         "site", "task", "vendor", "job"
     )
 
 
-def leakage_by_vendor(*, task=None, task_id: int | None = None, vendor_ids: list[int] | None = None) -> list[dict]:
+def leakage_by_vendor(
+    *, task=None, task_id: int | None = None, vendor_ids: list[int] | None = None
+) -> list[dict]:
     """What each vendor has spent on a task's rows, per split: the releases mirrored from the
     sites' ledgers, and the epsilon of the sum of their rhos (zCDP composes by addition; the
     rhos are converted once, at the task's delta). Parallel sites count once per submission:
@@ -39,7 +43,9 @@ def leakage_by_vendor(*, task=None, task_id: int | None = None, vendor_ids: list
     if vendor_ids is not None:
         charges = charges.filter(vendor_id__in=vendor_ids)
     spent: dict[tuple[int, str], float] = {}
-    for vendor_id, vendor_name, split, rho in charges.values_list("vendor_id", "vendor__name", "split", "rho"):
+    for vendor_id, vendor_name, split, rho in charges.values_list(
+        "vendor_id", "vendor__name", "split", "rho"
+    ):
         spent[(vendor_id, split)] = spent.get((vendor_id, split), 0.0) + rho
         rows.setdefault(
             vendor_id, {"vendor_id": vendor_id, "vendor__name": vendor_name, "releases": 0, "bytes": 0}

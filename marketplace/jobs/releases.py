@@ -57,7 +57,9 @@ def release_spec(task: Task) -> ReleaseSpec:
 def split_rows(*, task: Task, shard: DataShard) -> tuple[int, int]:
     """(public, private) row counts of the shard, as its sites split them."""
     n = (shard.split_sizes or {}).get("test") or shard.row_count
-    public, private = public_private_split(int(n), public_fraction=task.public_split_fraction, seed=task.split_seed)
+    public, private = public_private_split(
+        int(n), public_fraction=task.public_split_fraction, seed=task.split_seed
+    )
     return len(public), len(private)
 
 
@@ -119,12 +121,15 @@ def release_check(*, task: Task, shard: DataShard | None, body: dict, private: b
     if not isinstance(n_rows, int) or isinstance(n_rows, bool) or n_rows != expected_rows:
         split = "private" if private else "public"
         raise InvalidRelease(
-            f"n_rows must be the shard's {split} row count ({expected_rows}), got {n_rows!r}.", code="wrong_n_rows"
+            f"n_rows must be the shard's {split} row count ({expected_rows}), got {n_rows!r}.",
+            code="wrong_n_rows",
         )
     statistics = body["statistics"]
     spec = release_spec(task)
     if not isinstance(statistics, dict) or not all(_numbers_only(v) for v in statistics.values()):
-        raise InvalidRelease("statistics must map each block to nested lists of numbers.", code="invalid_statistics")
+        raise InvalidRelease(
+            "statistics must map each block to nested lists of numbers.", code="invalid_statistics"
+        )
     try:
         parsed = check_statistics(spec, statistics)
         check_plausible(spec, parsed, n_rows=n_rows, noise=noise_scales(spec, rho))

@@ -14,7 +14,9 @@ from evaluator.privacy.statistics import ReleaseSpec, check_statistics, metrics_
 from marketplace.catalog.metric_catalog import HIGHER, metric_direction
 
 
-def pooled_metrics(spec: ReleaseSpec, site_releases: Sequence[tuple[dict, int]]) -> tuple[dict[str, float], int]:
+def pooled_metrics(
+    spec: ReleaseSpec, site_releases: Sequence[tuple[dict, int]]
+) -> tuple[dict[str, float], int]:
     """(metrics of the summed statistics, total rows) from each site's (statistics, n_rows)."""
     if not site_releases:
         raise ValueError("No release to pool.")

@@ -66,7 +66,11 @@ def close_plan(task: Task) -> dict:
     task's total budget runs short, every vendor gets its best final revealed before anyone's second.
     """
     rho, epsilon, delta = release_cost(task)
-    base = {"epsilon_per_reveal": epsilon, "delta": delta, "has_private_split": task.public_split_fraction < 1.0}
+    base = {
+        "epsilon_per_reveal": epsilon,
+        "delta": delta,
+        "has_private_split": task.public_split_fraction < 1.0,
+    }
     if not base["has_private_split"]:
         return {**base, "reveal": [], "not_revealed": []}
     vendor_cap, task_cap = task_caps(task)
@@ -103,7 +107,10 @@ def close_reveals_approve(*, task: Task, plan: dict) -> tuple[list[int], list[in
         try:
             with transaction.atomic():
                 budget_reserve(
-                    task=task, vendor_id=entry.submission.vendor_id, split=Split.PRIVATE, submission=entry.submission
+                    task=task,
+                    vendor_id=entry.submission.vendor_id,
+                    split=Split.PRIVATE,
+                    submission=entry.submission,
                 )
         except BudgetExhausted:
             refused.append(entry.submission_id)
@@ -112,4 +119,3 @@ def close_reveals_approve(*, task: Task, plan: dict) -> tuple[list[int], list[in
         entry.save(update_fields=["reveal_approved", "updated_at"])
         approved.append(entry.submission_id)
     return approved, refused
-

@@ -39,7 +39,9 @@ def _fail(submission: Submission, jobs: list[Job]) -> None:
     if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
         budget_refund(submission=submission, reason=submission.status_reason)
     if not submission.task.failed_jobs_consume_quota and not submission.quota_refunded:
-        quota_refund(task=submission.task, vendor_id=submission.vendor_id, on_day=submission.created_at.date())
+        quota_refund(
+            task=submission.task, vendor_id=submission.vendor_id, on_day=submission.created_at.date()
+        )
         submission.quota_refunded = True
         update_fields.append("quota_refunded")
     submission_mark_visible(submission=submission)
@@ -55,7 +57,9 @@ def leaderboard_aggregate(*, submission_id: int) -> LeaderboardEntry | None:
     submission is scored only if every site released: a score over the sites that happened to
     succeed would compare models on different data.
     """
-    submission = Submission.objects.select_for_update().select_related("task").filter(id=submission_id).first()
+    submission = (
+        Submission.objects.select_for_update().select_related("task").filter(id=submission_id).first()
+    )
     if submission is None or submission.status in FINAL_STATUSES:
         return getattr(submission, "leaderboard_entry", None) if submission else None
     jobs = list(submission.jobs.filter(kind=JobKind.EVALUATE).select_related("result", "site").order_by("id"))
@@ -82,7 +86,8 @@ def leaderboard_aggregate(*, submission_id: int) -> LeaderboardEntry | None:
             "metrics": metrics,
             # Each site's metrics, computed from its own released statistics (post-processing).
             "per_site": [
-                {"site": job.site.name, "n_rows": job.result.n_rows, "metrics": job.result.metrics} for job in jobs
+                {"site": job.site.name, "n_rows": job.result.n_rows, "metrics": job.result.metrics}
+                for job in jobs
             ],
             "n_rows": n_rows,
             "n_sites": len(jobs),
@@ -93,7 +98,9 @@ def leaderboard_aggregate(*, submission_id: int) -> LeaderboardEntry | None:
     submission.status_reason = ""
     submission_mark_visible(submission=submission)
     submission.save(update_fields=["status", "status_reason", "results_visible_at", "updated_at"])
-    audit_record(action="submission.scored", obj=submission, data={"metrics": entry.metrics, "ladder": ladder})
+    audit_record(
+        action="submission.scored", obj=submission, data={"metrics": entry.metrics, "ladder": ladder}
+    )
     return entry
 
 
@@ -103,7 +110,9 @@ def leaderboard_reveal(*, submission_id: int) -> LeaderboardEntry | None:
     entry = LeaderboardEntry.objects.select_for_update().filter(submission_id=submission_id).first()
     if entry is None or entry.private_metrics is not None or not entry.reveal_approved:
         return entry
-    jobs = list(Job.objects.filter(submission_id=submission_id, kind=JobKind.EVALUATE).select_related("result"))
+    jobs = list(
+        Job.objects.filter(submission_id=submission_id, kind=JobKind.EVALUATE).select_related("result")
+    )
     results = [job.result for job in jobs if hasattr(job, "result")]
     if not results or len(results) != len(jobs) or any(r.private_statistics is None for r in results):
         return None

@@ -13,6 +13,7 @@ from marketplace.submissions.models import Submission
 from marketplace.submissions.services import submission_check
 from tests.conftest import upload
 
+
 def release_body(
     task, *, n_rows: int = 100, correct: float = 0.8, agent_id: str = "agent-1", **overrides
 ) -> dict:
@@ -32,7 +33,9 @@ def release_body(
         predicted = np.where(right, y, (y + 1) % k)
         predictions = np.full((n_rows, k), 0.1 / (k - 1))
         predictions[np.arange(n_rows), predicted] = 0.9
-    statistics = {b: v.tolist() for b, v in sufficient_statistics(spec, y, predictions).items()} if n_rows else {}
+    statistics = (
+        {b: v.tolist() for b, v in sufficient_statistics(spec, y, predictions).items()} if n_rows else {}
+    )
     body = {
         "agent_id": agent_id,
         "n_rows": n_rows,

@@ -35,7 +35,9 @@ def _score(site, submission, *, correct=0.8, agent="agent-1", n_rows=100):
 
 def _fail(site, *, reason="invalid_artifact"):
     job = claim(site)
-    return site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": reason})
+    return site.client.post(
+        f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": reason}
+    )
 
 
 # --- privacy budgets ---------------------------------------------------------------------------
@@ -46,12 +48,24 @@ def test_upload_reserves_one_release_on_the_vendors_and_the_tasks_budget(owner, 
     rho, epsilon, delta = release_cost(open_task)
     assert rho == pytest.approx(rho_for_epsilon(1.0, 1e-6))
     charge = PrivacyCharge.objects.get(submission=submission)
-    assert (charge.split, charge.rho, charge.epsilon, charge.delta, charge.refunded) == ("public", rho, 1.0, 1e-6, False)
-    assert PrivacyBudget.objects.get(task=open_task, vendor=vendor.organization, split="public").rho_spent == rho
+    assert (charge.split, charge.rho, charge.epsilon, charge.delta, charge.refunded) == (
+        "public",
+        rho,
+        1.0,
+        1e-6,
+        False,
+    )
+    assert (
+        PrivacyBudget.objects.get(task=open_task, vendor=vendor.organization, split="public").rho_spent == rho
+    )
     assert PrivacyBudget.objects.get(task=open_task, vendor=None, split="public").rho_spent == rho
     summary = budget_summary(task=open_task, vendor_id=vendor.organization.id)
     assert summary["vendor_epsilon_spent"] == pytest.approx(1.0)
-    assert summary["epsilon_per_release"] == 1.0 and summary["delta"] == 1e-6 and summary["vendor_epsilon"] == 10.0
+    assert (
+        summary["epsilon_per_release"] == 1.0
+        and summary["delta"] == 1e-6
+        and summary["vendor_epsilon"] == 10.0
+    )
     assert summary["submissions_left"] >= 1
     assert summary["vendor_epsilon_remaining"] == pytest.approx(
         epsilon_for_rho(rho_for_epsilon(10.0, 1e-6) - rho, 1e-6)
@@ -75,7 +89,9 @@ def test_an_upload_past_the_vendors_budget_is_refused_and_consumes_nothing(owner
 
 
 def test_the_tasks_total_budget_cannot_be_reset_by_another_organization(owner, vendor, second_vendor, site):
-    task = make_task(owner, quota_per_day=10, dp_vendor_epsilon=THREE_RELEASES, dp_task_epsilon=THREE_RELEASES)
+    task = make_task(
+        owner, quota_per_day=10, dp_vendor_epsilon=THREE_RELEASES, dp_task_epsilon=THREE_RELEASES
+    )
     register_shard(site, task)
     submit(vendor, task, name="a")
     submit(vendor, task, name="b")
@@ -83,7 +99,9 @@ def test_the_tasks_total_budget_cannot_be_reset_by_another_organization(owner, v
     refused = upload(second_vendor, task, name="d")
     assert refused.status_code == 409 and error_code(refused) == "budget_exhausted"
     assert refused.json()["error"]["details"]["scope"] == "task"
-    assert not PrivacyBudget.objects.filter(task=task, vendor=second_vendor.organization, rho_spent__gt=2 * release_cost(task)[0]).exists()
+    assert not PrivacyBudget.objects.filter(
+        task=task, vendor=second_vendor.organization, rho_spent__gt=2 * release_cost(task)[0]
+    ).exists()
 
 
 def test_a_refunded_release_fits_again(owner, vendor, site, django_capture_on_commit_callbacks):
@@ -99,7 +117,9 @@ def test_a_refunded_release_fits_again(owner, vendor, site, django_capture_on_co
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_uploads_never_overshoot_the_privacy_budget(owner, vendor, second_vendor, site):
-    task = make_task(owner, quota_per_day=50, dp_vendor_epsilon=THREE_RELEASES, dp_task_epsilon=THREE_RELEASES)
+    task = make_task(
+        owner, quota_per_day=50, dp_vendor_epsilon=THREE_RELEASES, dp_task_epsilon=THREE_RELEASES
+    )
     register_shard(site, task)
     statuses, barrier = [], threading.Barrier(8)
 
@@ -120,7 +140,9 @@ def test_concurrent_uploads_never_overshoot_the_privacy_budget(owner, vendor, se
     rho = release_cost(task)[0]
     total = PrivacyBudget.objects.get(task=task, vendor=None, split="public").rho_spent
     assert total == pytest.approx(3 * rho) and total <= rho_for_epsilon(THREE_RELEASES, DELTA)
-    assert Submission.objects.filter(task=task).count() == PrivacyCharge.objects.filter(task=task).count() == 3
+    assert (
+        Submission.objects.filter(task=task).count() == PrivacyCharge.objects.filter(task=task).count() == 3
+    )
     assert sum(c.used for c in QuotaCounter.objects.filter(task=task, day__isnull=False)) == 3
 
 
@@ -139,10 +161,14 @@ def test_quota_counts_uploads_and_shows_what_remains(owner, vendor, site):
     assert Submission.objects.filter(task=task).count() == 2
     # The refused upload's budget reservation was rolled back with it.
     assert PrivacyCharge.objects.filter(task=task).count() == 2
-    assert PrivacyBudget.objects.get(task=task, vendor=None).rho_spent == pytest.approx(2 * release_cost(task)[0])
+    assert PrivacyBudget.objects.get(task=task, vendor=None).rho_spent == pytest.approx(
+        2 * release_cost(task)[0]
+    )
 
 
-def test_failed_jobs_give_quota_back_when_the_owner_says_so(owner, vendor, site, django_capture_on_commit_callbacks):
+def test_failed_jobs_give_quota_back_when_the_owner_says_so(
+    owner, vendor, site, django_capture_on_commit_callbacks
+):
     task = make_task(owner, quota_per_day=1, failed_jobs_consume_quota=False)
     register_shard(site, task)
     submit(vendor, task)
@@ -182,7 +208,9 @@ def test_concurrent_uploads_never_exceed_the_daily_quota(owner, vendor, site):
     assert sorted(statuses) == [201] * 3 + [429] * 5
     assert Submission.objects.filter(task=task).count() == 3
     assert QuotaCounter.objects.get(task=task, day__isnull=False).used == 3
-    assert PrivacyBudget.objects.get(task=task, vendor=None).rho_spent == pytest.approx(3 * release_cost(task)[0])
+    assert PrivacyBudget.objects.get(task=task, vendor=None).rho_spent == pytest.approx(
+        3 * release_cost(task)[0]
+    )
 
 
 # --- release approval --------------------------------------------------------------------------
@@ -194,7 +222,9 @@ def test_held_result_waits_for_the_owners_release(owner, vendor, site, django_ca
     submission = submit(vendor, task)
     job = claim(site)
     assert job["task"]["requires_release_approval"] is True
-    assert site.client.post(f"/api/v1/agent/jobs/{job['id']}/hold", {"agent_id": "agent-1"}).status_code == 200
+    assert (
+        site.client.post(f"/api/v1/agent/jobs/{job['id']}/hold", {"agent_id": "agent-1"}).status_code == 200
+    )
     assert Job.objects.get(id=job["id"]).status == JobStatus.HELD
     assert site.client.get("/api/v1/agent/pending").json() == {"releases": [], "reveals": []}
     assert vendor.client.post(f"/api/v1/jobs/{job['id']}/release").status_code == 404  # not the owner's
@@ -210,7 +240,9 @@ def test_held_result_waits_for_the_owners_release(owner, vendor, site, django_ca
     assert owner.client.post(f"/api/v1/jobs/{job['id']}/release").status_code == 409
 
 
-def test_withheld_result_fails_the_job_and_refunds_the_budget(owner, vendor, site, django_capture_on_commit_callbacks):
+def test_withheld_result_fails_the_job_and_refunds_the_budget(
+    owner, vendor, site, django_capture_on_commit_callbacks
+):
     task = make_task(owner, requires_release_approval=True)
     register_shard(site, task)
     submission = submit(vendor, task)
@@ -219,7 +251,10 @@ def test_withheld_result_fails_the_job_and_refunds_the_budget(owner, vendor, sit
     assert owner.client.post(f"/api/v1/jobs/{job['id']}/withhold").status_code == 200
     body = with_receipt({"agent_id": "agent-1", "reason": "withheld"})
     with django_capture_on_commit_callbacks(execute=True):
-        assert site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", body, format="json").status_code == 200
+        assert (
+            site.client.post(f"/api/v1/agent/jobs/{job['id']}/failure", body, format="json").status_code
+            == 200
+        )
     submission.refresh_from_db()
     assert (submission.status, submission.status_reason) == ("failed", "withheld")
     record = EgressRecord.objects.get(job_id=job["id"])
@@ -243,7 +278,11 @@ def closing(owner, vendor, second_vendor, site, django_capture_on_commit_callbac
     register_shard(site, task)
     subs, jobs = {}, {}
     with django_capture_on_commit_callbacks(execute=True):
-        for name, persona, correct in (("first", vendor, 0.9), ("second", vendor, 0.8), ("other", second_vendor, 0.86)):
+        for name, persona, correct in (
+            ("first", vendor, 0.9),
+            ("second", vendor, 0.8),
+            ("other", second_vendor, 0.86),
+        ):
             subs[name] = submit(persona, task, name=name)
             jobs[name] = _score(site, subs[name], correct=correct, n_rows=50)
     assert vendor.client.post(f"/api/v1/submissions/{subs['second'].id}/nominate").status_code == 200
@@ -283,7 +322,9 @@ def test_private_scores_are_revealed_for_the_approved_finals_only(
         assert _private(site, jobs["second"], correct=0.88).status_code == 200
         assert _private(site, jobs["other"], correct=0.84).status_code == 200
     assert site.client.get("/api/v1/agent/pending").json()["reveals"] == []
-    assert LeaderboardEntry.objects.get(submission=subs["second"]).private_metrics["accuracy"] == pytest.approx(0.88)
+    assert LeaderboardEntry.objects.get(submission=subs["second"]).private_metrics[
+        "accuracy"
+    ] == pytest.approx(0.88)
     assert LeaderboardEntry.objects.get(submission=subs["first"]).private_metrics is None
     record = EgressRecord.objects.get(job_id=jobs["second"], kind="reveal")
     assert (record.rho, record.epsilon, record.delta) == release_cost(task)
@@ -302,24 +343,31 @@ def test_a_private_release_with_the_public_row_count_is_refused(owner, site, clo
     assert Result.objects.get(job_id=jobs["second"]).private_statistics is None
 
 
-def test_finals_that_do_not_fit_the_private_budget_are_not_revealed(owner, vendor, second_vendor, site, closing):
+def test_finals_that_do_not_fit_the_private_budget_are_not_revealed(
+    owner, vendor, second_vendor, site, closing
+):
     task, subs, jobs = closing
     task.dp_task_epsilon = task.dp_vendor_epsilon = 1.0 * (1 + 1e-9)  # room for one reveal
     task.save(update_fields=["dp_task_epsilon", "dp_vendor_epsilon"])
     plan = task_close_plan(task=task)
     assert [row["submission"] for row in plan["reveal"]] == ["other"]  # the better final goes first
-    assert [(row["submission"], row["reason"]) for row in plan["not_revealed"]] == [("second", "budget_exhausted")]
+    assert [(row["submission"], row["reason"]) for row in plan["not_revealed"]] == [
+        ("second", "budget_exhausted")
+    ]
     task_close(task=task, actor=owner.user)
     assert site.client.get("/api/v1/agent/pending").json()["reveals"] == [jobs["other"]]
     assert AuditEvent.objects.get(action="task.closed").data == {
-        "reveals": [subs["other"].id], "not_revealed": [subs["second"].id]
+        "reveals": [subs["other"].id],
+        "not_revealed": [subs["second"].id],
     }
 
 
 # --- the egress mirror -------------------------------------------------------------------------
 
 
-def test_every_release_is_mirrored_once_with_its_hash_and_cost(owner, other_owner, vendor, second_vendor, site, open_task):
+def test_every_release_is_mirrored_once_with_its_hash_and_cost(
+    owner, other_owner, vendor, second_vendor, site, open_task
+):
     submit(vendor, open_task)
     job = claim(site)
     for _ in range(2):
@@ -328,7 +376,9 @@ def test_every_release_is_mirrored_once_with_its_hash_and_cost(owner, other_owne
     rho, epsilon, delta = release_cost(open_task)
     assert (record.rho, record.epsilon, record.delta) == (rho, epsilon, delta)
     listed = owner.client.get("/api/v1/egress").json()["results"]
-    assert [(r["sha256"], r["rho"], r["epsilon"], r["delta"]) for r in listed] == [(record.sha256, rho, epsilon, delta)]
+    assert [(r["sha256"], r["rho"], r["epsilon"], r["delta"]) for r in listed] == [
+        (record.sha256, rho, epsilon, delta)
+    ]
     assert other_owner.client.get("/api/v1/egress").json()["results"] == []
     assert vendor.client.get("/api/v1/egress").json()["results"] == []
     csv = owner.client.get("/api/v1/egress.csv").content.decode()
@@ -344,7 +394,12 @@ def test_sites_of_another_owner_cannot_reveal_or_hold(owner, other_owner, vendor
     submit(vendor, open_task)
     job = claim(site)
     foreign = make_site(other_owner, "elsewhere")
-    assert foreign.client.post(f"/api/v1/agent/jobs/{job['id']}/hold", {"agent_id": "agent-1"}).status_code == 404
-    response = foreign.client.post(f"/api/v1/agent/jobs/{job['id']}/private-result", {"agent_id": "a"}, format="json")
+    assert (
+        foreign.client.post(f"/api/v1/agent/jobs/{job['id']}/hold", {"agent_id": "agent-1"}).status_code
+        == 404
+    )
+    response = foreign.client.post(
+        f"/api/v1/agent/jobs/{job['id']}/private-result", {"agent_id": "a"}, format="json"
+    )
     assert response.status_code in (400, 404)
     assert not Result.objects.exists()

@@ -57,7 +57,9 @@ def test_leaderboard_pools_the_sites_statistics_over_all_rows(
     assert row["metrics"]["accuracy"] == pytest.approx(0.6)
 
 
-def test_a_metric_undefined_at_one_site_is_defined_on_the_pool(owner, vendor, site, django_capture_on_commit_callbacks):
+def test_a_metric_undefined_at_one_site_is_defined_on_the_pool(
+    owner, vendor, site, django_capture_on_commit_callbacks
+):
     """ROC AUC needs both classes: a site whose rows are all one class alone has none, the pool has."""
     task = make_task(owner, release_delay_seconds=0)
     other = make_site(owner, "site-b")
@@ -120,7 +122,8 @@ def test_nothing_released_refunds_the_privacy_budget(vendor, two_sites, django_c
         job = claim(handle)
         with django_capture_on_commit_callbacks(execute=True):
             handle.client.post(
-                f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": "artifact_mismatch"}
+                f"/api/v1/agent/jobs/{job['id']}/failure",
+                {"agent_id": "agent-1", "reason": "artifact_mismatch"},
             )
     submission.refresh_from_db()
     assert submission.status == "failed"
@@ -159,13 +162,17 @@ def test_results_become_visible_at_a_multiple_of_the_release_delay():
 
     created = timezone.now()
     for elapsed, padded in ((0, 60), (1, 60), (59.5, 60), (60, 60), (61, 120), (250, 300)):
-        at = results_visible_at(created_at=created, now=created + timedelta(seconds=elapsed), delay_seconds=60)
+        at = results_visible_at(
+            created_at=created, now=created + timedelta(seconds=elapsed), delay_seconds=60
+        )
         assert at == created + timedelta(seconds=padded)
     now = created + timedelta(seconds=5)
     assert results_visible_at(created_at=created, now=now, delay_seconds=0) == now
 
 
-def test_scored_submission_is_visible_only_at_its_padded_time(owner, vendor, site, django_capture_on_commit_callbacks):
+def test_scored_submission_is_visible_only_at_its_padded_time(
+    owner, vendor, site, django_capture_on_commit_callbacks
+):
     task = make_task(owner, release_delay_seconds=600)
     register_shard(site, task)
     submission = submit(vendor, task)

@@ -5,8 +5,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from marketplace.accounts.services import personal_token_create
-from tests.conftest import make_site, make_task, register_shard
 from marketplace.catalog.models import Task
+from tests.conftest import make_site, make_task, register_shard
 from tests.hub.helpers import claim, release_body, submit, with_receipt
 
 ROLES = ["visitor", "outsider", "vendor", "second_vendor", "owner", "other_owner", "site_token"]

@@ -9,7 +9,6 @@ import zipfile
 import pytest
 
 from evaluator.privacy.zcdp import epsilon_for_rho, rho_for_epsilon
-
 from marketplace.audit.models import AuditEvent
 from marketplace.submissions.models import Submission
 from tests.conftest import make_task, register_shard, upload

@@ -5,47 +5,112 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('catalog', '0004_task_differential_privacy'),
-        ('submissions', '0004_submission_results_visible_at'),
+        ("accounts", "0001_initial"),
+        ("catalog", "0004_task_differential_privacy"),
+        ("submissions", "0004_submission_results_visible_at"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PrivacyBudget',
+            name="PrivacyBudget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('split', models.CharField(choices=[('public', 'Public split'), ('private', 'Private split')], max_length=16)),
-                ('rho_spent', models.FloatField(default=0.0)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='privacy_budgets', to='catalog.task')),
-                ('vendor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "split",
+                    models.CharField(
+                        choices=[("public", "Public split"), ("private", "Private split")], max_length=16
+                    ),
+                ),
+                ("rho_spent", models.FloatField(default=0.0)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="privacy_budgets",
+                        to="catalog.task",
+                    ),
+                ),
+                (
+                    "vendor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="accounts.organization",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('task', 'vendor', 'split'), name='one_budget_per_vendor_and_split'), models.UniqueConstraint(condition=models.Q(('vendor__isnull', True)), fields=('task', 'split'), name='one_task_budget_per_split')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("task", "vendor", "split"), name="one_budget_per_vendor_and_split"
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(("vendor__isnull", True)),
+                        fields=("task", "split"),
+                        name="one_task_budget_per_split",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='PrivacyCharge',
+            name="PrivacyCharge",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('split', models.CharField(choices=[('public', 'Public split'), ('private', 'Private split')], max_length=16)),
-                ('rho', models.FloatField()),
-                ('epsilon', models.FloatField()),
-                ('delta', models.FloatField()),
-                ('refunded', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('submission', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='privacy_charges', to='submissions.submission')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='catalog.task')),
-                ('vendor', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "split",
+                    models.CharField(
+                        choices=[("public", "Public split"), ("private", "Private split")], max_length=16
+                    ),
+                ),
+                ("rho", models.FloatField()),
+                ("epsilon", models.FloatField()),
+                ("delta", models.FloatField()),
+                ("refunded", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "submission",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="privacy_charges",
+                        to="submissions.submission",
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="catalog.task"
+                    ),
+                ),
+                (
+                    "vendor",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="accounts.organization",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'constraints': [models.UniqueConstraint(fields=('submission', 'split'), name='one_charge_per_split')],
+                "ordering": ["id"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("submission", "split"), name="one_charge_per_split")
+                ],
             },
         ),
     ]
