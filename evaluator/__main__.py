@@ -4,6 +4,7 @@
     python -m evaluator register-data --config site.toml --task ID --features F --labels L \
         (--input-spec JSON | --n-features N --task-type T [--n-classes K]) [--split test|train] [--no-report]
     python -m evaluator ledger export --config site.toml [--csv out.csv]
+    python -m evaluator budget --config site.toml
     python -m evaluator releases list|approve JOB|refuse JOB --config site.toml
     python -m evaluator dry-run --format F --model M --sample S --task-type T [--n-classes K] [--labels L]
 """
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     export = ledger_sub.add_parser("export", help="print or write the ledger")
     export.add_argument("--config")
     export.add_argument("--csv", help="write CSV to this file (default: JSON lines on stdout)")
+
+    budget = sub.add_parser("budget", help="privacy spent per (task, vendor, split), from the ledger")
+    budget.add_argument("--config")
 
     dry = sub.add_parser("dry-run", help="a vendor's model on a task's public sample, sandboxed as at a site")
     dry.add_argument("--format", required=True, choices=["torchscript", "sklearn", "onnx", "python_package"])
@@ -185,6 +189,39 @@ def _cmd_ledger_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_budget(args: argparse.Namespace) -> int:
+    """One JSON line per (task, vendor, split): releases, summed rho and its epsilon (ledger),
+    plus the rho reserved for jobs in flight (site budget file); then one line per (task,
+    split) for all vendors together (``"vendor": "*"``)."""
+    from evaluator.ledger import Ledger, LedgerError, Spent
+    from evaluator.site_budget import SiteBudget
+
+    config = load_config(args.config, require_hub=False)
+    try:
+        spent = Ledger(config.ledger_path).spent()
+    except LedgerError as exc:
+        print(f"ledger error: {exc}", file=sys.stderr)
+        return 2
+    reserved: dict[tuple[str, str, str], float] = {}
+    for held in SiteBudget(config.budget_path).reservations().values():
+        key = (held["task"], held["vendor"], held["split"])
+        reserved[key] = reserved.get(key, 0.0) + float(held["rho"])
+    totals: dict[tuple[str, str], Spent] = {}
+    for (task, _vendor, split), row in spent.items():
+        old = totals.get((task, split), Spent(0, 0.0, 1.0))
+        totals[(task, split)] = Spent(old.releases + row.releases, old.rho + row.rho, min(old.delta, row.delta))
+    rows = [(key, spent.get(key, Spent(0, 0.0, 1.0))) for key in sorted(set(spent) | set(reserved))]
+    rows += [((task, "*", split), row) for (task, split), row in sorted(totals.items())]
+    for (task, vendor, split), row in rows:
+        in_flight = sum(r for (t, v, sp), r in reserved.items() if t == task and sp == split and vendor in ("*", v))
+        print(json.dumps({
+            "task": task, "vendor": vendor, "split": split, "releases": row.releases,
+            "rho": row.rho, "epsilon": row.epsilon, "delta": row.delta if row.releases else None,
+            "reserved_rho": in_flight,
+        }))  # fmt: skip
+    return 0
+
+
 def _cmd_dry_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -209,7 +246,12 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         reason = getattr(exc, "reason", "internal_error")
         print(f"{reason}: {exc}", file=sys.stderr)
+        logs = getattr(exc, "logs", "")
+        if logs:  # the vendor's own model on a public sample: its logs are its own
+            print(f"--- model log ---\n{logs}", file=sys.stderr)
         return 1
+    if report.logs:
+        print(f"--- model log ---\n{report.logs}", file=sys.stderr)
     print(json.dumps({"rows": report.n_rows, "prediction_shape": list(report.prediction_shape),
                       "sandbox_seconds": round(report.sandbox_seconds, 2), "metrics": report.metrics}))  # fmt: skip
     return 0
@@ -224,7 +266,9 @@ def _cmd_releases(args: argparse.Namespace) -> int:
     if args.releases_command == "list":
         for job_id, held in sorted(state.held().items()):
             decision = held.get("local_decision", "waiting")
-            print(json.dumps({"job": job_id, "metrics": held["body"].get("metrics"), "decision": decision}))
+            # The held statistics stay here: noised, but a release only once approved.
+            epsilon = (held.get("terms") or {}).get("epsilon")
+            print(json.dumps({"job": job_id, "epsilon": epsilon, "decision": decision}))
         return 0
     decision = "approved" if args.releases_command == "approve" else "refused"
     if not state.decide_held(args.job, decision):
@@ -246,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_releases(args)
         if args.command == "dry-run":
             return _cmd_dry_run(args)
+        if args.command == "budget":
+            return _cmd_budget(args)
         return _cmd_ledger_export(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -1,15 +1,23 @@
 """The site agent's loop: claim a job, evaluate it in a sandbox, release only what policy allows.
 
 One job, in order: check the job spec against the site's own policy (format, task type, metric
-names, resource caps, artifact size) → download the artifact into a private per-job work dir →
-verify its sha256 → prepare the model → run the sandbox on the features file only (labels stay
-on the host) → validate predictions → compute metrics here, against the labels → apply the
-disclosure policy → append the ledger entry → post. A background thread renews the lease every
-``lease_seconds / 3`` (or the configured interval); if the lease is lost nothing is posted.
+names, resource caps, artifact size, privacy terms) → reserve the release's privacy cost in the
+site's budget (``evaluator.site_budget``) → download the artifact into a private per-job work
+dir → verify its sha256 → prepare the model → run the sandbox on the features file only (labels
+stay on the host) → validate predictions → compute the sufficient statistics of the public
+split here, against the labels → add Gaussian noise for the release's rho → ledger → post.
+The private split's statistics are sealed, exact, in the state file; when the hub lists the job
+for a reveal (the task closed) the site reserves the private split's cost, draws fresh noise and
+posts them. A background thread renews the lease every ``lease_seconds / 3`` (or the configured
+interval); if the lease is lost nothing is posted.
 
-Failures leave the site as one coarse reason from a fixed list; details (messages, sandbox logs)
-are logged locally, truncated, for the owner only. Unexpected errors become ``internal_error``
-and the agent keeps serving.
+What the vendor may observe is a release (docs/disclosure.md). A failure *before* the model sees
+data (policy, artifact, the site's own data or engine trouble) carries no data: it leaves as one
+coarse reason and its reservation is refunded. A failure *after* (crash, timeout, out of memory,
+bad output, anything unexpected) would be a channel the model picks, so the site releases the
+statistics of a fixed fallback prediction instead, priced like any release; the true reason is
+logged and noted in the ledger, for the owner only. Unexpected errors before the model runs
+become ``internal_error`` and the agent keeps serving.
 
 Idempotency: every body the agent posts is first recorded as *pending* in a small state file
 (``data_dir/agent-state.json``), then marked *posted* on the hub's 200. A post that cannot
@@ -19,8 +27,6 @@ after a restart; a posted job id is never posted again.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import random
@@ -28,11 +34,14 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluator import datasets, disclosure, ladder, metrics, splits
+import numpy as np
+
+from evaluator import datasets, disclosure, metrics, splits
 from evaluator.artifacts import ArtifactError
 from evaluator.client import (
     ArtifactTooLarge,
@@ -43,9 +52,13 @@ from evaluator.client import (
     canonical_json,
 )
 from evaluator.config import AgentConfig, LimitsRefused, effective_limits
+from evaluator.disclosure import ReleaseTerms
 from evaluator.lease import LeaseKeeper
 from evaluator.ledger import Ledger
-from evaluator.sandbox import MODEL_FORMATS, Limits, SandboxError, SandboxRun
+from evaluator.privacy.mechanism import gaussian_release
+from evaluator.privacy.statistics import CLASSIFICATION, sufficient_statistics
+from evaluator.sandbox import MODEL_FORMATS, Limits, SandboxError, SandboxRun, SandboxUnavailable
+from evaluator.site_budget import BudgetRefused, SiteBudget
 from evaluator.state import AgentState
 from evaluator.workdirs import claim_work_dir, sweep_orphans
 
@@ -69,6 +82,7 @@ FAILURE_REASONS = frozenset(
 SUPPORTED_KINDS = frozenset({"evaluate", "train"})
 DETAIL_CHARS = 2000  # owner-facing log truncation
 LOG_TAIL_CHARS = 4000
+NOTE_CHARS = 500  # owner-facing ledger note truncation
 
 
 class JobFailure(Exception):
@@ -78,6 +92,17 @@ class JobFailure(Exception):
         assert reason in FAILURE_REASONS
         super().__init__(detail or reason)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one evaluation job releases: ``metrics`` (noised statistics, with their terms) or a
+    ``failure`` (a coarse reason). ``note`` stays at the site."""
+
+    kind: str
+    body: dict[str, Any]
+    terms: ReleaseTerms | None = None
+    note: str = ""
 
 
 # --- the agent --------------------------------------------------------------------------------
@@ -109,6 +134,7 @@ class Agent:
         self._image: str | None = config.image
         self.ledger = Ledger(config.ledger_path)
         self.state = AgentState(config.state_path)
+        self.budget = SiteBudget(config.budget_path)
         self._stop = threading.Event()
         self._rng = rng or random.Random()
 
@@ -156,6 +182,11 @@ class Agent:
                 "timeout_seconds": caps.max_timeout_seconds,
                 "max_output_mb": caps.max_output_mb,
                 "artifact_mb": caps.max_artifact_mb,
+            },
+            "privacy": {
+                "max_epsilon_per_release": caps.max_epsilon_per_release,
+                "max_vendor_epsilon": caps.max_vendor_epsilon,
+                "max_task_epsilon": caps.max_task_epsilon,
             },
         }
 
@@ -220,33 +251,67 @@ class Agent:
         return True
 
     def flush_pending(self) -> None:
-        for job_id, item in self.state.pending().items():
-            log.info("job %s: re-posting the pending %s", job_id, item["kind"])
-            self._post(job_id, item["kind"], item["body"])
+        for key, item in self.state.pending().items():
+            log.info("job %s: re-posting the pending %s", key, item["kind"])
+            self._post(key, item.get("job_id", key), item["kind"], item["body"])
 
     def apply_pending_work(self) -> None:
-        """Releases held results the owner decided on (hub or site CLI) and private scores of
-        closed tasks. Both wait at the site until then: the site, not the hub, holds them."""
+        """Releases held results the owner decided on (hub or site CLI) and private statistics
+        of the jobs the hub lists for a reveal (the finals of a closed task; the owner's close
+        confirmation is their release approval). Both wait at the site until then: the site, not
+        the hub, holds them. A job the hub does not list is never revealed."""
         work = self.client.pending_work()
         decisions = {str(d["job_id"]): d["decision"] for d in work.get("releases", [])}
         for job_id, held in self.state.held().items():
             decision = held.get("local_decision") or decisions.get(job_id)
-            if decision == "approved":
-                self._release(held["job"], "metrics", held["body"], cost_bits=held.get("cost_bits"))
-            elif decision == "refused":
-                self._release(held["job"], "failure", {"agent_id": self.client.agent_id, "reason": "withheld"})
-            else:
+            if decision not in ("approved", "refused"):
                 continue
+            if decision == "approved" and "terms" in held:
+                terms = ReleaseTerms.from_json(held["terms"])
+                self._release(held["job"], "metrics", held["body"], terms=terms, split="public", note=held.get("note", ""))
+            else:  # refused, or held by an older agent whose body this hub no longer takes
+                if decision == "approved":
+                    log.warning("job %s: the held result predates noised releases; withholding it", job_id)
+                self.budget.refund(job_id=job_id, split="public")
+                self._release(held["job"], "failure", {"agent_id": self.client.agent_id, "reason": "withheld"})
             self.state.unhold(job_id)
             log.info("job %s: held result %s", job_id, decision)
         for job_id in work.get("reveals", []):
-            sealed = self.state.sealed(job_id)
-            if sealed is None:
-                log.warning("job %s: the task closed but this site kept no private scores for it", job_id)
-                continue
-            body = {"agent_id": self.client.agent_id, "metrics": sealed["metrics"], "n_rows": sealed["n_rows"]}
-            self._release(sealed["job"], "private", body, cost_bits=sealed.get("cost_bits"))
+            self._reveal(job_id)
+
+    def _reveal(self, job_id: int | str) -> None:
+        """Release one job's sealed private statistics: reserve the private split's cost, draw
+        fresh noise, ledger, post to private-result."""
+        key = _private_key(job_id)
+        sealed = self.state.sealed(job_id)
+        if self.state.is_posted(key):
+            if sealed is not None:  # posted, then stopped before unsealing
+                self.state.unseal(job_id)
+            return
+        if sealed is None:
+            log.warning("job %s: the hub asks for a reveal but this site kept no private statistics for it", job_id)
+            return
+        if "terms" not in sealed:
+            log.warning("job %s: the sealed private scores predate noised releases; not revealing them", job_id)
             self.state.unseal(job_id)
+            return
+        terms = ReleaseTerms.from_json(sealed["terms"])
+        ref = sealed["job"]
+        try:
+            self._reserve(ref, terms, "private")
+        except JobFailure as exc:
+            log.warning("job %s: private statistics not revealed: %s", job_id, exc)
+            self.state.unseal(job_id)
+            return
+        exact = {block: np.asarray(value, dtype=np.float64) for block, value in sealed["statistics"].items()}
+        body = {
+            "agent_id": self.client.agent_id,
+            "n_rows": int(sealed["n_rows"]),
+            "statistics": gaussian_release(terms.spec, exact, rho=terms.rho),
+            "privacy": terms.privacy(),
+        }
+        self._release(ref, "private", body, terms=terms, split="private")
+        self.state.unseal(job_id)
 
     # -- one job ------------------------------------------------------------------------------
 
@@ -261,7 +326,7 @@ class Agent:
                 self._train(job, keeper)
                 return
             try:
-                kind, body, cost_bits = self._evaluate(job)
+                outcome = self._evaluate(job)
             except LeaseLost:
                 log.warning("job %s: lease lost; abandoning it", job_id)
                 return
@@ -269,14 +334,19 @@ class Agent:
                 log.warning("job %s: hub refused a job call (%s); abandoning it", job_id, exc)
                 return
             if keeper.lost.is_set():
+                # The reservation stays: a retry of this job here reuses it.
                 log.warning("job %s: lease lost while working; nothing posted", job_id)
                 return
-            if kind == "metrics" and job["task"].get("requires_release_approval"):
-                self.state.hold(job_id, {"job": _job_ref(job), "body": body, "cost_bits": cost_bits})
+            if outcome.kind == "metrics" and job["task"].get("requires_release_approval"):
+                assert outcome.terms is not None
+                self.state.hold(
+                    job_id,
+                    {"job": _job_ref(job), "body": outcome.body, "terms": outcome.terms.to_json(), "note": outcome.note},
+                )
                 self.client.hold(job_id)
                 log.info("job %s: result held at the site for the owner's release decision", job_id)
                 return
-            self._release(job, kind, body, cost_bits=cost_bits)
+            self._release(job, outcome.kind, outcome.body, terms=outcome.terms, split="public", note=outcome.note)
 
     # -- federated fine-tuning ------------------------------------------------------------------
 
@@ -315,7 +385,7 @@ class Agent:
             if work_lock is not None:
                 os.close(work_lock)
         if not keeper.lost.is_set():
-            self._release(job, "failure", {"agent_id": self.client.agent_id, "reason": reason}, cost_bits=FAILURE_COST_BITS)
+            self._release(job, "failure", {"agent_id": self.client.agent_id, "reason": reason})
 
     def _train_in(self, job: Mapping[str, Any], work: Path, *, should_stop: Callable[[], bool]) -> str:
         from evaluator.federated.site import ReleaseContext, SiteParticipant, parse_run
@@ -370,42 +440,60 @@ class Agent:
         finally:
             session.close()
 
-    def _evaluate(self, job: Mapping[str, Any]) -> tuple[str, dict[str, Any], float]:
-        """Returns what to release: ("metrics", body, cost_bits) or ("failure", body, cost_bits)."""
+    def _evaluate(self, job: Mapping[str, Any]) -> Outcome:
+        """What to release for one evaluation job (see the module docstring)."""
         job_id = job["id"]
         work, work_lock = None, None
+        reserved = False
         try:
             self.config.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             work = Path(tempfile.mkdtemp(prefix=f"job-{_safe(job_id)}-", dir=self.config.work_dir))
             work_lock = claim_work_dir(work)
-            body, cost_bits = self._evaluate_in(job, work)
-            return "metrics", body, cost_bits
+            spec = check_job(job, self.config)
+            self._reserve(job, spec["terms"], "public")  # before the model can see anything
+            reserved = True
+            body, note = self._evaluate_in(job, spec, work)
+            return Outcome("metrics", body, spec["terms"], note)
         except (LeaseLost, HubRejected, HubUnreachable):
-            raise
+            raise  # the reservation stays: a retry of this job here reuses it
         except Exception as exc:
-            reason = getattr(exc, "reason", None)
-            if reason not in FAILURE_REASONS or not isinstance(exc, FAILURE_TYPES):
-                reason = "internal_error"
+            reason = _failure_reason(exc)
+            if reason == "internal_error":
                 log.exception("job %s: unexpected error", job_id)
             else:
                 log.warning("job %s failed (%s): %s", job_id, reason, str(exc)[:DETAIL_CHARS])
             logs = getattr(exc, "logs", "")
             if logs:
                 log.info("job %s sandbox log tail:\n%s", job_id, str(logs)[-LOG_TAIL_CHARS:])
-            return "failure", {"agent_id": self.client.agent_id, "reason": reason}, FAILURE_COST_BITS
+            if reserved:  # a failure carries no data: nothing of the budget was spent
+                self.budget.refund(job_id=job_id, split="public")
+            return Outcome("failure", {"agent_id": self.client.agent_id, "reason": reason})
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
             if work_lock is not None:
                 os.close(work_lock)
 
-    def _evaluate_in(self, job: Mapping[str, Any], work: Path) -> tuple[dict[str, Any], float]:
-        spec = check_job(job, self.config)
+    def _reserve(self, job: Mapping[str, Any], terms: ReleaseTerms, split: str) -> None:
+        """Reserve one release of ``terms.rho`` on the site's budget; ``policy_violation`` if it
+        would pass a cap. A retried job reuses its reservation."""
+        try:
+            self.budget.reserve(
+                job_id=job["id"],
+                task_id=job["task"]["id"],
+                vendor_id=job["submission"].get("vendor_id"),
+                split=split,
+                rho=terms.rho,
+                vendor_cap_rho=terms.vendor_cap_rho,
+                task_cap_rho=terms.task_cap_rho,
+            )
+        except BudgetRefused as exc:
+            raise JobFailure("policy_violation", str(exc)) from None
+
+    def _evaluate_in(self, job: Mapping[str, Any], spec: Mapping[str, Any], work: Path) -> tuple[dict[str, Any], str]:
+        """The public release's body and the owner's note; seals the private statistics."""
         task = job["task"]
-        vendor_id = job["submission"].get("vendor_id")
-        cap = task.get("leakage_cap_bits")
-        if cap is not None and self.ledger.cost_for(task_id=task["id"], vendor_id=vendor_id) >= cap:
-            raise JobFailure("policy_violation", "the vendor reached the task's leakage cap at this site")
+        terms: ReleaseTerms = spec["terms"]
         data = datasets.load_task_data(data_dir=self.config.data_dir, task_id=task["id"])
         if (
             data.task_type != spec["task_type"]
@@ -433,92 +521,131 @@ class Agent:
             offset_path.chmod(0o644)
             offset_kwargs["weights_offset_path"] = offset_path
 
-        limits = spec["limits"]
-        run = self._sandbox()(
-            image=self.image(),
-            model_path=Path(model_path),
-            model_format=spec["format"],
-            features_path=data.features_path,  # the features file only; labels stay here
-            work_dir=work,
-            limits=limits,
-            batch_size=self.config.batch_size,
-            **offset_kwargs,
-        )
-        log.info("job %s: sandbox exit %s in %.1fs", job["id"], run.exit_code, run.duration_seconds)
-        predictions = self._predictions_loader()(
-            Path(run.predictions_path).parent,
-            n_rows=data.row_count,
-            task_type=spec["task_type"],
-            n_classes=data.n_classes,
-            max_bytes=limits.max_output_mb * MiB,
-        )
+        predictions, note = self._predict(job, spec, work, data, Path(model_path), offset_kwargs)
         public_rows, private_rows = splits.public_private_split(
             data.row_count,
             public_fraction=float(task.get("public_split_fraction", 1.0)),
             seed=int(task.get("split_seed", 0)),
         )
-
-        def score(rows) -> dict[str, float]:
-            values = metrics.compute_metrics(
-                spec["task_type"], spec["policy"].keys(), data.labels[rows], predictions[rows], n_classes=data.n_classes
-            )
-            return disclosure.disclose(values, spec["policy"])
-
-        released = score(public_rows)
-        decimals = list(spec["policy"].values())
-        body: dict[str, Any] = {"agent_id": self.client.agent_id, "metrics": released, "n_rows": len(public_rows)}
-        if task.get("leaderboard_mode") == "ladder":
-            losses = ladder.per_example_loss(spec["task_type"], data.labels[public_rows], predictions[public_rows])
-            body["metrics"], body["ladder_improved"] = self._ladder(task["id"], vendor_id, losses, released)
-            cost_bits = ladder.release_cost_bits(decimals, ladder=True, improved=body["ladder_improved"])
-        else:
-            cost_bits = ladder.release_cost_bits(decimals, ladder=False, improved=True)
+        exact = sufficient_statistics(terms.spec, data.labels[public_rows], predictions[public_rows])
+        body: dict[str, Any] = {
+            "agent_id": self.client.agent_id,
+            "n_rows": len(public_rows),
+            "statistics": gaussian_release(terms.spec, exact, rho=terms.rho),
+            "privacy": terms.privacy(),
+        }
         if len(private_rows):
-            # Scored now, on the same run, but released only when the task closes.
+            # Computed now, on the same run; noised and released only if the hub lists the job
+            # for a reveal when the task closes.
+            private = sufficient_statistics(terms.spec, data.labels[private_rows], predictions[private_rows])
             self.state.seal(
                 job["id"],
-                {"job": _job_ref(job), "metrics": score(private_rows), "n_rows": len(private_rows),
-                 "cost_bits": ladder.release_cost_bits(decimals, ladder=False, improved=True)},
+                {"job": _job_ref(job), "statistics": {b: v.tolist() for b, v in private.items()},
+                 "n_rows": len(private_rows), "terms": terms.to_json()},
             )  # fmt: skip
-        return body, cost_bits
+        return body, note
 
-    def _ladder(
-        self, task_id: Any, vendor_id: Any, losses: Any, released: dict[str, float]
-    ) -> tuple[dict[str, float], bool]:
-        """Moves this vendor's Ladder; returns the values to release and whether it moved."""
-        store = ladder.LadderStore(self.config.data_dir / "ladder")
-        with _file_lock(self.config.data_dir / "ladder.lock"):  # agents of one site share it
-            state, previous = store.load(task_id, vendor_id)
-            step = ladder.ladder_step(state, losses)
-            if step.improved or previous is None:
-                store.save(task_id, vendor_id, step.state, released)
-                return released, True
-            return previous, False
+    def _predict(
+        self,
+        job: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        work: Path,
+        data: Any,
+        model_path: Path,
+        offset_kwargs: Mapping[str, Any],
+    ) -> tuple[np.ndarray, str]:
+        """The model's predictions on every row of the shard, checked, with an empty note; or,
+        when anything goes wrong once the model may have seen the data, the fallback prediction
+        and the true reason (for the owner's ledger only)."""
+        terms: ReleaseTerms = spec["terms"]
+        limits = spec["limits"]
+        try:
+            run = self._sandbox()(
+                image=self.image(),
+                model_path=model_path,
+                model_format=spec["format"],
+                features_path=data.features_path,  # the features file only; labels stay here
+                work_dir=work,
+                limits=limits,
+                batch_size=self.config.batch_size,
+                **offset_kwargs,
+            )
+            log.info("job %s: sandbox exit %s in %.1fs", job["id"], run.exit_code, run.duration_seconds)
+            raw = self._predictions_loader()(
+                Path(run.predictions_path).parent,
+                n_rows=data.row_count,
+                task_type=spec["task_type"],
+                n_classes=data.n_classes,
+                max_bytes=limits.max_output_mb * MiB,
+            )
+            if terms.spec.task_type in CLASSIFICATION:
+                k = terms.spec.n_classes or 2
+                return metrics.class_probabilities(raw, n_rows=data.row_count, n_classes=k), ""
+            return metrics.regression_values(raw, n_rows=data.row_count), ""
+        except SandboxUnavailable:
+            raise  # the engine or the image: the site's own trouble, not the model's doing
+        except Exception as exc:
+            reason = _failure_reason(exc)
+            if reason == "internal_error":
+                log.exception("job %s: unexpected error once the model ran; releasing the fallback", job["id"])
+            else:
+                log.warning(
+                    "job %s: the model failed (%s): %s; releasing the fallback statistics",
+                    job["id"], reason, str(exc)[:DETAIL_CHARS],
+                )  # fmt: skip
+            logs = getattr(exc, "logs", "")
+            if logs:
+                log.info("job %s sandbox log tail:\n%s", job["id"], str(logs)[-LOG_TAIL_CHARS:])
+            note = f"fallback released; the model failed: {reason}: {exc}"[:NOTE_CHARS]
+            return disclosure.fallback_predictions(terms.spec, data.row_count), note
 
     def _release(
-        self, job: Mapping[str, Any], kind: str, body: dict[str, Any], *, cost_bits: float | None = None
+        self,
+        job: Mapping[str, Any],
+        kind: str,
+        body: dict[str, Any],
+        *,
+        terms: ReleaseTerms | None = None,
+        split: str | None = None,
+        note: str = "",
     ) -> None:
-        """Ledger first, then pending state, then the post. `kind`: metrics, private or failure."""
+        """Budget, ledger, pending state, then the post. `kind`: metrics, private or failure.
+
+        A release of statistics commits its reservation first (never less spent than may have
+        left), then writes its ledger entry with the release's rho, epsilon and delta."""
         payload = canonical_json(body)
         task = job.get("task") or {}
         submission = job.get("submission") or {}
-        entry = self.ledger.append(
-            job_id=job["id"],
-            submission_id=submission.get("id"),
-            task_id=task.get("id"),
-            vendor_id=submission.get("vendor_id"),
-            kind="failure" if kind == "failure" else "metrics",
-            payload=payload,
-            cost_bits=cost_bits,
-        )
-        receipt: dict[str, Any] = {"sha256": entry.sha256, "bytes": entry.bytes}
-        if cost_bits is not None:
-            receipt["cost_bits"] = cost_bits
+        common = {
+            "job_id": job["id"],
+            "submission_id": submission.get("id"),
+            "task_id": task.get("id"),
+            "vendor_id": submission.get("vendor_id"),
+            "payload": payload,
+            "note": note,
+        }
+        if kind == "failure":
+            entry = self.ledger.append(kind="failure", **common)
+            receipt: dict[str, Any] = {"sha256": entry.sha256, "bytes": entry.bytes}
+        else:
+            assert terms is not None and split in ("public", "private")
+            split = "private" if kind == "private" else split
+            self.budget.commit(
+                job_id=job["id"], split=split, task_id=task.get("id"), vendor_id=submission.get("vendor_id"), rho=terms.rho
+            )
+            entry = self.ledger.append(
+                kind="metrics", rho=terms.rho, epsilon=terms.epsilon, delta=terms.delta, split=split, **common
+            )
+            receipt = {
+                "sha256": entry.sha256, "bytes": entry.bytes,
+                "rho": terms.rho, "epsilon": terms.epsilon, "delta": terms.delta,
+            }  # fmt: skip
         body = {**body, "ledger": receipt}
-        self.state.add_pending(job["id"], kind, body)
-        self._post(job["id"], kind, body)
+        key = _private_key(job["id"]) if kind == "private" else str(job["id"])
+        self.state.add_pending(key, kind, body, job_id=job["id"])
+        self._post(key, job["id"], kind, body)
 
-    def _post(self, job_id: int | str, kind: str, body: Mapping[str, Any]) -> None:
+    def _post(self, key: str, job_id: int | str, kind: str, body: Mapping[str, Any]) -> None:
         post = {
             "metrics": self.client.post_result,
             "private": self.client.post_private_result,
@@ -528,14 +655,14 @@ class Agent:
             post(job_id, body)
         except LeaseLost:
             log.warning("job %s: the hub says another agent holds it; %s not recorded", job_id, kind)
-            self.state.drop_pending(job_id)
+            self.state.drop_pending(key)
             return
         except HubRejected as exc:
             log.error("job %s: the hub refused the %s: %s", job_id, kind, exc)
-            self.state.drop_pending(job_id)
+            self.state.drop_pending(key)
             return
         # HubUnreachable propagates: the body stays pending and is re-posted, unchanged.
-        self.state.mark_posted(job_id)
+        self.state.mark_posted(key)
         log.info("job %s: %s posted", job_id, kind)
 
 
@@ -552,8 +679,16 @@ FAILURE_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
-# A failure reason is one of a dozen fixed values: at most log2(12) bits leave.
-FAILURE_COST_BITS = 3.6
+def _failure_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if reason not in FAILURE_REASONS or not isinstance(exc, FAILURE_TYPES):
+        return "internal_error"
+    return str(reason)
+
+
+def _private_key(job_id: int | str) -> str:
+    """The state key of a job's private reveal (its public result is keyed by the job id)."""
+    return f"{job_id}/private"
 
 
 def _job_ref(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -563,17 +698,6 @@ def _job_ref(job: Mapping[str, Any]) -> dict[str, Any]:
         "task": {"id": job["task"]["id"]},
         "submission": {"id": job["submission"].get("id"), "vendor_id": job["submission"].get("vendor_id")},
     }
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _lease_seconds(job: Mapping[str, Any]) -> float:
@@ -592,7 +716,8 @@ def check_job(job: Mapping[str, Any], config: AgentConfig) -> dict[str, Any]:
 
     The hub is not trusted here: the kind, format, task type and metrics must be known, the
     resource limits are capped by the site (``config.effective_limits``), the artifact must fit
-    the site's size cap, and decimals are capped by ``limits.max_decimals``.
+    the site's size cap, and the privacy terms must be present and within the site's caps
+    (``disclosure.release_terms``; a regression task needs its ``target_range``).
     """
 
     def refuse(why: str) -> JobFailure:
@@ -619,8 +744,10 @@ def check_job(job: Mapping[str, Any], config: AgentConfig) -> dict[str, Any]:
         n_classes = 2
     elif task_type == "regression":
         n_classes = None
-    policy = disclosure.metric_policy(task.get("metrics") or [], max_decimals=config.limits.max_decimals)
-    metrics.check_metric_names(task_type, policy)
+    metrics.check_metric_names(task_type, disclosure.metric_names(task.get("metrics") or []))
+    terms = disclosure.release_terms(task, caps=config.limits)
+    if terms.spec.n_classes is not None and n_classes is not None and terms.spec.n_classes != n_classes:
+        raise refuse("the release's class count does not match the task's")
     limits_values = effective_limits(task.get("resource_limits"), config.limits)
     try:
         limits = Limits(**limits_values)
@@ -653,7 +780,7 @@ def check_job(job: Mapping[str, Any], config: AgentConfig) -> dict[str, Any]:
         "task_type": task_type,
         "n_features": n_features,
         "n_classes": n_classes,
-        "policy": policy,
+        "terms": terms,
         "limits": limits,
         "max_artifact_bytes": max_bytes,
     }

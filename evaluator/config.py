@@ -16,8 +16,10 @@ Example ``site.toml``::
     max_timeout_seconds = 1800
     max_output_mb = 256
     max_artifact_mb = 1024
-    max_decimals = 6
     on_excess = "refuse"  # or "clamp"
+    max_epsilon_per_release = 2.0   # a task asking more epsilon per release is refused
+    max_vendor_epsilon = 20.0       # per (task, vendor organization, split), at this site
+    max_task_epsilon = 50.0         # per (task, split), all vendors together, at this site
 
     [retry]
     max_attempts = 5
@@ -29,15 +31,24 @@ Environment overrides: ``VAULTBENCH_HUB_URL``, ``VAULTBENCH_SITE_TOKEN``,
 ``VAULTBENCH_DATA_DIR``, ``VAULTBENCH_WORK_DIR``, ``VAULTBENCH_IMAGE``,
 ``VAULTBENCH_POLL_INTERVAL``, ``VAULTBENCH_LEASE_RENEW_INTERVAL``, ``VAULTBENCH_MAX_MEMORY_MB``,
 ``VAULTBENCH_MAX_CPUS``, ``VAULTBENCH_MAX_TIMEOUT_SECONDS``, ``VAULTBENCH_MAX_OUTPUT_MB``,
-``VAULTBENCH_MAX_ARTIFACT_MB``, ``VAULTBENCH_LIMITS_ON_EXCESS``.
+``VAULTBENCH_MAX_ARTIFACT_MB``, ``VAULTBENCH_LIMITS_ON_EXCESS``,
+``VAULTBENCH_MAX_EPSILON_PER_RELEASE``, ``VAULTBENCH_MAX_VENDOR_EPSILON``,
+``VAULTBENCH_MAX_TASK_EPSILON``.
 
 Security decision (resource limits): the hub's job spec carries the task's resource limits, but
 the hub is not trusted to set the sandbox's bounds. Every requested value is checked against the
 site's caps above. With ``on_excess = "refuse"`` (the default) a job asking for more than a cap
 fails with the coarse reason ``policy_violation`` — a visible misconfiguration rather than a
 silently different run. With ``"clamp"`` the value is lowered to the cap and the job runs. Either
-way the sandbox never gets more than the site allows. Disclosure decimals are always clamped to
-``max_decimals`` (fewer decimals is always safe).
+way the sandbox never gets more than the site allows.
+
+Security decision (privacy): a site releases only noised statistics (docs/disclosure.md). The
+job's task states its epsilon per release and its budgets; the site refuses
+(``policy_violation``) a task asking more than ``max_epsilon_per_release`` per release, and keeps
+its own budget file whose caps are the smaller of the hub's and ``max_vendor_epsilon`` /
+``max_task_epsilon`` (both at the task's delta, per split). A compromised hub cannot make the
+site release more. ``max_decimals`` is no longer used (nothing is rounded); an old config that
+sets it still loads.
 """
 
 from __future__ import annotations
@@ -69,8 +80,10 @@ class LimitCaps:
     max_timeout_seconds: int = 1800
     max_output_mb: int = 256
     max_artifact_mb: int = 1024
-    max_decimals: int = 6
     on_excess: str = "refuse"
+    max_epsilon_per_release: float = 2.0
+    max_vendor_epsilon: float = 20.0
+    max_task_epsilon: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,10 @@ class AgentConfig:
     def state_path(self) -> Path:
         return self.data_dir / "agent-state.json"
 
+    @property
+    def budget_path(self) -> Path:
+        return self.data_dir / "site-budget.json"
+
 
 # --- small strict parsers -------------------------------------------------------------------
 
@@ -128,17 +145,6 @@ def _positive_number(name: str, value: Any, *, integer: bool = False) -> Any:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
     return int(value) if integer else float(value)
-
-
-def _nonnegative_int(name: str, value: Any) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -213,6 +219,7 @@ _TOP_KEYS = {
     "retry",
 }
 _LIMIT_KEYS = set(LimitCaps.__dataclass_fields__)
+_RETIRED_LIMIT_KEYS = {"max_decimals"}  # accepted and ignored: old configs keep loading
 _RETRY_KEYS = set(RetryPolicy.__dataclass_fields__)
 
 _ENV_TOP = {
@@ -231,6 +238,9 @@ _ENV_LIMITS = {
     "VAULTBENCH_MAX_OUTPUT_MB": "max_output_mb",
     "VAULTBENCH_MAX_ARTIFACT_MB": "max_artifact_mb",
     "VAULTBENCH_LIMITS_ON_EXCESS": "on_excess",
+    "VAULTBENCH_MAX_EPSILON_PER_RELEASE": "max_epsilon_per_release",
+    "VAULTBENCH_MAX_VENDOR_EPSILON": "max_vendor_epsilon",
+    "VAULTBENCH_MAX_TASK_EPSILON": "max_task_epsilon",
 }
 
 
@@ -262,6 +272,8 @@ def load_config(
     if unknown:
         raise ConfigError(f"unknown setting(s) in config: {', '.join(sorted(unknown))}")
     limits_raw = _section(raw, "limits")
+    for retired in _RETIRED_LIMIT_KEYS & set(limits_raw):
+        limits_raw.pop(retired)
     retry_raw = _section(raw, "retry")
     for name, section, allowed in (
         ("limits", limits_raw, _LIMIT_KEYS),
@@ -336,15 +348,23 @@ def load_config(
             limits_raw.get("max_artifact_mb", LimitCaps.max_artifact_mb),
             integer=True,
         ),
-        max_decimals=_nonnegative_int(
-            "limits.max_decimals", limits_raw.get("max_decimals", LimitCaps.max_decimals)
-        ),
         on_excess=str(limits_raw.get("on_excess", LimitCaps.on_excess)),
+        max_epsilon_per_release=_positive_number(
+            "limits.max_epsilon_per_release",
+            limits_raw.get("max_epsilon_per_release", LimitCaps.max_epsilon_per_release),
+        ),
+        max_vendor_epsilon=_positive_number(
+            "limits.max_vendor_epsilon", limits_raw.get("max_vendor_epsilon", LimitCaps.max_vendor_epsilon)
+        ),
+        max_task_epsilon=_positive_number(
+            "limits.max_task_epsilon", limits_raw.get("max_task_epsilon", LimitCaps.max_task_epsilon)
+        ),
     )
     if caps.on_excess not in ON_EXCESS_CHOICES:
         raise ConfigError(f"limits.on_excess must be one of {ON_EXCESS_CHOICES}, got {caps.on_excess!r}")
-    if caps.max_decimals > 10:
-        raise ConfigError("limits.max_decimals must be at most 10")
+    if caps.max_epsilon_per_release > min(caps.max_vendor_epsilon, caps.max_task_epsilon):
+        # No release could ever fit the site's budget: a misconfiguration, not a policy.
+        raise ConfigError("limits.max_epsilon_per_release must be at most max_vendor_epsilon and max_task_epsilon")
 
     retry = RetryPolicy(
         max_attempts=_positive_number(

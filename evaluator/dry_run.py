@@ -1,6 +1,9 @@
 """A vendor's dry run: the task's public sample through the same image, runner, sandbox profile
 and output checks as a real evaluation — on the vendor's own machine, with no hub involved.
 
+The sample is public, so nothing here is a release: exact metrics and the model's own logs are
+shown (a site shows a vendor neither: its failures leave only as a fallback score).
+
     python -m evaluator dry-run --format sklearn --model model.joblib --sample sample.csv \
         --task-type binary_classification --n-classes 2 [--labels labels.csv] [--memory-mb 1024 ...]
 """
@@ -28,6 +31,7 @@ class DryRunReport:
     prediction_shape: tuple[int, ...]
     sandbox_seconds: float
     metrics: dict[str, float]
+    logs: str = ""
 
 
 def dry_run(
@@ -65,6 +69,6 @@ def dry_run(
             labels = datasets.read_table(labels_path).reshape(-1)
             names = [m.name for m in metrics.REGISTRY.values() if task_type in m.task_types]
             scores = metrics.compute_metrics(task_type, names, labels, predictions, n_classes=n_classes)
-        return DryRunReport(len(features), tuple(predictions.shape), run.duration_seconds, scores)
+        return DryRunReport(len(features), tuple(predictions.shape), run.duration_seconds, scores, run.logs)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,8 +2,14 @@
 
 Each entry records the exact bytes that left (``payload``: the canonical JSON of the request
 body without its ``ledger`` field), their size and sha256. The result body posted to the hub
-carries ``ledger: {"sha256", "bytes"}`` equal to the entry's, so the hub can check it by
+carries ``ledger: {"sha256", "bytes", ...}`` equal to the entry's, so the hub can check it by
 recomputing the hash over the canonical JSON of the body minus ``ledger``.
+
+Privacy: a release of statistics records the release's ``rho`` (zCDP) and its ``epsilon`` and
+``delta`` (the per-release values), and the ``split`` whose rows it is about; totals compose by
+summing rho and converting once (``spent``). A federated update records its ``epsilon`` (its own
+accountant) and no rho. ``note`` is for the owner only and is not part of what left: e.g. the
+true reason a model failed when its fallback statistics were released instead.
 
 Appends are one ``write`` under an exclusive ``flock`` followed by ``fsync``, so several agents
 sharing a data dir never interleave lines, and an acknowledged entry survives a crash.
@@ -35,10 +41,14 @@ CSV_FIELDS = (
     "bytes",
     "sha256",
     "vendor_id",
-    "cost_bits",
+    "split",
+    "rho",
     "epsilon",
+    "delta",
+    "note",
     "payload",
 )
+_LEGACY_FIELDS = frozenset({"cost_bits"})  # written by older agents; ignored when read
 
 
 class LedgerError(Exception):
@@ -55,12 +65,32 @@ class LedgerEntry:
     payload: str  # the exact JSON text that left, ASCII
     bytes: int
     sha256: str
-    epsilon: float | None = None  # privacy budget spent (federated updates); None for metrics
-    vendor_id: int | str | None = None  # whose job: leakage is totalled per (task, vendor)
-    cost_bits: float | None = None  # upper bound on the information released (evaluator.ladder)
+    epsilon: float | None = None  # the release's epsilon at ``delta`` (statistics and updates)
+    vendor_id: int | str | None = None  # whose job: budgets are per (task, vendor, split)
+    rho: float | None = None  # zCDP cost of a release of statistics; None for updates and failures
+    delta: float | None = None
+    split: str | None = None  # "public" or "private" for statistics
+    note: str = ""  # owner-only, never sent
+
+    @property
+    def is_release_of_statistics(self) -> bool:
+        return self.kind == "metrics" and self.rho is not None
 
     def to_json_line(self) -> builtins.bytes:
         return (json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+@dataclass(frozen=True)
+class Spent:
+    releases: int
+    rho: float
+    delta: float
+
+    @property
+    def epsilon(self) -> float:
+        from evaluator.privacy.zcdp import epsilon_for_rho
+
+        return epsilon_for_rho(self.rho, self.delta) if self.delta < 1 else 0.0
 
 
 def digest(payload: bytes) -> str:
@@ -81,7 +111,10 @@ class Ledger:
         payload: bytes,
         epsilon: float | None = None,
         vendor_id: int | str | None = None,
-        cost_bits: float | None = None,
+        rho: float | None = None,
+        delta: float | None = None,
+        split: str | None = None,
+        note: str = "",
         now: datetime | None = None,
     ) -> LedgerEntry:
         if kind not in KINDS:
@@ -100,7 +133,10 @@ class Ledger:
             sha256=digest(payload),
             epsilon=epsilon,
             vendor_id=vendor_id,
-            cost_bits=cost_bits,
+            rho=rho,
+            delta=delta,
+            split=split,
+            note=note,
         )
         line = entry.to_json_line()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,13 +152,17 @@ class Ledger:
             os.close(fd)  # closing releases the lock
         return entry
 
-    def cost_for(self, *, task_id: int | str, vendor_id: int | str) -> float:
-        """Bits released so far about this task's data to this vendor, from this site."""
-        return sum(
-            entry.cost_bits or 0.0
-            for entry in self.iter_entries()
-            if str(entry.task_id) == str(task_id) and str(entry.vendor_id) == str(vendor_id)
-        )
+    def spent(self) -> dict[tuple[str, str, str], Spent]:
+        """Released statistics per (task, vendor, split): the count, the summed rho, and its
+        epsilon at the smallest delta among them (zCDP composes by adding rho)."""
+        sums: dict[tuple[str, str, str], tuple[int, float, float]] = {}
+        for entry in self.iter_entries():
+            if not entry.is_release_of_statistics:
+                continue
+            key = (str(entry.task_id), str(entry.vendor_id), str(entry.split))
+            n, rho, delta = sums.get(key, (0, 0.0, 1.0))
+            sums[key] = (n + 1, rho + float(entry.rho or 0.0), min(delta, float(entry.delta or 1.0)))
+        return {key: Spent(releases=n, rho=rho, delta=delta) for key, (n, rho, delta) in sums.items()}
 
     def read_entries(self, *, verify: bool = True) -> list[LedgerEntry]:
         return list(self.iter_entries(verify=verify))
@@ -138,7 +178,8 @@ class Ledger:
                     # A torn last line (crash mid-write without fsync) is not an entry.
                     return
                 try:
-                    entry = LedgerEntry(**json.loads(raw))
+                    fields = json.loads(raw)
+                    entry = LedgerEntry(**{k: v for k, v in fields.items() if k not in _LEGACY_FIELDS})
                 except (ValueError, TypeError) as exc:
                     raise LedgerError(f"{self.path}:{lineno}: not a ledger entry ({exc})") from None
                 if verify:
@@ -156,9 +197,7 @@ class Ledger:
         writer.writeheader()
         n = 0
         for entry in self.iter_entries():
-            row: dict[str, Any] = asdict(entry)
-            if row["epsilon"] is None:
-                row["epsilon"] = ""
+            row: dict[str, Any] = {k: ("" if v is None else v) for k, v in asdict(entry).items()}
             writer.writerow(row)
             n += 1
         return n

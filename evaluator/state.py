@@ -1,5 +1,8 @@
-"""The agent's small local state: posted job ids, pending bodies, sealed private scores and
-results held for release. Shared safely by the agents of one site's data folder (flock)."""
+"""The agent's small local state: posted job ids, pending bodies, sealed private statistics and
+results held for release. Shared safely by the agents of one site's data folder (flock).
+
+Sealed private statistics are EXACT (noise is drawn only when the hub lists the job for a
+reveal): the file is as private as the data folder it lives in."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ class AgentState:
                 data = {}
             data.setdefault("posted", [])
             data.setdefault("pending", {})
-            data.setdefault("sealed", {})  # private-split metrics, released when the task closes
+            data.setdefault("sealed", {})  # private-split statistics, released when the task closes
             data.setdefault("held", {})  # results awaiting the owner's release decision
             yield data
             if write:
@@ -54,9 +57,12 @@ class AgentState:
         with self._locked(write=False) as data:
             return dict(data["pending"])
 
-    def add_pending(self, job_id: int | str, kind: str, body: Mapping[str, Any]) -> None:
+    def add_pending(self, key: int | str, kind: str, body: Mapping[str, Any], *, job_id: int | str | None = None) -> None:
+        """A body about to be posted. ``key``: the job id, or ``<job id>/private`` for a private
+        reveal (a job posts its public result and, later, its private one); ``job_id`` defaults
+        to the key."""
         with self._locked(write=True) as data:
-            data["pending"][str(job_id)] = {"kind": kind, "body": dict(body)}
+            data["pending"][str(key)] = {"kind": kind, "body": dict(body), "job_id": key if job_id is None else job_id}
 
     def mark_posted(self, job_id: int | str) -> None:
         with self._locked(write=True) as data:

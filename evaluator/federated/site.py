@@ -488,6 +488,7 @@ class SiteParticipant:
             kind="update",
             payload=canonical_json(body),
             epsilon=epsilon,
+            delta=self.spec.dp_delta,
         )
         self.privacy.record_round()  # spent once it is in the ledger, whatever the post's fate
         body["ledger"] = {"sha256": entry.sha256, "bytes": entry.bytes}

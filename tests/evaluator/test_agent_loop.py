@@ -4,7 +4,6 @@ tests; the real hub and the real sandbox are tested end-to-end elsewhere."""
 
 import hashlib
 import json
-import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,19 +11,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
 
 from evaluator.agent import Agent
 from evaluator.client import HubClient, canonical_json
 from evaluator.config import AgentConfig, LimitCaps, RetryPolicy
 from evaluator.datasets import register_task_data
 from evaluator.ledger import Ledger
-from evaluator.sandbox import SandboxRun, SandboxTimeout
+from evaluator.privacy.mechanism import noise_scales
+from evaluator.privacy.statistics import (
+    PLAUSIBLE_STDS,
+    ReleaseSpec,
+    check_plausible,
+    check_statistics,
+    sufficient_statistics,
+)
+from evaluator.privacy.zcdp import rho_for_epsilon
+from evaluator.sandbox import SandboxCrashed, SandboxRun, SandboxTimeout, SandboxUnavailable
+from evaluator.site_budget import SiteBudget
 from evaluator.state import AgentState
 
 TOKEN = "vbs_agent_test_token"
 MODEL_BYTES = b"fake onnx model bytes"
 N_ROWS = 40
+VENDOR = 5
+PRIVACY = {"epsilon_per_release": 1.0, "delta": 1e-6, "vendor_epsilon": 10.0, "task_epsilon": 20.0}
+RHO = rho_for_epsilon(1.0, 1e-6)
+SPEC = ReleaseSpec(task_type="binary_classification", metric_names=("roc_auc", "accuracy"), n_classes=2)
 
 
 class FakeHub:
@@ -125,6 +137,7 @@ class FakeHub:
             "lease_seconds": 60,
             "submission": {
                 "id": 7,
+                "vendor_id": VENDOR,
                 "format": "onnx",
                 "sha256": sha256 or hashlib.sha256(artifact).hexdigest(),
                 "size": len(artifact),
@@ -140,6 +153,7 @@ class FakeHub:
                     {"name": "accuracy", "direction": "higher", "decimals": 2},
                 ],
                 "primary_metric": "roc_auc",
+                "privacy": dict(PRIVACY),
                 "resource_limits": {
                     "memory_mb": 1024,
                     "cpus": 1.0,
@@ -230,18 +244,32 @@ def make_agent(hub, data_dir, sandbox, **config_overrides):
     return Agent(config, client, sandbox_runner=sandbox)
 
 
-def _expected_metrics():
-    p = np.asarray(P1, dtype=np.float32).astype(np.float64)
-    return {
-        "roc_auc": round(skm.roc_auc_score(LABELS, p), 4),
-        "accuracy": round(skm.accuracy_score(LABELS, (p > 0.5).astype(int)), 2),
-    }
+def exact_statistics(predictions=P1, rows=None, spec=SPEC):
+    """The noise-free statistics of ``predictions`` (P(class 1), as the sandbox writes them)."""
+    p1 = np.asarray(predictions, dtype=np.float32).astype(np.float64)
+    rows = np.arange(N_ROWS) if rows is None else rows
+    return sufficient_statistics(spec, LABELS[rows], np.stack([1 - p1, p1], axis=1)[rows])
+
+
+def assert_noised_release_of(statistics, exact, *, n_rows, spec=SPEC, rho=RHO):
+    """``statistics`` is a release of ``exact``: the spec's blocks and shapes, each value within
+    PLAUSIBLE_STDS noise stds of the exact one, and noised (not the exact values)."""
+    parsed = check_statistics(spec, statistics)
+    noise = noise_scales(spec, rho)
+    check_plausible(spec, parsed, n_rows=n_rows, noise=noise)
+    for block, value in parsed.items():
+        assert np.all(np.abs(value - exact[block]) <= PLAUSIBLE_STDS * noise[block]), block
+    assert any(not np.array_equal(parsed[b], exact[b]) for b in spec.blocks)
+
+
+def budget(data_dir):
+    return SiteBudget(data_dir / "site-budget.json")
 
 
 # --- tests -------------------------------------------------------------------------------------
 
 
-def test_success_posts_rounded_metrics_and_writes_one_ledger_entry(hub, data_dir):
+def test_success_posts_noised_statistics_and_writes_one_ledger_entry_with_their_cost(hub, data_dir):
     hub.add_job()
     sandbox = FakeSandbox()
     agent = make_agent(hub, data_dir, sandbox)
@@ -250,18 +278,32 @@ def test_success_posts_rounded_metrics_and_writes_one_ledger_entry(hub, data_dir
     [(job_id, raw)] = hub.results
     body = json.loads(raw)
     assert job_id == 12 and hub.failures == []
-    assert body["metrics"] == _expected_metrics()
+    assert set(body) == {"agent_id", "n_rows", "statistics", "privacy", "ledger"}  # no metric value
     assert body["n_rows"] == N_ROWS and body["agent_id"] == "agent-1"
+    assert body["privacy"] == {"mechanism": "gaussian", "rho": RHO, "epsilon": 1.0, "delta": 1e-6}
+    assert_noised_release_of(body["statistics"], exact_statistics(), n_rows=N_ROWS)
 
     [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
-    assert (entry.job_id, entry.submission_id, entry.task_id, entry.kind) == (12, 7, 3, "metrics")
+    assert (entry.job_id, entry.submission_id, entry.task_id, entry.vendor_id) == (12, 7, 3, VENDOR)
+    assert (entry.kind, entry.split, entry.rho, entry.epsilon, entry.delta) == ("metrics", "public", RHO, 1.0, 1e-6)
     # the hash sent to the hub is the ledger entry's, over the exact bytes that left
     released = canonical_json({k: v for k, v in body.items() if k != "ledger"})
-    assert body["ledger"] == {"sha256": entry.sha256, "bytes": entry.bytes, "cost_bits": entry.cost_bits}
-    decimals = (4, 2)  # the fake job's roc_auc and accuracy
-    assert entry.cost_bits == pytest.approx(sum(math.log2(10**d + 1) for d in decimals))
+    assert body["ledger"] == {"sha256": entry.sha256, "bytes": entry.bytes, "rho": RHO, "epsilon": 1.0, "delta": 1e-6}
     assert entry.sha256 == hashlib.sha256(released).hexdigest()
     assert entry.payload.encode() == released
+    # the site's budget holds the release as spent, nothing reserved
+    usage = budget(data_dir).usage(task_id=3, vendor_id=VENDOR, split="public")
+    assert (usage.spent, usage.reserved) == (pytest.approx(RHO), 0.0)
+
+
+def test_two_releases_of_the_same_model_draw_fresh_noise(hub, data_dir):
+    hub.add_job(12)
+    hub.add_job(13)
+    agent = make_agent(hub, data_dir, FakeSandbox())
+    agent.run_once()
+    agent.run_once()
+    first, second = (json.loads(raw)["statistics"] for _, raw in hub.results)
+    assert first != second
 
 
 def test_the_sandbox_gets_the_features_file_and_never_the_labels(hub, data_dir):
@@ -301,26 +343,62 @@ def test_no_job_queued_returns_false(hub, data_dir):
     assert make_agent(hub, data_dir, FakeSandbox()).run_once() is False
 
 
-def test_a_sandbox_timeout_posts_reason_timeout(hub, data_dir):
+UNIFORM = np.full(N_ROWS, 0.5)  # the fallback of a binary task: P(class 1) = 1/2 for every row
+
+
+@pytest.mark.parametrize(
+    "sandbox, reason",
+    [
+        (FakeSandbox(raises=SandboxTimeout("no exit", logs="secret")), "timeout"),
+        (FakeSandbox(raises=SandboxCrashed("exit 3", logs="secret")), "crashed"),
+        (FakeSandbox(predictions=P1[:-3]), "invalid_output"),  # wrong shape
+        (FakeSandbox(predictions=np.full(N_ROWS, 7.0)), "invalid_output"),  # not probabilities
+        (FakeSandbox(raises=RuntimeError("bug in trusted code /secret/path")), "internal_error"),
+    ],
+)
+def test_a_model_failing_after_it_saw_data_releases_the_fallback_statistics_not_a_reason(
+    hub, data_dir, sandbox, reason
+):
     hub.add_job()
-    agent = make_agent(hub, data_dir, FakeSandbox(raises=SandboxTimeout("no exit", logs="secret")))
+    agent = make_agent(hub, data_dir, sandbox)
+    agent.run_once()
+    assert hub.failures == []  # the reason would be a channel the model picks
+    [(job_id, raw)] = hub.results
+    posted = json.loads(raw)
+    assert set(posted) == {"agent_id", "n_rows", "statistics", "privacy", "ledger"}
+    assert_noised_release_of(posted["statistics"], exact_statistics(UNIFORM), n_rows=N_ROWS)
+    assert b"secret" not in raw and reason.encode() not in raw
+    [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
+    # The true reason is the owner's: in the ledger's note, outside the bytes that left.
+    assert entry.kind == "metrics" and entry.rho == RHO and reason in entry.note
+    assert entry.payload.encode() == canonical_json({k: v for k, v in posted.items() if k != "ledger"})
+    assert budget(data_dir).usage(task_id=3, vendor_id=VENDOR, split="public").spent == pytest.approx(RHO)
+
+
+def test_an_engine_failure_before_the_model_runs_posts_a_failure_and_refunds_the_budget(hub, data_dir):
+    hub.add_job()
+    agent = make_agent(hub, data_dir, FakeSandbox(raises=SandboxUnavailable("image missing")))
     agent.run_once()
     assert hub.results == []
     [(job_id, raw)] = hub.failures
     posted = json.loads(raw)
-    assert {k: v for k, v in posted.items() if k != "ledger"} == {"agent_id": "agent-1", "reason": "timeout"}
+    assert {k: v for k, v in posted.items() if k != "ledger"} == {"agent_id": "agent-1", "reason": "internal_error"}
     [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
-    assert entry.kind == "failure" and posted["ledger"]["sha256"] == entry.sha256
+    assert entry.kind == "failure" and posted["ledger"] == {"sha256": entry.sha256, "bytes": entry.bytes}
     # The ledger holds exactly the bytes that left, without the receipt itself.
-    assert json.loads(entry.payload) == {"agent_id": "agent-1", "reason": "timeout"}
+    assert json.loads(entry.payload) == {"agent_id": "agent-1", "reason": "internal_error"}
+    assert entry.rho is None
+    usage = budget(data_dir).usage(task_id=3, vendor_id=VENDOR, split="public")
+    assert (usage.spent, usage.reserved) == (0.0, 0.0)
 
 
-def test_a_sha_mismatch_posts_artifact_mismatch_and_never_runs_the_sandbox(hub, data_dir):
+def test_a_sha_mismatch_posts_artifact_mismatch_never_runs_the_sandbox_and_spends_nothing(hub, data_dir):
     hub.add_job(sha256="0" * 64)
     sandbox = FakeSandbox()
     make_agent(hub, data_dir, sandbox).run_once()
     assert sandbox.calls == []
     assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["artifact_mismatch"]
+    assert budget(data_dir).usage(task_id=3, split="public").total == 0.0
 
 
 def test_more_bytes_than_declared_is_an_artifact_mismatch(hub, data_dir):
@@ -329,12 +407,6 @@ def test_more_bytes_than_declared_is_an_artifact_mismatch(hub, data_dir):
     assert job["submission"]["size"] == len(MODEL_BYTES)
     make_agent(hub, data_dir, FakeSandbox()).run_once()
     assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["artifact_mismatch"]
-
-
-def test_wrong_prediction_shape_posts_invalid_output(hub, data_dir):
-    hub.add_job()
-    make_agent(hub, data_dir, FakeSandbox(predictions=P1[:-3])).run_once()
-    assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["invalid_output"]
 
 
 def test_limits_above_the_sites_caps_post_policy_violation_without_download(hub, data_dir):
@@ -355,12 +427,38 @@ def test_clamp_mode_runs_with_the_sites_caps(hub, data_dir):
     assert len(hub.results) == 1
 
 
-def test_decimals_are_capped_by_the_site(hub, data_dir):
-    hub.add_job(metrics=[{"name": "roc_auc", "direction": "higher", "decimals": 12}])
-    caps = LimitCaps(max_memory_mb=2048, max_cpus=2.0, max_timeout_seconds=600, max_decimals=2)
-    make_agent(hub, data_dir, FakeSandbox(), limits=caps).run_once()
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        None,  # a hub that sends no terms gets nothing
+        {**PRIVACY, "epsilon_per_release": 5.0},  # more than the site's max_epsilon_per_release
+        {**PRIVACY, "delta": 2.0},
+    ],
+)
+def test_a_job_without_acceptable_privacy_terms_is_refused_before_download(hub, data_dir, privacy):
+    job = hub.add_job()
+    job["task"]["privacy"] = privacy
+    sandbox = FakeSandbox()
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert sandbox.calls == [] and hub.results == []
+    assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["policy_violation"]
+
+
+def test_a_regression_task_releases_clipped_error_sums_around_its_target_range(hub, data_dir, tmp_path):
+    np.save(tmp_path / "xr.npy", RNG.normal(size=(N_ROWS, 5)))
+    targets = np.linspace(0.0, 10.0, N_ROWS)
+    np.save(tmp_path / "yr.npy", targets)
+    register_task_data(data_dir=data_dir, task_id=4, features_path=tmp_path / "xr.npy",
+                       labels_path=tmp_path / "yr.npy", input_spec={"n_features": 5}, task_type="regression")  # fmt: skip
+    job = hub.add_job(task_type="regression", metrics=[{"name": "mean_absolute_error"}, {"name": "r2"}],
+                      input_spec={"n_features": 5, "target_range": [0.0, 10.0]})  # fmt: skip
+    job["task"]["id"] = 4
+    predictions = targets + 1.0
+    make_agent(hub, data_dir, FakeSandbox(predictions=predictions)).run_once()
     [(_, raw)] = hub.results
-    assert json.loads(raw)["metrics"] == {"roc_auc": round(_expected_metrics()["roc_auc"], 2)}
+    spec = ReleaseSpec(task_type="regression", metric_names=("mean_absolute_error", "r2"), target_range=(0.0, 10.0))
+    exact = sufficient_statistics(spec, targets, predictions)
+    assert_noised_release_of(json.loads(raw)["statistics"], exact, n_rows=N_ROWS, spec=spec)
 
 
 def test_a_task_without_data_on_this_site_posts_data_unavailable(hub, data_dir):
@@ -370,18 +468,22 @@ def test_a_task_without_data_on_this_site_posts_data_unavailable(hub, data_dir):
     assert [json.loads(raw)["reason"] for _, raw in hub.failures] == ["data_unavailable"]
 
 
-def test_an_unexpected_error_posts_internal_error_and_the_agent_keeps_serving(hub, data_dir):
+def test_an_unexpected_error_before_the_model_runs_posts_internal_error_and_the_agent_keeps_serving(
+    hub, data_dir
+):
     hub.add_job(12)
     hub.add_job(13)
     calls = []
 
-    def flaky(**kwargs):
-        calls.append(kwargs)
+    def flaky_verify(path, sha256):
+        calls.append(path)
         if len(calls) == 1:
             raise RuntimeError("bug in trusted code /secret/path")
-        return FakeSandbox()(**kwargs)
 
-    agent = make_agent(hub, data_dir, flaky)
+    config = make_config(hub, data_dir)
+    client = HubClient.from_config(config, agent_id="agent-1", sleep=lambda s: time.sleep(0.001))
+    agent = Agent(config, client, sandbox_runner=FakeSandbox(), verify_sha256=flaky_verify,
+                  prepare_model=lambda artifact, model_format, dest: artifact)  # fmt: skip
     agent.run_once()
     agent.run_once()
     assert [(j, json.loads(raw)["reason"]) for j, raw in hub.failures] == [(12, "internal_error")]

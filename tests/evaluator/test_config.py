@@ -93,8 +93,10 @@ max_memory_mb = 2048
 max_cpus = 1.5
 max_timeout_seconds = 600
 max_output_mb = 32
-max_decimals = 3
 on_excess = "clamp"
+max_epsilon_per_release = 0.5
+max_vendor_epsilon = 5
+max_task_epsilon = 8
 [retry]
 max_attempts = 3
 backoff_base_seconds = 0.1
@@ -103,7 +105,8 @@ backoff_max_seconds = 2
     )
     config = load_config(_write(tmp_path, text), env={})
     assert config.limits.max_memory_mb == 2048 and config.limits.max_cpus == 1.5
-    assert config.limits.max_decimals == 3
+    assert (config.limits.max_epsilon_per_release, config.limits.max_vendor_epsilon) == (0.5, 5.0)
+    assert config.limits.max_task_epsilon == 8.0
     assert config.retry.max_attempts == 3 and config.retry.backoff_max_seconds == 2.0
 
 
@@ -131,6 +134,10 @@ backoff_max_seconds = 2
         (BASE + "[limits]\nmax_cpus = true", "max_cpus"),
         (BASE + '[limits]\non_excess = "ignore"', "on_excess"),
         (BASE + "[limits]\nmax_gpus = 1", "unknown setting"),
+        (BASE + "[limits]\nmax_epsilon_per_release = 0", "max_epsilon_per_release"),
+        (BASE + "[limits]\nmax_vendor_epsilon = -1", "max_vendor_epsilon"),
+        (BASE + '[limits]\nmax_task_epsilon = "lots"', "max_task_epsilon"),
+        (BASE + "[limits]\nmax_epsilon_per_release = 30", "at most max_vendor_epsilon"),
         (BASE + "frobnicate = 1", "unknown setting"),
         (BASE + "[retry]\nbackoff_base_seconds = 5\nbackoff_max_seconds = 1", "backoff_max"),
         ("hub_url = ", "not valid TOML"),
@@ -139,6 +146,20 @@ backoff_max_seconds = 2
 def test_bad_values_give_clear_errors(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(_write(tmp_path, text), env={})
+
+
+def test_privacy_caps_default_to_documented_values_and_env_overrides_them(tmp_path):
+    caps = load_config(_write(tmp_path, BASE), env={}).limits
+    assert (caps.max_epsilon_per_release, caps.max_vendor_epsilon, caps.max_task_epsilon) == (2.0, 20.0, 50.0)
+    env = {"VAULTBENCH_MAX_EPSILON_PER_RELEASE": "0.25", "VAULTBENCH_MAX_VENDOR_EPSILON": "4",
+           "VAULTBENCH_MAX_TASK_EPSILON": "6"}  # fmt: skip
+    caps = load_config(_write(tmp_path, BASE), env=env).limits
+    assert (caps.max_epsilon_per_release, caps.max_vendor_epsilon, caps.max_task_epsilon) == (0.25, 4.0, 6.0)
+
+
+def test_an_old_config_with_max_decimals_still_loads(tmp_path):
+    config = load_config(_write(tmp_path, BASE + "[limits]\nmax_decimals = 3\n"), env={})
+    assert config.limits == LimitCaps()
 
 
 def test_bad_environment_value_names_the_setting(tmp_path):
