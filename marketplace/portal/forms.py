@@ -220,36 +220,36 @@ class TaskForm(forms.Form):
     )  # fmt: skip
     # Differential privacy of the results (docs/disclosure.md).
     dp_epsilon_per_release = forms.FloatField(
-        label="Epsilon (ε) per release", min_value=1e-6, initial=1.0,
+        label="Epsilon (ε) per release", min_value=1e-6, required=False, initial=1.0,
         help_text="How much one submission's scores may reveal about any one row of your data: the sites add "
         "Gaussian noise to what they release so that no row changes what a vendor sees by more than a factor "
         "e^ε (with probability δ of more). Smaller is more private and noisier. Default 1. The privacy unit is "
         "one row of a site's test data. Fixed once the task has opened.",
     )  # fmt: skip
     dp_delta = forms.FloatField(
-        label="Delta (δ)", min_value=1e-12, max_value=0.000999, initial=1e-6,
+        label="Delta (δ)", min_value=1e-12, max_value=0.000999, required=False, initial=1e-6,
         help_text="The probability with which every ε guarantee on the task may fail; keep it well below "
         "1 / (rows at a site). Default 1e-6. Fixed once the task has opened.",
     )  # fmt: skip
     dp_vendor_epsilon = forms.FloatField(
-        label="Epsilon budget per vendor", min_value=1e-6, initial=10.0,
+        label="Epsilon budget per vendor", min_value=1e-6, required=False, initial=10.0,
         help_text="What one vendor organization may learn from your rows over all its submissions (ε add up, "
         "composed by a zCDP accountant): at the defaults (ε 1 per release) about 60 submissions. An upload that "
         "would pass it is refused. Default 10.",
     )  # fmt: skip
     dp_task_epsilon = forms.FloatField(
-        label="Epsilon budget for all vendors", min_value=1e-6, initial=20.0,
+        label="Epsilon budget for all vendors", min_value=1e-6, required=False, initial=20.0,
         help_text="What all vendors together may learn from your rows, however many organizations they open. "
         "Default 20. The public and the private split each have these budgets; a row is in one split only.",
     )  # fmt: skip
     release_delay_seconds = forms.IntegerField(
-        label="Release delay (seconds)", min_value=0, initial=60,
+        label="Release delay (seconds)", min_value=0, required=False, initial=60,
         help_text="Results become visible at upload + a multiple of this, so how long a model runs on your data "
         "tells no one anything; vendors see “pending” until then. Default 60; 0 shows results as soon as they are "
         "in.",
     )  # fmt: skip
     ladder_threshold = forms.FloatField(
-        label="Ladder threshold", min_value=0.0, initial=0.01,
+        label="Ladder threshold", min_value=0.0, required=False, initial=0.01,
         help_text="Ladder mode only: a submission's score is shown only if it beats the vendor's best by at least "
         "this much on the primary metric. Default 0.01.",
     )  # fmt: skip
@@ -385,7 +385,8 @@ class TaskForm(forms.Form):
             "requires_job_approval": data["requires_job_approval"],
             "requires_release_approval": data["requires_release_approval"],
             "failed_jobs_consume_quota": data["failed_jobs_consume_quota"],
-            **{k: data[k] for k in DP_FIELDS},
+            # A privacy field left empty keeps the task's value (or the default).
+            **{k: data[k] for k in DP_FIELDS if data.get(k) is not None},
             "fine_tuning_allowed": data["fine_tuning_allowed"],
             # An FL field left out keeps the task's value (or the default); an empty cap means "no cap".
             **{k: data[k] for k in FL_FIELDS if data.get(k) not in (None, "") or k == "fl_epsilon_cap"},

@@ -74,7 +74,7 @@ def score(site_handle, submission, metrics: dict | None = None, *, show: bool = 
     return Job.objects.get(id=job_id)
 
 
-def fail(site_handle, submission, reason: str = "data_unavailable", *, show: bool = True) -> Job:
+def fail(site_handle, submission, reason: str = "artifact_mismatch", *, show: bool = True) -> Job:
     """A failure before the model saw any data (the only kind a site posts as a failure)."""
     job_id = _claim(site_handle, submission)
     body = {"agent_id": "agent-1", "reason": reason}

@@ -18,7 +18,7 @@ from marketplace.submissions.models import Submission
 from marketplace.submissions.services import submission_check
 from tests.conftest import TASK_SPEC, make_task
 from tests.finetuning.conftest import make_parent, secagg_round, sites_for, start_run, updates_for
-from tests.portal.helpers import score, upload_model
+from tests.portal.helpers import score, upload_model, visible
 
 ROLES = ["visitor", "outsider", "vendor", "second_vendor", "owner", "other_owner"]
 LOGIN = "login"
@@ -38,7 +38,7 @@ def fl(owner, vendor):
     """A task that allows fine-tuning, three sites with its data, a scored TorchScript parent."""
     task = make_task(owner, title="FL task", fine_tuning_allowed=True)
     sites = sites_for(owner, task, 3)
-    parent = make_parent(vendor, task)
+    parent = visible(make_parent(vendor, task))
     return {"task": task, "sites": sites, "parent": parent}
 
 

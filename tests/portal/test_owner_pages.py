@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 
 import pytest
 
@@ -22,7 +23,8 @@ FULL_FORM = {
     "max_output_mb": "32", "show_per_site": "on", "min_test_rows": "40", "public_split_fraction": "0.5",
     "leaderboard_mode": "ladder", "requires_job_approval": "on", "fine_tuning_allowed": "on",
     "final_submissions": "3", "requires_release_approval": "on", "failed_jobs_consume_quota": "",
-    "leakage_cap_bits": "64.5",
+    "dp_epsilon_per_release": "0.5", "dp_delta": "1e-7", "dp_vendor_epsilon": "6", "dp_task_epsilon": "15",
+    "release_delay_seconds": "120", "ladder_threshold": "0.02",
 }  # fmt: skip
 
 
@@ -46,7 +48,38 @@ def test_owner_creates_a_task_with_every_policy_field(owner, web):
     assert (
         task.final_submissions == 3 and task.requires_release_approval and not task.failed_jobs_consume_quota
     )
-    assert task.leakage_cap_bits == 64.5
+    assert (task.dp_epsilon_per_release, task.dp_delta, task.dp_vendor_epsilon, task.dp_task_epsilon) == (
+        0.5, 1e-7, 6.0, 15.0,
+    )  # fmt: skip
+    assert (task.release_delay_seconds, task.ladder_threshold) == (120, 0.02)
+
+
+def test_a_new_task_takes_the_privacy_defaults(owner, web):
+    form = {k: v for k, v in FULL_FORM.items() if not k.startswith(("dp_", "release_", "ladder_"))}
+    page = web(owner).get("/manage/tasks/new/").content.decode()
+    for name, value in (("dp_epsilon_per_release", "1.0"), ("dp_delta", "1e-06"), ("dp_vendor_epsilon", "10.0"),
+                        ("dp_task_epsilon", "20.0"), ("release_delay_seconds", "60"), ("ladder_threshold", "0.01")):  # fmt: skip
+        assert re.search(rf'<input[^>]*name="{name}"[^>]*value="{re.escape(value)}"', page), name
+    # A form without them keeps the defaults.
+    assert web(owner).post("/manage/tasks/new/", form).status_code == 302
+    task = Task.objects.get()
+    assert (task.dp_epsilon_per_release, task.dp_delta, task.dp_vendor_epsilon, task.dp_task_epsilon) == (
+        1.0, 1e-6, 10.0, 20.0,
+    )  # fmt: skip
+    assert (task.release_delay_seconds, task.ladder_threshold) == (60, 0.01)
+
+
+def test_a_regression_task_needs_its_target_range(owner, web):
+    regression = {**FULL_FORM, "task_type": "regression", "n_classes": "", "metric_roc_auc": "", "metric_log_loss": "",
+                  "metric_mean_absolute_error": "on", "primary_metric": "mean_absolute_error"}  # fmt: skip
+    response = web(owner).post("/manage/tasks/new/", regression)
+    assert response.status_code == 400
+    assert "target_range" in " ".join(response.context["form"].errors["target_min"])
+    response = web(owner).post("/manage/tasks/new/", {**regression, "target_min": "5", "target_max": "1"})
+    assert response.status_code == 400 and "lo < hi" in " ".join(response.context["form"].errors["target_min"])
+    response = web(owner).post("/manage/tasks/new/", {**regression, "target_min": "0", "target_max": "50"})
+    assert response.status_code == 302
+    assert Task.objects.get().input_spec == {"n_features": 12, "dtype": "float64", "target_range": [0.0, 50.0]}
 
 
 def test_task_form_shows_the_services_refusals_on_the_form(owner, web):
@@ -89,6 +122,8 @@ def test_owner_opens_and_closes_a_task(owner, web):
     assert task.status == "open" and task.opens_at is not None
     page = client.post(f"/manage/tasks/{task.id}/open/", follow=True).content.decode()
     assert "Only a draft task can be opened." in page
+    page = client.get(f"/manage/tasks/{task.id}/close/").content.decode()
+    assert "Close the task" in page and task.status == "open"
     client.post(f"/manage/tasks/{task.id}/close/")
     task.refresh_from_db()
     assert task.status == "closed"

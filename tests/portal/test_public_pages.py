@@ -26,7 +26,7 @@ def board(owner, vendor, second_vendor):
 
 def test_home_lists_public_tasks_with_search_and_filters(owner, web):
     make_task(owner, title="Sepsis onset")
-    make_task(owner, title="Fraud detection", task_type="regression", input_spec={"n_features": 3},
+    make_task(owner, title="Fraud detection", task_type="regression", input_spec={"n_features": 3, "target_range": [0, 1]},
               metrics=[{"name": "r2", "decimals": 3}], primary_metric="r2")  # fmt: skip
     closed = make_task(owner, title="Closed churn")
     task_close(task=closed, actor=owner.user)

@@ -19,7 +19,7 @@ from marketplace.leaderboard.selectors import PRIVATE, leaderboard_best_over_tim
 from marketplace.portal.charts import best_score_chart
 from marketplace.portal.views._common import funnelled
 from marketplace.submissions.selectors import quota_usage
-from marketplace.submissions.visibility import MECHANISM, privacy_budget_of
+from marketplace.submissions.visibility import privacy_budget_of
 
 
 def home(request):
@@ -71,7 +71,6 @@ def task_detail(request, task_id: int):
         for vendor in vendors
     ]
     context["privacy"] = privacy_budget_of(task=task, vendor_id=None)
-    context["mechanism"] = MECHANISM
     return render(request, "portal/task_detail.html", context)
 
 
