@@ -207,6 +207,8 @@ def _record_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
             return job, False
         raise Conflict("A different result was already recorded for this job.", code="already_reported")
     _require_reportable(job, agent_id)
+    if job.kind != JobKind.EVALUATE:
+        raise Conflict("Only an evaluation job releases statistics.", code="invalid_state")
     release = release_check(task=job.submission.task, shard=_shard_of(job), body=body, private=False)
     _verify_receipt(body, ledger)
     egress_record_create(

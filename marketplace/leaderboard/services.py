@@ -4,7 +4,14 @@ from marketplace.audit.services import audit_record
 from marketplace.budgets.services import budget_refund
 from marketplace.catalog.metric_catalog import HIGHER, metric_direction
 from marketplace.catalog.models import LeaderboardMode, Task
-from marketplace.jobs.models import TERMINAL_STATUSES, Job, JobKind, JobStatus
+from marketplace.jobs.models import (
+    PRE_DATA_REASONS,
+    TERMINAL_STATUSES,
+    FailureReason,
+    Job,
+    JobKind,
+    JobStatus,
+)
 from marketplace.jobs.releases import release_spec
 from marketplace.leaderboard.aggregation import ladder_improves, pooled_metrics
 from marketplace.leaderboard.models import LeaderboardEntry
@@ -12,6 +19,7 @@ from marketplace.submissions.models import Submission, SubmissionStatus
 from marketplace.submissions.quotas import quota_refund
 from marketplace.submissions.services import submission_mark_visible
 
+REFUNDABLE_REASONS = PRE_DATA_REASONS - {FailureReason.AGENT_LOST}
 FINAL_STATUSES = {SubmissionStatus.SCORED, SubmissionStatus.FAILED, SubmissionStatus.REJECTED}
 
 
@@ -36,7 +44,9 @@ def _fail(submission: Submission, jobs: list[Job]) -> None:
     submission.status = SubmissionStatus.FAILED
     submission.status_reason = failed[0].failure_reason or failed[0].status
     update_fields = ["status", "status_reason", "results_visible_at", "updated_at"]
-    if not any(job.status == JobStatus.SUCCEEDED for job in jobs):
+    # Refund only when nothing left any site and no model may have run on data: a lost agent may
+    # have been brought down by the model, so its job is paid for.
+    if all(job.status == JobStatus.REJECTED or job.failure_reason in REFUNDABLE_REASONS for job in jobs):
         budget_refund(submission=submission, reason=submission.status_reason)
     if not submission.task.failed_jobs_consume_quota and not submission.quota_refunded:
         quota_refund(

@@ -210,3 +210,23 @@ def test_visitor_sees_public_leaderboards_only(owner, visitor):
     assert visitor.get(f"/api/v1/tasks/{draft.id}/leaderboard").status_code == 404
     assert owner.client.get(f"/api/v1/tasks/{invite.id}/leaderboard").status_code == 200
     assert owner.client.get(f"/api/v1/tasks/{draft.id}/leaderboard").status_code == 200
+
+
+def test_a_lost_agent_is_not_refunded(owner, vendor, site, settings, django_capture_on_commit_callbacks):
+    """The model may have brought the agent down after seeing data: the release stays paid for."""
+    from django.utils import timezone
+
+    from marketplace.jobs.models import Job
+    from marketplace.jobs.services import jobs_requeue_expired
+
+    settings.VAULTBENCH_MAX_JOB_ATTEMPTS = 1
+    task = make_task(owner)
+    register_shard(site, task)
+    submission = submit(vendor, task)
+    job = claim(site)
+    Job.objects.filter(id=job["id"]).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert jobs_requeue_expired() == 1
+    submission.refresh_from_db()
+    assert (submission.status, submission.status_reason) == ("failed", "agent_lost")
+    assert PrivacyCharge.objects.get(submission=submission).refunded is False
