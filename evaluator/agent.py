@@ -262,9 +262,15 @@ class Agent:
         the hub, holds them. A job the hub does not list is never revealed."""
         work = self.client.pending_work()
         decisions = {str(d["job_id"]): d["decision"] for d in work.get("releases", [])}
-        for job_id, held in self.state.held().items():
-            decision = held.get("local_decision") or decisions.get(job_id)
+        for job_id, listed in self.state.held().items():
+            decision = listed.get("local_decision") or decisions.get(job_id)
             if decision not in ("approved", "refused"):
+                continue
+            if self.state.is_posted(job_id):  # posted, then stopped before unholding
+                self.state.unhold(job_id)
+                continue
+            held = self.state.claim("held", job_id, owner=self.client.agent_id)
+            if held is None:  # another agent of the site is releasing it
                 continue
             if decision == "approved" and "terms" in held:
                 terms = ReleaseTerms.from_json(held["terms"])
@@ -283,13 +289,14 @@ class Agent:
         """Release one job's sealed private statistics: reserve the private split's cost, draw
         fresh noise, ledger, post to private-result."""
         key = _private_key(job_id)
-        sealed = self.state.sealed(job_id)
         if self.state.is_posted(key):
-            if sealed is not None:  # posted, then stopped before unsealing
-                self.state.unseal(job_id)
+            self.state.unseal(job_id)  # posted, then stopped before unsealing
             return
-        if sealed is None:
+        if self.state.sealed(job_id) is None:
             log.warning("job %s: the hub asks for a reveal but this site kept no private statistics for it", job_id)
+            return
+        sealed = self.state.claim("sealed", job_id, owner=self.client.agent_id)
+        if sealed is None:  # another agent of the site is revealing it
             return
         if "terms" not in sealed:
             log.warning("job %s: the sealed private scores predate noised releases; not revealing them", job_id)

@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,21 @@ class AgentState:
     def unseal(self, job_id: int | str) -> None:
         with self._locked(write=True) as data:
             data["sealed"].pop(str(job_id), None)
+
+    def claim(self, section: str, job_id: int | str, *, owner: str, stale_after: float = 600.0) -> dict[str, Any] | None:
+        """Take the right to release a ``held`` or ``sealed`` item, so that two agents of the site
+        never both release it (a reveal draws fresh noise: twice would be two releases). Returns
+        the item, or None when it is gone or another agent claimed it less than ``stale_after``
+        seconds ago (an agent that died mid-release loses its claim then)."""
+        with self._locked(write=True) as data:
+            item = data[section].get(str(job_id))
+            if item is None:
+                return None
+            claim = item.get("claimed_by")
+            if claim and claim.get("owner") != owner and time.time() - float(claim.get("at", 0)) < stale_after:
+                return None
+            item["claimed_by"] = {"owner": owner, "at": time.time()}
+            return dict(item)
 
     def hold(self, job_id: int | str, release: Mapping[str, Any]) -> None:
         with self._locked(write=True) as data:

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from evaluator.privacy.statistics import ReleaseSpec, check_statistics, metrics_from_statistics, pool
 from tests.e2e.conftest import EXAMPLES, e2e_task, wait_for, wait_for_submission
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -23,16 +24,20 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transa
 GROUPS = ([0, 1, 2, 3], [4, 5, 6], [7, 8, 9])
 
 
+SPEC = ReleaseSpec(task_type="multiclass_classification", metric_names=("accuracy",), n_classes=10)
+
+
 def _accuracy(site_dirs, submission_id):
-    correct = rows = 0
+    """The pooled accuracy of what the sites released (noised statistics) for the submission."""
+    released, rows = [], 0
     for site_dir in site_dirs:
         for entry in site_dir.ledger_entries():
-            if entry.kind == "metrics" and str(entry.submission_id) == str(submission_id):
+            if entry.kind == "metrics" and entry.split == "public" and str(entry.submission_id) == str(submission_id):
                 body = json.loads(entry.payload)
-                correct += body["metrics"]["accuracy"] * body["n_rows"]
+                released.append(check_statistics(SPEC, body["statistics"]))
                 rows += body["n_rows"]
-    assert rows, f"no metrics released for submission {submission_id}"
-    return correct / rows
+    assert rows, f"no statistics released for submission {submission_id}"
+    return metrics_from_statistics(SPEC, pool(SPEC, released), rows)["accuracy"]
 
 
 def test_finetuning_with_secure_aggregation_beats_the_parent(

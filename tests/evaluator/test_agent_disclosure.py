@@ -91,6 +91,27 @@ def test_a_reveal_that_would_pass_the_sites_private_budget_is_not_sent(hub, data
     assert [e.split for e in _entries(data_dir)] == ["public"]
 
 
+def test_two_agents_of_a_site_reveal_a_job_once(hub, data_dir):
+    hub.add_job(public_split_fraction=0.5, split_seed=SEED)
+    make_agent(hub, data_dir, FakeSandbox()).run_once()
+    hub.pending_work = {"releases": [], "reveals": [12]}
+    agents = [make_agent(hub, data_dir, FakeSandbox(), agent_id=f"agent-{i}") for i in range(4)]
+    start = threading.Barrier(len(agents))
+
+    def reveal(agent):
+        start.wait()
+        agent.apply_pending_work()
+
+    threads = [threading.Thread(target=reveal, args=(a,)) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(hub.private_results) == 1  # one draw of noise, one release
+    assert [e.split for e in _entries(data_dir)] == ["public", "private"]
+    assert budget(data_dir).usage(task_id=3, split="private").spent == pytest.approx(RHO)
+
+
 def test_held_result_leaves_only_after_the_owners_decision_on_the_hub(hub, data_dir):
     hub.add_job(requires_release_approval=True)
     agent = make_agent(hub, data_dir, FakeSandbox())

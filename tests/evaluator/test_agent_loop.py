@@ -238,9 +238,9 @@ class FakeSandbox:
         )
 
 
-def make_agent(hub, data_dir, sandbox, **config_overrides):
+def make_agent(hub, data_dir, sandbox, *, agent_id="agent-1", **config_overrides):
     config = make_config(hub, data_dir, **config_overrides)
-    client = HubClient.from_config(config, agent_id="agent-1", sleep=lambda s: time.sleep(0.001))
+    client = HubClient.from_config(config, agent_id=agent_id, sleep=lambda s: time.sleep(0.001))
     return Agent(config, client, sandbox_runner=sandbox)
 
 
