@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from evaluator.federated.updates import dequantize, quantization_error_bound
+from marketplace.budgets.models import PrivacyCharge
 from marketplace.egress.models import EgressRecord
 from marketplace.finetuning.models import FineTuningRun, ProtocolMessage, RoundRecord
 from marketplace.finetuning.offsets import layout_of, offset_from_bytes
@@ -81,6 +82,8 @@ def test_three_site_secure_run_matches_fedavg_and_creates_the_fine_tuned_submiss
     child.refresh_from_db()
     assert child.status == SubmissionStatus.EVALUATING
     assert Job.objects.filter(submission=child, kind="evaluate").count() == 3
+    # Its evaluation is paid from the vendor's privacy budget like an upload's.
+    assert PrivacyCharge.objects.get(submission=child, split="public").refunded is False
     assert set(Job.objects.filter(fl_participant__run=run).values_list("status", flat=True)) == {
         JobStatus.SUCCEEDED
     }
