@@ -1,7 +1,9 @@
 """The whole story in a real browser, with real site agents running real sandboxes:
-an owner publishes a task, a vendor asks for access, the owner approves, the vendor uploads a
-model, 'my submissions' updates live as the sites score it, the leaderboard shows it, and the
-owner reads the ledger and exports it as CSV. Screenshots of the main pages go to docs/screenshots/.
+an owner publishes a task with its privacy policy, a vendor asks for access, the owner approves,
+the vendor reads its privacy budget and uploads a model, 'my submissions' shows it pending until
+its release time and then its (differentially private) scores, the leaderboard shows it, the owner
+reads the ledger in (epsilon, delta), exports it as CSV, and closes the task through its
+confirmation page. Screenshots of the main pages go to docs/screenshots/.
 """
 
 import csv
@@ -65,6 +67,8 @@ def test_owner_publishes_vendor_uploads_sites_score_owner_audits(new_page, agent
     owner.get_by_label("Primary metric (ranks the leaderboard)").select_option("roc_auc")
     owner.get_by_label("Minimum test rows per site").fill("20")
     owner.get_by_label("Sandbox timeout (seconds)").fill("120")
+    owner.get_by_label("Release delay (seconds)").fill("20")
+    expect(owner.get_by_label("Epsilon (ε) per release")).to_have_value("1.0")
     screenshot(owner, "owner-task-form")
     owner.get_by_role("button", name="Save draft").click()
     expect(owner.locator("[data-task-status]")).to_have_text("Draft")
@@ -111,9 +115,15 @@ def test_owner_publishes_vendor_uploads_sites_score_owner_audits(new_page, agent
     owner.get_by_role("button", name="Approve Acme Models for Breast cancer screening").click()
     expect(owner.get_by_text("No access request waits for you.")).to_be_visible()
 
-    # The vendor uploads a model; the browser checks the file first, then shows the upload's progress.
+    # The vendor reads its privacy budget, then uploads a model; the browser checks the file first,
+    # then shows the upload's progress.
     vendor.reload()
+    budget = vendor.locator("[data-privacy-budget]")
+    expect(budget).to_contain_text("ε = 0.00 spent of 10")
+    left = int(budget.locator("[data-submissions-left]").inner_text().split()[0])
+    expect(vendor.locator("[data-privacy-policy]")).to_contain_text("ε = 1, δ = 1e-06 per submission")
     vendor.get_by_role("link", name="Upload a model").click()
+    expect(vendor.locator("[data-privacy-budget]")).to_contain_text(f"{left} more uploads")
     vendor.get_by_label("Model name").fill("Logistic regression")
     vendor.get_by_label("Format").select_option("onnx")
     vendor.get_by_label("Model file").set_input_files(str(vendor_model))
@@ -125,20 +135,24 @@ def test_owner_publishes_vendor_uploads_sites_score_owner_audits(new_page, agent
     vendor.get_by_role("button", name="Upload").click()
     vendor.wait_for_url("**/submissions/")
 
-    # 'My submissions' follows the sites live (htmx polling): no reload happens while they score.
+    # 'My submissions' shows it pending, with no site's progress, until its release time (upload + a
+    # multiple of 20 s), then its scores, live (htmx polling): no reload happens meanwhile.
     vendor.evaluate("window.__stayed = true")
     row = vendor.locator("tr", has_text="Logistic regression")
-    screenshot(vendor, "vendor-submissions-running")
+    expect(row.locator("[data-status]")).to_have_text("Pending")
+    expect(row.locator("[data-pending-until]")).to_contain_text("until ~")
+    screenshot(vendor, "vendor-submissions-pending")
     try:
         expect(row.locator("[data-status]")).to_have_text("Scored", timeout=150_000)
     except AssertionError:
         print(agents.logs())
         raise
-    expect(row.locator("[data-job]")).to_have_count(2)
+    expect(row.locator("[data-scores]")).to_contain_text(re.compile(r"roc_auc 0\.\d{4}"))
     for name in SITES:
-        expect(row.locator("[data-job]", has_text=name)).to_contain_text("Scored")
+        expect(row).not_to_contain_text(name)
     assert vendor.evaluate("window.__stayed === true")
     expect(vendor.locator("[data-quota-today]")).to_have_text("4 of 5")
+    expect(vendor.locator("[data-privacy-left]")).to_contain_text(f"{left - 1} upload")
     screenshot(vendor, "vendor-submissions")
 
     # The leaderboard shows it, with the policy's decimals and the best-score chart.
@@ -166,3 +180,16 @@ def test_owner_publishes_vendor_uploads_sites_score_owner_audits(new_page, agent
     assert {r["site"] for r in rows} == set(SITES)
     assert {r["vendor"] for r in rows} == {"Acme Models"} and {r["kind"] for r in rows} == {"metrics"}
     assert all(len(r["sha256"]) == 64 and int(r["bytes"]) > 0 for r in rows)
+    # One figure everywhere: each site's release cost epsilon 1 at delta 1e-6, as the task says.
+    assert all(float(r["epsilon"]) == 1.0 and float(r["delta"]) == 1e-6 and float(r["rho"]) > 0 for r in rows)
+    owner.get_by_label("Task").select_option(label="Breast cancer screening")
+    owner.get_by_role("button", name="Filter").click()
+    expect(owner.locator("[data-leakage-row] [data-epsilon-public]")).to_have_text("1.000")
+
+    # The owner closes the task through its confirmation page (no private split: nothing to reveal).
+    owner.goto(f"/manage/tasks/{task_id}/")
+    owner.get_by_role("link", name="Close the task…").click()
+    expect(owner.get_by_text("nothing more is revealed")).to_be_visible()
+    screenshot(owner, "owner-close")
+    owner.get_by_role("button", name="Close the task").click()
+    expect(owner.locator("[data-task-status]")).to_have_text("Closed")
