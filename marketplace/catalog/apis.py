@@ -150,12 +150,25 @@ class TaskOpenApi(APIView):
         return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
 
 
+class TaskCloseInput(serializers.Serializer):
+    reveal = serializers.ListField(
+        child=serializers.IntegerField(), required=False,
+        help_text="The submission ids of the close plan the owner confirms (GET close-plan); "
+        "if the plan has changed since, the close is refused with plan_changed",
+    )  # fmt: skip
+
+
 class TaskCloseApi(APIView):
+    """Closing approves the reveals of the close plan (the finals that fit the private budgets)."""
+
     permission_classes = [IsPerson]
 
-    @extend_schema(request=None, responses=TaskOutput, tags=["tasks"])
+    @extend_schema(request=TaskCloseInput, responses=TaskOutput, tags=["tasks"])
     def post(self, request, task_id: int):
-        task_close(task=access_task_for_owner(request.user, task_id), actor=request.user)
+        task = access_task_for_owner(request.user, task_id)
+        data = TaskCloseInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        task_close(task=task, actor=request.user, confirmed_reveals=data.validated_data.get("reveal"))
         return Response(TaskOutput(access_task_by_id(request.user, task_id)).data)
 
 

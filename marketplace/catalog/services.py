@@ -163,14 +163,24 @@ def task_close_plan(*, task: Task) -> dict:
 
 
 @transaction.atomic
-def task_close(*, task: Task, actor) -> Task:
+def task_close(*, task: Task, actor, confirmed_reveals: list[int] | None = None) -> Task:
     """Closes the task. The owner confirming the close approves the reveals of its plan: their
-    private budget is reserved now, and only they are listed to the sites (job_reveals_for_site)."""
+    private budget is reserved now, and only they are listed to the sites (job_reveals_for_site).
+    ``confirmed_reveals``: the submission ids the owner was shown; if the plan has changed since,
+    nothing is closed (409 plan_changed)."""
     from marketplace.leaderboard.closing import close_plan, close_reveals_approve
 
     task = Task.objects.select_for_update().get(id=task.id)
     if task.status != TaskStatus.OPEN:
         raise Conflict("Only an open task can be closed.", code="invalid_state")
+    if confirmed_reveals is not None:
+        planned = sorted(row["submission_id"] for row in close_plan(task)["reveal"])
+        if sorted(confirmed_reveals) != planned:
+            raise Conflict(
+                "What the close would reveal has changed since it was shown: review the close plan again.",
+                code="plan_changed",
+                details={"reveal": planned},
+            )
     task.status = TaskStatus.CLOSED
     task.closes_at = timezone.now()
     task.save(update_fields=["status", "closes_at", "updated_at"])

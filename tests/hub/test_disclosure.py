@@ -403,3 +403,18 @@ def test_sites_of_another_owner_cannot_reveal_or_hold(owner, other_owner, vendor
     )
     assert response.status_code in (400, 404)
     assert not Result.objects.exists()
+
+
+def test_closing_with_a_confirmed_plan_that_has_changed_closes_nothing(owner, vendor, closing):
+    task, subs, _ = closing
+    shown = [row["submission_id"] for row in owner.client.get(f"/api/v1/tasks/{task.id}/close-plan").json()["reveal"]]
+    # The vendor changes its final after the owner looked.
+    assert vendor.client.post(f"/api/v1/submissions/{subs['second'].id}/unnominate").status_code == 200
+    stale = owner.client.post(f"/api/v1/tasks/{task.id}/close", {"reveal": shown}, format="json")
+    assert stale.status_code == 409 and error_code(stale) == "plan_changed"
+    task.refresh_from_db()
+    assert task.status == "open" and not PrivacyCharge.objects.filter(split="private").exists()
+    current = stale.json()["error"]["details"]["reveal"]
+    closed = owner.client.post(f"/api/v1/tasks/{task.id}/close", {"reveal": current}, format="json")
+    assert closed.status_code == 200 and closed.json()["status"] == "closed"
+    assert sorted(e.submission_id for e in LeaderboardEntry.objects.filter(reveal_approved=True)) == sorted(current)
