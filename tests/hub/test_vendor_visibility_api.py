@@ -181,3 +181,23 @@ def test_release_time_is_the_next_point_of_the_grid():
     )
     now = created + timedelta(seconds=5)
     assert release_time(created_at=created, delay_seconds=0, now=now) == now
+
+
+def test_submission_list_query_count_does_not_grow_with_submissions(owner, vendor, site, django_assert_max_num_queries):
+    task = make_task(owner, release_delay_seconds=0, quota_per_day=20)
+    register_shard(site, task)
+
+    def scored(n):
+        for i in range(n):
+            submission = submit(vendor, task, name=f"m{i}")
+            post_result(site, claim(site)["id"])
+            _aggregate(submission)
+
+    scored(2)
+    with django_assert_max_num_queries(5):
+        assert len(vendor.client.get("/api/v1/submissions").json()["results"]) == 2
+    scored(4)
+    for persona in (vendor, owner):
+        with django_assert_max_num_queries(5):
+            results = persona.client.get("/api/v1/submissions").json()["results"]
+        assert len(results) == 6 and all(r["status"] == "scored" and r["metrics"] for r in results)
