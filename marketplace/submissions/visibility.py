@@ -139,11 +139,12 @@ def submission_view_for(
     return visible
 
 
-def check_nominable(view: dict) -> None:
-    """A vendor nominates only what it has seen scored: accepting a nomination earlier would tell
-    it the outcome before its release time. (submission_nominate checks the true status again.)"""
+def check_nominable(view: dict, *, action: str = "nominated") -> None:
+    """A vendor acts only on what it has seen scored (nominating, fine-tuning): accepting the action
+    earlier would tell it the outcome before its release time. The services check the true
+    status again."""
     if view["status"] != SubmissionStatus.SCORED:
-        raise Conflict("Only a scored submission can be nominated.", code="not_scored")
+        raise Conflict(f"Only a scored submission can be {action}.", code="not_scored")
 
 
 def submission_views_for(*, user, submissions: Iterable[Submission], now: datetime | None = None) -> list[dict]:

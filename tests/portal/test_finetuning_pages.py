@@ -196,6 +196,10 @@ def test_the_service_refusal_is_shown_on_the_form(owner, vendor, web):
     parent = make_parent(vendor, task)
     form = {"rounds": 5, "local_epochs": 1, "batch_size": 16, "learning_rate": 0.02, "strategy": "fedavg",
             "min_sites": 1, "round_timeout_seconds": 300}  # fmt: skip
+    # Scored, but not yet at its release time: refused as if it were still pending.
+    response = web(vendor).post(f"/submissions/{parent.id}/fine-tune/", form)
+    assert response.status_code == 400 and "Only a scored submission can be fine-tuned." in response.content.decode()
+    visible(parent)
     response = web(vendor).post(f"/submissions/{parent.id}/fine-tune/", form)
     assert response.status_code == 400
     assert "at least 3 sites" in response.content.decode()

@@ -21,6 +21,7 @@ from marketplace.finetuning.services import run_approve, run_reject, run_request
 from marketplace.portal.charts import round_curves_chart
 from marketplace.portal.forms import FineTuneForm
 from marketplace.portal.views._common import domain_error_to_form, owner_required, vendor_required
+from marketplace.submissions.visibility import check_nominable, submission_view_for
 
 WEIGHTED = "All sites (weighted)"
 
@@ -131,6 +132,7 @@ def finetune_new(request, submission_id: int):
     form = FineTuneForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
+            check_nominable(submission_view_for(user=request.user, submission=parent), action="fine-tuned")
             run = run_request(parent=parent, actor=request.user, **form.run_values())
         except DomainError as exc:
             domain_error_to_form(form, exc)
