@@ -32,6 +32,7 @@ from marketplace.finetuning.models import (
 )
 from marketplace.jobs.models import TERMINAL_STATUSES, Job, JobKind, JobStatus
 from marketplace.submissions.models import ArtifactFormat, Submission, SubmissionStatus
+from marketplace.submissions.visibility import results_are_visible
 
 TRAINABLE_FORMATS = {ArtifactFormat.TORCHSCRIPT, ArtifactFormat.PYTHON_PACKAGE}
 MAX_FAILED_ROUNDS = 3
@@ -181,7 +182,8 @@ def run_request(
         raise DomainError(
             "Only TorchScript and Python model packages can be fine-tuned.", code="not_trainable"
         )
-    if parent.status != SubmissionStatus.SCORED:
+    # "pending" until its release time, like every view of the vendor's (docs/disclosure.md).
+    if parent.status != SubmissionStatus.SCORED or not results_are_visible(parent, now=timezone.now()):
         raise Conflict("Only a scored submission can be fine-tuned.", code="not_scored")
     rounds = int(_number(rounds, "rounds", low=1, high=1000, integer=True))
     local_epochs = int(_number(local_epochs, "local_epochs", low=1, high=100, integer=True))

@@ -14,6 +14,7 @@ from marketplace.core.errors import Conflict, DomainError, PayloadTooLarge
 from marketplace.submissions.artifact_checks import artifact_check_format, sha256_of
 from marketplace.submissions.models import Submission, SubmissionStatus
 from marketplace.submissions.quotas import quota_consume, quota_refund
+from marketplace.submissions.visibility import results_are_visible
 
 
 @transaction.atomic
@@ -135,7 +136,9 @@ def submission_nominate(*, submission: Submission, final: bool, actor) -> Submis
     if task.status == TaskStatus.CLOSED:
         raise Conflict("The task has closed: final submissions are fixed.", code="task_closed")
     if final and not submission.is_final:
-        if submission.status != SubmissionStatus.SCORED:
+        # Before its release time a submission is "pending" to its vendor: the same answer
+        # whether it scored or not, or the refusal itself would release the outcome early.
+        if submission.status != SubmissionStatus.SCORED or not results_are_visible(submission, now=timezone.now()):
             raise Conflict("Only a scored submission can be nominated.", code="not_scored")
         chosen = Submission.objects.filter(task=task, vendor_id=submission.vendor_id, is_final=True).count()
         if chosen >= task.final_submissions:

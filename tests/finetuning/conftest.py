@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 from django.core.files.base import ContentFile
+from django.utils import timezone
 
 from evaluator.federated.secagg import (
     AdvertisedKeys,
@@ -48,6 +49,7 @@ def make_parent(
     submission = Submission(
         vendor=vendor.organization, task=task, created_by=vendor.user, name="base", artifact_format=fmt,
         original_filename="model.pt", size=len(data), sha256=hashlib.sha256(data).hexdigest(), status=status,
+        results_visible_at=timezone.now() if status == SubmissionStatus.SCORED else None,
     )  # fmt: skip
     submission.artifact.save("artifact", ContentFile(data), save=False)
     submission.save()
