@@ -1,9 +1,10 @@
-"""Hostile models through the whole pipeline: each ends its job with one coarse reason, the vendor
-sees that reason and nothing else, and the same agent goes on to score a good submission."""
+"""Hostile models through the whole pipeline: each fails after its model has seen data; the site
+releases the statistics of its fallback prediction (a score, priced like any release), the
+vendor sees that score and no reason, the owner's ledger keeps the reason, and the same agent
+goes on to score a good submission."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -58,7 +59,6 @@ def package(path: Path, source: str) -> Path:
 def marker_pickle(path: Path, marker_paths: list[Path]) -> Path:
     """A joblib file whose unpickling writes ``marker_paths`` (and prints what happened)."""
     code = f"""
-import json
 result = {{}}
 for p in {[str(p) for p in marker_paths]!r}:
     try:
@@ -72,18 +72,22 @@ print("PROBE " + json.dumps(result), flush=True)
     return path
 
 
-def vendor_view_is_coarse(hub_vendor, submission_id: int, reason: str) -> None:
-    """The vendor's API view: the coarse reason, no logs, no details, no per-site result."""
+def vendor_view_is_constant(hub_vendor, submission_id: int, reason: str) -> None:
+    """The vendor's API view of a model that failed after seeing data: an ordinary score, no
+    reason, no jobs, no logs, no details (docs/disclosure.md)."""
+    from marketplace.jobs.models import Job
+
     detail = hub_vendor.get(f"/api/v1/submissions/{submission_id}")
     assert detail.status_code == 200
     body = detail.json()
-    assert (body["status"], body["status_reason"]) == ("failed", reason)
-    assert [(job["status"], job["failure_reason"]) for job in body["jobs"]] == [("failed", reason)]
-    assert set(body["jobs"][0]) == {"id", "site", "status", "failure_reason"}
-    job = hub_vendor.get(f"/api/v1/jobs/{body['jobs'][0]['id']}").json()
-    assert (job["status"], job["failure_reason"], job["result"]) == ("failed", reason, None)
-    text = detail.text + json.dumps(job)
-    for leak in (SECRET, "Traceback", "PROBE", "exit", "log"):
+    assert (body["status"], body["status_reason"]) == ("scored", "")
+    assert not body.get("jobs")
+    (job,) = Job.objects.filter(submission_id=submission_id)
+    assert hub_vendor.get(f"/api/v1/jobs/{job.id}").status_code == 404
+    listing = hub_vendor.get("/api/v1/jobs").json()
+    assert (listing.get("results", []) if isinstance(listing, dict) else listing) == []
+    text = detail.text
+    for leak in (SECRET, "Traceback", "PROBE", "exit", "log", reason):
         assert leak not in text, leak
 
 
@@ -97,11 +101,11 @@ def vendor_view_is_coarse(hub_vendor, submission_id: int, reason: str) -> None:
         ("marker_pickle", "crashed"),
     ],
 )
-def test_hostile_model_fails_with_a_coarse_reason_and_the_agent_keeps_serving(
+def test_hostile_model_failing_after_seeing_data_gets_the_fallback_score_and_the_agent_keeps_serving(
     case, reason, owner, hub_vendor, make_site_dir, agents, example_artifacts, test_split, tmp_path
 ):
     features, labels = test_split
-    task = e2e_task(owner, resource_limits=HOSTILE_LIMITS)
+    task = e2e_task(owner, resource_limits=HOSTILE_LIMITS, release_delay_seconds=0)
     site_dir = make_site_dir("site-a")
     site_dir.register(task.id, features, labels)
     agent = agents(site_dir)
@@ -120,10 +124,12 @@ def test_hostile_model_fails_with_a_coarse_reason_and_the_agent_keeps_serving(
     }
     artifact, fmt = builders[case](tmp_path / case)
 
+    # The failure would be a channel the model picks: the site releases the statistics of its
+    # fallback prediction instead, priced like any release, and keeps the reason for the owner.
     hostile_id = hub_vendor.upload(task.id, artifact, fmt, name=case)
     hostile = wait_for_submission(hostile_id)
-    assert (hostile.status, hostile.status_reason) == ("failed", reason)
-    vendor_view_is_coarse(hub_vendor, hostile_id, reason)
+    assert (hostile.status, hostile.status_reason) == ("scored", "")
+    vendor_view_is_constant(hub_vendor, hostile_id, reason)
 
     # The same agent keeps serving: the next (good) submission is scored.
     good_id = hub_vendor.upload(task.id, example_artifacts["python_package"], "python_package", name="good")
@@ -131,9 +137,13 @@ def test_hostile_model_fails_with_a_coarse_reason_and_the_agent_keeps_serving(
     assert good.status == "scored"
     assert agent.is_alive() and agent.errors == []
 
-    # The failure left the site as a ledger entry too: one per job, nothing more.
-    entries = site_dir.ledger_entries()
-    assert sorted(e.kind for e in entries) == ["failure", "metrics"]
+    # One priced release per job in the site's ledger; the true reason only in the owner's note.
+    entries = {str(e.submission_id): e for e in site_dir.ledger_entries()}
+    assert sorted(e.kind for e in entries.values()) == ["metrics", "metrics"] and len(entries) == 2
+    fallback = entries[str(hostile_id)]
+    assert fallback.rho is not None and fallback.split == "public"
+    assert reason in fallback.note and entries[str(good_id)].note == ""
+    assert reason not in fallback.payload and SECRET not in fallback.payload
 
     if case == "marker_pickle":
         assert not hub_marker.exists()
