@@ -1,17 +1,28 @@
 """Every submission format, end to end: vendor upload over HTTP → hub checks → one job per site →
-three real agents claim over HTTP → real sandboxes → metrics → ledgers → leaderboard."""
+three real agents claim over HTTP → real sandboxes → noised statistics → ledgers → pooled
+leaderboard."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
 
+from evaluator.privacy.mechanism import noise_scales
+from evaluator.privacy.statistics import (
+    PLAUSIBLE_STDS,
+    ReleaseSpec,
+    check_statistics,
+    metrics_from_statistics,
+    pool,
+    sufficient_statistics,
+)
+from evaluator.privacy.zcdp import rho_for_epsilon
 from tests.e2e.conftest import e2e_task, wait_for_submission
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -51,23 +62,22 @@ def trusted_predict(fmt: str, artifact: Path, features: np.ndarray, tmp_path: Pa
     raise AssertionError(fmt)
 
 
-def hand_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    values = {
-        "roc_auc": skm.roc_auc_score(labels, probabilities[:, 1]),
-        "accuracy": skm.accuracy_score(labels, probabilities.argmax(axis=1)),
-    }
-    return {name: round(float(v), DECIMALS[name]) for name, v in values.items()}  # what a site releases
+SPEC = ReleaseSpec.for_task(task_type="binary_classification", metric_names=DECIMALS, input_spec={"n_classes": 2})
+
+
+def hand_statistics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    return sufficient_statistics(SPEC, labels, probabilities)
 
 
 @pytest.mark.parametrize("fmt", ["sklearn", "torchscript", "onnx", "python_package"])
-def test_every_format_is_scored_across_three_sites_with_metrics_equal_to_a_hand_computation(
+def test_every_format_is_scored_across_three_sites_from_the_noised_statistics_they_released(
     fmt, owner, hub_vendor, make_site_dir, agents, example_artifacts, test_split, tmp_path
 ):
     from marketplace.jobs.models import Job, JobStatus, Result
     from marketplace.leaderboard.models import LeaderboardEntry
 
     features, labels = test_split
-    task = e2e_task(owner)
+    task = e2e_task(owner, release_delay_seconds=0)
     shards = np.array_split(np.arange(len(labels)), len(SITES))
     sites = {}
     for name, rows in zip(SITES, shards, strict=True):
@@ -81,24 +91,32 @@ def test_every_format_is_scored_across_three_sites_with_metrics_equal_to_a_hand_
     submission = wait_for_submission(submission_id)
     assert (submission.status, submission.status_reason) == ("scored", "")
 
-    # The leaderboard row, through the public API, equals the hand computation.
+    # Each site released the noised statistics of what the model predicted on its rows: within
+    # the mechanism's noise of a trusted, in-process computation, and not equal to it.
+    released, total = [], 0
+    noise = noise_scales(SPEC, rho_for_epsilon(task.dp_epsilon_per_release, task.dp_delta))
+    for site_dir, rows in sites.values():
+        [entry] = [e for e in site_dir.ledger_entries() if str(e.submission_id) == str(submission_id)]
+        body = json.loads(entry.payload)
+        statistics = check_statistics(SPEC, body["statistics"])
+        exact = hand_statistics(trusted_predict(fmt, artifact, features[rows], tmp_path), labels[rows])
+        for block in SPEC.blocks:
+            assert np.all(np.abs(statistics[block] - exact[block]) <= PLAUSIBLE_STDS * noise[block] + 1e-6)
+        assert any(not np.allclose(statistics[b], exact[b]) for b in SPEC.blocks)
+        released.append(statistics)
+        total += body["n_rows"]
+    # The hub pools them: the leaderboard is the metrics of the sum, shown to the task's decimals.
+    expected = metrics_from_statistics(SPEC, pool(SPEC, released), total)
+    (entry,) = LeaderboardEntry.objects.filter(submission_id=submission_id)
+    assert entry.metrics == pytest.approx(expected, abs=1e-9)
     board = hub_vendor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()
     (row,) = board["rows"]
     assert row["submission_id"] == submission_id
-    per_site = []
-    for site_dir, rows in sites.values():
-        probabilities = trusted_predict(fmt, artifact, features[rows], tmp_path)
-        per_site.append((hand_metrics(probabilities, labels[rows]), len(rows)))
-    total = sum(n for _, n in per_site)
-    expected = {name: sum(m[name] * n for m, n in per_site) / total for name in DECIMALS}
-    # The hub stores the exact weighted mean and shows it rounded to the task's decimals.
-    (entry,) = LeaderboardEntry.objects.filter(submission_id=submission_id)
-    assert entry.metrics == pytest.approx(expected, abs=1e-12)
     assert row["metrics"] == {name: round(value, DECIMALS[name]) for name, value in expected.items()}
     assert row["n_rows"] == entry.n_rows == total == len(labels)
     assert row["n_sites"] == 3
 
-    # Each site's ledger: exactly one entry per job, with the hash the hub stored.
+    # Each site's ledger: exactly one entry per job, with the hash and cost the hub stored.
     for site_dir, rows in sites.values():
         job = Job.objects.get(submission_id=submission_id, site=site_dir.site)
         assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
@@ -108,4 +126,5 @@ def test_every_format_is_scored_across_three_sites_with_metrics_equal_to_a_hand_
         assert len(entries) == 1
         assert entries[0].sha256 == result.ledger_sha256
         assert entries[0].bytes == result.ledger_bytes
+        assert (entries[0].epsilon, entries[0].delta) == (task.dp_epsilon_per_release, task.dp_delta)
         assert len(site_dir.ledger_entries()) == 1  # nothing else left this site
