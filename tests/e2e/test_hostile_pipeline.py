@@ -59,6 +59,7 @@ def package(path: Path, source: str) -> Path:
 def marker_pickle(path: Path, marker_paths: list[Path]) -> Path:
     """A joblib file whose unpickling writes ``marker_paths`` (and prints what happened)."""
     code = f"""
+import json
 result = {{}}
 for p in {[str(p) for p in marker_paths]!r}:
     try:
