@@ -17,14 +17,15 @@ while True:
         headers = {"Authorization": f"Bearer {vendor['token']}"}
         submissions += requests.get(f"{hub}/api/v1/submissions", headers=headers, timeout=10).json()["results"]
     done = [s for s in submissions if s["status"] in FINAL]
-    print(f"  {len(done)} of {len(submissions)} submissions evaluated at every site", flush=True)
+    print(f"  {len(done)} of {len(submissions)} submissions released (pending until the task's release time)", flush=True)
     if submissions and len(done) == len(submissions):
         break
     if time.monotonic() > deadline:
         sys.exit("timed out waiting for the sites; see var/demo/logs/")
     time.sleep(5)
 for failed in (s for s in submissions if s["status"] != "scored"):
-    print(f"  {failed['name']}: {failed['status']} ({failed['status_reason']})")
+    # Vendors see "failed" with no reason; the owner's reasons are on the task's jobs page.
+    print(f"  {failed['name']}: {failed['status']} {failed.get('status_reason') or ''}")
 board = requests.get(f"{hub}/api/v1/tasks/{task_id}/leaderboard", timeout=10).json()
 names = list(board["rows"][0]["metrics"]) if board["rows"] else []
 print()
