@@ -67,14 +67,19 @@ class Command(BaseCommand):
                 ),
                 "task_type": "binary_classification",
                 "input_spec": {"n_features": 30, "dtype": "float32", "n_classes": 2},
-                # Each listed metric shares the release's noise (docs/disclosure.md): two.
+                # Each listed metric shares the release's noise (docs/disclosure.md): two. The
+                # 114 test rows are few: accuracy (one count) is the steadier primary metric.
                 "metrics": [
-                    {"name": "roc_auc", "decimals": 3},
                     {"name": "accuracy", "decimals": 3},
+                    {"name": "roc_auc", "decimals": 3},
                 ],
-                "primary_metric": "roc_auc",
-                # The defaults (epsilon 1 per release, 10 per vendor, 20 per task, delta 1e-6),
-                # with a short release grid so the demo's results show within seconds.
+                "primary_metric": "accuracy",
+                # An owner's choice for small shards: epsilon 2 per release (accuracy within
+                # about 0.025 of the exact value, BENCHMARKS.md), 11 uploads per vendor and 38
+                # in all; a short release grid so the demo's results show within seconds.
+                "dp_epsilon_per_release": 2.0,
+                "dp_vendor_epsilon": 8.0,
+                "dp_task_epsilon": 16.0,
                 "release_delay_seconds": 10,
                 "min_test_rows": 30,
                 "quota_per_day": 10,
