@@ -9,7 +9,7 @@ held-out split drawn with replacement, plus Gaussian noise of 1% of each feature
 deviation, keeping their real labels. The vendor uploads the sklearn example
 (docs/examples/make_sklearn_model.py) over HTTP; the real agent (evaluator.agent.Agent, real
 HubClient) runs one ``run_once()`` per job: heartbeat, claim, download + sha256, data load,
-sandbox (the real runner image), validation, metrics, ledger, result post.
+sandbox (the real runner image), validation, sufficient statistics + noise, ledger, result post.
 
 Baseline, in this process, same data, same model: ``predict_proba`` on all N rows (joblib.load
 excluded). The ratio is end-to-end job time / bare predict time, both medians of the same run.
@@ -49,7 +49,8 @@ sys.path.insert(0, str(REPO / "docs" / "examples"))
 
 from _common import load_split  # noqa: E402
 
-from evaluator import datasets, metrics, sandbox  # noqa: E402
+from evaluator import agent as agent_module  # noqa: E402
+from evaluator import datasets, sandbox  # noqa: E402
 from evaluator.agent import Agent  # noqa: E402
 from evaluator.artifacts import prepare_model, verify_sha256  # noqa: E402
 from evaluator.client import HubClient  # noqa: E402
@@ -318,7 +319,7 @@ PART_GROUPS = {
     "in container: unpickle + read features + predict + write": ["~model work"],
     "exit detection, logs, kill + remove": ["~sandbox other"],
     "predictions read + validate": ["predictions read"],
-    "metrics + disclosure": ["metrics"],
+    "statistics + noise (the DP release)": ["statistics", "noise"],
     "ledger + local state (fsync)": ["ledger", "state"],
 }
 
@@ -391,7 +392,8 @@ def measure(
         setattr(agent.state, name, TIMELINE.wrap("state", getattr(agent.state, name)))
     # Module functions the agent calls through its module references.
     datasets.load_task_data = TIMELINE.wrap("data load", datasets.load_task_data)
-    metrics.compute_metrics = TIMELINE.wrap("metrics", metrics.compute_metrics)
+    agent_module.sufficient_statistics = TIMELINE.wrap("statistics", agent_module.sufficient_statistics)
+    agent_module.gaussian_release = TIMELINE.wrap("noise", agent_module.gaussian_release)
 
     per_size = {}
     probe_features = None
