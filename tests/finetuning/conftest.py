@@ -43,13 +43,14 @@ def torchscript_bytes() -> bytes:
 
 
 def make_parent(
-    vendor, task, *, fmt: str = "torchscript", status: str = SubmissionStatus.SCORED
+    vendor, task, *, fmt: str = "torchscript", status: str = SubmissionStatus.SCORED, released: bool = True
 ) -> Submission:
+    """A submission to fine-tune; a scored one is past its release time unless ``released=False``."""
     data = torchscript_bytes()
     submission = Submission(
         vendor=vendor.organization, task=task, created_by=vendor.user, name="base", artifact_format=fmt,
         original_filename="model.pt", size=len(data), sha256=hashlib.sha256(data).hexdigest(), status=status,
-        results_visible_at=timezone.now() if status == SubmissionStatus.SCORED else None,
+        results_visible_at=timezone.now() if status == SubmissionStatus.SCORED and released else None,
     )  # fmt: skip
     submission.artifact.save("artifact", ContentFile(data), save=False)
     submission.save()

@@ -193,7 +193,7 @@ def test_mu_is_sent_only_with_fedprox(fl, vendor, web):
 def test_the_service_refusal_is_shown_on_the_form(owner, vendor, web):
     task = make_task(owner, title="Two sites", fine_tuning_allowed=True)
     sites_for(owner, task, 2)  # secure aggregation needs three
-    parent = make_parent(vendor, task)
+    parent = make_parent(vendor, task, released=False)
     form = {"rounds": 5, "local_epochs": 1, "batch_size": 16, "learning_rate": 0.02, "strategy": "fedavg",
             "min_sites": 1, "round_timeout_seconds": 300}  # fmt: skip
     # Scored, but not yet at its release time: refused as if it were still pending.
