@@ -28,6 +28,11 @@ class LeaderboardMode(models.TextChoices):
     LADDER = "ladder", "Ladder"
 
 
+# The default sandbox timeout (300 s) plus a minute for the queue: a model cannot move the time its
+# result shows by how long it runs, since the sandbox is killed first (docs/disclosure.md).
+DEFAULT_RELEASE_DELAY_SECONDS = 360
+
+
 def _new_split_seed() -> int:
     return secrets.randbelow(2**31)
 
@@ -78,7 +83,9 @@ class Task(models.Model):
     dp_vendor_epsilon = models.FloatField(default=10.0, help_text="What one vendor organization may spend")
     dp_task_epsilon = models.FloatField(default=20.0, help_text="What all vendors together may spend")
     release_delay_seconds = models.PositiveIntegerField(
-        default=60, help_text="Results become visible at upload + a multiple of this"
+        default=DEFAULT_RELEASE_DELAY_SECONDS,
+        help_text="Results become visible at upload + a multiple of this; longer than the sandbox timeout, "
+        "a model cannot move its release by how long it runs",
     )
     ladder_threshold = models.FloatField(
         default=0.01, help_text="Ladder: an entry improves only if it beats the vendor's best by this"

@@ -7,7 +7,15 @@ from django.utils.text import slugify
 
 from marketplace.accounts.models import Organization
 from marketplace.audit.services import audit_record
-from marketplace.catalog.models import AccessEvent, AccessEventKind, DataShard, Task, TaskStatus, Visibility
+from marketplace.catalog.models import (
+    DEFAULT_RELEASE_DELAY_SECONDS,
+    AccessEvent,
+    AccessEventKind,
+    DataShard,
+    Task,
+    TaskStatus,
+    Visibility,
+)
 from marketplace.catalog.selectors import access_state
 from marketplace.catalog.specs import (
     validate_fl_policy,
@@ -90,7 +98,7 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         delta=values.get("dp_delta", 1e-6),
         vendor_epsilon=values.get("dp_vendor_epsilon", 10.0),
         task_epsilon=values.get("dp_task_epsilon", 20.0),
-        release_delay_seconds=values.get("release_delay_seconds", 60),
+        release_delay_seconds=values.get("release_delay_seconds", DEFAULT_RELEASE_DELAY_SECONDS),
         ladder_threshold=values.get("ladder_threshold", 0.01),
     )
     validate_fl_policy(

@@ -7,7 +7,7 @@ from django.contrib.auth.forms import UsernameField
 
 from marketplace.accounts.models import MemberRole, OrganizationKind
 from marketplace.catalog.metric_catalog import METRICS
-from marketplace.catalog.models import LeaderboardMode, TaskType, Visibility
+from marketplace.catalog.models import DEFAULT_RELEASE_DELAY_SECONDS, LeaderboardMode, TaskType, Visibility
 from marketplace.catalog.specs import (
     MAX_CPUS,
     MAX_DECIMALS,
@@ -243,10 +243,11 @@ class TaskForm(forms.Form):
         "Default 20. The public and the private split each have these budgets; a row is in one split only.",
     )  # fmt: skip
     release_delay_seconds = forms.IntegerField(
-        label="Release delay (seconds)", min_value=0, required=False, initial=60,
-        help_text="Results become visible at upload + a multiple of this, so how long a model runs on your data "
-        "tells no one anything; vendors see “pending” until then. Default 60; 0 shows results as soon as they are "
-        "in.",
+        label="Release delay (seconds)", min_value=0, required=False, initial=DEFAULT_RELEASE_DELAY_SECONDS,
+        help_text="Results become visible at upload + a multiple of this; vendors see “pending” until then. Longer "
+        "than the sandbox timeout, how long a model runs on your data tells no one anything; shorter, a model can "
+        "move its result to a later multiple (a few bits per upload, not priced). Default 360 (the default "
+        "timeout of 300 s plus a minute); 0 shows results as soon as they are in.",
     )  # fmt: skip
     ladder_threshold = forms.FloatField(
         label="Ladder threshold", min_value=0.0, required=False, initial=0.01,

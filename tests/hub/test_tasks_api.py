@@ -94,7 +94,7 @@ def test_privacy_settings_have_real_defaults_and_are_exposed(owner):
     assert {k: body[k] for k in ("dp_epsilon_per_release", "dp_delta", "dp_vendor_epsilon", "dp_task_epsilon",
                                  "release_delay_seconds", "ladder_threshold")} == {
         "dp_epsilon_per_release": 1.0, "dp_delta": 1e-6, "dp_vendor_epsilon": 10.0, "dp_task_epsilon": 20.0,
-        "release_delay_seconds": 60, "ladder_threshold": 0.01,
+        "release_delay_seconds": 360, "ladder_threshold": 0.01,
     }  # fmt: skip
     assert "leakage_cap_bits" not in body
 

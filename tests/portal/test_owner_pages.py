@@ -58,7 +58,7 @@ def test_a_new_task_takes_the_privacy_defaults(owner, web):
     form = {k: v for k, v in FULL_FORM.items() if not k.startswith(("dp_", "release_", "ladder_"))}
     page = web(owner).get("/manage/tasks/new/").content.decode()
     for name, value in (("dp_epsilon_per_release", "1.0"), ("dp_delta", "1e-06"), ("dp_vendor_epsilon", "10.0"),
-                        ("dp_task_epsilon", "20.0"), ("release_delay_seconds", "60"), ("ladder_threshold", "0.01")):  # fmt: skip
+                        ("dp_task_epsilon", "20.0"), ("release_delay_seconds", "360"), ("ladder_threshold", "0.01")):  # fmt: skip
         assert re.search(rf'<input[^>]*name="{name}"[^>]*value="{re.escape(value)}"', page), name
     # A form without them keeps the defaults.
     assert web(owner).post("/manage/tasks/new/", form).status_code == 302
@@ -66,7 +66,7 @@ def test_a_new_task_takes_the_privacy_defaults(owner, web):
     assert (task.dp_epsilon_per_release, task.dp_delta, task.dp_vendor_epsilon, task.dp_task_epsilon) == (
         1.0, 1e-6, 10.0, 20.0,
     )  # fmt: skip
-    assert (task.release_delay_seconds, task.ladder_threshold) == (60, 0.01)
+    assert (task.release_delay_seconds, task.ladder_threshold) == (360, 0.01)
 
 
 def test_a_regression_task_needs_its_target_range(owner, web):
