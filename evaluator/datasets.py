@@ -13,16 +13,24 @@ parent of ``features.npy``) can never expose the labels. The labels folder and `
 owner-only (0700/0600); the features folder is world-readable (0755/0644) because the sandbox
 runs as uid 65534 and reads it through a read-only bind mount.
 
-The fingerprint is a sha256 over each stored array's dtype, shape and bytes; it is reported to
-the hub and checked again whenever the agent loads the data for a job.
+The fingerprint is an HMAC-SHA256, keyed with the site's own secret (``fingerprint.key`` in
+``data_dir``, 32 random bytes made at first use, 0600), over each stored array's dtype, shape and
+bytes; it is reported to the hub and checked again whenever the agent loads the data for a job.
+Keyed, because the hub (or whoever reads it) must be able to see that a shard changed but not to
+test which rows it holds: an unkeyed hash of a public subset would name the site holding it.
+Shards stored before the key (``meta.json`` without ``fingerprint_scheme``) are still verified
+with the old unkeyed sha256; registering them again replaces the value the hub holds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +47,9 @@ SPLITS = ("test", "train")
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0
 MIN_TRAIN_ROWS = 5
+FINGERPRINT_KEY_FILE = "fingerprint.key"
+FINGERPRINT_KEY_BYTES = 32
+FINGERPRINT_SCHEME = "hmac-sha256"
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -80,13 +91,69 @@ def task_dir(data_dir: str | os.PathLike[str], task_id: int | str) -> Path:
     return Path(data_dir) / "tasks" / tid
 
 
-def fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha256()
+def site_key(data_dir: str | os.PathLike[str], *, create: bool = True) -> bytes:
+    """The site's fingerprint key, made at first use: ``data_dir/fingerprint.key``, 0600.
+
+    Written under a temporary name and linked into place, so two agents starting at once agree
+    on one key and nobody ever reads a half-written one. ``create=False`` (verifying stored
+    data): a missing key is ``DataUnavailable``, never silently replaced."""
+    root = Path(data_dir)
+    path = root / FINGERPRINT_KEY_FILE
+    if create and not os.path.lexists(path):
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".key-")  # 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(FINGERPRINT_KEY_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another agent made it first: use theirs
+        finally:
+            os.unlink(tmp)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise DataUnavailable(f"cannot open the site's fingerprint key {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size != FINGERPRINT_KEY_BYTES:
+            raise DataUnavailable(f"{path} is not a {FINGERPRINT_KEY_BYTES}-byte key file")
+        if st.st_mode & 0o077:
+            os.fchmod(fh.fileno(), 0o600)  # e.g. restored from a backup with loose modes
+        return fh.read()
+
+
+def fingerprint(features: np.ndarray, labels: np.ndarray, *, key: bytes) -> str:
+    """64 hex digits: HMAC-SHA256 under the site's ``key`` of each array's dtype, shape, bytes."""
+    if len(key) < FINGERPRINT_KEY_BYTES:
+        raise ValueError("the fingerprint key is too short")
+    return _digest(hmac.new(key, digestmod=hashlib.sha256), features, labels)
+
+
+def _unkeyed_fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
+    """The fingerprint of shards stored before the key (verification only, never reported)."""
+    return _digest(hashlib.sha256(), features, labels)
+
+
+def _digest(h: Any, features: np.ndarray, labels: np.ndarray) -> str:
     for name, arr in (("features", features), ("labels", labels)):
         arr = np.ascontiguousarray(arr)
         h.update(f"{name}:{arr.dtype.str}:{list(arr.shape)}\n".encode())
         h.update(arr.data)  # C-contiguous buffer, no copy
-    return h.hexdigest()
+    return str(h.hexdigest())
+
+
+def _matches(
+    meta: Mapping[str, Any], data_dir: str | os.PathLike[str], features: np.ndarray, labels: np.ndarray
+) -> bool:
+    if meta.get("fingerprint_scheme") == FINGERPRINT_SCHEME:
+        expected = fingerprint(features, labels, key=site_key(data_dir, create=False))
+    else:
+        expected = _unkeyed_fingerprint(features, labels)
+    return hmac.compare_digest(expected, str(meta.get("fingerprint", "")))
 
 
 # --- reading the owner's files -------------------------------------------------------------
@@ -251,7 +318,7 @@ def register_task_data(
         task_type=task_type,
         n_classes=n_classes,
     )
-    fp = fingerprint(features, labels)
+    fp = fingerprint(features, labels, key=site_key(data_dir))
     features_dir, labels_dir = root / "features", root / "labels"
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(root, 0o711)  # noqa: S103 - traversable, not listable
@@ -268,6 +335,7 @@ def register_task_data(
         "n_classes": n_classes,
         "row_count": int(features.shape[0]),
         "fingerprint": fp,
+        "fingerprint_scheme": FINGERPRINT_SCHEME,
         "split_sizes": {"test": int(features.shape[0])},
     }
     if split == "train":
@@ -335,7 +403,7 @@ def load_train_data(*, data_dir: str | os.PathLike[str], task_id: int | str) -> 
         features = np.load(root / "features" / FEATURES_FILE, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataUnavailable(f"no usable train data stored for task {task_id}: {type(exc).__name__}") from None
-    if fingerprint(features, labels) != meta.get("fingerprint"):
+    if not _matches(meta, data_dir, features, labels):
         raise DataUnavailable(f"stored train data for task {task_id} does not match its fingerprint")
     fit, validation = validation_holdout(int(meta["row_count"]), seed=int(meta.get("validation_seed", 0)))
     return TrainData(
@@ -363,7 +431,7 @@ def load_task_data(*, data_dir: str | os.PathLike[str], task_id: int | str, veri
         raise DataUnavailable(f"no usable data stored for task {task_id}: {type(exc).__name__}") from None
     if verify:
         assert features is not None
-        if fingerprint(np.asarray(features), labels) != meta.get("fingerprint"):
+        if not _matches(meta, data_dir, np.asarray(features), labels):
             raise DataUnavailable(f"stored data for task {task_id} does not match its fingerprint")
     return TaskData(
         task_id=str(task_id),

@@ -12,18 +12,27 @@ Security decisions (SECURITY.md section 1) live here:
   survives the container;
 - the host enforces the wall-clock timeout (kill, then remove), reads ``State.OOMKilled``
   (a killed child can leave exit code 0), caps the output folder while the run goes on,
-  and always removes the container; containers are never reused.
+  and always removes the container; containers are never reused;
+- the seccomp profile is pinned (``seccomp/sandbox.json``), not inherited from the engine:
+  moby 20.10.24's default minus kernel surface a Python/numpy/torch/onnx runner never needs
+  (see ``SECCOMP_PROFILE``);
+- every mounted host path lives in one fresh folder of the job's work dir, named by random
+  hex digits, under fixed names (``make_mount_dir``): ``/proc/self/mountinfo`` shows the
+  source of every bind mount, and the site's data folder layout must not be one of them.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import shutil
 import stat
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -62,6 +71,30 @@ MAX_BATCH_SIZE: Final = 1 << 20
 MAX_OUTPUT_ENTRIES: Final = 16  # only one file is valid; the rest is there to stop a flood early
 LOG_TAIL_BYTES: Final = 64 * 1024
 
+SECCOMP_PROFILE_PATH: Final = Path(__file__).with_name("seccomp") / "sandbox.json"
+# The engine takes the profile's contents, not a path. Parsed here so a broken file fails at import.
+SECCOMP_PROFILE: Final = json.dumps(
+    json.loads(SECCOMP_PROFILE_PATH.read_text(encoding="utf-8")), separators=(",", ":")
+)
+"""Pinned so that the sandbox does not depend on the engine's default, which on Debian's Docker
+20.10 still allows io_uring. The file is moby 20.10.24's default profile (the same allow-list
+and argument rules, EPERM for the rest, ``clone3`` answered ENOSYS so glibc falls back to a
+``clone`` whose flags are checked) minus:
+
+- ``io_uring_setup``, ``io_uring_enter``, ``io_uring_register`` (a kernel surface with a history
+  of escapes), ``memfd_secret``;
+- the rule that allowed ``ptrace`` (kernels from 4.8) and the one that allowed ``modify_ldt``
+  on x86;
+- every capability-gated rule (``bpf``, ``perf_event_open``, the mount family, ``unshare``,
+  ``setns``, ``kcmp``, module loading, ...): the sandbox never holds a capability, and a profile
+  that does not depend on capabilities cannot be loosened by one;
+- the 32-bit ABIs (x86 and x32 on x86_64, arm on aarch64): their syscalls are refused whole.
+
+The default already refused ``userfaultfd``, ``kexec_*``, ``add_key``/``keyctl``/``request_key``,
+``process_vm_readv``/``process_vm_writev`` and ``pkey_*``; they stay refused. Only x86_64 and
+aarch64 are mapped. ``tests/sandbox`` probes each of these against the real engine, with the
+engine's default and an unconfined run as positive controls."""
+
 # The fixed part of the profile. Nothing here depends on the job.
 RUN_PROFILE: Final[Mapping[str, Any]] = MappingProxyType(
     {
@@ -69,7 +102,7 @@ RUN_PROFILE: Final[Mapping[str, Any]] = MappingProxyType(
         "read_only": True,
         "user": SANDBOX_USER,
         "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
+        "security_opt": ["no-new-privileges", f"seccomp={SECCOMP_PROFILE}"],
         "privileged": False,
         "init": True,
         "ipc_mode": "private",
@@ -264,6 +297,40 @@ def _check_readable_by_sandbox(path: Path) -> None:
             _check_readable_by_sandbox(child)
 
 
+def make_mount_dir(work_dir: Path) -> Path:
+    """A fresh, private folder of ``work_dir`` that holds every host path one sandbox mounts.
+
+    The source of each bind mount shows in the sandbox's ``/proc/self/mountinfo``; staging the
+    inputs here, under fixed names, keeps the site's data folder (its location, the task
+    folders) out of it. Its name is 32 random hex digits and says nothing about the job; the
+    work folder's own path still shows, so a site keeps ``work_dir`` at a path that says
+    nothing either (the example ``/var/lib/vaultbench/work``)."""
+    mount_dir = work_dir / uuid.uuid4().hex
+    mount_dir.mkdir(mode=0o700)  # bind mounts do not need the parents to be traversable
+    return mount_dir
+
+
+def _link_or_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    try:
+        os.link(src, dest, follow_symlinks=False)  # the same inode: no copy, whatever its size
+    except OSError as exc:
+        # another filesystem, or a file the agent does not own (fs.protected_hardlinks)
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copy2(src, dest, follow_symlinks=False)
+
+
+def stage_input(src: Path, dest: Path) -> Path:
+    """``src`` under the name ``dest`` (inside a mount folder): a hard link, or a copy where a
+    link cannot be made; a folder (a ``python_package`` model) is rebuilt with its files
+    linked. Modes are kept, so an input the sandbox user cannot read stays unreadable."""
+    if stat.S_ISDIR(src.lstat().st_mode):
+        shutil.copytree(src, dest, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dest)
+    return dest
+
+
 def make_output_dir(work_dir: Path) -> Path:
     """A fresh, empty folder that only the sandbox user (and root) can write."""
     out_dir = work_dir / f"out-{uuid.uuid4().hex}"
@@ -315,14 +382,17 @@ def prepare_prediction(
         if model_format not in TRAINABLE_FORMATS:
             raise SandboxUnavailable(f"a weights offset cannot apply to {model_format}")
         _check_readable_by_sandbox(weights_offset_path)
-        weights_offset_path = weights_offset_path.resolve()
-    out_dir = make_output_dir(work_dir)
+    mount_dir = make_mount_dir(work_dir).resolve()
+    model_name = PurePosixPath(MODEL_TARGETS[model_format]).name
+    if weights_offset_path is not None:
+        weights_offset_path = stage_input(weights_offset_path, mount_dir / PurePosixPath(OFFSET_TARGET).name)
+    out_dir = make_output_dir(mount_dir)
     config = container_config(
         image_id=image_id,
-        model_path=model_path.resolve(),
+        model_path=stage_input(model_path, mount_dir / model_name),
         model_format=model_format,
-        features_path=features_path.resolve(),
-        out_dir=out_dir.resolve(),
+        features_path=stage_input(features_path, mount_dir / PurePosixPath(FEATURES_TARGET).name),
+        out_dir=out_dir,
         limits=limits,
         batch_size=batch_size,
         weights_offset_path=weights_offset_path,
@@ -662,7 +732,8 @@ class TrainingSession:
         self.w0: dict[str, Any] = {}
         self._seq = 0
         self._closed = False
-        self.requests_dir = work_dir / f"requests-{uuid.uuid4().hex}"
+        self.mount_dir: Path | None = None  # every mounted host path: see make_mount_dir
+        self.requests_dir: Path | None = None
         self.out_dir: Path | None = None
 
     @property
@@ -688,18 +759,28 @@ class TrainingSession:
         client = self._client = self._client or get_client()
         for path in (self.model_path, *self.inputs):
             _check_readable_by_sandbox(path)
+        mount_dir = self.mount_dir = make_mount_dir(self.work_dir).resolve()
+        staged = [
+            stage_input(path, mount_dir / name)
+            for path, name in zip(
+                self.inputs, ("train-features.npy", "train-labels.npy", "val-features.npy"), strict=True
+            )
+        ]
+        self.requests_dir = mount_dir / "requests"
         self.requests_dir.mkdir(mode=0o755)
         self.requests_dir.chmod(0o755)  # noqa: S103 - the sandbox user reads requests
-        self.out_dir = make_output_dir(self.work_dir)
+        self.out_dir = make_output_dir(mount_dir)
         config = training_container_config(
             image_id=resolve_image(client, self.image),
-            model_path=self.model_path.resolve(),
+            model_path=stage_input(
+                self.model_path, mount_dir / PurePosixPath(MODEL_TARGETS[self.model_format]).name
+            ),
             model_format=self.model_format,
-            train_features_path=self.inputs[0].resolve(),
-            train_labels_path=self.inputs[1].resolve(),
-            val_features_path=self.inputs[2].resolve(),
-            requests_dir=self.requests_dir.resolve(),
-            out_dir=self.out_dir.resolve(),
+            train_features_path=staged[0],
+            train_labels_path=staged[1],
+            val_features_path=staged[2],
+            requests_dir=self.requests_dir,
+            out_dir=self.out_dir,
             limits=self.limits,
         )
         try:
@@ -733,6 +814,7 @@ class TrainingSession:
             raise SandboxUnavailable("the training sandbox is not running")
         if set(offset) != set(self.w0) or any(np.shape(offset[n]) != self.w0[n].shape for n in offset):
             raise ValueError("the offset does not match the model's layout")
+        assert self.requests_dir is not None
         seq = self._seq
         started = time.monotonic()
         offset_name = f"offset-{seq}.safetensors"
@@ -831,11 +913,8 @@ class TrainingSession:
                 _remove(self._client, self.container_id)
             except SandboxError:
                 pass
-        import shutil
-
-        shutil.rmtree(self.requests_dir, ignore_errors=True)
-        if self.out_dir is not None:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
+        if self.mount_dir is not None:  # the requests, the outputs and the staged inputs
+            shutil.rmtree(self.mount_dir, ignore_errors=True)
 
 __all__ = [
     "RUN_PROFILE",

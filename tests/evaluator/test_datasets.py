@@ -1,4 +1,8 @@
+import hashlib
+import json
+import os
 import stat
+import threading
 
 import numpy as np
 import pandas as pd
@@ -9,7 +13,9 @@ from evaluator.datasets import (
     InvalidData,
     fingerprint,
     load_task_data,
+    load_train_data,
     register_task_data,
+    site_key,
 )
 
 RNG = np.random.default_rng(1)
@@ -47,7 +53,7 @@ def test_npy_files_are_stored_as_float32_features_and_separate_labels(tmp_path):
     assert np.array_equal(labels, y)
     # the features folder holds the features and nothing else: it is what a sandbox sees
     assert [p.name for p in (root / "features").iterdir()] == ["features.npy"]
-    assert meta["fingerprint"] == fingerprint(features, labels)
+    assert meta["fingerprint"] == fingerprint(features, labels, key=site_key(tmp_path / "data"))
 
 
 def test_folder_permissions_let_the_sandbox_read_features_but_not_labels(tmp_path):
@@ -229,3 +235,125 @@ def test_re_registering_replaces_the_data(tmp_path):
     second = _register(tmp_path, tmp_path / "x.npy", tmp_path / "y.npy")
     assert second["row_count"] == 20 and second["fingerprint"] != first["fingerprint"]
     assert load_task_data(data_dir=tmp_path / "data", task_id="3").row_count == 20
+
+
+# --- the fingerprint is keyed with the site's own secret --------------------------------------
+
+
+def _unkeyed(features, labels):
+    h = hashlib.sha256()
+    for name, arr in (("features", features), ("labels", labels)):
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{name}:{arr.dtype.str}:{list(arr.shape)}\n".encode())
+        h.update(arr.data)
+    return h.hexdigest()
+
+
+def test_fingerprint_is_keyed_so_the_same_rows_at_two_sites_do_not_match(tmp_path):
+    x, y = _arrays()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    site_a = _register(tmp_path / "a", tmp_path / "x.npy", tmp_path / "y.npy")
+    site_b = _register(tmp_path / "b", tmp_path / "x.npy", tmp_path / "y.npy")
+    assert site_a["fingerprint"] != site_b["fingerprint"]
+    # nobody holding the public rows can recompute it without the site's key
+    stored = np.load(tmp_path / "a" / "data" / "tasks" / "3" / "features" / "features.npy")
+    assert site_a["fingerprint"] != _unkeyed(stored, y)
+    # the hub's format: 64 lower-case hex digits
+    assert len(site_a["fingerprint"]) == 64 and set(site_a["fingerprint"]) <= set("0123456789abcdef")
+    assert site_a["fingerprint_scheme"] == "hmac-sha256"
+
+
+def test_fingerprint_still_changes_when_the_data_changes_under_one_key(tmp_path):
+    key = site_key(tmp_path)
+    x, y = _arrays()
+    features = x.astype(np.float32)
+    assert fingerprint(features, y, key=key) == fingerprint(features.copy(), y.copy(), key=key)
+    changed = features.copy()
+    changed[0, 0] += 1
+    assert fingerprint(changed, y, key=key) != fingerprint(features, y, key=key)
+    with pytest.raises(ValueError):
+        fingerprint(features, y, key=b"short")
+
+
+def test_site_key_is_made_once_private_and_stable(tmp_path):
+    data_dir = tmp_path / "data"
+    key = site_key(data_dir)
+    path = data_dir / "fingerprint.key"
+    assert len(key) == 32 and path.read_bytes() == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert site_key(data_dir) == key
+    assert [p.name for p in data_dir.iterdir()] == ["fingerprint.key"]  # no temporary left behind
+    path.chmod(0o644)  # e.g. restored from a backup
+    assert site_key(data_dir) == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_agents_starting_at_once_agree_on_one_key(tmp_path):
+    keys, barrier = [], threading.Barrier(8)
+
+    def make():
+        barrier.wait()
+        keys.append(site_key(tmp_path))
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(keys)) == 1 and len(keys) == 8
+
+
+def test_a_symlinked_or_malformed_key_is_refused(tmp_path):
+    (tmp_path / "elsewhere").write_bytes(os.urandom(32))
+    (tmp_path / "fingerprint.key").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataUnavailable):
+        site_key(tmp_path)
+    (tmp_path / "fingerprint.key").unlink()
+    (tmp_path / "fingerprint.key").write_bytes(b"too short")
+    with pytest.raises(DataUnavailable):
+        site_key(tmp_path)
+
+
+def test_a_lost_key_makes_stored_data_unavailable_not_silently_rekeyed(tmp_path):
+    x, y = _arrays()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    _register(tmp_path, tmp_path / "x.npy", tmp_path / "y.npy")
+    (tmp_path / "data" / "fingerprint.key").unlink()
+    with pytest.raises(DataUnavailable):
+        load_task_data(data_dir=tmp_path / "data", task_id="3")
+    assert not (tmp_path / "data" / "fingerprint.key").exists()
+
+
+def test_shards_stored_before_the_key_are_still_verified_with_the_old_hash(tmp_path):
+    x, y = _arrays()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    _register(tmp_path, tmp_path / "x.npy", tmp_path / "y.npy")
+    root = tmp_path / "data" / "tasks" / "3"
+    meta = json.loads((root / "meta.json").read_text())
+    features = np.load(root / "features" / "features.npy")
+    del meta["fingerprint_scheme"]
+    meta["fingerprint"] = _unkeyed(features, y)  # what an older agent stored
+    (root / "meta.json").write_text(json.dumps(meta))
+    assert load_task_data(data_dir=tmp_path / "data", task_id="3").fingerprint == meta["fingerprint"]
+    np.save(root / "labels" / "labels.npy", 1 - y)
+    with pytest.raises(DataUnavailable):
+        load_task_data(data_dir=tmp_path / "data", task_id="3")
+
+
+def test_the_train_split_is_verified_with_the_site_key(tmp_path):
+    x, y = _arrays()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    meta = register_task_data(
+        data_dir=tmp_path / "data", task_id="3", features_path=tmp_path / "x.npy",
+        labels_path=tmp_path / "y.npy", input_spec=SPEC, task_type="binary_classification", split="train",
+    )  # fmt: skip
+    assert load_train_data(data_dir=tmp_path / "data", task_id="3").fingerprint == meta["fingerprint"]
+    np.save(tmp_path / "data" / "tasks" / "3" / "train" / "labels" / "labels.npy", 1 - y)
+    with pytest.raises(DataUnavailable):
+        load_train_data(data_dir=tmp_path / "data", task_id="3")

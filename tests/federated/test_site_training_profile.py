@@ -36,7 +36,8 @@ def test_training_config_keeps_the_whole_hardened_profile():
             assert config[key] == value, key
     assert config["network_mode"] == "none" and config["read_only"] is True
     assert config["user"] == "65534:65534" and config["cap_drop"] == ["ALL"]
-    assert config["security_opt"] == ["no-new-privileges"] and config["privileged"] is False
+    assert config["security_opt"] == ["no-new-privileges", f"seccomp={sandbox.SECCOMP_PROFILE}"]
+    assert config["privileged"] is False
     assert config["mem_limit"] == config["memswap_limit"] == "512m"
     assert config["pids_limit"] == 256
     for forbidden in ("cap_add", "devices", "pid_mode", "volumes", "runtime", "network", "privileged_mode"):

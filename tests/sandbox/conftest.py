@@ -6,9 +6,11 @@ a security suite that silently skips proves nothing.
 
 from __future__ import annotations
 
+import copy
 import os
 import textwrap
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,10 +97,11 @@ class Site:
             client=self.client,
         )
 
-    def run_with_network_mode(
-        self, model_path: Path, model_format: str, network_mode: str, *, limits=DEFAULT_LIMITS
+    def run_modified(
+        self, model_path: Path, model_format: str, modify: Callable[[dict], None], *, limits=DEFAULT_LIMITS
     ) -> SandboxRun:
-        """TEST ONLY: the same run with exactly one setting changed, for positive controls."""
+        """TEST ONLY: the same run with the container config changed by ``modify``, for
+        positive controls (each changes exactly one setting)."""
         prepared = sandbox.prepare_prediction(
             image_id=sandbox.resolve_image(self.client, self.image),
             model_path=model_path,
@@ -107,10 +110,30 @@ class Site:
             work_dir=self.work_dir,
             limits=limits,
         )
-        config = dict(prepared.config)
-        assert config["network_mode"] == "none"
-        config["network_mode"] = network_mode
+        config = copy.deepcopy(dict(prepared.config))
+        modify(config)
         return sandbox.execute(replace(prepared, config=config), limits=limits, client=self.client)
+
+    def run_with_network_mode(
+        self, model_path: Path, model_format: str, network_mode: str, *, limits=DEFAULT_LIMITS
+    ) -> SandboxRun:
+        def modify(config: dict) -> None:
+            assert config["network_mode"] == "none"
+            config["network_mode"] = network_mode
+
+        return self.run_modified(model_path, model_format, modify, limits=limits)
+
+    def run_with_seccomp(self, model_path: Path, model_format: str, seccomp: str | None) -> SandboxRun:
+        """``seccomp=None``: the engine's default profile (nothing pinned); ``"unconfined"``: none."""
+
+        def modify(config: dict) -> None:
+            pinned = [opt for opt in config["security_opt"] if opt.startswith("seccomp=")]
+            assert pinned == [f"seccomp={sandbox.SECCOMP_PROFILE}"]
+            config["security_opt"] = [opt for opt in config["security_opt"] if opt not in pinned]
+            if seccomp is not None:
+                config["security_opt"].append(f"seccomp={seccomp}")
+
+        return self.run_modified(model_path, model_format, modify)
 
     def package(self, source: str, files: dict[str, bytes] | None = None) -> Path:
         """A python_package artifact (zip) with ``model.py`` = ``source``, prepared."""

@@ -120,6 +120,191 @@ result["unshare_user"] = 0 if libc.unshare(0x10000000) == 0 else ctypes.get_errn
     assert_gone(site.client, run.container_id)
 
 
+# --- seccomp: the pinned profile refuses io_uring and other unneeded kernel surface ---------
+
+ENOSYS, EBADF, ESRCH = 38, 9, 3
+
+# Each call uses arguments that the kernel itself would answer with something other than EPERM
+# (a descriptor, EBADF, ESRCH, EFAULT, ...), so EPERM means the seccomp filter answered.
+SYSCALL_PROBE = """
+import ctypes, platform
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+X86 = platform.machine() == "x86_64"
+NR = dict(  # x86_64, aarch64 (io_uring and later calls share one numbering)
+    io_uring_setup=(425, 425), io_uring_enter=(426, 426), io_uring_register=(427, 427),
+    memfd_secret=(447, 447), clone3=(435, 435), ptrace=(101, 117), process_vm_readv=(310, 270),
+    userfaultfd=(323, 282), bpf=(321, 280), perf_event_open=(298, 241), add_key=(248, 217),
+    request_key=(249, 218), keyctl=(250, 219), kexec_load=(246, 104), kexec_file_load=(320, 294),
+    mount=(165, 40), setns=(308, 268), open_by_handle_at=(304, 265), finit_module=(313, 273),
+    modify_ldt=(154, None),
+)
+def call(name, *args):
+    nr = NR[name][0 if X86 else 1]
+    if nr is None:
+        return None
+    ctypes.set_errno(0)
+    ret = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    err = ctypes.get_errno() if ret == -1 else 0
+    if ret >= 0 and name in ("io_uring_setup", "memfd_secret", "userfaultfd"):
+        os.close(ret)
+    return [ret, err]
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+src, dst = ctypes.create_string_buffer(b"probe-me", 8), ctypes.create_string_buffer(8)
+local = iovec(ctypes.cast(dst, ctypes.c_void_p), 8)
+remote = iovec(ctypes.cast(src, ctypes.c_void_p), 8)
+result["arch"] = platform.machine()
+result["io_uring_setup"] = call("io_uring_setup", 1, ctypes.create_string_buffer(120))
+result["io_uring_enter"] = call("io_uring_enter", -1, 0, 0, 0, None, 0)
+result["io_uring_register"] = call("io_uring_register", -1, 0, None, 0)
+result["memfd_secret"] = call("memfd_secret", 0)
+result["ptrace"] = call("ptrace", 2, os.getpid(), 0, 0)  # PTRACE_PEEKDATA, not our tracee
+iov = dict(local=ctypes.byref(local), remote=ctypes.byref(remote))
+result["process_vm_readv"] = call("process_vm_readv", os.getpid(), iov["local"], 1, iov["remote"], 1, 0)
+result["modify_ldt"] = call("modify_ldt", 0, ctypes.create_string_buffer(16), 16)
+result["userfaultfd"] = call("userfaultfd", 1 | 0x40000000)  # user-mode only, a bad flag
+result["bpf"] = call("bpf", 0x7FFF, None, 0)
+result["perf_event_open"] = call("perf_event_open", None, 0, -1, -1, 0)
+result["add_key"] = call("add_key", None, None, None, 0, 0)
+result["request_key"] = call("request_key", None, None, None, 0)
+result["keyctl"] = call("keyctl", 0, -1, 0)  # KEYCTL_GET_KEYRING_ID of the thread keyring
+result["kexec_load"] = call("kexec_load", 0, 0, None, 0)
+result["kexec_file_load"] = call("kexec_file_load", -1, -1, 0, None, 0)
+result["mount"] = call("mount", None, None, None, 0, None)
+result["setns"] = call("setns", -1, 0)
+result["open_by_handle_at"] = call("open_by_handle_at", -1, None, 0)
+result["finit_module"] = call("finit_module", -1, None, 0)
+result["clone3"] = call("clone3", None, 0)
+"""
+
+REMOVED_BY_THE_PINNED_PROFILE = (
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_secret", "ptrace", "modify_ldt",
+)  # fmt: skip
+ALREADY_REFUSED_BY_THE_DEFAULT = (
+    "process_vm_readv", "userfaultfd", "bpf", "perf_event_open", "add_key", "request_key", "keyctl",
+    "kexec_load", "kexec_file_load", "mount", "setns", "open_by_handle_at", "finit_module",
+)  # fmt: skip
+# Without a filter the kernel answers these otherwise whatever its configuration (the others may
+# legitimately be EPERM from the kernel itself, e.g. unprivileged bpf or userfaultfd disabled).
+REACH_THE_KERNEL_UNCONFINED = (
+    "process_vm_readv", "perf_event_open", "add_key", "request_key", "keyctl", "mount", "setns",
+    "open_by_handle_at",
+)  # fmt: skip
+
+
+def _host_io_uring() -> tuple[int, int]:
+    """io_uring_setup on the host itself: (fd or -1, errno); tells a kernel without io_uring."""
+    import ctypes
+    import os
+    import platform
+
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip(f"no syscall table for {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ret = libc.syscall(ctypes.c_long(425), ctypes.c_long(1), ctypes.create_string_buffer(120))
+    err = ctypes.get_errno() if ret == -1 else 0
+    if ret >= 0:
+        os.close(ret)
+    return ret, err
+
+
+def test_pinned_seccomp_refuses_io_uring_and_the_other_removed_syscalls(site):
+    run = site.run(site.package(probe_model(SYSCALL_PROBE)), "python_package")
+    probe = probe_of(run.logs)
+    for name in REMOVED_BY_THE_PINNED_PROFILE + ALREADY_REFUSED_BY_THE_DEFAULT:
+        if probe[name] is None:  # modify_ldt exists on x86 only
+            assert name == "modify_ldt" and probe["arch"] != "x86_64"
+            continue
+        assert probe[name] == [-1, EPERM], (name, probe[name])
+    assert probe["clone3"] == [-1, ENOSYS]  # so that glibc falls back to clone, whose flags are checked
+    load_valid(site, run)  # the model still runs
+
+
+def test_seccomp_probe_positive_control_under_the_engines_default_profile(site):
+    """The same probe with nothing pinned: the engine's default (Debian's Docker 20.10) lets
+    io_uring, ptrace and process_vm_readv reach the kernel."""
+    host_ret, host_errno = _host_io_uring()
+    run = site.run_with_seccomp(site.package(probe_model(SYSCALL_PROBE)), "python_package", None)
+    probe = probe_of(run.logs)
+    if host_errno == ENOSYS:
+        assert probe["io_uring_setup"] == [-1, ENOSYS]
+        pytest.skip("this kernel has no io_uring at all: the io_uring probe cannot tell the profiles apart")
+    assert host_ret >= 0, f"io_uring_setup on the host: errno {host_errno}"
+    assert probe["io_uring_setup"][0] >= 0  # a descriptor: the call reached the kernel
+    assert probe["io_uring_enter"] == [-1, EBADF]
+    assert probe["io_uring_register"][0] == -1 and probe["io_uring_register"][1] not in (0, EPERM)
+    assert probe["ptrace"] == [-1, ESRCH]
+    if probe["arch"] == "x86_64":
+        assert probe["modify_ldt"] == [0, 0] or probe["modify_ldt"] == [-1, ENOSYS]
+    assert probe["memfd_secret"][0] >= 0 or probe["memfd_secret"] == [-1, ENOSYS]
+    for name in ALREADY_REFUSED_BY_THE_DEFAULT:  # no change there
+        assert probe[name] == [-1, EPERM], (name, probe[name])
+
+
+def test_seccomp_probe_positive_control_unconfined_reaches_the_kernel(site):
+    """Without any filter the calls that the default already refused reach the kernel, which
+    answers them otherwise: the probe would notice a profile that let them through."""
+    run = site.run_with_seccomp(site.package(probe_model(SYSCALL_PROBE)), "python_package", "unconfined")
+    probe = probe_of(run.logs)
+    for name in REACH_THE_KERNEL_UNCONFINED:
+        assert probe[name] != [-1, EPERM], (name, probe[name])
+    assert probe["process_vm_readv"] == [8, 0]
+    assert probe["setns"] == [-1, EBADF]
+    assert probe["clone3"][1] in (14, 22)  # EFAULT / EINVAL from the kernel, not the filter's ENOSYS
+
+
+# --- mounts: the host's folder layout stays out of /proc/self/mountinfo ----------------------
+
+MOUNTINFO_PROBE = """
+result["mountinfo"] = [line.split(" ")[3:5] for line in open("/proc/self/mountinfo").read().splitlines()]
+"""
+
+
+def _bind_roots(probe: dict) -> dict[str, str]:
+    """Mount point -> the host path it came from (the ``root`` field) for the sandbox's inputs."""
+    targets = ("/model", "/data/features.npy", "/out")
+    return {point: root for root, point in probe["mountinfo"] if point in targets}
+
+
+def test_mountinfo_does_not_show_the_sites_data_folder(site):
+    import re
+
+    run = site.run(site.package(probe_model(MOUNTINFO_PROBE)), "python_package")
+    probe = probe_of(run.logs)
+    everything = json.dumps(probe["mountinfo"])
+    assert str(site.root) not in everything  # the folder holding the site's data
+    assert str(site.features_path) not in everything
+    roots = _bind_roots(probe)
+    assert set(roots) == {"/model", "/data/features.npy", "/out"}
+    # every mounted source sits in one random folder of the job's work dir, under a fixed name
+    work = re.escape(str(site.work_dir.resolve()))
+    folders = set()
+    for point, root in roots.items():
+        match = re.fullmatch(rf"{work}/([0-9a-f]{{32}})/(model|features\.npy|out-[0-9a-f]{{32}})", root)
+        assert match, (point, root)
+        folders.add(match.group(1))
+    assert len(folders) == 1
+    load_valid(site, run)
+
+
+def test_mountinfo_probe_positive_control_with_the_data_folder_mounted_directly(site):
+    """The same probe with the features bind-mounted from where the site keeps them (as before
+    the inputs were staged): their host path shows."""
+    from evaluator.sandbox import FEATURES_TARGET
+
+    def mount_the_original(config: dict) -> None:
+        for mount in config["mounts"]:
+            if mount["Target"] == FEATURES_TARGET:
+                mount["Source"] = str(site.features_path.resolve())
+
+    run = site.run_modified(site.package(probe_model(MOUNTINFO_PROBE)), "python_package", mount_the_original)
+    roots = _bind_roots(probe_of(run.logs))
+    assert roots["/data/features.npy"] == str(site.features_path.resolve())
+    assert str(site.root) in roots["/data/features.npy"]
+
+
 # --- network ------------------------------------------------------------------------------
 
 
