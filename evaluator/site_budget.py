@@ -16,17 +16,20 @@ its cap. Splits are budgeted apart: a row is in one split only (parallel composi
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from evaluator.locked_json import locked_json
+
 SPLITS = ("public", "private")
+_DEFAULTS: dict[str, Any] = {
+    "reservations": {},  # "job|split" -> {task, vendor, split, rho, at}
+    "vendor_spent": {},  # "task|vendor|split" -> committed rho
+    "task_spent": {},  # "task|split" -> committed rho
+}
 # Relative slack for float sums: n releases of rho must fit a cap of exactly n * rho.
 _SLACK = 1e-9
 
@@ -57,29 +60,8 @@ class SiteBudget:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    @contextlib.contextmanager
-    def _locked(self, *, write: bool) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                data = {}
-            data.setdefault("reservations", {})  # "job|split" -> {task, vendor, split, rho, at}
-            data.setdefault("vendor_spent", {})  # "task|vendor|split" -> committed rho
-            data.setdefault("task_spent", {})  # "task|split" -> committed rho
-            yield data
-            if write:
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".budget-")
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(data, fh, sort_keys=True)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-        finally:
-            os.close(lock_fd)
+    def _locked(self, *, write: bool) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        return locked_json(self.path, write=write, defaults=_DEFAULTS)
 
     @staticmethod
     def _usage(data: dict[str, Any], task_id: Any, split: str, vendor_id: Any = None) -> Usage:

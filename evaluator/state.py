@@ -7,14 +7,20 @@ reveal): the file is as private as the data folder it lives in."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from evaluator.locked_json import locked_json
+
+_DEFAULTS: dict[str, Any] = {
+    "posted": [],
+    "pending": {},
+    "sealed": {},  # private-split statistics, released when the task closes
+    "held": {},  # results awaiting the owner's release decision
+}
 
 
 class AgentState:
@@ -26,29 +32,9 @@ class AgentState:
 
     @contextlib.contextmanager
     def _locked(self, *, write: bool) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                data = {}
-            data.setdefault("posted", [])
-            data.setdefault("pending", {})
-            data.setdefault("sealed", {})  # private-split statistics, released when the task closes
-            data.setdefault("held", {})  # results awaiting the owner's release decision
+        with locked_json(self.path, write=write, defaults=_DEFAULTS) as data:
             yield data
-            if write:
-                data["posted"] = data["posted"][-self.keep_posted :]
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(data, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-        finally:
-            os.close(lock_fd)
+            data["posted"] = data["posted"][-self.keep_posted :]
 
     def is_posted(self, job_id: int | str) -> bool:
         with self._locked(write=False) as data:
