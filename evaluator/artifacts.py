@@ -24,7 +24,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import IO, Final
 
 MODEL_FILENAMES: Final = {
     "torchscript": "model.pt",
@@ -118,32 +118,86 @@ def _write_new_file(target: Path, chunks: Iterator[bytes], budget: _Budget) -> N
             out.write(chunk)
 
 
+def _zip_members(archive: zipfile.ZipFile, budget: _Budget) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """The members to unpack with their checked paths, judged from the headers alone."""
+    infos = archive.infolist()
+    if len(infos) > budget.max_entries:
+        raise InvalidArtifact(f"the archive has more than {budget.max_entries} entries")
+    # Declared sizes bound what zipfile will inflate (it stops at file_size), so a bomb is
+    # refused here; the actual bytes are counted again while unpacking.
+    declared = sum(i.file_size for i in infos)
+    if declared > budget.max_total_bytes:
+        raise InvalidArtifact(f"the archive unpacks to more than {budget.max_total_bytes} bytes")
+    members = []
+    for info in infos:
+        name = safe_member_name(info.filename, is_dir=info.is_dir())
+        if name is None:
+            continue
+        budget.entry(name)
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if info.is_dir():
+            if kind not in (0, stat.S_IFDIR):
+                raise InvalidArtifact(f"unsupported member type: {name}")
+        elif kind not in (0, stat.S_IFREG):  # symlinks, devices, FIFOs
+            raise InvalidArtifact(f"member is not a regular file: {name}")
+        members.append((info, name))
+    return members
+
+
+def _tar_member(member: tarfile.TarInfo, budget: _Budget) -> PurePosixPath | None:
+    """The checked path of one tar member (``None`` for the root folder), judged from its header."""
+    name = safe_member_name(member.name, is_dir=member.isdir())
+    if name is None:
+        return None
+    budget.entry(name)
+    if not (member.isdir() or member.isreg()):  # symlinks, hard links, devices, FIFOs
+        raise InvalidArtifact(f"member is not a regular file: {name}")
+    if member.isreg():
+        budget.bytes(member.size)
+    return name
+
+
+def archive_members(
+    fileobj: IO[bytes], *, max_entries: int = MAX_ENTRIES, max_total_bytes: int = MAX_TOTAL_BYTES
+) -> list[PurePosixPath]:
+    """The member paths of a ``python_package`` archive, checked with the rules ``prepare_model``
+    unpacks by, from the headers alone: nothing is written and no zip member is inflated (a tar.gz
+    is decompressed as far as its headers, at most ``max_total_bytes``). The hub runs this at upload
+    so that an archive a site would refuse is refused before it costs quota.
+    Raises ``InvalidArtifact``; leaves ``fileobj`` at its start."""
+    budget = _Budget(max_entries, max_total_bytes)
+    try:
+        fileobj.seek(0)
+        if zipfile.is_zipfile(fileobj):
+            fileobj.seek(0)
+            with zipfile.ZipFile(fileobj) as archive:
+                return [name for _info, name in _zip_members(archive, budget)]
+        fileobj.seek(0)
+        try:
+            with tarfile.open(fileobj=fileobj, mode="r:*") as archive:
+                names = []
+                while (member := archive.next()) is not None:
+                    if (name := _tar_member(member, budget)) is not None:
+                        names.append(name)
+                return names
+        except tarfile.ReadError as exc:
+            raise InvalidArtifact("a python_package must be a .zip, .tar or .tar.gz archive") from exc
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+        raise InvalidArtifact("the archive cannot be read") from exc
+    finally:
+        fileobj.seek(0)
+
+
 def _extract_zip(artifact: Path, dest: Path, budget: _Budget) -> None:
     try:
         archive = zipfile.ZipFile(artifact)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidArtifact("the zip archive cannot be read") from exc
     with archive:
-        infos = archive.infolist()
-        if len(infos) > budget.max_entries:
-            raise InvalidArtifact(f"the archive has more than {budget.max_entries} entries")
-        declared = sum(i.file_size for i in infos)
-        if declared > budget.max_total_bytes:
-            raise InvalidArtifact(f"the archive unpacks to more than {budget.max_total_bytes} bytes")
-        for info in infos:
-            name = safe_member_name(info.filename, is_dir=info.is_dir())
-            if name is None:
-                continue
-            budget.entry(name)
-            mode = info.external_attr >> 16
-            kind = stat.S_IFMT(mode)
+        for info, name in _zip_members(archive, budget):
             if info.is_dir():
-                if kind not in (0, stat.S_IFDIR):
-                    raise InvalidArtifact(f"unsupported member type: {name}")
                 (dest / name).mkdir(parents=True, exist_ok=True)
                 continue
-            if kind not in (0, stat.S_IFREG):  # symlinks, devices, FIFOs
-                raise InvalidArtifact(f"member is not a regular file: {name}")
             try:
                 with archive.open(info) as src:
                     _write_new_file(dest / name, iter(lambda: src.read(_CHUNK), b""), budget)
@@ -160,16 +214,12 @@ def _extract_tar(artifact: Path, dest: Path, budget: _Budget) -> None:
         try:
             # Iterate lazily: a million headers are refused at entry max_entries + 1.
             while (member := archive.next()) is not None:
-                name = safe_member_name(member.name, is_dir=member.isdir())
+                name = _tar_member(member, budget)
                 if name is None:
                     continue
-                budget.entry(name)
                 if member.isdir():
                     (dest / name).mkdir(parents=True, exist_ok=True)
                     continue
-                if not member.isreg():  # symlinks, hard links, devices, FIFOs
-                    raise InvalidArtifact(f"member is not a regular file: {name}")
-                budget.bytes(member.size)
                 member.name = str(name)
                 archive.extract(member, dest, set_attrs=False, filter="data")
         except (tarfile.TarError, OSError, EOFError) as exc:

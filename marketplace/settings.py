@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from evaluator.artifacts import MAX_ENTRIES as SITE_MAX_ARCHIVE_ENTRIES
 from marketplace.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -123,7 +124,11 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 VAULTBENCH_MAX_ARTIFACT_BYTES = env_int("VAULTBENCH_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024, minimum=1)
-VAULTBENCH_MAX_ARCHIVE_ENTRIES = env_int("VAULTBENCH_MAX_ARCHIVE_ENTRIES", 1000, minimum=1)
+# The hub refuses at upload what a site's unpacker would refuse (evaluator/artifacts.py); it may be
+# stricter than the sites, never looser.
+VAULTBENCH_MAX_ARCHIVE_ENTRIES = env_int(
+    "VAULTBENCH_MAX_ARCHIVE_ENTRIES", SITE_MAX_ARCHIVE_ENTRIES, minimum=1
+)
 VAULTBENCH_MAX_SAMPLE_BYTES = env_int("VAULTBENCH_MAX_SAMPLE_BYTES", 20 * 1024 * 1024, minimum=1)
 VAULTBENCH_LEASE_SECONDS = env_int("VAULTBENCH_LEASE_SECONDS", 60, minimum=5)
 VAULTBENCH_MAX_JOB_ATTEMPTS = env_int("VAULTBENCH_MAX_JOB_ATTEMPTS", 3, minimum=1)
@@ -141,6 +146,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "marketplace.core.pagination.StandardPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    # JSON only, with bounded depth and integers; views that take files declare a multipart parser.
+    "DEFAULT_PARSER_CLASSES": ["marketplace.core.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "marketplace.core.errors.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }

@@ -25,6 +25,7 @@ from marketplace.catalog.services import (
 )
 from marketplace.core.apis import IsPerson
 from marketplace.core.errors import NotFound
+from marketplace.core.uploads import CappedUploadMixin
 
 
 class MetricSpecOutput(serializers.Serializer):
@@ -210,9 +211,11 @@ class TaskSampleInput(serializers.Serializer):
     file = serializers.FileField()
 
 
-class TaskSampleApi(APIView):
+class TaskSampleApi(CappedUploadMixin, APIView):
     parser_classes = [MultiPartParser]
 
+    def upload_limit(self) -> int:
+        return settings.VAULTBENCH_MAX_SAMPLE_BYTES
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, tags=["tasks"])
     def get(self, request, task_id: int):

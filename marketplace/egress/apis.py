@@ -58,8 +58,10 @@ class EgressCsvApi(APIView):
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR}, tags=["egress"])
     def get(self, request):
-        records = EgressFilter(request.query_params, queryset=egress_records_visible_to(user=request.user)).qs
-        return egress_csv_response(records.order_by("id"))
+        records = EgressFilter(request.query_params, queryset=egress_records_visible_to(user=request.user))
+        if not records.is_valid():
+            raise serializers.ValidationError(records.errors)
+        return egress_csv_response(records.qs.order_by("id"))
 
 
 class LeakageOutput(serializers.Serializer):

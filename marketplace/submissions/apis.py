@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -10,6 +11,7 @@ from marketplace.accounts.access import access_acting_organization
 from marketplace.accounts.models import OrganizationKind
 from marketplace.catalog.access import access_task_by_id, access_task_for_vendor
 from marketplace.core.apis import IsPerson
+from marketplace.core.uploads import CappedUploadMixin
 from marketplace.submissions.access import access_submission_artifact, access_submission_by_id
 from marketplace.submissions.filters import SubmissionFilter
 from marketplace.submissions.models import ArtifactFormat
@@ -84,11 +86,14 @@ class SubmissionInput(serializers.Serializer):
     organization = serializers.IntegerField(required=False)
 
 
-class SubmissionListCreateApi(generics.ListAPIView):
+class SubmissionListCreateApi(CappedUploadMixin, generics.ListAPIView):
     permission_classes = [IsPerson]
     serializer_class = SubmissionOutput
     filterset_class = SubmissionFilter
     parser_classes = [MultiPartParser]
+
+    def upload_limit(self) -> int:
+        return settings.VAULTBENCH_MAX_ARTIFACT_BYTES
 
     def get_queryset(self):
         return (

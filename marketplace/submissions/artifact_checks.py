@@ -2,15 +2,18 @@
 
 Security: nothing here loads, unpickles or imports the artifact — a pickle or a model file can
 run code when loaded, so that only ever happens inside a site's sandbox. We look at magic bytes
-and, for archives, at the member list.
+and, for archives, at the member headers, with the sites' own unpacking rules
+(`evaluator.artifacts.archive_members`: entry count, uncompressed size, depth, no links, no
+absolute or `..` paths).
 """
 
 import hashlib
-import tarfile
 import zipfile
 from pathlib import PurePosixPath
 from typing import IO
 
+from evaluator.artifacts import MAX_ENTRIES as SITE_MAX_ENTRIES
+from evaluator.artifacts import InvalidArtifact, archive_members
 from marketplace.core.errors import DomainError
 
 CHUNK = 1024 * 1024
@@ -34,11 +37,6 @@ def _head(stream: IO[bytes], n: int = 16) -> bytes:
     head = stream.read(n)
     stream.seek(0)
     return head
-
-
-def _safe_member_name(name: str) -> bool:
-    path = PurePosixPath(name)
-    return not path.is_absolute() and ".." not in path.parts and "\\" not in name and name != ""
 
 
 def _check_torchscript(stream: IO[bytes], max_entries: int) -> None:
@@ -69,34 +67,12 @@ def _check_onnx(stream: IO[bytes], max_entries: int) -> None:
 
 
 def _check_python_package(stream: IO[bytes], max_entries: int) -> None:
-    names: list[str]
-    if zipfile.is_zipfile(stream):
-        stream.seek(0)
-        with zipfile.ZipFile(stream) as archive:
-            infos = archive.infolist()
-            if len(infos) > max_entries:
-                raise ImplausibleArtifact(f"The archive has more than {max_entries} entries.")
-            names = [info.filename for info in infos]
-    else:
-        stream.seek(0)
-        try:
-            with tarfile.open(fileobj=stream, mode="r:*") as archive:
-                members = []
-                for member in archive:
-                    members.append(member)
-                    if len(members) > max_entries:
-                        raise ImplausibleArtifact(f"The archive has more than {max_entries} entries.")
-                    if not (member.isfile() or member.isdir()):
-                        raise ImplausibleArtifact("The archive may hold only files and folders (no links).")
-                names = [m.name for m in members]
-        except tarfile.TarError as exc:
-            raise ImplausibleArtifact("A Python model package is a .zip or .tar(.gz) archive.") from exc
-        finally:
-            stream.seek(0)
-    bad = [n for n in names if not _safe_member_name(n)]
-    if bad:
-        raise ImplausibleArtifact(f"Unsafe path in archive: {bad[0]!r}.")
-    if "model.py" not in {n.lstrip("./") for n in names}:
+    # The sites' own unpacking rules, so that what a site would refuse never costs quota.
+    try:
+        names = archive_members(stream, max_entries=min(max_entries, SITE_MAX_ENTRIES))
+    except InvalidArtifact as exc:
+        raise ImplausibleArtifact(f"The archive is refused: {exc}.") from exc
+    if PurePosixPath("model.py") not in names:
         raise ImplausibleArtifact("A Python model package needs model.py at the archive root.")
 
 

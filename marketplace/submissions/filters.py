@@ -1,10 +1,11 @@
 import django_filters
 
+from marketplace.core.filters import IdFilter
 from marketplace.submissions.models import ArtifactFormat, Submission, SubmissionStatus
 
 
 class SubmissionFilter(django_filters.FilterSet):
-    task = django_filters.NumberFilter(field_name="task_id")
+    task = IdFilter(field_name="task_id")
     status = django_filters.ChoiceFilter(choices=SubmissionStatus.choices)
     artifact_format = django_filters.ChoiceFilter(choices=ArtifactFormat.choices)
 
