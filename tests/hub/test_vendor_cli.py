@@ -2,25 +2,11 @@
 
 import pytest
 
-from marketplace.accounts.services import personal_token_create
 from marketplace.submissions.models import Submission
 from marketplace.vendor_cli import main
 from tests.conftest import make_task, register_shard, sklearn_like_artifact
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def cli(live_server, vendor, monkeypatch, capsys):
-    _, token = personal_token_create(user=vendor.user, name="cli")
-    monkeypatch.setenv("VAULTBENCH_TOKEN", token)
-
-    def run(*argv):
-        code = main(["--hub", live_server.url, *argv])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def test_vendor_uploads_and_follows_a_model_from_the_cli(cli, owner, vendor, site, tmp_path):

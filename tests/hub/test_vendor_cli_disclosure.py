@@ -3,27 +3,12 @@ until the release time, then the scores, or "failed" (exit 1) with no reason."""
 
 import pytest
 
-from marketplace.accounts.services import personal_token_create
 from marketplace.leaderboard.services import leaderboard_aggregate
 from marketplace.submissions.models import Submission
-from marketplace.vendor_cli import main
 from tests.conftest import make_site, make_task, register_shard, sklearn_like_artifact
 from tests.hub.helpers import claim, post_result, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def cli(live_server, vendor, monkeypatch, capsys):
-    _, token = personal_token_create(user=vendor.user, name="cli")
-    monkeypatch.setenv("VAULTBENCH_TOKEN", token)
-
-    def run(*argv):
-        code = main(["--hub", live_server.url, *argv])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def test_quota_prints_the_privacy_budget(cli, owner, vendor, site):
