@@ -194,9 +194,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "marketplace.jobs.tasks.jobs_requeue_expired_task",
         "schedule": timedelta(seconds=env_int("VAULTBENCH_REQUEUE_EVERY_SECONDS", 15, minimum=1)),
     },
-    # A check that was never enqueued (broker down at upload time) is picked up again.
-    "recheck-stale-submissions": {
-        "task": "marketplace.submissions.tasks.submissions_recheck_stale_task",
+    # Submissions a lost message left behind (broker down, worker killed): checked, scored or
+    # revealed again (marketplace/submissions/reconcile.py).
+    "reconcile-submissions": {
+        "task": "marketplace.submissions.tasks.submissions_reconcile_task",
         "schedule": timedelta(minutes=1),
     },
 }

@@ -43,9 +43,9 @@ def _lease_until():
 
 
 def _enqueue_aggregation(submission_id: int) -> None:
-    from marketplace.leaderboard.tasks import leaderboard_aggregate_task
+    from marketplace.leaderboard.tasks import enqueue_aggregation
 
-    transaction.on_commit(lambda: leaderboard_aggregate_task.delay(submission_id))
+    transaction.on_commit(lambda: enqueue_aggregation(submission_id))
 
 
 def jobs_create_for_submission(*, submission: Submission) -> list[Job]:
@@ -432,7 +432,7 @@ def _record_private_result(*, site: Site, job_id: int, body: dict) -> tuple[Job,
     result.private_ledger_sha256 = ledger["sha256"]
     result.save(update_fields=["private_statistics", "private_metrics", "private_n_rows", "private_ledger_sha256"])
     audit_record(action="job.private_result", obj=job, actor_site=site, data={"ledger_sha256": ledger["sha256"]})
-    from marketplace.leaderboard.tasks import leaderboard_reveal_task
+    from marketplace.leaderboard.tasks import enqueue_reveal
 
-    transaction.on_commit(lambda: leaderboard_reveal_task.delay(job.submission_id))
+    transaction.on_commit(lambda: enqueue_reveal(job.submission_id))
     return job, True

@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from marketplace.audit.models import AuditEvent
 from marketplace.celery import app
@@ -18,8 +19,8 @@ from marketplace.jobs.tasks import jobs_requeue_expired_task
 from marketplace.leaderboard.models import LeaderboardEntry
 from marketplace.leaderboard.tasks import leaderboard_aggregate_task
 from marketplace.submissions.models import Submission, SubmissionStatus
-from marketplace.submissions.tasks import submission_check_task
-from tests.conftest import upload
+from marketplace.submissions.tasks import submission_check_task, submissions_reconcile_task
+from tests.conftest import make_site, make_task, register_shard, upload
 from tests.hub.helpers import claim, post_result, submit
 
 
@@ -105,8 +106,119 @@ def test_hub_tasks_are_registered_under_stable_names():
     app.loader.import_default_modules()
     for name in ["marketplace.submissions.tasks.submission_check_task",
                  "marketplace.leaderboard.tasks.leaderboard_aggregate_task",
-                 "marketplace.jobs.tasks.jobs_requeue_expired_task"]:  # fmt: skip
+                 "marketplace.jobs.tasks.jobs_requeue_expired_task",
+                 "marketplace.submissions.tasks.submissions_reconcile_task"]:  # fmt: skip
         assert name in app.tasks
+
+
+# --- the reconciler ---------------------------------------------------------------------------
+
+NOTHING_REPAIRED = {"checked": 0, "aggregated": 0, "revealed": 0}
+
+
+def _age(queryset, minutes: int = 3) -> None:
+    """Moves rows' last change into the past, past the reconciler's grace period."""
+    queryset.update(updated_at=timezone.now() - timedelta(minutes=minutes))
+
+
+def _reconciled(submission) -> list[dict]:
+    return list(
+        AuditEvent.objects.filter(action="submission.reconciled", object_id=str(submission.id)).values_list(
+            "data", flat=True
+        )
+    )
+
+
+def test_reconciler_scores_a_submission_whose_aggregation_never_ran_once(vendor, site, open_task):
+    # The aggregation is enqueued on commit, which this test's transaction never reaches: the
+    # message is lost, as when the worker was killed or the broker was down.
+    submission = submit(vendor, open_task)
+    job_id = claim(site)["id"]
+    assert post_result(site, job_id).status_code == 200
+    assert Submission.objects.get(id=submission.id).status == SubmissionStatus.EVALUATING
+    assert submissions_reconcile_task() == NOTHING_REPAIRED  # just finished: its message may be on its way
+
+    _age(Job.objects.filter(id=job_id))
+    assert submissions_reconcile_task() == {**NOTHING_REPAIRED, "aggregated": 1}
+    submission.refresh_from_db()
+    assert submission.status == SubmissionStatus.SCORED
+    assert LeaderboardEntry.objects.get(submission=submission).n_rows == 100
+    assert _reconciled(submission) == [{"repair": "aggregated", "status": "scored"}]
+
+    assert submissions_reconcile_task() == NOTHING_REPAIRED
+    assert len(_reconciled(submission)) == 1
+    assert AuditEvent.objects.filter(action="submission.scored", object_id=str(submission.id)).count() == 1
+
+
+def test_reconciler_fails_a_submission_whose_jobs_all_failed(vendor, site, open_task):
+    submission = submit(vendor, open_task)
+    job_id = claim(site)["id"]
+    body = {"agent_id": "agent-1", "reason": "invalid_artifact"}
+    assert site.client.post(f"/api/v1/agent/jobs/{job_id}/failure", body).status_code == 200
+    _age(Job.objects.filter(id=job_id))
+    assert submissions_reconcile_task() == {**NOTHING_REPAIRED, "aggregated": 1}
+    submission.refresh_from_db()
+    assert (submission.status, submission.status_reason) == ("failed", "invalid_artifact")
+    assert submissions_reconcile_task() == NOTHING_REPAIRED
+
+
+def test_reconciler_leaves_submissions_with_a_job_still_running(owner, vendor, site):
+    second_site = make_site(owner, "site-b")
+    task = make_task(owner)
+    register_shard(site, task)
+    register_shard(second_site, task)
+    submission = submit(vendor, task)
+    assert post_result(site, claim(site)["id"]).status_code == 200
+    claim(second_site)
+    _age(Job.objects.filter(submission=submission))
+    assert submissions_reconcile_task() == NOTHING_REPAIRED
+    assert Submission.objects.get(id=submission.id).status == SubmissionStatus.EVALUATING
+
+
+def test_reconciler_checks_an_upload_whose_check_never_ran(vendor, site, open_task):
+    submission = Submission.objects.get(id=upload(vendor, open_task).json()["id"])
+    assert submission.status == SubmissionStatus.CHECKING  # its check was never enqueued
+    assert submissions_reconcile_task() == NOTHING_REPAIRED
+    _age(Submission.objects.filter(id=submission.id))
+    assert submissions_reconcile_task() == {**NOTHING_REPAIRED, "checked": 1}
+    assert Submission.objects.get(id=submission.id).status == SubmissionStatus.EVALUATING
+    assert _reconciled(submission) == [{"repair": "checked", "status": "evaluating"}]
+    assert submissions_reconcile_task() == NOTHING_REPAIRED
+    assert Job.objects.filter(submission=submission).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("outcome", ["result", "failure"])
+def test_a_stored_post_is_answered_200_when_the_broker_is_down(vendor, site, open_task, monkeypatch, outcome):
+    """Real commits: the aggregation is enqueued inside the agent's request, and the broker refuses it."""
+    submission = submit(vendor, open_task)
+    job_id = claim(site)["id"]
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(leaderboard_aggregate_task, "apply_async", broker_down)
+    if outcome == "result":
+        response = post_result(site, job_id)
+    else:
+        response = site.client.post(
+            f"/api/v1/agent/jobs/{job_id}/failure", {"agent_id": "agent-1", "reason": "invalid_artifact"}
+        )
+    assert response.status_code == 200, response.content
+    assert response.json()["created"] is True
+    assert Job.objects.get(id=job_id).status == ("succeeded" if outcome == "result" else "failed")
+    assert Submission.objects.get(id=submission.id).status == SubmissionStatus.EVALUATING
+
+    _age(Job.objects.filter(id=job_id))
+    assert submissions_reconcile_task()["aggregated"] == 1
+    expected = SubmissionStatus.SCORED if outcome == "result" else SubmissionStatus.FAILED
+    assert Submission.objects.get(id=submission.id).status == expected
+
+
+def test_beat_schedules_the_reconciler():
+    schedule = django_settings.CELERY_BEAT_SCHEDULE
+    tasks = [entry["task"] for entry in schedule.values()]
+    assert "marketplace.submissions.tasks.submissions_reconcile_task" in tasks
 
 
 def _broker_is_redis() -> bool:

@@ -3,9 +3,11 @@ quota, quotas, release approval, reveals at close for the finals only, and the e
 The site's side is in tests/evaluator."""
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from evaluator.privacy.zcdp import epsilon_for_rho, rho_for_epsilon
 from marketplace.audit.models import AuditEvent
@@ -14,9 +16,10 @@ from marketplace.budgets.models import PrivacyBudget, PrivacyCharge
 from marketplace.budgets.selectors import budget_summary
 from marketplace.catalog.services import task_close, task_close_plan
 from marketplace.egress.models import EgressRecord
-from marketplace.jobs.models import Job, JobStatus, Result
+from marketplace.jobs.models import Job, JobKind, JobStatus, Result
 from marketplace.leaderboard.models import LeaderboardEntry
 from marketplace.submissions.models import QuotaCounter, Submission
+from marketplace.submissions.reconcile import submissions_reconcile
 from tests.conftest import make_site, make_task, register_shard, upload
 from tests.hub.helpers import claim, error_code, post_result, submit, with_receipt
 
@@ -418,3 +421,35 @@ def test_closing_with_a_confirmed_plan_that_has_changed_closes_nothing(owner, ve
     closed = owner.client.post(f"/api/v1/tasks/{task.id}/close", {"reveal": current}, format="json")
     assert closed.status_code == 200 and closed.json()["status"] == "closed"
     assert sorted(e.submission_id for e in LeaderboardEntry.objects.filter(reveal_approved=True)) == sorted(current)
+
+
+def test_reveals_list_only_evaluation_jobs_still_to_reveal(
+    owner, site, closing, django_capture_on_commit_callbacks
+):
+    """Fine-tuning train jobs never reveal anything, and a revealed job leaves the list: otherwise
+    the agent warns about them at every poll for ever."""
+    task, subs, jobs = closing
+    train = Job.objects.create(
+        kind=JobKind.TRAIN, submission=subs["second"], site=site.site, status=JobStatus.SUCCEEDED
+    )
+    task_close(task=task, actor=owner.user)
+    reveals = site.client.get("/api/v1/agent/pending").json()["reveals"]
+    assert sorted(reveals) == sorted([jobs["second"], jobs["other"]]) and train.id not in reveals
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _private(site, jobs["second"]).status_code == 200
+    assert site.client.get("/api/v1/agent/pending").json()["reveals"] == [jobs["other"]]
+
+
+def test_reconciler_pools_a_reveal_whose_message_was_lost(owner, site, closing):
+    task, subs, jobs = closing
+    task_close(task=task, actor=owner.user)
+    # Not run: the reveal's aggregation is enqueued on commit, which this test never reaches.
+    assert _private(site, jobs["second"], correct=0.88).status_code == 200
+    LeaderboardEntry.objects.update(updated_at=timezone.now() - timedelta(minutes=3))
+    assert submissions_reconcile() == {"checked": 0, "aggregated": 0, "revealed": 1}
+    entry = LeaderboardEntry.objects.get(submission=subs["second"])
+    assert entry.private_metrics["accuracy"] == pytest.approx(0.88)
+    # "other" waits for its site; nothing more to do on a second run.
+    assert LeaderboardEntry.objects.get(submission=subs["other"]).private_metrics is None
+    assert submissions_reconcile() == {"checked": 0, "aggregated": 0, "revealed": 0}
+    assert AuditEvent.objects.filter(action="submission.reconciled").count() == 1
