@@ -293,7 +293,9 @@ class Agent:
             self.state.unseal(job_id)  # posted, then stopped before unsealing
             return
         if self.state.sealed(job_id) is None:
-            log.warning("job %s: the hub asks for a reveal but this site kept no private statistics for it", job_id)
+            # The hub lists it until the task's reveals end: say so once, not at every poll.
+            if self.state.decline(job_id):
+                log.warning("job %s: the hub asks for a reveal but this site kept no private statistics for it", job_id)
             return
         sealed = self.state.claim("sealed", job_id, owner=self.client.agent_id)
         if sealed is None:  # another agent of the site is revealing it

@@ -20,6 +20,7 @@ _DEFAULTS: dict[str, Any] = {
     "pending": {},
     "sealed": {},  # private-split statistics, released when the task closes
     "held": {},  # results awaiting the owner's release decision
+    "declined": [],  # reveals this site will not make (said once in the log, then kept quiet)
 }
 
 
@@ -68,6 +69,14 @@ class AgentState:
     def sealed(self, job_id: int | str) -> dict[str, Any] | None:
         with self._locked(write=False) as data:
             return data["sealed"].get(str(job_id))
+
+    def decline(self, job_id: int | str) -> bool:
+        """Remembers that this site will not reveal ``job_id``; False if it already knew."""
+        with self._locked(write=True) as data:
+            if str(job_id) in data["declined"]:
+                return False
+            data["declined"] = [*data["declined"], str(job_id)][-self.keep_posted :]
+            return True
 
     def unseal(self, job_id: int | str) -> None:
         with self._locked(write=True) as data:

@@ -77,6 +77,16 @@ def test_a_job_the_hub_does_not_list_is_never_revealed(hub, data_dir):
     assert [e.job_id for e in _entries(data_dir) if e.split == "private"] == [13]
 
 
+def test_a_reveal_the_site_cannot_make_is_logged_once_not_at_every_poll(hub, data_dir, caplog):
+    agent = make_agent(hub, data_dir, FakeSandbox())
+    hub.pending_work = {"releases": [], "reveals": [99]}  # a job this site kept nothing for
+    with caplog.at_level("WARNING", logger="evaluator.agent"):
+        for _ in range(5):
+            agent.run_once()
+    assert sum("kept no private statistics" in r.getMessage() for r in caplog.records) == 1
+    assert hub.private_results == []
+
+
 def test_a_reveal_that_would_pass_the_sites_private_budget_is_not_sent(hub, data_dir):
     hub.add_job(public_split_fraction=0.5, split_seed=SEED)
     agent = make_agent(hub, data_dir, FakeSandbox())
