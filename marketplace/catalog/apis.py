@@ -27,6 +27,7 @@ from marketplace.core.apis import IsPerson
 from marketplace.core.errors import NotFound
 from marketplace.core.uploads import CappedUploadMixin
 
+MAX_COUNT = 2**31 - 1  # PositiveIntegerField columns: 32 bits on PostgreSQL, the same bound on SQLite
 
 class MetricSpecOutput(serializers.Serializer):
     name = serializers.CharField()
@@ -76,11 +77,11 @@ class TaskInput(serializers.Serializer):
     visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
     opens_at = serializers.DateTimeField(required=False, allow_null=True)
     closes_at = serializers.DateTimeField(required=False, allow_null=True)
-    quota_per_day = serializers.IntegerField(required=False, min_value=1)
-    quota_total = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    quota_per_day = serializers.IntegerField(required=False, min_value=1, max_value=MAX_COUNT)
+    quota_total = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_COUNT)
     resource_limits = serializers.JSONField(required=False)
     show_per_site = serializers.BooleanField(required=False)
-    min_test_rows = serializers.IntegerField(required=False, min_value=1)
+    min_test_rows = serializers.IntegerField(required=False, min_value=1, max_value=MAX_COUNT)
     public_split_fraction = serializers.FloatField(required=False)
     leaderboard_mode = serializers.ChoiceField(choices=LeaderboardMode.choices, required=False)
     requires_job_approval = serializers.BooleanField(required=False)
@@ -90,7 +91,7 @@ class TaskInput(serializers.Serializer):
     dp_delta = serializers.FloatField(required=False)
     dp_vendor_epsilon = serializers.FloatField(required=False)
     dp_task_epsilon = serializers.FloatField(required=False)
-    release_delay_seconds = serializers.IntegerField(required=False, min_value=0)
+    release_delay_seconds = serializers.IntegerField(required=False, min_value=0, max_value=MAX_COUNT)
     ladder_threshold = serializers.FloatField(required=False)
     final_submissions = serializers.IntegerField(required=False, min_value=1, max_value=20)
     fine_tuning_allowed = serializers.BooleanField(required=False)

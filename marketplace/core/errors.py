@@ -5,6 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import DataError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -69,6 +70,10 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(_error_body("too_large", message, {"limit": limit}), status=413)
     if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
         return Response(_error_body("too_many_fields", "The request has too many fields or files."), status=400)
+    # A value its database column cannot hold (an integer past a 32-bit column on PostgreSQL; the
+    # parser already refuses anything past 64 bits): the request is at fault, not the hub.
+    if isinstance(exc, DataError):
+        return Response(_error_body("out_of_range", "A value is outside the range the hub can store."), status=400)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

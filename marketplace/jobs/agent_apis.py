@@ -26,6 +26,7 @@ from marketplace.jobs.services import (
 from marketplace.sites.authentication import IsSiteAgent, SiteTokenAuthentication
 from marketplace.sites.services import site_heartbeat
 
+MAX_ROWS = 2**31 - 1  # DataShard.row_count is a PositiveIntegerField (32 bits on PostgreSQL)
 AGENT_ID = serializers.RegexField(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -59,9 +60,11 @@ class HeartbeatApi(AgentApi):
 
 class ShardInput(serializers.Serializer):
     task = serializers.IntegerField()
-    row_count = serializers.IntegerField(min_value=0)
+    row_count = serializers.IntegerField(min_value=0, max_value=MAX_ROWS)
     fingerprint = serializers.RegexField(r"^[0-9a-f]{64}$")
-    split_sizes = serializers.DictField(child=serializers.IntegerField(min_value=0), required=False, default=dict)
+    split_sizes = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_ROWS), required=False, default=dict
+    )
 
 
 class ShardOutput(serializers.Serializer):

@@ -21,7 +21,7 @@ from marketplace.core.parsers import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH, json_
 from marketplace.egress.models import EgressRecord
 from marketplace.jobs.models import Job, JobStatus, Result
 from marketplace.submissions.models import Submission
-from tests.conftest import make_task, upload
+from tests.conftest import TASK_SPEC, make_task, upload
 from tests.hub.helpers import claim, error_code, files_under, post_result, release_body, submit, with_receipt
 
 MIB = 1024 * 1024
@@ -131,7 +131,7 @@ def test_integers_at_the_64_bit_bounds_pass_the_parser(site, open_task):
         "split_sizes": {"test": 10},
     }
     response = site.client.post("/api/v1/agent/shards", body, format="json")
-    assert response.status_code < 500, response.content
+    assert response.status_code == 400, response.content  # past the column's range: refused, not a 500
     assert site.client.post("/api/v1/agent/heartbeat", {"agent_id": "a1", "capabilities": {"n": INT64_MIN}},
                             format="json").status_code == 200  # fmt: skip
 
@@ -467,3 +467,10 @@ def running(vendor, site, open_task):
 def test_a_valid_release_still_goes_through(site, running):
     _, job = running
     assert post_result(site, job["id"]).status_code == 200
+
+
+def test_an_integer_past_its_database_column_is_a_4xx_not_a_500(owner):
+    """64-bit integers pass the parser; a 32-bit column (PostgreSQL) must still answer 4xx."""
+    for field in ("quota_per_day", "min_test_rows", "final_submissions"):
+        response = owner.client.post("/api/v1/tasks", {**TASK_SPEC, field: 2**40}, format="json")
+        assert 400 <= response.status_code < 500, (field, response.content)
