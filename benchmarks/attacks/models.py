@@ -1,9 +1,11 @@
 """Hostile vendor models: ordinary ``python_package`` submissions (pure numpy ``model.py`` plus
 the shared ``codec.py``), each choosing what it does from the private features it is given.
 
-The sandbox never sees labels, so every model here encodes a *feature-derived* secret; the
-carrier models also give away the carrier row's label through the log loss (see ``codec``).
-Each builder returns the path of a ``.zip`` that follows docs/model-contract.md.
+The sandbox never sees labels, so every model here encodes a *feature-derived* secret (the
+carrier models also give away the carrier row's label through the log loss, see ``codec``), or
+probes labels by the classes it predicts (``classes_model``). Each builder returns the path of a
+``.zip`` that follows docs/model-contract.md; the same builder with the same arguments gives the
+same bytes.
 """
 
 from __future__ import annotations
@@ -189,3 +191,33 @@ def timing_model(
         row=int(row), cols=tuple(int(c) for c in cols), thresholds=tuple(float(t) for t in thresholds)
     )
     return _package(path, "timing", code + _TIMING.format(step=float(step_seconds)))
+
+
+_CLASSES = """
+CLASSES = {classes!r}  # the class predicted (with probability 1) for each row, by position
+TARGET = {target!r}    # None, or (row, col, threshold): that row's class is its feature bit
+
+
+def predict(model, features):
+    p1 = np.full(len(features), 0.5, dtype=np.float64)
+    n = min(len(features), len(CLASSES))
+    p1[:n] = np.asarray(CLASSES[:n], dtype=np.float64)
+    if TARGET is not None and TARGET[0] < len(features):
+        row, col, threshold = TARGET
+        p1[row] = float(features[row, col] > threshold)
+    return np.stack([1.0 - p1, p1], axis=1).astype(np.float32)
+"""
+
+
+def classes_model(
+    path: Path, *, classes: Sequence[int], target: tuple[int, int, float] | None = None
+) -> Path:
+    """Predicts class ``classes[i]`` with probability 1 for row ``i``; with ``target`` = (row,
+    col, threshold), that row's class is instead ``features[row, col] > threshold``: the model
+    moves the released count of correct rows by one, as the row's private bit says (the metric
+    channel); without it, a label probe (the Ladder attack)."""
+    body = _CLASSES.format(
+        classes=[int(c) for c in classes],
+        target=None if target is None else (int(target[0]), int(target[1]), float(target[2])),
+    )
+    return _package(path, "classes", body)
