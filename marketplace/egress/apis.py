@@ -67,8 +67,10 @@ class EgressCsvApi(APIView):
 class LeakageOutput(serializers.Serializer):
     vendor_id = serializers.IntegerField()
     vendor = serializers.CharField(source="vendor__name")
-    releases = serializers.IntegerField(help_text="Priced releases mirrored from the sites' ledgers")
-    bytes = serializers.IntegerField()
+    releases = serializers.IntegerField(
+        help_text="The owner: priced releases mirrored from the sites' ledgers. A vendor: its reservations"
+    )
+    bytes = serializers.IntegerField(help_text="The owner only (0 for a vendor)")
     rho = serializers.FloatField(help_text="zCDP spent on the public split")
     epsilon = serializers.FloatField(help_text="Its (epsilon, delta) guarantee")
     private_rho = serializers.FloatField()
@@ -86,5 +88,6 @@ class TaskLeakageApi(APIView):
     def get(self, request, task_id: int):
         task = access_task_by_id(request.user, task_id)
         org_ids = organization_ids_of(user=request.user)
-        vendor_ids = None if task.organization_id in org_ids else list(org_ids)
-        return Response(LeakageOutput(leakage_by_vendor(task=task, vendor_ids=vendor_ids), many=True).data)
+        owner = task.organization_id in org_ids
+        rows = leakage_by_vendor(task=task, vendor_ids=None if owner else list(org_ids), site_records=owner)
+        return Response(LeakageOutput(rows, many=True).data)

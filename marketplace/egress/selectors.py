@@ -16,12 +16,16 @@ def egress_records_visible_to(*, user) -> QuerySet[EgressRecord]:
 
 
 def leakage_by_vendor(
-    *, task=None, task_id: int | None = None, vendor_ids: list[int] | None = None
+    *, task=None, task_id: int | None = None, vendor_ids: list[int] | None = None, site_records: bool = True
 ) -> list[dict]:
     """What each vendor has spent on a task's rows, per split: the releases mirrored from the
     sites' ledgers, and the epsilon of the sum of their rhos (zCDP composes by addition; the
     rhos are converted once, at the task's delta). Parallel sites count once per submission:
-    the rhos are summed over the budgets' charges, not over the sites' records."""
+    the rhos are summed over the budgets' charges, not over the sites' records.
+
+    ``site_records=False`` (a vendor's own view) counts the charges reserved at upload only: the
+    sites' records arrive as each site finishes, which would show a vendor its jobs' progress
+    and run time before the release time (docs/disclosure.md)."""
     from django.db.models import Count, Q, Sum
 
     from evaluator.privacy.zcdp import epsilon_for_rho
@@ -31,6 +35,8 @@ def leakage_by_vendor(
     if task is None:
         task = Task.objects.get(id=task_id)
     records = EgressRecord.objects.filter(task=task)
+    if not site_records:
+        records = records.none()
     if vendor_ids is not None:
         records = records.filter(vendor_id__in=vendor_ids)
     rows = {
@@ -47,9 +53,11 @@ def leakage_by_vendor(
         "vendor_id", "vendor__name", "split", "rho"
     ):
         spent[(vendor_id, split)] = spent.get((vendor_id, split), 0.0) + rho
-        rows.setdefault(
+        row = rows.setdefault(
             vendor_id, {"vendor_id": vendor_id, "vendor__name": vendor_name, "releases": 0, "bytes": 0}
         )
+        if not site_records:
+            row["releases"] += 1
     out = []
     for vendor_id, row in sorted(rows.items(), key=lambda item: item[1]["vendor__name"]):
         public = spent.get((vendor_id, Split.PUBLIC), 0.0)

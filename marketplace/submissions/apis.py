@@ -172,12 +172,22 @@ class QuotaOutput(serializers.Serializer):
     privacy = PrivacyBudgetOutput()
 
 
+class QuotaQuery(serializers.Serializer):
+    organization = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="Which of your vendor organizations"
+    )
+
+
 class TaskQuotaApi(APIView):
     permission_classes = [IsPerson]
 
-    @extend_schema(responses=QuotaOutput, tags=["submissions"])
+    @extend_schema(parameters=[QuotaQuery], responses=QuotaOutput, tags=["submissions"])
     def get(self, request, task_id: int):
-        vendor = access_acting_organization(request.user, kind=OrganizationKind.VENDOR)
+        query = QuotaQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        vendor = access_acting_organization(
+            request.user, kind=OrganizationKind.VENDOR, organization_id=query.validated_data.get("organization")
+        )
         task = access_task_by_id(request.user, task_id)
         usage = quota_usage(task=task, vendor_id=vendor.id)
         privacy = privacy_budget_of(task=task, vendor_id=vendor.id)

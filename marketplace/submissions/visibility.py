@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from django.db.models import Q
 from django.utils import timezone
 
 from evaluator.privacy.zcdp import ACCOUNTANT
@@ -51,6 +52,23 @@ def release_time(*, created_at: datetime, delay_seconds: int, now: datetime) -> 
 def results_are_visible(submission: Submission, *, now: datetime) -> bool:
     """Whether a non-owner may see how the submission ended (nothing before results_visible_at)."""
     return submission.results_visible_at is not None and submission.results_visible_at <= now
+
+
+def status_seen_q(status: str, *, org_ids: Iterable[int], now: datetime) -> Q:
+    """Submissions whose status, as `submission_view_for` shows them to a person of `org_ids`, is
+    `status`: the true one on the person's own tasks, the visible one elsewhere. A filter on the
+    true status would answer "scored" before the release time (docs/disclosure.md)."""
+    own = Q(task__organization_id__in=list(org_ids))
+    released = Q(status__in=[SubmissionStatus.SCORED, SubmissionStatus.FAILED], results_visible_at__lte=now)
+    if status == PENDING:
+        seen = ~released & ~Q(status=SubmissionStatus.REJECTED)
+    elif status in (SubmissionStatus.SCORED, SubmissionStatus.FAILED):
+        seen = released & Q(status=status)
+    elif status == SubmissionStatus.REJECTED:
+        seen = Q(status=status)
+    else:  # checking, awaiting approval, evaluating: only an owner sees them
+        seen = Q(pk__in=[])
+    return (own & Q(status=status)) | (~own & seen)
 
 
 def rounded_metrics(task: Task, metrics: dict | None) -> dict[str, float] | None:

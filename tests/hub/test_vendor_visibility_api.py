@@ -201,3 +201,47 @@ def test_submission_list_query_count_does_not_grow_with_submissions(owner, vendo
         with django_assert_max_num_queries(5):
             results = persona.client.get("/api/v1/submissions").json()["results"]
         assert len(results) == 6 and all(r["status"] == "scored" and r["metrics"] for r in results)
+
+
+def _side_views(persona, submission) -> dict:
+    """The other endpoints a vendor can poll about its work: filtered lists, leakage, quota."""
+    params = {"task": submission.task_id}
+    views = {
+        status: [s["id"] for s in persona.client.get("/api/v1/submissions", {**params, "status": status}).json()["results"]]
+        for status in ("pending", "scored", "failed", "evaluating")
+    }  # fmt: skip
+    views["leakage"] = persona.client.get(f"/api/v1/tasks/{submission.task_id}/leakage").json()
+    views["quota"] = persona.client.get(f"/api/v1/tasks/{submission.task_id}/quota").json()
+    return views
+
+
+def test_filters_leakage_and_quota_show_nothing_before_the_release_time(two_sites, vendor, owner, monkeypatch):
+    """Found by the attack replay: `?status=scored` and the leakage view moved when the sites
+    finished, seconds before the release time, and so told a model's run time."""
+    task, north, south = two_sites
+    submission = submit(vendor, task)
+    before = _side_views(vendor, submission)
+    assert before["pending"] == [submission.id] and before["scored"] == before["evaluating"] == []
+    for site in (north, south):
+        post_result(site, claim(site)["id"])
+    submission = _aggregate(submission)
+    assert submission.status == "scored"
+    assert _side_views(vendor, submission) == before  # the sites are done: nothing moved
+    # The owner filters on the truth at once.
+    owner_ids = [s["id"] for s in owner.client.get("/api/v1/submissions", {"status": "scored"}).json()["results"]]
+    assert owner_ids == [submission.id]
+    _later(monkeypatch, submission, DELAY)
+    after = _side_views(vendor, submission)
+    assert after["scored"] == [submission.id] and after["pending"] == []
+
+
+def test_a_vendor_in_two_organizations_names_one_to_read_its_budget(two_sites, vendor):
+    from marketplace.accounts.services import organization_create
+
+    task, _, _ = two_sites
+    second = organization_create(name="Second vendor org", kind="vendor", creator=vendor.user)
+    response = vendor.client.get(f"/api/v1/tasks/{task.id}/quota")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "organization_required"
+    for org_id in (vendor.organization.id, second.id):
+        response = vendor.client.get(f"/api/v1/tasks/{task.id}/quota", {"organization": org_id})
+        assert response.status_code == 200 and response.json()["privacy"]["submissions_left"] > 0
