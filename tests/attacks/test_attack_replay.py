@@ -11,9 +11,8 @@ What is asserted is exact, never a noisy decoding rate:
   (409 budget_exhausted); self-service organizations never take the task past its total N,
   each upload beyond is refused at upload and uses no quota.
 
-Two streams of the transcript follow the sites' true progress on this hub (``KNOWN_LEAKS``: the
-submission list filtered on the true status, the leakage view's release count); they are
-compared apart and reported as an expected failure until the hub stops leaking through them.
+Every stream is compared, the submission list filtered by status and the leakage view included
+(both followed the sites' true progress until the replay found them: ``KNOWN_LEAKS`` is empty).
 
 The full run, with the metric channel and the Ladder figures: benchmarks/attack_replay.py.
 """
@@ -68,7 +67,7 @@ def test_constant_channels_show_nothing_and_budgets_are_never_exceeded(
         assert result["identical"], (
             f"{channel}: the vendor can tell the secrets apart: {result['differences']}"
         )
-        assert result["streams"] >= 14, result["streams"]  # 19 streams, 5 of them the known leaks
+        assert result["streams"] >= 19, result["streams"]  # every stream the poller reads
         statuses = [
             change["body"]["body"]["status"] for change in result["transcript_A"]["GET /submissions/{id}"]
         ]
@@ -116,12 +115,4 @@ def test_constant_channels_show_nothing_and_budgets_are_never_exceeded(
     for name in suite.SITES:  # nothing of the budget tasks ran anywhere else
         assert site_releases(sites[name], task_ids["budget-orgs"])["releases"] == 0
 
-    # --- the known leaks ---------------------------------------------------------------------------
-    leaky = {ch: constant[ch]["known_leak_differences"] for ch in suite.CONSTANT_CHANNELS
-             if not constant[ch]["known_leaks_identical"]}  # fmt: skip
-    if "timing" not in leaky:
-        pytest.fail(
-            "The sleeping model's run time no longer shows through the known-leak streams: empty "
-            "benchmarks/attacks/suite.py KNOWN_LEAKS so that they are asserted like the others."
-        )
-    pytest.xfail(f"known leaks of the hub (marketplace), before the release time: {leaky['timing'][:3]}")
+    assert not suite.KNOWN_LEAKS  # every stream above was compared
