@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.http import FileResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
@@ -103,8 +104,11 @@ class SubmissionListCreateApi(CappedUploadMixin, generics.ListAPIView):
         )
 
     def list(self, request, *args, **kwargs):
+        # One instant for the status filter and the views: a release time passing between the two
+        # would list a submission under "pending" with its scores.
+        request.seen_at = timezone.now()
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        views = submission_views_for(user=request.user, submissions=page)
+        views = submission_views_for(user=request.user, submissions=page, now=request.seen_at)
         return self.get_paginated_response(SubmissionOutput(views, many=True).data)
 
     @extend_schema(request={"multipart/form-data": SubmissionInput}, responses={201: SubmissionOutput}, tags=["submissions"])

@@ -21,4 +21,5 @@ class SubmissionFilter(django_filters.FilterSet):
 
     def filter_status(self, queryset, name, value):
         org_ids = organization_ids_of(user=self.request.user) if self.request is not None else set()
-        return queryset.filter(status_seen_q(value, org_ids=org_ids, now=timezone.now()))
+        now = getattr(self.request, "seen_at", None) or timezone.now()  # the list view's instant
+        return queryset.filter(status_seen_q(value, org_ids=org_ids, now=now))
