@@ -28,6 +28,25 @@ DELTA = 1e-6
 THREE_RELEASES = epsilon_for_rho(3 * rho_for_epsilon(1.0, DELTA), DELTA) * (1 + 1e-9)
 
 
+
+def _racing_uploads(n: int, do_upload) -> list[int]:
+    """`n` threads released at once, each calling do_upload(i); the status codes they got."""
+    statuses, barrier = [], threading.Barrier(n)
+
+    def attempt(i):
+        barrier.wait()
+        try:
+            statuses.append(do_upload(i).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
 def _score(site, submission, *, correct=0.8, agent="agent-1", n_rows=100):
     job = claim(site, agent)
     assert job["submission"]["id"] == submission.id
@@ -124,21 +143,7 @@ def test_concurrent_uploads_never_overshoot_the_privacy_budget(owner, vendor, se
         owner, quota_per_day=50, dp_vendor_epsilon=THREE_RELEASES, dp_task_epsilon=THREE_RELEASES
     )
     register_shard(site, task)
-    statuses, barrier = [], threading.Barrier(8)
-
-    def attempt(i):
-        barrier.wait()
-        try:
-            persona = vendor if i % 2 else second_vendor
-            statuses.append(upload(persona, task, name=f"m{i}").status_code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = _racing_uploads(8, lambda i: upload(vendor if i % 2 else second_vendor, task, name=f"m{i}"))
     assert sorted(statuses) == [201] * 3 + [409] * 5
     rho = release_cost(task)[0]
     total = PrivacyBudget.objects.get(task=task, vendor=None, split="public").rho_spent
@@ -194,20 +199,7 @@ def test_failed_jobs_keep_their_quota_by_default(owner, vendor, site, django_cap
 def test_concurrent_uploads_never_exceed_the_daily_quota(owner, vendor, site):
     task = make_task(owner, quota_per_day=3)
     register_shard(site, task)
-    statuses, barrier = [], threading.Barrier(8)
-
-    def attempt(i):
-        barrier.wait()
-        try:
-            statuses.append(upload(vendor, task, name=f"m{i}").status_code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = _racing_uploads(8, lambda i: upload(vendor, task, name=f"m{i}"))
     assert sorted(statuses) == [201] * 3 + [429] * 5
     assert Submission.objects.filter(task=task).count() == 3
     assert QuotaCounter.objects.get(task=task, day__isnull=False).used == 3
