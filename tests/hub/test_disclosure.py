@@ -28,7 +28,6 @@ DELTA = 1e-6
 THREE_RELEASES = epsilon_for_rho(3 * rho_for_epsilon(1.0, DELTA), DELTA) * (1 + 1e-9)
 
 
-
 def _racing_uploads(n: int, do_upload) -> list[int]:
     """`n` threads released at once, each calling do_upload(i); the status codes they got."""
     statuses, barrier = [], threading.Barrier(n)
@@ -46,6 +45,7 @@ def _racing_uploads(n: int, do_upload) -> list[int]:
     for thread in threads:
         thread.join()
     return statuses
+
 
 def _score(site, submission, *, correct=0.8, agent="agent-1", n_rows=100):
     job = claim(site, agent)
