@@ -22,6 +22,9 @@ from tests.e2e.conftest import EXAMPLES, e2e_task, wait_for, wait_for_submission
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 GROUPS = ([0, 1, 2, 3], [4, 5, 6], [7, 8, 9])
+# 4 rounds fell short of the margin once in CI (0.300 -> 0.346, a site dropping out of rounds
+# under load); 6 keep it clear.
+ROUNDS = 6
 
 
 SPEC = ReleaseSpec(task_type="multiclass_classification", metric_names=("accuracy",), n_classes=10)
@@ -101,7 +104,7 @@ def test_finetuning_with_secure_aggregation_beats_the_parent(
     parent_accuracy = _accuracy(site_dirs, parent_id)
 
     run = run_request(
-        parent=parent, actor=hub_vendor.persona.user, rounds=4, learning_rate=0.1, local_epochs=2,
+        parent=parent, actor=hub_vendor.persona.user, rounds=ROUNDS, learning_rate=0.1, local_epochs=2,
         batch_size=32, round_timeout_seconds=120,
     )  # fmt: skip
     run_approve(run=run, actor=owner.user)
@@ -116,11 +119,11 @@ def test_finetuning_with_secure_aggregation_beats_the_parent(
     tuned = wait_for_submission(tuned.id)
     assert tuned.status == "scored", tuned.status_reason
     tuned_accuracy = _accuracy(site_dirs, tuned.id)
-    # Measured here: 0.29-0.33 -> 0.38-0.45 (the margin varies with timing-dependent dropouts).
+    # Measured with 4 rounds: 0.29-0.33 -> 0.35-0.45 (the margin varies with timing-dependent dropouts).
     assert tuned_accuracy > parent_accuracy + 0.05, (parent_accuracy, tuned_accuracy)
-    print(f"MNIST-1D over 3 non-IID sites, 4 rounds with secure aggregation: parent {parent_accuracy:.4f} -> fine-tuned {tuned_accuracy:.4f}")
+    print(f"MNIST-1D over 3 non-IID sites, {ROUNDS} rounds with secure aggregation: parent {parent_accuracy:.4f} -> fine-tuned {tuned_accuracy:.4f}")
 
     for site_dir in site_dirs:  # every update left through the ledger, none unmasked
         updates = [e for e in site_dir.ledger_entries() if e.kind == "update"]
-        assert len(updates) == 4
-    assert FineTuningRun.objects.get(id=run.id).rounds_completed == 4
+        assert len(updates) == ROUNDS
+    assert FineTuningRun.objects.get(id=run.id).rounds_completed == ROUNDS
