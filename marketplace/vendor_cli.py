@@ -1,224 +1,264 @@
-"""The vendor's command line: upload models and follow them, over the hub's REST API.
+"""The vendor's command line (``vaultbench``, or ``python -m marketplace.vendor_cli``): upload
+models and follow them over the hub's REST API, with the SDK in ``marketplace.client``.
 
-    python -m marketplace.vendor_cli tasks
-    python -m marketplace.vendor_cli quota --task 3
-    python -m marketplace.vendor_cli submit --task 3 --format sklearn --name "LogReg v2" model.joblib [--wait]
-    python -m marketplace.vendor_cli status 17
-    python -m marketplace.vendor_cli leaderboard 3 [--sort accuracy]
-    python -m marketplace.vendor_cli nominate 17
+    vaultbench tasks
+    vaultbench quota --task 3
+    vaultbench submit model.joblib --task 3 --format sklearn --name "LogReg v2" [--wait [--timeout S]]
+    vaultbench status 17
+    vaultbench leaderboard 3 [--sort accuracy] [--all]
+    vaultbench nominate 17
 
-Configuration: `--hub` / VAULTBENCH_HUB_URL and a personal API token in VAULTBENCH_TOKEN (create
-one on your account page). Needs only `requests`; it does not load Django.
+Every command takes ``--json`` (one JSON document on stdout; progress and errors on stderr).
+Configuration: ``--hub`` / VAULTBENCH_HUB_URL and a personal API token in VAULTBENCH_TOKEN
+(create one on your account page). Needs only ``requests``; it does not load Django.
 
-Every upload spends privacy budget (`quota` shows what is left). A submission shows as "pending"
-until its release time (upload + a multiple of the task's release delay), then "scored" with its
-(differentially private) scores, or "failed" with no reason. `status` and `submit --wait` exit
-with 1 for a failed or rejected submission.
+Every upload spends privacy budget (``quota`` shows what is left). A submission shows as
+"pending" until its release time, then "scored" with its (differentially private) scores, or
+"failed" with no reason.
+
+Exit codes (``status`` and ``submit --wait``; the others use 0, 2 and 3):
+    0  done; the submission is scored (or, without --wait, uploaded / still pending)
+    1  the submission failed
+    2  bad arguments, or the hub refused the request (its error code is printed)
+    3  the hub cannot be reached
+    4  ``--wait`` gave up: still pending after ``--timeout`` seconds
+    5  the submission was rejected by the task's owner
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import sys
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import requests
+from marketplace.client import (
+    FORMATS,
+    Client,
+    ClientError,
+    HubError,
+    HubUnreachable,
+    WaitTimeout,
+)
 
-FORMATS = ["torchscript", "sklearn", "onnx", "python_package"]
-FINAL_STATUSES = {"scored", "failed", "rejected"}
-FAILED_STATUSES = {"failed", "rejected"}
-
-
-class CliError(Exception):
-    pass
-
-
-class Hub:
-    def __init__(self, url: str, token: str) -> None:
-        if not token:
-            raise CliError("set VAULTBENCH_TOKEN to a personal API token (vbp_...)")
-        self.url = url.rstrip("/")
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.session.request(method, f"{self.url}/api/v1{path}", timeout=300, **kwargs)
-        if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                detail = f"{error['message']} ({error['code']})"
-                if error.get("details"):
-                    detail += f" {json.dumps(error['details'])}"
-            except (ValueError, KeyError, TypeError):
-                detail = response.text[:300]
-            raise CliError(f"the hub refused: {response.status_code} {detail}")
-        return response.json() if response.content else None
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_REJECTED = 0, 1, 2, 3, 4, 5
+PROGRESS_EVERY_SECONDS = 30
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+    elif text:
+        print(text)
 
 
-def cmd_tasks(hub: Hub, args: argparse.Namespace) -> int:
-    for task in hub.call("GET", "/tasks", params={"status": "open"})["results"]:
-        print(f"{task['id']:>5}  {task['title']}  ({task['task_type']}, {task['visibility']})")
-    return 0
-
-
-def cmd_quota(hub: Hub, args: argparse.Namespace) -> int:
-    quota = hub.call("GET", f"/tasks/{args.task}/quota")
-    total = "unlimited" if quota["remaining_total"] is None else f"{quota['remaining_total']} of {quota['quota_total']}"
-    print(f"submissions left today: {quota['remaining_today']} of {quota['quota_per_day']} (in total: {total})")
-    privacy = quota["privacy"]
-    print(
-        f"privacy: epsilon {privacy['epsilon_per_release']:g} per submission at delta {privacy['delta']:g}; "
-        f"spent {privacy['vendor_epsilon_spent']:.2f} of {privacy['vendor_epsilon']:g}, "
-        f"{privacy['vendor_epsilon_remaining']:.2f} remaining (task: {privacy['task_epsilon_remaining']:.2f} left "
-        f"for all vendors)"
-    )
-    print(f"uploads that fit the privacy budget: {privacy['submissions_left']}")
-    print(f"mechanism: {privacy['mechanism']}; accountant: {privacy['accountant']}")
-    return 0
-
-
-def cmd_submit(hub: Hub, args: argparse.Namespace) -> int:
-    path = Path(args.artifact)
-    if not path.is_file():
-        raise CliError(f"no such file: {path}")
-    sha256 = _sha256(path)
-    with path.open("rb") as handle:
-        submission = hub.call(
-            "POST",
-            "/submissions",
-            data={"task": args.task, "name": args.name, "artifact_format": args.format,
-                  "description": args.description, "sha256": sha256},
-            files={"artifact": (path.name, handle, "application/octet-stream")},
-        )  # fmt: skip
-    print(f"submitted #{submission['id']} ({submission['size']} bytes, sha256 {sha256[:12]}…)")
-    if args.wait:
-        return _wait(hub, submission["id"], args.timeout)
-    return 0
-
-
-def _wait(hub: Hub, submission_id: int, timeout: float) -> int:
-    """Polls until the results are visible: the hub answers "pending" until the release time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        submission = hub.call("GET", f"/submissions/{submission_id}")
-        if submission["status"] in FINAL_STATUSES:
-            return _print_status(submission)
-        if time.monotonic() > deadline:
-            _print_status(submission)
-            print(f"error: still {submission['status']} after {timeout:g} s", file=sys.stderr)
-            return 4
-        time.sleep(3)
+def _exit_code(submission: dict) -> int:
+    return {"failed": EXIT_FAILED, "rejected": EXIT_REJECTED}.get(submission["status"], EXIT_OK)
 
 
 def _release_time(submission: dict) -> str | None:
     """When a pending submission can next become visible: the next point of the release grid."""
     delay = submission.get("release_delay_seconds") or 0
-    if delay <= 0:
+    if delay <= 0 or not submission.get("created_at"):
         return None
     created = datetime.fromisoformat(submission["created_at"].replace("Z", "+00:00"))
     elapsed = max((datetime.now(UTC) - created).total_seconds(), 1.0)
     return (created + timedelta(seconds=math.ceil(elapsed / delay) * delay)).astimezone(UTC).strftime("%H:%M:%S UTC")
 
 
-def _print_status(submission: dict) -> int:
-    """Prints what the hub shows; 1 for a failed or rejected submission, else 0."""
+def _status_line(submission: dict) -> str:
     status = submission["status"]
     detail = ""
     if submission.get("status_reason"):
         detail = f" ({submission['status_reason']})"
     elif status == "pending" and _release_time(submission):
         detail = f" (results at {_release_time(submission)} at the earliest)"
-    print(f"#{submission['id']} {submission['name']}: {status}{detail}")
+    return f"#{submission['id']} {submission['name']}: {status}{detail}"
+
+
+def _format_submission(submission: dict) -> str:
+    lines = [_status_line(submission)]
     if submission.get("ladder_improved") is False:
-        print("  no improvement on your best (Ladder): no new score released")
+        lines.append("  no improvement on your best (Ladder): no new score released")
     for name, value in (submission.get("metrics") or {}).items():
-        print(f"  {name} = {value}")
+        lines.append(f"  {name} = {value}")
     for site in submission.get("per_site") or []:
         values = "  ".join(f"{k}={v}" for k, v in site["metrics"].items())
-        print(f"  site {site['site']} ({site['n_rows']} rows): {values}")
+        lines.append(f"  site {site['site']} ({site['n_rows']} rows): {values}")
     for job in submission.get("jobs") or []:  # the task's owner only
-        failure = f" — {job['failure_reason']}" if job["failure_reason"] else ""
-        print(f"  site {job['site']}: {job['status']}{failure}")
-    return 1 if status in FAILED_STATUSES else 0
+        failure = f" — {job['failure_reason']}" if job.get("failure_reason") else ""
+        lines.append(f"  site {job['site']}: {job['status']}{failure}")
+    return "\n".join(lines)
 
 
-def cmd_status(hub: Hub, args: argparse.Namespace) -> int:
-    return _print_status(hub.call("GET", f"/submissions/{args.submission}"))
+def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
+    tasks = client.tasks(status=None if args.all else "open")
+    text = "\n".join(f"{t['id']:>5}  {t['title']}  ({t['task_type']}, {t['visibility']}, {t['status']})" for t in tasks)
+    _emit(args, tasks, text or "no tasks")
+    return EXIT_OK
 
 
-def cmd_leaderboard(hub: Hub, args: argparse.Namespace) -> int:
-    params = {"sort": args.sort} if args.sort else {}
-    board = hub.call("GET", f"/tasks/{args.task}/leaderboard", params=params)
-    for row in board["rows"]:
+def cmd_quota(client: Client, args: argparse.Namespace) -> int:
+    quota = client.quota(args.task)
+    total = "unlimited" if quota["remaining_total"] is None else f"{quota['remaining_total']} of {quota['quota_total']}"
+    privacy = quota["privacy"]
+    text = "\n".join([
+        f"submissions left today: {quota['remaining_today']} of {quota['quota_per_day']} (in total: {total})",
+        f"privacy: epsilon {privacy['epsilon_per_release']:g} per submission at delta {privacy['delta']:g}; "
+        f"spent {privacy['vendor_epsilon_spent']:.2f} of {privacy['vendor_epsilon']:g}, "
+        f"{privacy['vendor_epsilon_remaining']:.2f} remaining (task: {privacy['task_epsilon_remaining']:.2f} left "
+        f"for all vendors)",
+        f"uploads that fit the privacy budget: {privacy['submissions_left']}",
+        f"mechanism: {privacy['mechanism']}; accountant: {privacy['accountant']}",
+    ])  # fmt: skip
+    _emit(args, quota, text)
+    return EXIT_OK
+
+
+def _progress_printer(args: argparse.Namespace):
+    """Progress on stderr while waiting: at every change of status and every 30 s otherwise."""
+    last: dict[str, Any] = {"status": None, "at": -math.inf}
+
+    def report(submission: dict, elapsed: float) -> None:
+        if submission["status"] == last["status"] and elapsed - last["at"] < PROGRESS_EVERY_SECONDS:
+            return
+        last.update(status=submission["status"], at=elapsed)
+        print(f"[{elapsed:6.0f} s] {_status_line(submission)}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _wait(client: Client, args: argparse.Namespace, submission_id: int) -> int:
+    try:
+        final = client.wait(submission_id, timeout=args.timeout, poll_seconds=args.poll,
+                            on_progress=_progress_printer(args))  # fmt: skip
+    except WaitTimeout as exc:
+        _emit(args, exc.submission, _format_submission(exc.submission))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    _emit(args, final, _format_submission(final))
+    return _exit_code(final)
+
+
+def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    submission = client.submit(task=args.task, artifact=args.artifact, artifact_format=args.format,
+                               name=args.name, description=args.description)  # fmt: skip
+    message = f"submitted #{submission['id']} ({submission['size']} bytes, sha256 {submission.get('sha256', '')[:12]}…)"
+    if args.wait:
+        print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
+        return _wait(client, args, submission["id"])
+    _emit(args, submission, message)
+    return EXIT_OK
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    submission = client.status(args.submission)
+    _emit(args, submission, _format_submission(submission))
+    return _exit_code(submission)
+
+
+def cmd_wait(client: Client, args: argparse.Namespace) -> int:
+    return _wait(client, args, args.submission)
+
+
+def cmd_leaderboard(client: Client, args: argparse.Namespace) -> int:
+    board = client.leaderboard(args.task, sort=args.sort, view="all" if args.all else None)
+    lines = []
+    for row in board["results"]:
         values = "  ".join(f"{k}={v}" for k, v in row["metrics"].items())
-        print(f"{row['rank']:>3}. {row['vendor']} / {row['model_name']} ({row['artifact_format']})  {values}")
+        lines.append(f"{row['rank']:>3}. {row['vendor']} / {row['model_name']} ({row['artifact_format']})  {values}")
         for site in row.get("per_site") or []:  # only where the task shows per-site values
             site_values = "  ".join(f"{k}={v}" for k, v in site["metrics"].items())
-            print(f"       site {site['site']}: {site_values}")
-    return 0
+            lines.append(f"       site {site['site']}: {site_values}")
+    _emit(args, board, "\n".join(lines) or "no entries yet")
+    return EXIT_OK
 
 
-def cmd_nominate(hub: Hub, args: argparse.Namespace) -> int:
-    submission = hub.call("POST", f"/submissions/{args.submission}/nominate")
-    print(f"#{submission['id']} is now a final submission")
-    return 0
+def cmd_nominate(client: Client, args: argparse.Namespace) -> int:
+    submission = client.nominate(args.submission)
+    _emit(args, submission, f"#{submission['id']} is now a final submission")
+    return EXIT_OK
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds, not {value}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m marketplace.vendor_cli", description="Vaultbench for vendors")
-    parser.add_argument("--hub", default=os.environ.get("VAULTBENCH_HUB_URL", "http://127.0.0.1:8000"))
+    parser = argparse.ArgumentParser(
+        prog="vaultbench", description="Vaultbench for vendors",
+        epilog="exit codes: 0 ok/scored, 1 failed, 2 bad arguments or refused by the hub, 3 hub unreachable, "
+               "4 --wait timed out, 5 rejected",
+    )  # fmt: skip
+    parser.add_argument("--hub", default=os.environ.get("VAULTBENCH_HUB_URL", "http://127.0.0.1:8000"),
+                        help="the hub's address (VAULTBENCH_HUB_URL)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("tasks", help="open tasks you may see")
-    quota = sub.add_parser("quota", help="submissions and privacy budget left on a task")
+    tasks = sub.add_parser("tasks", parents=[common], help="open tasks you may see (every page)")
+    tasks.add_argument("--all", action="store_true", help="every status, not only open tasks")
+    quota = sub.add_parser("quota", parents=[common], help="submissions and privacy budget left on a task")
     quota.add_argument("--task", type=int, required=True)
-    submit = sub.add_parser("submit", help="upload a model")
+    submit = sub.add_parser("submit", parents=[common], help="upload a model")
     submit.add_argument("artifact")
     submit.add_argument("--task", type=int, required=True)
     submit.add_argument("--format", choices=FORMATS, required=True)
     submit.add_argument("--name", required=True)
     submit.add_argument("--description", default="")
-    submit.add_argument("--wait", action="store_true", help="wait until the results are visible")
-    submit.add_argument("--timeout", type=float, default=1800)
-    status = sub.add_parser("status", help="a submission's status and, once visible, its scores")
+    submit.add_argument("--wait", action="store_true", help="wait until the results are visible, showing progress")
+    for waiting in (submit, wait := sub.add_parser("wait", parents=[common], help="wait for a submission's results")):
+        waiting.add_argument("--timeout", type=_positive, default=1800, help="seconds (default 1800)")
+        waiting.add_argument("--poll", type=_positive, default=3, help="seconds between polls (default 3)")
+    wait.add_argument("submission", type=int)
+    status = sub.add_parser("status", parents=[common], help="a submission's status and, once visible, its scores")
     status.add_argument("submission", type=int)
-    board = sub.add_parser("leaderboard", help="a task's leaderboard")
+    board = sub.add_parser("leaderboard", parents=[common], help="a task's leaderboard (every page)")
     board.add_argument("task", type=int)
-    board.add_argument("--sort")
-    nominate = sub.add_parser("nominate", help="pick a final submission for the private leaderboard")
+    board.add_argument("--sort", help="one of the task's metrics (default: the primary metric)")
+    board.add_argument("--all", action="store_true", help="every submission, not each vendor's best")
+    nominate = sub.add_parser("nominate", parents=[common], help="pick a final submission for the private leaderboard")
     nominate.add_argument("submission", type=int)
     return parser
 
 
-COMMANDS = {"tasks": cmd_tasks, "quota": cmd_quota, "submit": cmd_submit, "status": cmd_status,
+COMMANDS = {"tasks": cmd_tasks, "quota": cmd_quota, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
             "leaderboard": cmd_leaderboard, "nominate": cmd_nominate}  # fmt: skip
+
+
+def _fail(args: argparse.Namespace, code: int, exc: ClientError) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    if args.json:
+        error: dict[str, Any] = {"message": str(exc), "exit_code": code}
+        if isinstance(exc, HubError):
+            error.update(http_status=exc.status, code=exc.code, details=exc.details, message=exc.message)
+        print(json.dumps({"error": error}, indent=2, sort_keys=True))
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](Hub(args.hub, os.environ.get("VAULTBENCH_TOKEN", "")), args)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except requests.RequestException as exc:
-        print(f"error: cannot reach the hub at {args.hub}: {exc}", file=sys.stderr)
-        return 3
+        client = Client(args.hub, os.environ.get("VAULTBENCH_TOKEN", ""))
+        return COMMANDS[args.command](client, args)
+    except HubUnreachable as exc:
+        return _fail(args, EXIT_UNREACHABLE, exc)
+    except ClientError as exc:
+        if "token is needed" in str(exc):
+            exc = ClientError(f"{exc}: set VAULTBENCH_TOKEN")
+        return _fail(args, EXIT_USAGE, exc)
+
+
+def run() -> None:
+    """The ``vaultbench`` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
