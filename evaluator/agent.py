@@ -22,7 +22,15 @@ become ``internal_error`` and the agent keeps serving.
 Idempotency: every body the agent posts is first recorded as *pending* in a small state file
 (``data_dir/agent-state.json``), then marked *posted* on the hub's 200. A post that cannot
 reach the hub stays pending and is retried, with the same bytes, before the next claim, also
-after a restart; a posted job id is never posted again.
+after a restart. What is remembered as posted is the *attempt* (the job id and the claim's
+random ``attempt_token``), not the job: a job the hub requeued (a retryable failure, an expired
+lease) is a new attempt this agent takes like any other, and the job ids a hub restored from a
+backup hands out again are new attempts too. Posts carry the token as ``attempt``; the hub
+refuses a superseded attempt's post (409), which ends that attempt here.
+
+Failure reasons are final (the vendor's artifact or model, the site's policy, the owner's
+decision: a second attempt would end the same way) or retryable (the site's own trouble: its
+engine, runner image, disk or data). ``RETRYABLE_REASONS`` must equal the hub's.
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ FAILURE_REASONS = frozenset(
         "withheld",
     }
 )
+# Site-side trouble, not the model's doing: the hub requeues these while attempts remain.
+RETRYABLE_REASONS = frozenset({"internal_error", "data_unavailable"})
+FINAL_REASONS = FAILURE_REASONS - RETRYABLE_REASONS
 SUPPORTED_KINDS = frozenset({"evaluate", "train"})
 DETAIL_CHARS = 2000  # owner-facing log truncation
 LOG_TAIL_CHARS = 4000
@@ -266,7 +277,7 @@ class Agent:
             decision = listed.get("local_decision") or decisions.get(job_id)
             if decision not in ("approved", "refused"):
                 continue
-            if self.state.is_posted(job_id):  # posted, then stopped before unholding
+            if self.state.is_posted(attempt_key(listed.get("job") or {"id": job_id})):  # posted, not unheld
                 self.state.unhold(job_id)
                 continue
             held = self.state.claim("held", job_id, owner=self.client.agent_id)
@@ -326,8 +337,8 @@ class Agent:
 
     def process(self, job: Mapping[str, Any]) -> None:
         job_id = job["id"]
-        if self.state.is_posted(job_id):
-            log.warning("job %s: already posted; not posting again", job_id)
+        if self.state.is_posted(attempt_key(job)):
+            log.warning("job %s: this attempt was already posted; not posting again", job_id)
             return
         interval = self.config.lease_renew_interval_seconds or _lease_seconds(job) / 3
         with LeaseKeeper(self.client, job_id, interval) as keeper:
@@ -622,6 +633,9 @@ class Agent:
 
         A release of statistics commits its reservation first (never less spent than may have
         left), then writes its ledger entry with the release's rho, epsilon and delta."""
+        token = job.get("attempt_token")
+        if kind != "private" and isinstance(token, str) and token:
+            body = {**body, "attempt": token}  # which attempt this is: the hub refuses a superseded one
         payload = canonical_json(body)
         task = job.get("task") or {}
         submission = job.get("submission") or {}
@@ -650,7 +664,7 @@ class Agent:
                 "rho": terms.rho, "epsilon": terms.epsilon, "delta": terms.delta,
             }  # fmt: skip
         body = {**body, "ledger": receipt}
-        key = _private_key(job["id"]) if kind == "private" else str(job["id"])
+        key = _private_key(job["id"]) if kind == "private" else attempt_key(job)
         self.state.add_pending(key, kind, body, job_id=job["id"])
         self._post(key, job["id"], kind, body)
 
@@ -695,6 +709,15 @@ def _failure_reason(exc: BaseException) -> str:
     return str(reason)
 
 
+def attempt_key(job: Mapping[str, Any]) -> str:
+    """What the agent remembers a public post by: the job and the claim's attempt token (the
+    attempt number where a hub sends no token)."""
+    token = job.get("attempt_token")
+    if isinstance(token, str) and token:
+        return f"{job['id']}@{token}"
+    return f"{job['id']}#{job.get('attempt', 0)}"
+
+
 def _private_key(job_id: int | str) -> str:
     """The state key of a job's private reveal (its public result is keyed by the job id)."""
     return f"{job_id}/private"
@@ -704,6 +727,8 @@ def _job_ref(job: Mapping[str, Any]) -> dict[str, Any]:
     """What a later release of this job needs from its spec (kept in the site's state file)."""
     return {
         "id": job["id"],
+        "attempt": job.get("attempt"),
+        "attempt_token": job.get("attempt_token"),
         "task": {"id": job["task"]["id"]},
         "submission": {"id": job["submission"].get("id"), "vendor_id": job["submission"].get("vendor_id")},
     }

@@ -146,6 +146,9 @@ class AgentJobOutput(serializers.Serializer):
     id = serializers.IntegerField()
     kind = serializers.CharField()
     attempt = serializers.IntegerField(source="attempts")
+    attempt_token = serializers.CharField(
+        help_text="This claim's token: posts carry it as `attempt`, and the agent remembers (job, token) as posted"
+    )
     lease_expires_at = serializers.DateTimeField()
     lease_seconds = serializers.SerializerMethodField()
     submission = AgentSubmissionOutput()
@@ -311,6 +314,7 @@ class PendingWorkApi(AgentApi):
 
 class FailureInput(serializers.Serializer):
     agent_id = AGENT_ID
+    attempt = serializers.RegexField(r"^[0-9a-f]{32}$", required=False)
     reason = serializers.ChoiceField(choices=AGENT_REPORTABLE_REASONS)
     ledger = LedgerReceiptInput(required=False)
 

@@ -35,8 +35,16 @@ class FailureReason(models.TextChoices):
     WITHHELD = "withheld", "The data owner did not release the result"
 
 
-# Site-side trouble, not the model's fault: the job goes back to the queue while attempts remain.
-RETRYABLE_REASONS = {FailureReason.INTERNAL_ERROR, FailureReason.DATA_UNAVAILABLE}
+# Every reason is either retryable or final, never both:
+# - retryable: the site's own trouble (its engine, runner image, disk or data, an agent that
+#   went away), not the model's doing; the job goes back to the queue while attempts remain and
+#   any agent of the site, the same one included, takes the new attempt;
+# - final: deterministic, a second attempt would end the same way (the vendor's artifact or
+#   model, the site's policy, the owner's decision): the job ends at once with its reason.
+RETRYABLE_REASONS = frozenset(
+    {FailureReason.INTERNAL_ERROR, FailureReason.DATA_UNAVAILABLE, FailureReason.AGENT_LOST}
+)
+FINAL_REASONS = frozenset(FailureReason) - RETRYABLE_REASONS
 AGENT_REPORTABLE_REASONS = [r for r in FailureReason.values if r != FailureReason.AGENT_LOST]
 # What an evaluation may fail with: only what happens before the model sees data (or the owner's
 # refusal). A failure after it is released as the statistics of a fallback prediction instead,
@@ -65,6 +73,10 @@ class Job(models.Model):
     lease_holder = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
+    # A fresh random token per claim: what an agent remembers as posted is (job, attempt token),
+    # so a requeued job is taken again by the same agent, and job ids a hub restored from a backup
+    # issues again are new work, not "already posted". Posts carry it; a superseded one is a 409.
+    attempt_token = models.CharField(max_length=32, blank=True)
     failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, blank=True)
     release_decision = models.CharField(max_length=16, choices=ReleaseDecision.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -29,6 +29,10 @@ from marketplace.catalog.models import DataShard, Task
 from marketplace.core.errors import DomainError
 
 RELEASE_FIELDS = {"agent_id", "n_rows", "statistics", "privacy", "ledger"}
+# Optional: the attempt the release belongs to (the claim's token), and what the site ran it with
+# (the runner image's id and the keyed fingerprint of the data it verified). Neither depends on
+# the model's output.
+OPTIONAL_FIELDS = {"attempt", "runner"}
 MECHANISM = "gaussian"
 REL_TOLERANCE = 1e-9
 
@@ -98,7 +102,7 @@ def release_check(*, task: Task, shard: DataShard | None, body: dict, private: b
     """Parses a metrics post of ``shard``'s public (or private) split, or raises InvalidRelease."""
     if not isinstance(body, dict):
         raise InvalidRelease("The release must be an object.")
-    unknown = set(body) - RELEASE_FIELDS
+    unknown = set(body) - RELEASE_FIELDS - OPTIONAL_FIELDS
     missing = RELEASE_FIELDS - set(body)
     if unknown or missing:
         raise InvalidRelease(

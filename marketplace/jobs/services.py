@@ -2,13 +2,20 @@
 
 Claims are atomic (a conditional UPDATE, with SELECT ... FOR UPDATE SKIP LOCKED where the
 database has it), results are idempotent per job, and an expired lease puts the job back.
+
+Time: every lease instant is the database's clock plus a duration (``Now()`` in the SQL), so the
+web processes that grant and renew leases and the Celery worker that expires them never compare
+two machines' clocks, and nothing an agent says about time is used.
 """
 
+import re
+import secrets
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import DateTimeField, ExpressionWrapper, F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from marketplace.audit.services import audit_record
@@ -38,8 +45,20 @@ class LeaseLost(Conflict):
     code = "lease_lost"
 
 
+class AttemptSuperseded(Conflict):
+    """A post for an attempt the hub has since given to another claim (or to nobody)."""
+
+    code = "attempt_superseded"
+
+
+ATTEMPT_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+
+
 def _lease_until():
-    return timezone.now() + timedelta(seconds=settings.VAULTBENCH_LEASE_SECONDS)
+    """The database's now plus the lease: the one clock every process shares."""
+    return ExpressionWrapper(
+        Now() + timedelta(seconds=settings.VAULTBENCH_LEASE_SECONDS), output_field=DateTimeField()
+    )
 
 
 def _enqueue_aggregation(submission_id: int) -> None:
@@ -87,14 +106,14 @@ def job_claim(*, site: Site, agent_id: str) -> Job | None:
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
         for job_id in list(candidates.values_list("id", flat=True)[:10]):
-            now = timezone.now()
             claimed = Job.objects.filter(id=job_id, status=JobStatus.QUEUED).update(
                 status=JobStatus.RUNNING,
                 lease_holder=agent_id,
-                lease_expires_at=now + timedelta(seconds=settings.VAULTBENCH_LEASE_SECONDS),
+                lease_expires_at=_lease_until(),
                 attempts=F("attempts") + 1,
-                started_at=now,
-                updated_at=now,
+                attempt_token=secrets.token_hex(16),
+                started_at=Now(),
+                updated_at=Now(),
             )
             if claimed == 1:
                 job = Job.objects.select_related("submission__task", "site").get(id=job_id)
@@ -119,7 +138,7 @@ def job_renew_lease(*, site: Site, job_id: int, agent_id: str) -> Job:
     until = _lease_until()
     renewed = Job.objects.filter(
         id=job_id, site=site, status=JobStatus.RUNNING, lease_holder=agent_id
-    ).update(lease_expires_at=until, updated_at=timezone.now())
+    ).update(lease_expires_at=until, updated_at=Now())
     if renewed != 1:
         if not Job.objects.filter(id=job_id, site=site).exists():
             raise NotFound("Job not found.")
@@ -137,13 +156,32 @@ def job_for_artifact_download(*, site: Site, job_id: int) -> Job:
     return job
 
 
-def _require_reportable(job: Job, agent_id: str) -> None:
+def _attempt_of(body: dict | None) -> str | None:
+    attempt = body.get("attempt") if isinstance(body, dict) else None
+    if attempt is None:
+        return None
+    if not isinstance(attempt, str) or not ATTEMPT_TOKEN.match(attempt):
+        raise DomainError("attempt must be the claim's attempt token (32 hex digits).", code="invalid_attempt")
+    return attempt
+
+
+def _require_reportable(job: Job, agent_id: str, attempt: str | None = None) -> None:
     """A running job reports through its lease holder; a job held at its site for the owner's
-    release decision has no lease, and any agent of that site may report it."""
+    release decision has no lease, and any agent of that site may report it.
+
+    A post naming its attempt is refused as superseded when the hub has since given the job to
+    another claim; it is taken when the job's lease ran out but nobody claimed it again (the
+    hub was away longer than the lease: the finished work still counts, no attempt is spent).
+    """
     if job.status == JobStatus.HELD:
         return
-    if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
-        raise LeaseLost("This agent no longer holds the job's lease.")
+    if attempt is not None and job.attempt_token and attempt != job.attempt_token:
+        raise AttemptSuperseded("The hub gave this job to a later attempt; this one no longer counts.")
+    if job.status == JobStatus.RUNNING and job.lease_holder == agent_id:
+        return
+    if job.status == JobStatus.QUEUED and attempt is not None and attempt == job.attempt_token:
+        return
+    raise LeaseLost("This agent no longer holds the job's lease.")
 
 
 def _refused(*, site: Site, job_id: int, action: str, error: DomainError) -> None:
@@ -206,7 +244,7 @@ def _record_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
         if job.result.ledger_sha256 == ledger["sha256"] and _is_receipt_of(body, ledger):
             return job, False
         raise Conflict("A different result was already recorded for this job.", code="already_reported")
-    _require_reportable(job, agent_id)
+    _require_reportable(job, agent_id, _attempt_of(body))
     if job.kind != JobKind.EVALUATE:
         raise Conflict("Only an evaluation job releases statistics.", code="invalid_state")
     release = release_check(task=job.submission.task, shard=_shard_of(job), body=body, private=False)
@@ -226,7 +264,8 @@ def _record_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
     job.status = JobStatus.SUCCEEDED
     job.finished_at = timezone.now()
     job.lease_expires_at = None
-    job.save(update_fields=["status", "finished_at", "lease_expires_at", "updated_at"])
+    job.failure_reason = ""
+    job.save(update_fields=["status", "finished_at", "lease_expires_at", "failure_reason", "updated_at"])
     audit_record(action="job.succeeded", obj=job, actor_site=site, data={"ledger_sha256": ledger["sha256"]})
     _enqueue_aggregation(job.submission_id)
     return job, True
@@ -257,11 +296,12 @@ def _record_failure(
     ledger_sha256: str | None, ledger_bytes: int | None,
 ) -> tuple[Job, bool]:
     job = _job_held_by(site=site, job_id=job_id, agent_id=agent_id, lock=True)
+    attempt = _attempt_of(released)
     if job.status == JobStatus.FAILED:
-        if job.failure_reason == reason:
+        if job.failure_reason == reason and attempt in (None, job.attempt_token):
             return job, False
         raise Conflict("A different outcome was already recorded for this job.", code="already_reported")
-    _require_reportable(job, agent_id)
+    _require_reportable(job, agent_id, attempt)
     if job.kind == JobKind.EVALUATE and reason not in PRE_DATA_REASONS:
         raise DomainError(
             f"An evaluation cannot fail with {reason!r} once its model has seen data: the site releases the "
@@ -290,8 +330,9 @@ def jobs_requeue_expired(*, now=None) -> int:
     """Puts running jobs whose lease ran out back in the queue (or fails them after max attempts).
 
     Safe to run concurrently: each job moves only if it is still running with the expired lease.
+    ``now`` defaults to the database's clock (the one the leases were granted with).
     """
-    now = now or timezone.now()
+    now = Now() if now is None else now
     moved = 0
     expired = Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
     for job in expired.only("id", "attempts", "lease_expires_at", "submission_id"):

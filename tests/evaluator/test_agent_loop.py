@@ -6,13 +6,14 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from evaluator.agent import Agent
+from evaluator.agent import Agent, attempt_key
 from evaluator.client import HubClient, canonical_json
 from evaluator.config import AgentConfig, LimitCaps, RetryPolicy
 from evaluator.datasets import register_task_data
@@ -128,11 +129,12 @@ class FakeHub:
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         ).start()
 
-    def add_job(self, job_id=12, *, artifact=MODEL_BYTES, sha256=None, **overrides):
+    def add_job(self, job_id=12, *, artifact=MODEL_BYTES, sha256=None, attempt=1, **overrides):
         job = {
             "id": job_id,
             "kind": "evaluate",
-            "attempt": 1,
+            "attempt": attempt,
+            "attempt_token": uuid.uuid4().hex,
             "lease_expires_at": "2026-11-22T19:00:00Z",
             "lease_seconds": 60,
             "submission": {
@@ -278,7 +280,8 @@ def test_success_posts_noised_statistics_and_writes_one_ledger_entry_with_their_
     [(job_id, raw)] = hub.results
     body = json.loads(raw)
     assert job_id == 12 and hub.failures == []
-    assert set(body) == {"agent_id", "n_rows", "statistics", "privacy", "ledger"}  # no metric value
+    # no metric value; the attempt is the claim's token
+    assert set(body) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt"}
     assert body["n_rows"] == N_ROWS and body["agent_id"] == "agent-1"
     assert body["privacy"] == {"mechanism": "gaussian", "rho": RHO, "epsilon": 1.0, "delta": 1e-6}
     assert_noised_release_of(body["statistics"], exact_statistics(), n_rows=N_ROWS)
@@ -365,7 +368,7 @@ def test_a_model_failing_after_it_saw_data_releases_the_fallback_statistics_not_
     assert hub.failures == []  # the reason would be a channel the model picks
     [(job_id, raw)] = hub.results
     posted = json.loads(raw)
-    assert set(posted) == {"agent_id", "n_rows", "statistics", "privacy", "ledger"}
+    assert set(posted) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt"}
     assert_noised_release_of(posted["statistics"], exact_statistics(UNIFORM), n_rows=N_ROWS)
     assert b"secret" not in raw and reason.encode() not in raw
     [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
@@ -382,11 +385,11 @@ def test_an_engine_failure_before_the_model_runs_posts_a_failure_and_refunds_the
     assert hub.results == []
     [(job_id, raw)] = hub.failures
     posted = json.loads(raw)
-    assert {k: v for k, v in posted.items() if k != "ledger"} == {"agent_id": "agent-1", "reason": "internal_error"}
+    assert {k: v for k, v in posted.items() if k not in ("ledger", "attempt")} == {"agent_id": "agent-1", "reason": "internal_error"}
     [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
     assert entry.kind == "failure" and posted["ledger"] == {"sha256": entry.sha256, "bytes": entry.bytes}
     # The ledger holds exactly the bytes that left, without the receipt itself.
-    assert json.loads(entry.payload) == {"agent_id": "agent-1", "reason": "internal_error"}
+    assert json.loads(entry.payload) == {k: v for k, v in posted.items() if k != "ledger"}
     assert entry.rho is None
     usage = budget(data_dir).usage(task_id=3, vendor_id=VENDOR, split="public")
     assert (usage.spent, usage.reserved) == (0.0, 0.0)
@@ -539,7 +542,7 @@ def test_a_post_that_cannot_reach_the_hub_is_re_sent_unchanged_after_a_restart(h
     with pytest.raises(HubUnreachable):
         agent.run_once()
     assert hub.results == []
-    assert "12" in AgentState(data_dir / "agent-state.json").pending()
+    assert [item["job_id"] for item in AgentState(data_dir / "agent-state.json").pending().values()] == [12]
 
     restarted = make_agent(hub, data_dir, FakeSandbox())
     assert restarted.run_once() is False  # flushes the pending post, then finds no job
@@ -554,12 +557,39 @@ def test_a_post_that_cannot_reach_the_hub_is_re_sent_unchanged_after_a_restart(h
     assert len(hub.results) == 1  # never posted twice
 
 
-def test_a_job_already_posted_is_not_posted_again(hub, data_dir):
-    AgentState(data_dir / "agent-state.json").mark_posted(12)
-    hub.add_job()
+def test_an_attempt_already_posted_is_not_posted_again(hub, data_dir):
+    job = hub.add_job()
+    AgentState(data_dir / "agent-state.json").mark_posted(attempt_key(job))
     sandbox = FakeSandbox()
     make_agent(hub, data_dir, sandbox).run_once()
     assert sandbox.calls == [] and hub.results == [] and hub.failures == []
+
+
+def test_the_agent_takes_its_own_requeued_job_again_as_a_new_attempt(hub, data_dir):
+    """A retryable failure requeues the job; at a one-agent site the same agent must be able to
+    retry it (it used to refuse it as already posted and let the lease run out)."""
+    first = hub.add_job(attempt=1)
+    agent = make_agent(hub, data_dir, FakeSandbox(raises=SandboxUnavailable("the engine is away")))
+    agent.run_once()
+    [(_, raw)] = hub.failures
+    failure = json.loads(raw)
+    assert (failure["reason"], failure["attempt"]) == ("internal_error", first["attempt_token"])
+    second = hub.add_job(attempt=2)  # the hub requeued it: same job id, a new attempt token
+    agent._sandbox_runner = FakeSandbox()
+    assert agent.run_once() is True
+    [(job_id, raw)] = hub.results
+    assert job_id == 12 and json.loads(raw)["attempt"] == second["attempt_token"]
+    posted = AgentState(data_dir / "agent-state.json")
+    assert posted.is_posted(attempt_key(first)) and posted.is_posted(attempt_key(second))
+
+
+def test_job_ids_a_restored_hub_hands_out_again_are_new_work(hub, data_dir):
+    hub.add_job(12)
+    agent = make_agent(hub, data_dir, FakeSandbox())
+    agent.run_once()
+    hub.add_job(12)  # the hub was restored from a backup: job 12 again, another claim
+    agent.run_once()
+    assert [job_id for job_id, _ in hub.results] == [12, 12]
 
 
 def test_a_409_on_the_result_drops_it_quietly(hub, data_dir):
