@@ -223,38 +223,9 @@ def _cmd_budget(args: argparse.Namespace) -> int:
 
 
 def _cmd_dry_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from evaluator.dry_run import cli
 
-    from evaluator.dry_run import dry_run
-    from evaluator.sandbox import Limits
-
-    n_classes = 2 if args.task_type == "binary_classification" else args.n_classes
-    if args.image:
-        image = args.image
-    else:
-        from sandbox_images.build import ensure_runner_image
-
-        image = ensure_runner_image()
-    try:
-        report = dry_run(
-            image=image, model_path=Path(args.model), model_format=args.format, sample_path=Path(args.sample),
-            task_type=args.task_type, n_classes=n_classes,
-            labels_path=Path(args.labels) if args.labels else None,
-            limits=Limits(memory_mb=args.memory_mb, cpus=args.cpus, timeout_seconds=args.timeout_seconds,
-                          max_output_mb=args.max_output_mb),
-        )  # fmt: skip
-    except Exception as exc:
-        reason = getattr(exc, "reason", "internal_error")
-        print(f"{reason}: {exc}", file=sys.stderr)
-        logs = getattr(exc, "logs", "")
-        if logs:  # the vendor's own model on a public sample: its logs are its own
-            print(f"--- model log ---\n{logs}", file=sys.stderr)
-        return 1
-    if report.logs:
-        print(f"--- model log ---\n{report.logs}", file=sys.stderr)
-    print(json.dumps({"rows": report.n_rows, "prediction_shape": list(report.prediction_shape),
-                      "sandbox_seconds": round(report.sandbox_seconds, 2), "metrics": report.metrics}))  # fmt: skip
-    return 0
+    return cli(args)
 
 
 def _cmd_releases(args: argparse.Namespace) -> int:

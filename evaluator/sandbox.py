@@ -41,6 +41,8 @@ import docker.errors
 import requests.exceptions
 from docker.types import LogConfig, Mount, Ulimit
 
+from evaluator.runner.errors import EXIT_ARTIFACT, EXIT_CONTRACT
+
 MiB: Final = 1024 * 1024
 
 SANDBOX_UID: Final = 65534  # nobody:nogroup
@@ -157,6 +159,19 @@ class InvalidOutput(SandboxError):
 
 class SandboxCrashed(SandboxError):
     reason = "crashed"
+
+
+class SandboxInvalidArtifact(SandboxCrashed):
+    """The runner could not read the artifact as a model of its format (exit ``EXIT_ARTIFACT``)."""
+
+    reason = "invalid_artifact"
+
+
+# The runner's exit codes (evaluator/runner/errors.py) as the contract's reasons; any other
+# non-zero exit is "crashed". Vendor code can pick its exit code: a hint for people only.
+RUNNER_EXIT_FAILURES: Final[Mapping[int, type[SandboxError]]] = MappingProxyType(
+    {EXIT_ARTIFACT: SandboxInvalidArtifact, EXIT_CONTRACT: InvalidOutput}
+)
 
 
 class SandboxUnavailable(SandboxError):
@@ -518,7 +533,7 @@ def execute(
                 container_id=container_id,
             )
         if exit_code != 0:
-            raise SandboxCrashed(
+            raise RUNNER_EXIT_FAILURES.get(exit_code, SandboxCrashed)(
                 f"the runner exited with {exit_code}",
                 logs=logs,
                 exit_code=exit_code,
@@ -923,6 +938,7 @@ __all__ = [
     "PreparedRun",
     "SandboxCrashed",
     "SandboxError",
+    "SandboxInvalidArtifact",
     "SandboxOutOfMemory",
     "SandboxRun",
     "SandboxTimeout",

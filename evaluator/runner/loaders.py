@@ -14,13 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from .errors import NotAModel
+
 Predictor = Callable[[np.ndarray], Any]
 
 
 def load_torchscript(path: Path) -> Predictor:
     import torch
 
-    module = torch.jit.load(str(path), map_location="cpu")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # TorchScript archives hold no Python: a failure is the file's
+        raise NotAModel(f"not a TorchScript archive: {type(exc).__name__}: {exc}") from exc
     module.eval()
 
     def predict(batch: np.ndarray) -> Any:
@@ -36,11 +41,15 @@ def load_torchscript(path: Path) -> Predictor:
 def load_sklearn(path: Path) -> Predictor:
     import joblib
 
-    estimator = joblib.load(str(path))
+    try:
+        estimator = joblib.load(str(path))
+    except Exception as exc:
+        raise NotAModel(f"not a joblib/pickle file: {type(exc).__name__}: {exc}") from exc
     # Classifiers give probabilities (the contract); regressors have no predict_proba.
     method = getattr(estimator, "predict_proba", None) or getattr(estimator, "predict", None)
     if method is None:
-        raise TypeError("the sklearn artifact has neither predict_proba nor predict")
+        kind = type(estimator).__name__
+        raise NotAModel(f"the sklearn artifact unpickled to a {kind}, which has neither predict_proba nor predict")
     return method
 
 
@@ -56,10 +65,13 @@ def load_onnx(path: Path) -> Predictor:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise NotAModel(f"not an ONNX model onnxruntime can load: {type(exc).__name__}: {exc}") from exc
     inputs = session.get_inputs()
     if len(inputs) != 1:
-        raise TypeError(f"the ONNX model must have one input, it has {len(inputs)}")
+        raise NotAModel(f"the ONNX model must have one input, it has {len(inputs)}")
     input_name = inputs[0].name
     input_dtype = np.float64 if "double" in inputs[0].type else np.float32
     outputs = session.get_outputs()
@@ -82,12 +94,12 @@ def import_model_module(model_dir: Path) -> Any:
     """Import the package's ``model.py`` (vendor code) as the module ``vendor_model``."""
     model_file = model_dir / "model.py"
     if not model_file.is_file():
-        raise FileNotFoundError("model.py is missing from the model package")
+        raise NotAModel("model.py is missing from the model package")
     # Let model.py import helper modules shipped next to it.
     sys.path.insert(0, str(model_dir))
     spec = importlib.util.spec_from_file_location("vendor_model", model_file)
     if spec is None or spec.loader is None:
-        raise ImportError("cannot import model.py")
+        raise NotAModel("cannot import model.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["vendor_model"] = module
     spec.loader.exec_module(module)
@@ -99,7 +111,7 @@ def load_python_package(model_dir: Path) -> Predictor:
     load = getattr(module, "load", None)
     predict_fn = getattr(module, "predict", None)
     if not callable(load) or not callable(predict_fn):
-        raise TypeError("model.py must define load(model_dir) and predict(model, features)")
+        raise NotAModel("model.py must define load(model_dir) and predict(model, features)")
     model = load(str(model_dir))
 
     def predict(batch: np.ndarray) -> Any:

@@ -7,8 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_INPUT, EXIT_LOAD, EXIT_OUTPUT, EXIT_PREDICT, RunnerError
+from .errors import (
+    EXIT_ARTIFACT,
+    EXIT_CONTRACT,
+    EXIT_INPUT,
+    EXIT_LOAD,
+    EXIT_OUTPUT,
+    EXIT_PREDICT,
+    NotAModel,
+    RunnerError,
+)
 from .loaders import LOADERS, Predictor
+
+MESSAGE_CHARS = 400  # a garbage pickle's error quotes its bytes: keep one readable line
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
 
 
 def read_features(path: Path) -> np.ndarray:
@@ -27,17 +43,26 @@ def load_model(model_format: str, model_path: Path) -> Predictor:
         raise RunnerError(EXIT_LOAD, f"unknown model format {model_format!r}")
     try:
         return loader(model_path)
+    except NotAModel as exc:
+        raise RunnerError(EXIT_ARTIFACT, str(exc)[:MESSAGE_CHARS]) from exc
     except Exception as exc:
-        raise RunnerError(EXIT_LOAD, f"cannot load model: {type(exc).__name__}: {exc}") from exc
+        raise RunnerError(EXIT_LOAD, f"cannot load model: the model's code raised {_describe(exc)}") from exc
 
 
 def _as_float32(value: object, n_expected: int) -> np.ndarray:
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise RunnerError(EXIT_CONTRACT, f"the predictions are not an array: {_describe(exc)}") from exc
     if array.dtype.kind not in "biuf":
-        raise RunnerError(EXIT_PREDICT, f"predictions have non-numeric dtype {array.dtype}")
-    if array.ndim == 0 or array.shape[0] != n_expected:
         raise RunnerError(
-            EXIT_PREDICT, f"a batch of {n_expected} rows gave predictions of shape {array.shape}"
+            EXIT_CONTRACT, f"the predictions have non-numeric dtype {array.dtype} (the contract: numbers)"
+        )
+    if array.ndim == 0 or array.shape[0] != n_expected:
+        got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows (shape {array.shape})"
+        raise RunnerError(
+            EXIT_CONTRACT,
+            f"a batch of {n_expected} rows gave {got}; the contract: one prediction per input row",
         )
     return array.astype(np.float32, copy=False)
 
@@ -49,12 +74,13 @@ def predict_batches(predict: Predictor, features: np.ndarray, batch_size: int) -
         try:
             raw = predict(batch)
         except Exception as exc:
-            raise RunnerError(EXIT_PREDICT, f"predict failed: {type(exc).__name__}: {exc}") from exc
+            raise RunnerError(EXIT_PREDICT, f"predict failed: the model's code raised {_describe(exc)}") from exc
         parts.append(_as_float32(raw, batch.shape[0]))
     if not parts:
         raise RunnerError(EXIT_INPUT, "features have no rows")
     if len({p.shape[1:] for p in parts}) != 1:
-        raise RunnerError(EXIT_PREDICT, "batches gave predictions of different shapes")
+        shapes = sorted({p.shape[1:] for p in parts})
+        raise RunnerError(EXIT_CONTRACT, f"batches gave predictions of different shapes per row: {shapes}")
     return np.concatenate(parts, axis=0)
 
 
