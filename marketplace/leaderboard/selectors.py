@@ -127,3 +127,21 @@ def leaderboard_best_over_time(
              "model_name": entry.submission.name}
         )  # fmt: skip
     return points
+
+
+def task_close_summary(*, task: Task) -> dict[str, int]:
+    """What the owner reads before closing: the board's size and the work still in flight."""
+    from django.db.models import Count, Q
+
+    from marketplace.jobs.models import Job, JobStatus
+    from marketplace.submissions.models import Submission
+
+    submissions = Submission.objects.filter(task=task).aggregate(
+        total=Count("id"), vendors=Count("vendor_id", distinct=True), scored=Count("id", filter=Q(status="scored"))
+    )
+    jobs = Job.objects.filter(submission__task=task).aggregate(
+        awaiting=Count("id", filter=Q(status=JobStatus.AWAITING_APPROVAL)),
+        running=Count("id", filter=Q(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])),
+        held=Count("id", filter=Q(status=JobStatus.HELD, release_decision="")),
+    )
+    return {**submissions, **jobs}

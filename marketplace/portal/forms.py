@@ -461,3 +461,24 @@ class LedgerFilterForm(forms.Form):
         if data.get("until"):
             params["until"] = f"{(data['until'] + timedelta(days=1)).isoformat()}T00:00:00+00:00"
         return params
+
+
+class QueueFilterForm(forms.Form):
+    """The owner's approval queue narrowed to a task, a vendor or a site (bulk actions apply to
+    what matches)."""
+
+    task = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    vendor = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    site = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+
+    def __init__(self, *args, tasks=(), vendors=(), sites=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["task"].choices = [("", "All tasks"), *((t.id, t.title) for t in tasks)]
+        self.fields["vendor"].choices = [("", "All vendors"), *((v.id, v.name) for v in vendors)]
+        self.fields["site"].choices = [("", "All sites"), *((s.id, s.name) for s in sites)]
+
+    def job_filter(self) -> dict:
+        """Keyword filters on Job for the chosen values."""
+        data = self.cleaned_data if self.is_valid() else {}
+        names = {"task": "submission__task_id", "vendor": "submission__vendor_id", "site": "site_id"}
+        return {names[k]: data[k] for k in names if data.get(k)}

@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from marketplace.portal.views import accounts, finetuning, owners, public, vendors
+from marketplace.portal.views import accounts, approvals, finetuning, owners, public, submission, vendors
 
 
 class _Words:
@@ -47,6 +47,7 @@ urlpatterns = [
     path("", public.home, name="home"),
     path("tasks/<int:task_id>/", public.task_detail, name="task"),
     path("tasks/<int:task_id>/leaderboard/", public.task_leaderboard, name="task-leaderboard"),
+    path("how-scores-are-computed/", public.scoring, name="scoring"),
     # Accounts
     path("accounts/signup/", accounts.sign_up, name="signup"),
     path("account/", accounts.account, name="account"),
@@ -58,6 +59,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/submit/", vendors.submission_new, name="submit"),
     path("submissions/", vendors.submissions, name="submissions"),
     path("submissions/status/", vendors.submissions_status, name="submissions-status"),
+    path("submissions/<int:submission_id>/", submission.submission_detail, name="submission"),
     path(
         "submissions/<int:submission_id>/<nomination:action>/", vendors.submission_nomination, name="nominate"
     ),
@@ -76,7 +78,9 @@ urlpatterns = [
     path("manage/sites/", owners.sites, name="sites"),
     path("manage/sites/status/", owners.sites_status, name="sites-status"),
     path("manage/sites/<int:site_id>/", owners.site_detail, name="site"),
-    path("manage/approvals/", owners.approvals, name="approvals"),
+    path("manage/approvals/", approvals.approvals, name="approvals"),
+    path("manage/approvals/jobs/bulk/", approvals.jobs_bulk, name="jobs-bulk"),
+    path("manage/approvals/results/bulk/", approvals.results_bulk, name="results-bulk"),
     path(
         "manage/approvals/tasks/<int:task_id>/vendors/<int:vendor_id>/<decision:decision>/",
         owners.access_decide,

@@ -65,6 +65,9 @@ class SubmissionOutput(serializers.Serializer):
     metrics = serializers.DictField(child=serializers.FloatField(), allow_null=True)
     ladder_improved = serializers.BooleanField(allow_null=True)
     per_site = SiteValuesOutput(many=True, allow_null=True)
+    rejection_reason = serializers.CharField(
+        help_text="The data owner's reason for rejecting a job of this submission; to the vendor with the outcome"
+    )
 
 
 class SubmissionDetailOutput(SubmissionOutput):

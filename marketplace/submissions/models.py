@@ -55,6 +55,9 @@ class Submission(models.Model):
     # When a vendor may see the outcome: set once the submission is final, padded to a multiple of
     # the task's release_delay_seconds after created_at (the run time is not observable).
     results_visible_at = models.DateTimeField(null=True, blank=True)
+    # The data owner's reason for rejecting the submission's job(s), written for the vendor; shown
+    # to it with the outcome (visibility.py), never earlier.
+    rejection_reason = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -151,3 +151,71 @@ def submission_nominate(*, submission: Submission, final: bool, actor) -> Submis
         submission.save(update_fields=["is_final", "updated_at"])
         audit_record(action="submission.nominated" if final else "submission.unnominated", obj=submission, actor_user=actor)
     return submission
+
+
+# --- the owner's review of jobs (approval and release), one or many at a time ----------------
+
+REJECTION_REASON_MAX = 500
+
+
+def _clean_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise DomainError("Give the vendor a reason for the rejection.", code="reason_required")
+    if len(reason) > REJECTION_REASON_MAX:
+        raise DomainError(
+            f"The reason is {len(reason)} characters; the limit is {REJECTION_REASON_MAX}.", code="reason_too_long"
+        )
+    return reason
+
+
+@transaction.atomic
+def job_review(*, job, approve: bool, actor, reason: str = ""):
+    """The owner approves a job awaiting approval, or rejects it with a reason for the vendor.
+
+    The reason is kept on the submission (distinct reasons of several rejected jobs joined) and
+    reaches the vendor with the submission's outcome, at its release time (visibility.py)."""
+    from marketplace.jobs.services import job_decide
+
+    reason = "" if approve else _clean_reason(reason)
+    job = job_decide(job=job, approve=approve, actor=actor)
+    if not approve:
+        submission = Submission.objects.select_for_update().get(id=job.submission_id)
+        reasons = [r for r in submission.rejection_reason.split("\n") if r]
+        if reason not in reasons:
+            joined = "\n".join([*reasons, reason])
+            submission.rejection_reason = joined[:REJECTION_REASON_MAX]
+            submission.save(update_fields=["rejection_reason", "updated_at"])
+        audit_record(action="submission.rejection_reason", obj=submission, actor_user=actor,
+                     data={"job": job.id, "reason": reason})  # fmt: skip
+    return job
+
+
+def jobs_review_bulk(*, jobs, approve: bool, actor, reason: str = "") -> dict[str, int]:
+    """job_review over many jobs, each in its own transaction: one that moved on meanwhile (decided
+    in another tab, withdrawn) is skipped and counted, not an error for the rest."""
+    reason = "" if approve else _clean_reason(reason)
+    done = skipped = 0
+    for job in jobs:
+        try:
+            job_review(job=job, approve=approve, actor=actor, reason=reason)
+        except Conflict:
+            skipped += 1
+        else:
+            done += 1
+    return {"done": done, "skipped": skipped}
+
+
+def jobs_release_bulk(*, jobs, approve: bool, actor) -> dict[str, int]:
+    """The owner's release decision on many held results (each its own transaction, as above)."""
+    from marketplace.jobs.services import job_release_decide
+
+    done = skipped = 0
+    for job in jobs:
+        try:
+            job_release_decide(job=job, approve=approve, actor=actor)
+        except Conflict:
+            skipped += 1
+        else:
+            done += 1
+    return {"done": done, "skipped": skipped}

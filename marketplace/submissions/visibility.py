@@ -9,7 +9,9 @@ when the submission becomes final, padded to the task's release grid) has passed
   timestamp but `created_at`, no jobs, no per-site anything;
 - then "scored" with the pooled metrics rounded to the task's decimals (per-site values only
   where the task shows them; in Ladder mode only for a submission that moved the vendor's best),
-  or "failed" with no reason.
+  or "failed" with no reason;
+- with that outcome (never earlier), the data owner's own reason if it rejected a job of the
+  submission: text the owner wrote for the vendor before any model saw data, not a site's reason.
 
 A submission the hub refused before any site saw it ("rejected": its artifact failed the hub's
 own checks) carries no data and shows at once, with the hub's reason.
@@ -123,6 +125,7 @@ def submission_view_for(
             "ladder_improved": entry.ladder_improved if entry and ladder else None,
             "per_site": rounded_per_site(task, entry.per_site) if entry else None,
             "pending_until": None,
+            "rejection_reason": submission.rejection_reason,
         }
     hidden = {
         "status_reason": "",
@@ -131,6 +134,7 @@ def submission_view_for(
         "metrics": None,
         "ladder_improved": None,
         "per_site": None,
+        "rejection_reason": "",
     }
     if submission.status == SubmissionStatus.REJECTED:
         # Refused by the hub's own checks before any site saw the model: nothing of the data in it.
@@ -144,7 +148,8 @@ def submission_view_for(
         )
         return {**view, **hidden, "status": PENDING, "pending_until": pending_until}
     visible = {**view, **hidden, "status": submission.status, "pending_until": None,
-               "results_visible_at": submission.results_visible_at}  # fmt: skip
+               "results_visible_at": submission.results_visible_at,
+               "rejection_reason": submission.rejection_reason}  # fmt: skip
     if entry is None:
         return visible  # failed: the outcome only, never a reason
     improved = entry.ladder_improved if ladder else None

@@ -191,7 +191,11 @@ def test_approval_queue_approves_and_rejects_held_jobs(owner, vendor, web):
     page = client.get("/manage/approvals/").content.decode()
     assert f'data-job="{jobs["north"].id}"' in page
     client.post(f"/manage/approvals/jobs/{jobs['north'].id}/approve/")
-    client.post(f"/manage/approvals/jobs/{jobs['south'].id}/reject/")
+    # A rejection without a reason is refused: the vendor is owed one.
+    response = client.post(f"/manage/approvals/jobs/{jobs['south'].id}/reject/", follow=True)
+    assert "Give the vendor a reason" in response.content.decode()
+    assert Job.objects.get(id=jobs["south"].id).status == "awaiting_approval"
+    client.post(f"/manage/approvals/jobs/{jobs['south'].id}/reject/", {"reason": "Model too large for our site"})
     assert Job.objects.get(id=jobs["north"].id).status == "queued"
     assert Job.objects.get(id=jobs["south"].id).status == "rejected"
 

@@ -5,6 +5,8 @@ from functools import wraps
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
+from django.shortcuts import redirect
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from marketplace.accounts.models import OrganizationKind
 from marketplace.accounts.selectors import organizations_of
@@ -73,3 +75,11 @@ FIELD_ALIASES = {
     "resource_limits": "memory_mb",
     "strategy_params.proximal_mu": "proximal_mu",
 }
+
+
+def redirect_back(request, default: str, *args, **kwargs):
+    """To the page a form came from (its `next` field, this site's paths only), else `default`."""
+    target = request.POST.get("next") or request.GET.get("next")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}) and target.startswith("/"):
+        return redirect(target)
+    return redirect(default, *args, **kwargs)

@@ -38,13 +38,15 @@ from marketplace.egress.models import EgressKind, EgressRecord
 from marketplace.egress.selectors import egress_records_visible_to
 from marketplace.jobs.access import access_job_for_owner
 from marketplace.jobs.selectors import jobs_awaiting_approval_for, jobs_held_for_release_for
-from marketplace.jobs.services import job_decide, job_release_decide
+from marketplace.jobs.services import job_release_decide
+from marketplace.leaderboard.selectors import task_close_summary
 from marketplace.portal.forms import LedgerFilterForm, SiteCreateForm, TaskForm
-from marketplace.portal.views._common import domain_error_to_form, owner_required
+from marketplace.portal.views._common import domain_error_to_form, owner_required, redirect_back
 from marketplace.portal.views.finetuning import runs_awaiting_approval_for
 from marketplace.sites.access import access_site_by_id
 from marketplace.sites.selectors import site_list_visible_to
 from marketplace.sites.services import site_create
+from marketplace.submissions.services import job_review
 
 
 def _owner_organizations(user):
@@ -65,7 +67,9 @@ def dashboard(request):
         request,
         "portal/manage.html",
         {
-            "tasks": task_list_owned_by(user=request.user).order_by("-created_at", "-id"),
+            "tasks": Paginator(task_list_owned_by(user=request.user).order_by("-created_at", "-id"), 25).get_page(
+                request.GET.get("page")
+            ),
             "sites": _owner_sites(request.user),
             "pending_access": access_requests_pending_for(user=request.user).count(),
             "pending_jobs": jobs_awaiting_approval_for(user=request.user).count()
@@ -188,7 +192,8 @@ def task_close_confirm(request, task_id: int):
                 return redirect("portal:manage-task", task_id=task_id)
         messages.error(request, "What the close would reveal has changed since you opened this page: review it again.")
     plan = task_close_plan(task=task)
-    return render(request, "portal/task_close.html", {"task": task, "plan": plan, "reveal_ids": _reveal_ids(plan)})
+    return render(request, "portal/task_close.html", {"task": task, "plan": plan, "reveal_ids": _reveal_ids(plan),
+                                                      "summary": task_close_summary(task=task)})  # fmt: skip
 
 
 # --- sites -----------------------------------------------------------------------------------
@@ -234,18 +239,6 @@ def site_detail(request, site_id: int):
 # --- approvals -------------------------------------------------------------------------------
 
 
-@owner_required
-def approvals(request):
-    return render(
-        request,
-        "portal/approvals.html",
-        {"access_requests": access_requests_pending_for(user=request.user),
-         "jobs": jobs_awaiting_approval_for(user=request.user),
-         "held": jobs_held_for_release_for(user=request.user),
-         "runs": runs_awaiting_approval_for(request.user)},
-    )  # fmt: skip
-
-
 @require_POST
 @owner_required
 def access_decide(request, task_id: int, vendor_id: int, decision: str):
@@ -267,12 +260,12 @@ def access_decide(request, task_id: int, vendor_id: int, decision: str):
 def job_decision(request, job_id: int, decision: str):
     job = access_job_for_owner(request.user, job_id)
     try:
-        job = job_decide(job=job, approve=decision == "approve", actor=request.user)
+        job = job_review(job=job, approve=decision == "approve", actor=request.user, reason=request.POST.get("reason", ""))
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"Job {job.id} {'approved' if decision == 'approve' else 'rejected'}.")
-    return redirect("portal:approvals")
+    return redirect_back(request, "portal:approvals")
 
 
 @require_POST
@@ -288,7 +281,7 @@ def result_release(request, job_id: int, decision: str):
     else:
         done = "released; the site sends it at its next poll" if decision == "release" else "withheld"
         messages.success(request, f"Result of job {job.id} {done}.")
-    return redirect("portal:approvals")
+    return redirect_back(request, "portal:approvals")
 
 
 # --- egress ledger ---------------------------------------------------------------------------

@@ -79,3 +79,8 @@ def task_leaderboard(request, task_id: int):
     """The leaderboard and chart alone, for htmx polling on the task page."""
     task = access_task_by_id(request.user, task_id)
     return render(request, "portal/_leaderboard.html", _leaderboard_context(request, task))
+
+
+def scoring(request):
+    """How scores are computed (pooling, noise, ties): linked from every leaderboard."""
+    return render(request, "portal/scoring.html")

@@ -17,7 +17,7 @@ from marketplace.catalog.services import task_access_request
 from marketplace.core.errors import DomainError
 from marketplace.finetuning.services import TRAINABLE_FORMATS
 from marketplace.portal.forms import FORMAT_EXTENSIONS, AccessRequestForm, SubmissionForm
-from marketplace.portal.views._common import domain_error_to_form, vendor_required
+from marketplace.portal.views._common import domain_error_to_form, redirect_back, vendor_required
 from marketplace.submissions.access import access_submission_artifact
 from marketplace.submissions.selectors import finals_chosen, quota_usage, submission_list_of_vendor_user
 from marketplace.submissions.services import submission_create, submission_nominate
@@ -161,4 +161,4 @@ def submission_nomination(request, submission_id: int, action: str):
         messages.success(
             request, f"{submission.name} {verb} ({chosen} of {submission.task.final_submissions} chosen)."
         )
-    return redirect("portal:submissions")
+    return redirect_back(request, "portal:submissions")
