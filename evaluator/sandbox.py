@@ -843,6 +843,7 @@ class TrainingSession:
             "learning_rate": float(config["learning_rate"]),
             "proximal_mu": float(config.get("proximal_mu") or 0.0),
             "seed": int(config.get("seed", 0)),
+            "dp": dict(config["dp"]) if config.get("dp") else None,  # record-level DP-SGD (runner.dpsgd)
         }
         _write_request_file(self.requests_dir, f"request-{seq}.json", json.dumps(request).encode())
         self._wait_for(f"result-{seq}.json")

@@ -87,15 +87,20 @@ class PrivacyLedger:
     noise_multiplier: float
     sample_rate: float = 1.0
     history: list[tuple[float, float, int]] = field(default_factory=list)
+    #: mechanism steps per round: 1 for site-level noise on the update; the DP-SGD steps of one
+    #: round (``local_epochs * ceil(1 / q)``) for record-level DP. ``history`` counts steps.
+    steps_per_round: int = 1
 
     def __post_init__(self) -> None:
         _check(self.noise_multiplier, self.sample_rate)
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if not 1 <= self.steps_per_round <= 10_000_000:
+            raise ValueError("steps_per_round must be >= 1")
 
     @property
     def rounds(self) -> int:
-        return sum(steps for _, _, steps in self.history)
+        return sum(steps for _, _, steps in self.history) // self.steps_per_round
 
     @property
     def epsilon(self) -> float:
@@ -112,7 +117,7 @@ class PrivacyLedger:
     ) -> float:
         """Epsilon after ``rounds`` more rounds, without recording them."""
         z, q = self._step(noise_multiplier, sample_rate)
-        return _epsilon([*self.history, (z, q, rounds)], self.delta)
+        return _epsilon([*self.history, (z, q, rounds * self.steps_per_round)], self.delta)
 
     def would_exceed(
         self, cap: float, *, noise_multiplier: float | None = None, sample_rate: float | None = None
@@ -125,10 +130,11 @@ class PrivacyLedger:
     ) -> float:
         """Record one round; returns the epsilon spent so far."""
         z, q = self._step(noise_multiplier, sample_rate)
+        steps = self.steps_per_round
         if self.history and self.history[-1][:2] == (z, q):
-            self.history[-1] = (z, q, self.history[-1][2] + 1)
+            self.history[-1] = (z, q, self.history[-1][2] + steps)
         else:
-            self.history.append((z, q, 1))
+            self.history.append((z, q, steps))
         return self.epsilon
 
     def rounds_within(self, cap: float, *, max_rounds: int = 100_000) -> int:
@@ -155,6 +161,7 @@ class PrivacyLedger:
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "history": [list(h) for h in self.history],
+            "steps_per_round": self.steps_per_round,
         }
 
     @classmethod
@@ -164,7 +171,40 @@ class PrivacyLedger:
             noise_multiplier=float(data["noise_multiplier"]),
             sample_rate=float(data["sample_rate"]),
             history=[(float(z), float(q), int(n)) for z, q, n in data["history"]],
+            steps_per_round=int(data.get("steps_per_round", 1)),
         )
 
 
 BudgetTracker = PrivacyLedger
+
+#: How the run's one (epsilon, delta) is computed, named wherever it is shown.
+ACCOUNTANT = (
+    "RDP of the Poisson-subsampled Gaussian mechanism (Opacus RDPAccountant), composed over every "
+    "DP-SGD step of every round, converted to (epsilon, delta) as in Balle et al. 2020"
+)
+
+
+def steps_per_round(local_epochs: int, sample_rate: float) -> int:
+    """DP-SGD steps in one round: ``local_epochs`` expected passes over the rows at rate q."""
+    _check(1.0, sample_rate)
+    return int(local_epochs) * max(1, math.ceil(1.0 / sample_rate - 1e-9))
+
+
+def record_level_ledger(
+    *, noise_multiplier: float, sample_rate: float, local_epochs: int, delta: float
+) -> PrivacyLedger:
+    """The accountant of one site's training rows under record-level DP-SGD."""
+    return PrivacyLedger(
+        delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+        steps_per_round=steps_per_round(local_epochs, sample_rate),
+    )  # fmt: skip
+
+
+def record_level_epsilon(
+    *, rounds: int, noise_multiplier: float, sample_rate: float, local_epochs: int, delta: float
+) -> float:
+    """Epsilon of one site's rows after ``rounds`` rounds (the owner's form estimate too)."""
+    ledger = record_level_ledger(
+        noise_multiplier=noise_multiplier, sample_rate=sample_rate, local_epochs=local_epochs, delta=delta
+    )
+    return ledger.epsilon_if(rounds=rounds) if rounds > 0 else 0.0

@@ -14,6 +14,11 @@
    ``mu > 0``); predict the training rows with the new weights (``train-<seq>.npy``, the host
    computes the training loss from them); write ``weights-<seq>.safetensors`` and, last, ``result-<seq>.json``
    (``train_loss``, ``n_examples``). ``stop`` in the requests folder ends the process.
+3. A request with ``dp`` (``example_clip_norm``, ``noise_multiplier``, ``sample_rate``,
+   ``steps``) trains with record-level DP-SGD instead (``dpsgd``: Poisson sampling, per-example
+   clipping, Gaussian noise; TorchScript only). A model that changes its own state during an
+   example or a predict, or uses file ops, ends the process with ``EXIT_POLICY`` (8), which the
+   site reports as ``policy_violation``.
 
 The host computes every metric; nothing here is trusted (vendor code runs in this process).
 """
@@ -29,65 +34,121 @@ from typing import Any
 
 import numpy as np
 
+from .dpsgd import PolicyViolation
 from .errors import EXIT_INPUT, EXIT_LOAD, EXIT_OUTPUT, EXIT_PREDICT, RunnerError
 from .predict import read_features
 
 POLL_SECONDS = 0.05
 EXIT_TRAIN = 7  # training raised or produced unusable weights
+EXIT_POLICY = 8  # the model tried to keep state across examples or reach outside its inputs (dpsgd)
 
 
 # --- trainable models -------------------------------------------------------------------------
 
 
 class TorchScriptTrainer:
-    """A TorchScript module whose ``forward`` returns class probabilities (the model contract)."""
+    """A TorchScript module whose ``forward`` returns class probabilities (the model contract).
+
+    The runner holds the parameters (``self.weights``) and writes them into the module before
+    each use. The module is reloaded from its pristine bytes before every round and its digest
+    is checked around every predict, so nothing it stores (e.g. rows seen while predicting the
+    training rows) survives into training. A round with ``dp`` trains with record-level DP-SGD
+    (``dpsgd``); without it, plain minibatch SGD.
+    """
 
     def __init__(self, path: Path) -> None:
         import torch
 
         self.torch = torch
-        self.module = torch.jit.load(str(path), map_location="cpu")
-        self.params = {name: p for name, p in self.module.named_parameters() if p.requires_grad}
-        if not self.params:
+        self.pristine = path.read_bytes()
+        self.module = self._load()
+        self.names = sorted(n for n, p in self.module.named_parameters() if p.requires_grad)
+        if not self.names:
             raise TypeError("the TorchScript module has no trainable parameters")
+        owned = dict(self.module.named_parameters())
+        self.weights = {n: owned[n].detach().clone() for n in self.names}
+
+    def _load(self) -> Any:
+        import io
+
+        return self.torch.jit.load(io.BytesIO(self.pristine), map_location="cpu")
+
+    def _fresh(self) -> Any:
+        """The module as uploaded, with the runner's parameters written in."""
+        from .dpsgd import module_digest
+
+        self.module = self._load()
+        owned = dict(self.module.named_parameters())
+        with self.torch.no_grad():
+            for name in self.names:
+                owned[name].copy_(self.weights[name])
+        self._digest = module_digest(self.module)
+        return self.module
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: p.detach().cpu().numpy().astype(np.float32, copy=True) for n, p in self.params.items()}
+        return {n: self.weights[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in self.names}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        with self.torch.no_grad():
-            for name, value in weights.items():
-                self.params[name].copy_(self.torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+        for name, value in weights.items():
+            self.weights[name] = self.torch.from_numpy(np.array(value, dtype=np.float32))
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        self.module.eval()
+        from .dpsgd import PolicyViolation, module_digest
+
+        module = self._fresh()
+        module.eval()
         with self.torch.inference_mode():
-            out = self.module(self.torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
+            out = module(self.torch.from_numpy(np.array(features, dtype=np.float32)))
+        if module_digest(module) != self._digest:
+            raise PolicyViolation("the model changed its own state while predicting")
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.detach().cpu().numpy()
 
     def train(self, features: np.ndarray, labels: np.ndarray, config: dict[str, Any]) -> float:
+        if config.get("dp") is not None:
+            return self._train_dp(features, labels, config)
+        return self._train_plain(features, labels, config)
+
+    def _train_dp(self, features: np.ndarray, labels: np.ndarray, config: dict[str, Any]) -> float:
+        from .dpsgd import DPConfig, ScriptGrads, dp_sgd
+
+        dp = DPConfig.parse(config["dp"])
+        module = self._fresh()
+        module.train()
+        grads = ScriptGrads(module, self.names)
+        self.weights = dp_sgd(
+            grads, self.weights, self.names, features, labels, config=dp,
+            learning_rate=float(config["learning_rate"]), batch_size=int(config["batch_size"]),
+            proximal_mu=float(config.get("proximal_mu") or 0.0),
+        )  # fmt: skip
+        return float("nan")  # no loss claim: the host computes it (and, under DP, does not release it)
+
+    def _train_plain(self, features: np.ndarray, labels: np.ndarray, config: dict[str, Any]) -> float:
+        from .dpsgd import nll_from_logits, nll_from_probabilities
+
         torch = self.torch
         rng = np.random.default_rng(int(config.get("seed", 0)))
-        torch.manual_seed(int(config.get("seed", 0)) % (2**31))
-        params = list(self.params.values())
+        module = self._fresh()
+        owned = dict(module.named_parameters())
+        params = [owned[n] for n in self.names]
         anchor = [p.detach().clone() for p in params]
         mu = float(config.get("proximal_mu", 0.0))
         optimizer = torch.optim.SGD(params, lr=float(config["learning_rate"]))
         x_all = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         y_all = torch.from_numpy(np.ascontiguousarray(labels)).long()
         batch_size = int(config["batch_size"])
-        self.module.train()
+        uses_logits = bool(module._c._has_method("logits"))
+        module.train()
         losses: list[float] = []
         for _ in range(int(config["local_epochs"])):
             order = torch.from_numpy(rng.permutation(len(x_all)))
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                probs = self.module(x_all[idx])
-                if isinstance(probs, (tuple, list)):
-                    probs = probs[0]
-                loss = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-7)), y_all[idx])
+                if uses_logits:
+                    loss = nll_from_logits(module.logits(x_all[idx]), y_all[idx])
+                else:
+                    loss = nll_from_probabilities(module(x_all[idx]), y_all[idx])
                 total = loss
                 if mu > 0:
                     total = total + (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
@@ -95,7 +156,8 @@ class TorchScriptTrainer:
                 total.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
-        self.module.eval()
+        module.eval()
+        self.weights = {n: p.detach().clone() for n, p in zip(self.names, params, strict=True)}
         return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -249,21 +311,29 @@ def serve_training(
             raise RunnerError(EXIT_INPUT, f"bad round request: {type(exc).__name__}") from exc
         offset = read_offset(requests_dir / offset_name, layout)
         start = {n: w0[n] + offset[n] if n in offset else w0[n] for n in w0}
+        if request.get("dp") is not None and not isinstance(trainer, TorchScriptTrainer):
+            raise RunnerError(EXIT_POLICY, "record-level DP-SGD needs a TorchScript model")
         try:
             trainer.set_weights(start)
             val_predictions = trainer.predict(val_features)
+        except PolicyViolation as exc:
+            raise RunnerError(EXIT_POLICY, f"policy violation: {exc}") from exc
         except Exception as exc:
             raise RunnerError(EXIT_PREDICT, f"validation predict failed: {type(exc).__name__}: {exc}") from exc
         _write_atomic(output_dir, f"val-{seq}.npy", _npy_bytes(np.asarray(val_predictions)))
         try:
             loss = trainer.train(features, labels, request)
             new = trainer.get_weights()
+        except PolicyViolation as exc:
+            raise RunnerError(EXIT_POLICY, f"policy violation: {exc}") from exc
         except Exception as exc:
             raise RunnerError(EXIT_TRAIN, f"training failed: {type(exc).__name__}: {exc}") from exc
         if _layout(new) != layout:
             raise RunnerError(EXIT_TRAIN, "training changed the parameter layout")
         try:  # the host computes the training loss from these, against the labels it holds
             train_predictions = trainer.predict(features)
+        except PolicyViolation as exc:
+            raise RunnerError(EXIT_POLICY, f"policy violation: {exc}") from exc
         except Exception as exc:
             raise RunnerError(EXIT_PREDICT, f"training-rows predict failed: {type(exc).__name__}") from exc
         _write_atomic(output_dir, f"train-{seq}.npy", _npy_bytes(np.asarray(train_predictions)))
