@@ -269,5 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``vaultbench-site`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
