@@ -133,10 +133,13 @@ class Agent:
         load_predictions: Callable[..., Any] | None = None,
         rng: random.Random | None = None,
         training_session: Callable[..., Any] | None = None,
+        resolve_image: Callable[[str], str] | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self._sandbox_runner = sandbox_runner
+        # The runner image's id for a tag (pinned per job); with an injected sandbox (tests), the tag.
+        self._resolve_image = resolve_image or (None if sandbox_runner is None else (lambda tag: tag))
         self._verify_sha256 = verify_sha256
         self._prepare_model = prepare_model
         self._load_predictions = load_predictions
@@ -172,6 +175,15 @@ class Agent:
 
             self._load_predictions = load_predictions
         return self._load_predictions
+
+    def image_id(self) -> str:
+        """The runner image, pinned by id for one job: a tag moved or removed meanwhile changes
+        nothing of what this job runs (a removed image fails as the site's fault)."""
+        if self._resolve_image is None:
+            from evaluator.sandbox import get_client, resolve_image
+
+            self._resolve_image = lambda tag: resolve_image(get_client(), tag)
+        return self._resolve_image(self.image())
 
     def image(self) -> str:
         if self._image is None:
@@ -218,6 +230,7 @@ class Agent:
             sweep_orphans(self.config.work_dir)
         except Exception:
             log.exception("could not clean up after a dead agent; continuing")
+        self.reconcile_ledger()
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
@@ -240,6 +253,25 @@ class Agent:
             failures = 0
             if not worked:
                 self._stop.wait(self.config.poll_interval_seconds)
+
+    def reconcile_ledger(self) -> None:
+        """The site's ledger against the hub's receipts, repairing (evaluator/ledger_reconcile.py):
+        entries a dead agent left unsettled are confirmed or voided, releases a restored ledger
+        lost are rebuilt from the hub's. Never fatal: the next start tries again."""
+        from evaluator.ledger_reconcile import reconcile_with_hub
+
+        try:
+            report = reconcile_with_hub(config=self.config, client=self.client, repair=True)
+        except Exception as exc:  # the hub away, an older hub without receipts
+            log.warning("ledger not reconciled with the hub (%s); next try at the next start", exc)
+            return
+        if report.agrees:
+            log.info("ledger agrees with the hub's receipts (%d entries)", report.site_entries)
+        else:
+            log.warning(
+                "ledger reconciled with the hub: %d confirmed, %d voided, %d recovered, %d missing at the hub",
+                len(report.confirmed), len(report.voided), len(report.missing_at_site), len(report.missing_at_hub),
+            )  # fmt: skip
 
     def _backoff(self, failures: int) -> float:
         retry = self.config.retry
@@ -514,7 +546,8 @@ class Agent:
         """The public release's body and the owner's note; seals the private statistics."""
         task = job["task"]
         terms: ReleaseTerms = spec["terms"]
-        data = datasets.load_task_data(data_dir=self.config.data_dir, task_id=task["id"])
+        # The data is copied into the job's folder and checked there: the sandbox reads that copy.
+        data = datasets.load_task_data(data_dir=self.config.data_dir, task_id=task["id"], pin_dir=work / "pinned")
         if (
             data.task_type != spec["task_type"]
             or data.n_features != spec["n_features"]
@@ -541,7 +574,8 @@ class Agent:
             offset_path.chmod(0o644)
             offset_kwargs["weights_offset_path"] = offset_path
 
-        predictions, note = self._predict(job, spec, work, data, Path(model_path), offset_kwargs)
+        image_id = self.image_id()
+        predictions, note = self._predict(job, spec, work, data, Path(model_path), offset_kwargs, image_id)
         public_rows, private_rows = splits.public_private_split(
             data.row_count,
             public_fraction=float(task.get("public_split_fraction", 1.0)),
@@ -553,6 +587,9 @@ class Agent:
             "n_rows": len(public_rows),
             "statistics": gaussian_release(terms.spec, exact, rho=terms.rho),
             "privacy": terms.privacy(),
+            # What this job ran with: the runner image's id and the keyed fingerprint of the data
+            # it verified (the hub records both with the result).
+            "runner": {"image": image_id, "data": data.fingerprint},
         }
         if len(private_rows):
             # Computed now, on the same run; noised and released only if the hub lists the job
@@ -573,6 +610,7 @@ class Agent:
         data: Any,
         model_path: Path,
         offset_kwargs: Mapping[str, Any],
+        image_id: str,
     ) -> tuple[np.ndarray, str]:
         """The model's predictions on every row of the shard, checked, with an empty note; or,
         when anything goes wrong once the model may have seen the data, the fallback prediction
@@ -581,7 +619,7 @@ class Agent:
         limits = spec["limits"]
         try:
             run = self._sandbox()(
-                image=self.image(),
+                image=image_id,
                 model_path=model_path,
                 model_format=spec["format"],
                 features_path=data.features_path,  # the features file only; labels stay here
@@ -606,6 +644,9 @@ class Agent:
             raise  # the engine or the image: the site's own trouble, not the model's doing
         except Exception as exc:
             reason = _failure_reason(exc)
+            if reason != "internal_error" and not self._runner_sound(spec, work, data, image_id):
+                # The site's own runner fails a known-good model too: not the vendor's doing.
+                raise SandboxUnavailable(f"the runner image {image_id} is broken (the model failed: {reason})") from exc
             if reason == "internal_error":
                 log.exception("job %s: unexpected error once the model ran; releasing the fallback", job["id"])
             else:
@@ -618,6 +659,15 @@ class Agent:
                 log.info("job %s sandbox log tail:\n%s", job["id"], str(logs)[-LOG_TAIL_CHARS:])
             note = f"fallback released; the model failed: {reason}: {exc}"[:NOTE_CHARS]
             return disclosure.fallback_predictions(terms.spec, data.row_count), note
+
+    def _runner_sound(self, spec: Mapping[str, Any], work: Path, data: Any, image_id: str) -> bool:
+        from evaluator.runner_check import runner_is_sound
+
+        return runner_is_sound(
+            sandbox_runner=self._sandbox(), load_predictions=self._predictions_loader(), image=image_id,
+            work_dir=work, n_features=data.n_features, task_type=spec["task_type"], n_classes=data.n_classes,
+            limits=spec["limits"],
+        )  # fmt: skip
 
     def _release(
         self,
@@ -634,8 +684,9 @@ class Agent:
         A release of statistics commits its reservation first (never less spent than may have
         left), then writes its ledger entry with the release's rho, epsilon and delta."""
         token = job.get("attempt_token")
-        if kind != "private" and isinstance(token, str) and token:
-            body = {**body, "attempt": token}  # which attempt this is: the hub refuses a superseded one
+        attempt = token if kind != "private" and isinstance(token, str) and token else None
+        if attempt is not None:
+            body = {**body, "attempt": attempt}  # which attempt this is: the hub refuses a superseded one
         payload = canonical_json(body)
         task = job.get("task") or {}
         submission = job.get("submission") or {}
@@ -646,6 +697,8 @@ class Agent:
             "vendor_id": submission.get("vendor_id"),
             "payload": payload,
             "note": note,
+            "attempt": attempt,
+            "state": "prepared",  # write-ahead: released just before the post, confirmed on its 200
         }
         if kind == "failure":
             entry = self.ledger.append(kind="failure", **common)
@@ -674,17 +727,23 @@ class Agent:
             "private": self.client.post_private_result,
             "failure": self.client.post_failure,
         }[kind]
+        receipt = body.get("ledger") or {}
+        entry = (str(job_id), str(body.get("attempt") or ""), str(receipt.get("sha256", "")))
+        self.ledger.mark(entry, "released")
         try:
             post(job_id, body)
-        except LeaseLost:
-            log.warning("job %s: the hub says another agent holds it; %s not recorded", job_id, kind)
+        except LeaseLost as exc:
+            log.warning("job %s: the hub says this attempt no longer counts (%s); %s not recorded", job_id, exc, kind)
+            self.ledger.mark(entry, "voided", why=f"hub: {exc}")
             self.state.drop_pending(key)
             return
         except HubRejected as exc:
             log.error("job %s: the hub refused the %s: %s", job_id, kind, exc)
+            self.ledger.mark(entry, "voided", why=f"hub: {exc}")
             self.state.drop_pending(key)
             return
         # HubUnreachable propagates: the body stays pending and is re-posted, unchanged.
+        self.ledger.mark(entry, "confirmed")
         self.state.mark_posted(key)
         log.info("job %s: %s posted", job_id, kind)
 

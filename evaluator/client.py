@@ -177,6 +177,20 @@ class HubClient:
         """Release decisions made on the hub, and jobs whose private scores may now leave."""
         return self._json("GET", "/pending", None)
 
+    def receipts(self) -> list[dict[str, Any]]:
+        """Every receipt the hub holds for this site's releases (its mirror of the ledger)."""
+        out: list[dict[str, Any]] = []
+        after: Any = 0
+        while True:
+            page = self._json("GET", f"/receipts?after={after}&limit=1000", None)
+            receipts = page.get("receipts")
+            if not isinstance(receipts, list):
+                raise HubError("receipts answer has no list")
+            out += [r for r in receipts if isinstance(r, dict)]
+            after = page.get("next_after")
+            if not isinstance(after, int) or isinstance(after, bool):
+                return out
+
     def download_weights_offset(
         self, job_id: int | str, dest: str | os.PathLike[str], *, max_bytes: int
     ) -> Path:

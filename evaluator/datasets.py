@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -419,17 +420,26 @@ def load_train_data(*, data_dir: str | os.PathLike[str], task_id: int | str) -> 
     )
 
 
-def load_task_data(*, data_dir: str | os.PathLike[str], task_id: int | str, verify: bool = True) -> TaskData:
-    """The stored shard for a task; raises ``DataUnavailable`` if missing or altered."""
+def load_task_data(
+    *, data_dir: str | os.PathLike[str], task_id: int | str, verify: bool = True, pin_dir: Path | None = None
+) -> TaskData:
+    """The stored shard for a task; raises ``DataUnavailable`` if missing or altered.
+
+    ``pin_dir`` (a private folder of the job): the features file is first copied there and the
+    fingerprint is checked on that copy, which is what ``features_path`` names and what the
+    sandbox then reads. The job reads the bytes it checked, whatever happens to the site's
+    folder meanwhile (the labels are read into memory by the same check)."""
     root = task_dir(data_dir, task_id)
     try:
         meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
         features_path = root / "features" / FEATURES_FILE
+        if pin_dir is not None:
+            features_path = _pin(features_path, pin_dir)
         labels = np.load(root / "labels" / LABELS_FILE, allow_pickle=False)
-        features = np.load(features_path, allow_pickle=False, mmap_mode="r") if verify else None
+        features = np.load(features_path, allow_pickle=False, mmap_mode="r") if verify or pin_dir else None
     except (OSError, ValueError) as exc:
         raise DataUnavailable(f"no usable data stored for task {task_id}: {type(exc).__name__}") from None
-    if verify:
+    if verify or pin_dir is not None:
         assert features is not None
         if not _matches(meta, data_dir, np.asarray(features), labels):
             raise DataUnavailable(f"stored data for task {task_id} does not match its fingerprint")
@@ -440,7 +450,24 @@ def load_task_data(*, data_dir: str | os.PathLike[str], task_id: int | str, veri
         n_classes=meta.get("n_classes"),
         row_count=int(meta["row_count"]),
         fingerprint=meta["fingerprint"],
-        features_dir=root / "features",
+        features_dir=features_path.parent,
         features_path=features_path,
         labels=labels,
     )
+
+
+def _pin(src: Path, pin_dir: Path) -> Path:
+    """A private copy of ``src`` in ``pin_dir`` (readable by the sandbox user, like the original).
+    A copy, not a link: a link would follow the site's file if it were changed in place."""
+    pin_dir.mkdir(mode=0o700, exist_ok=True)
+    dest = pin_dir / FEATURES_FILE
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataUnavailable("the stored features are not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as source, open(dest, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    finally:
+        os.close(fd)
+    dest.chmod(0o644)
+    return dest

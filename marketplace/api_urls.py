@@ -58,6 +58,7 @@ urlpatterns = [
     path("agent/jobs/<int:job_id>/hold", agent.HoldApi.as_view(), name="agent-hold"),
     path("agent/jobs/<int:job_id>/private-result", agent.PrivateResultApi.as_view(), name="agent-private-result"),
     path("agent/pending", agent.PendingWorkApi.as_view(), name="agent-pending"),
+    path("agent/receipts", agent.ReceiptsApi.as_view(), name="agent-receipts"),
     path("agent/jobs/<int:job_id>/weights-offset", agent.WeightsOffsetDownloadApi.as_view(), name="agent-weights-offset"),
     path("finetuning-runs", finetuning.RunListCreateApi.as_view(), name="finetuning-runs"),
     path("finetuning-runs/<int:run_id>", finetuning.RunDetailApi.as_view(), name="finetuning-run"),

@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from marketplace.catalog.services import shard_register
 from marketplace.core.errors import NotFound
 from marketplace.jobs.models import AGENT_REPORTABLE_REASONS, Job, JobKind
+from marketplace.jobs.selectors import receipts_for_site
 from marketplace.jobs.services import (
     job_claim,
     job_for_artifact_download,
@@ -310,6 +311,42 @@ class PendingWorkApi(AgentApi):
         return Response(
             {"releases": job_release_decisions_for_site(site=self.site), "reveals": job_reveals_for_site(site=self.site)}
         )
+
+
+class ReceiptOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    job_id = serializers.IntegerField(allow_null=True)
+    kind = serializers.CharField()
+    sha256 = serializers.CharField()
+    bytes = serializers.IntegerField()
+    task_id = serializers.IntegerField()
+    vendor_id = serializers.IntegerField()
+    rho = serializers.FloatField(allow_null=True)
+    epsilon = serializers.FloatField(allow_null=True)
+    delta = serializers.FloatField(allow_null=True)
+
+
+class ReceiptsOutput(serializers.Serializer):
+    receipts = ReceiptOutput(many=True)
+    next_after = serializers.IntegerField(allow_null=True, help_text="Pass as ?after= for the next page")
+
+
+class ReceiptsQuery(serializers.Serializer):
+    after = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, default=0)
+    limit = serializers.IntegerField(min_value=1, max_value=1000, required=False, default=500)
+
+
+class ReceiptsApi(AgentApi):
+    """The hub's mirror of this site's ledger: the site reconciles its own ledger against it."""
+
+    @extend_schema(parameters=[ReceiptsQuery], responses=ReceiptsOutput, tags=["agent"])
+    def get(self, request):
+        query = ReceiptsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        limit = query.validated_data["limit"]
+        rows = receipts_for_site(site=self.site, after=query.validated_data["after"], limit=limit)
+        next_after = rows[-1]["id"] if len(rows) == limit else None
+        return Response({"receipts": ReceiptOutput(rows, many=True).data, "next_after": next_after})
 
 
 class FailureInput(serializers.Serializer):

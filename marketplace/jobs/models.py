@@ -115,6 +115,10 @@ class Result(models.Model):
     private_metrics = models.JSONField(null=True, blank=True)
     private_n_rows = models.PositiveIntegerField(null=True, blank=True)
     private_ledger_sha256 = models.CharField(max_length=64, blank=True)
+    # What the site ran the job with (its receipt): scores from different runner versions can be
+    # told apart, and a data change at the site shows as another fingerprint.
+    runner_image = models.CharField(max_length=80, blank=True, help_text="The runner image's id (sha256:...)")
+    data_fingerprint = models.CharField(max_length=64, blank=True, help_text="Keyed fingerprint of the data checked")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

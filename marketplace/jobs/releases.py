@@ -10,6 +10,7 @@ the shard alone.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,27 @@ REL_TOLERANCE = 1e-9
 
 class InvalidRelease(DomainError):
     code = "invalid_release"
+
+
+RUNNER_IMAGE = re.compile(r"^sha256:[0-9a-f]{64}$")
+FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+
+def runner_of(body: dict) -> dict[str, str]:
+    """The optional ``runner`` receipt of a release: {"image": "sha256:<64 hex>", "data": <64 hex>}."""
+    runner = body.get("runner") if isinstance(body, dict) else None
+    if runner is None:
+        return {"image": "", "data": ""}
+    image, data = (runner.get("image"), runner.get("data")) if isinstance(runner, dict) else (None, None)
+    if (
+        set(runner) != {"image", "data"}
+        or not isinstance(image, str) or not RUNNER_IMAGE.match(image)
+        or not isinstance(data, str) or not FINGERPRINT.match(data)
+    ):  # fmt: skip
+        raise InvalidRelease(
+            'runner must be {"image": "sha256:<64 hex>", "data": "<64 hex>"}.', code="invalid_runner"
+        )
+    return {"image": image, "data": data}
 
 
 @dataclass(frozen=True)

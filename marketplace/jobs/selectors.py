@@ -41,3 +41,16 @@ def jobs_held_for_release_for(*, user) -> QuerySet[Job]:
         .select_related("submission__task", "submission__vendor", "site")
         .order_by("id")
     )
+
+
+def receipts_for_site(*, site, after: int = 0, limit: int = 500) -> list[dict]:
+    """The hub's mirror of one site's ledger, oldest first from ``after`` (an id): what the site
+    compares its own ledger with (evaluator/ledger_reconcile.py)."""
+    from marketplace.egress.models import EgressRecord
+
+    rows = (
+        EgressRecord.objects.filter(site=site, id__gt=after)
+        .order_by("id")
+        .values("id", "job_id", "kind", "sha256", "bytes", "task_id", "vendor_id", "rho", "epsilon", "delta")[:limit]
+    )
+    return list(rows)

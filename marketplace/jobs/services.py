@@ -36,7 +36,7 @@ from marketplace.jobs.models import (
     ReleaseDecision,
     Result,
 )
-from marketplace.jobs.releases import InvalidRelease, release_check
+from marketplace.jobs.releases import InvalidRelease, release_check, runner_of
 from marketplace.sites.models import Site
 from marketplace.submissions.models import Submission, SubmissionStatus
 
@@ -248,6 +248,7 @@ def _record_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
     if job.kind != JobKind.EVALUATE:
         raise Conflict("Only an evaluation job releases statistics.", code="invalid_state")
     release = release_check(task=job.submission.task, shard=_shard_of(job), body=body, private=False)
+    runner = runner_of(body)
     _verify_receipt(body, ledger)
     egress_record_create(
         job=job, kind=EgressKind.METRICS, sha256=ledger["sha256"], size=ledger["bytes"],
@@ -260,6 +261,8 @@ def _record_result(*, site: Site, job_id: int, body: dict) -> tuple[Job, bool]:
         n_rows=release.n_rows,
         ledger_sha256=ledger["sha256"],
         ledger_bytes=ledger["bytes"],
+        runner_image=runner["image"],
+        data_fingerprint=runner["data"],
     )
     job.status = JobStatus.SUCCEEDED
     job.finished_at = timezone.now()

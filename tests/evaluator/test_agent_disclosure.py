@@ -134,7 +134,7 @@ def test_held_result_leaves_only_after_the_owners_decision_on_the_hub(hub, data_
     agent.run_once()
     [(job_id, raw)] = hub.results
     body = json.loads(raw)
-    assert job_id == 12 and set(body) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt"}
+    assert job_id == 12 and set(body) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt", "runner"}
     assert_noised_release_of(body["statistics"], exact_statistics(), n_rows=N_ROWS)
     [entry] = _entries(data_dir)
     assert entry.rho == RHO and body["ledger"]["sha256"] == entry.sha256

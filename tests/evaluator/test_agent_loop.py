@@ -27,6 +27,7 @@ from evaluator.privacy.statistics import (
     sufficient_statistics,
 )
 from evaluator.privacy.zcdp import rho_for_epsilon
+from evaluator.runner_check import CANARY_PREFIX
 from evaluator.sandbox import SandboxCrashed, SandboxRun, SandboxTimeout, SandboxUnavailable
 from evaluator.site_budget import SiteBudget
 from evaluator.state import AgentState
@@ -80,6 +81,8 @@ class FakeHub:
                     return self._send(200, {"site": {"id": 1, "name": "s"}, "server_time": "t"})
                 if parts == ["pending"]:
                     return self._send(200, hub.pending_work)
+                if parts[0].startswith("receipts"):
+                    return self._send(200, {"receipts": hub.receipts(), "next_after": None})
                 if parts == ["jobs", "claim"]:
                     with hub.lock:
                         job = hub.jobs.pop(0) if hub.jobs else None
@@ -128,6 +131,17 @@ class FakeHub:
         threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         ).start()
+
+    def receipts(self):
+        """The hub's mirror of the site's ledger: one receipt per recorded post."""
+        out = []
+        for kind, posts in (("metrics", self.results), ("failure", self.failures)):
+            for job_id, raw in posts:
+                receipt = json.loads(raw)["ledger"]
+                out.append({"id": len(out) + 1, "job_id": job_id, "kind": kind, "sha256": receipt["sha256"],
+                            "bytes": receipt["bytes"], "task_id": 3, "vendor_id": VENDOR, "rho": receipt.get("rho"),
+                            "epsilon": receipt.get("epsilon"), "delta": receipt.get("delta")})  # fmt: skip
+        return out
 
     def add_job(self, job_id=12, *, artifact=MODEL_BYTES, sha256=None, attempt=1, **overrides):
         job = {
@@ -219,13 +233,24 @@ def make_config(hub, data_dir, **overrides):
 class FakeSandbox:
     """Stands in for evaluator.sandbox.run_prediction: records its call, writes predictions."""
 
-    def __init__(self, predictions=P1, *, raises=None, before=None):
+    def __init__(self, predictions=P1, *, raises=None, before=None, broken_runner=False):
         self.predictions = predictions
         self.raises = raises
         self.before = before
+        self.broken_runner = broken_runner  # the site's runner fails a known-good model too
         self.calls = []
+        self.canary_calls = 0
 
     def __call__(self, **kwargs):
+        if CANARY_PREFIX in str(kwargs["model_path"]):  # the agent's runner self-test
+            self.canary_calls += 1
+            if self.broken_runner:
+                raise SandboxCrashed("the runner exited with 1")
+            out = Path(kwargs["work_dir"]) / "out"
+            out.mkdir()
+            rows = np.load(kwargs["features_path"]).shape[0]
+            np.save(out / "predictions.npy", np.full((rows, 2), 0.5, dtype=np.float32))
+            return SandboxRun(predictions_path=out / "predictions.npy", exit_code=0, logs="", duration_seconds=0.1)
         self.calls.append(kwargs)
         self.model_bytes = Path(kwargs["model_path"]).read_bytes()  # the work dir goes later
         if self.before:
@@ -281,7 +306,7 @@ def test_success_posts_noised_statistics_and_writes_one_ledger_entry_with_their_
     body = json.loads(raw)
     assert job_id == 12 and hub.failures == []
     # no metric value; the attempt is the claim's token
-    assert set(body) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt"}
+    assert set(body) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt", "runner"}
     assert body["n_rows"] == N_ROWS and body["agent_id"] == "agent-1"
     assert body["privacy"] == {"mechanism": "gaussian", "rho": RHO, "epsilon": 1.0, "delta": 1e-6}
     assert_noised_release_of(body["statistics"], exact_statistics(), n_rows=N_ROWS)
@@ -311,10 +336,15 @@ def test_two_releases_of_the_same_model_draw_fresh_noise(hub, data_dir):
 
 def test_the_sandbox_gets_the_features_file_and_never_the_labels(hub, data_dir):
     hub.add_job()
-    sandbox = FakeSandbox()
+    stored = data_dir / "tasks" / "3" / "features" / "features.npy"
+    seen = {}
+    sandbox = FakeSandbox(before=lambda: seen.update(bytes=Path(sandbox.calls[0]["features_path"]).read_bytes()))
     make_agent(hub, data_dir, sandbox).run_once()
     [call] = sandbox.calls
-    assert call["features_path"] == data_dir / "tasks" / "3" / "features" / "features.npy"
+    # a private copy in the job's folder, checked against the fingerprint: the bytes it verified
+    assert call["features_path"].name == "features.npy" and call["features_path"].parent.name == "pinned"
+    assert str(call["features_path"]).startswith(str(data_dir / "work"))
+    assert seen["bytes"] == stored.read_bytes()
     assert "labels" not in json.dumps({k: str(v) for k, v in call.items()})
     assert call["image"] == "vaultbench-runner:test"
     assert call["model_format"] == "onnx"
@@ -368,7 +398,7 @@ def test_a_model_failing_after_it_saw_data_releases_the_fallback_statistics_not_
     assert hub.failures == []  # the reason would be a channel the model picks
     [(job_id, raw)] = hub.results
     posted = json.loads(raw)
-    assert set(posted) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt"}
+    assert set(posted) == {"agent_id", "n_rows", "statistics", "privacy", "ledger", "attempt", "runner"}
     assert_noised_release_of(posted["statistics"], exact_statistics(UNIFORM), n_rows=N_ROWS)
     assert b"secret" not in raw and reason.encode() not in raw
     [entry] = Ledger(data_dir / "ledger.jsonl").read_entries()
@@ -599,3 +629,79 @@ def test_a_409_on_the_result_drops_it_quietly(hub, data_dir):
     agent.run_once()
     assert hub.results == []
     assert AgentState(data_dir / "agent-state.json").pending() == {}
+
+
+def test_data_changed_under_a_running_job_is_not_what_the_sandbox_reads(hub, data_dir):
+    """The sandbox reads the copy the agent verified: a change of the site's file after the check
+    (in place, same inode) does not reach it, and the release is of the checked data."""
+    hub.add_job()
+    stored = data_dir / "tasks" / "3" / "features" / "features.npy"
+    original = stored.read_bytes()
+    seen = {}
+
+    def change_the_site_file():
+        with open(stored, "r+b") as fh:  # in place: a hard link would follow it
+            fh.seek(len(original) - 64)
+            fh.write(b"\x7f" * 64)
+        seen["bytes"] = Path(sandbox.calls[0]["features_path"]).read_bytes()
+
+    sandbox = FakeSandbox(before=change_the_site_file)
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert seen["bytes"] == original and len(hub.results) == 1
+    assert json.loads(hub.results[0][1])["runner"]["data"] == json.loads(
+        (data_dir / "tasks" / "3" / "meta.json").read_text())["fingerprint"]  # fmt: skip
+    # the next job finds the changed file: the site's fault, retryable, never the vendor's
+    hub.add_job(13)
+    make_agent(hub, data_dir, FakeSandbox()).run_once()
+    [(job_id, raw)] = hub.failures
+    assert (job_id, json.loads(raw)["reason"]) == (13, "data_unavailable")
+
+
+def test_a_removed_data_file_is_the_sites_failure(hub, data_dir):
+    hub.add_job()
+    (data_dir / "tasks" / "3" / "features" / "features.npy").unlink()
+    sandbox = FakeSandbox()
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert sandbox.calls == [] and json.loads(hub.failures[0][1])["reason"] == "data_unavailable"
+
+
+def test_a_broken_runner_image_is_the_sites_failure_not_the_vendors(hub, data_dir):
+    """The model 'crashes', and so does the runner's self-test with a known-good model: the job
+    fails as internal_error (retryable) instead of releasing the fallback as the vendor's."""
+    hub.add_job()
+    sandbox = FakeSandbox(raises=SandboxCrashed("the runner exited with 1"), broken_runner=True)
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert hub.results == [] and sandbox.canary_calls == 1
+    [(_, raw)] = hub.failures
+    assert json.loads(raw)["reason"] == "internal_error"
+    assert budget(data_dir).usage(task_id=3, vendor_id=VENDOR, split="public").spent == 0.0
+
+
+def test_a_crash_with_a_sound_runner_is_the_models_and_releases_the_fallback(hub, data_dir):
+    hub.add_job()
+    sandbox = FakeSandbox(raises=SandboxCrashed("the runner exited with 1"))
+    make_agent(hub, data_dir, sandbox).run_once()
+    assert sandbox.canary_calls == 1 and hub.failures == [] and len(hub.results) == 1
+
+
+def test_the_runner_image_is_pinned_by_id_for_the_job_and_recorded(hub, data_dir):
+    hub.add_job()
+    sandbox = FakeSandbox()
+    config = make_config(hub, data_dir)
+    client = HubClient.from_config(config, agent_id="agent-1", sleep=lambda s: None)
+    agent = Agent(config, client, sandbox_runner=sandbox, resolve_image=lambda tag: "sha256:" + "e" * 64)
+    agent.run_once()
+    assert sandbox.calls[0]["image"] == "sha256:" + "e" * 64
+    assert json.loads(hub.results[0][1])["runner"]["image"] == "sha256:" + "e" * 64
+
+
+def test_a_runner_image_removed_before_the_job_is_the_sites_failure(hub, data_dir):
+    hub.add_job()
+
+    def gone(tag):
+        raise SandboxUnavailable(f"sandbox image {tag!r} is not present")
+
+    config = make_config(hub, data_dir)
+    client = HubClient.from_config(config, agent_id="agent-1", sleep=lambda s: None)
+    Agent(config, client, sandbox_runner=FakeSandbox(), resolve_image=gone).run_once()
+    assert json.loads(hub.failures[0][1])["reason"] == "internal_error" and hub.results == []

@@ -130,3 +130,20 @@ def test_a_metric_undefined_at_one_site_is_left_out_not_a_failure(site, running,
     result = Result.objects.get(job_id=job["id"])
     assert "roc_auc" not in result.metrics and result.metrics["accuracy"] == pytest.approx(1.0)
     assert Job.objects.get(id=job["id"]).status == JobStatus.SUCCEEDED
+
+
+def test_a_site_reads_the_hubs_receipts_of_its_own_releases_only(owner, site, running, open_task):
+    from tests.conftest import make_site, register_shard
+
+    _, job = running
+    body = with_receipt(release_body(open_task))
+    assert site.client.post(f"/api/v1/agent/jobs/{job['id']}/result", body, format="json").status_code == 200
+    response = site.client.get("/api/v1/agent/receipts")
+    assert response.status_code == 200
+    [receipt] = response.json()["receipts"]
+    assert (receipt["job_id"], receipt["kind"], receipt["sha256"]) == (job["id"], "metrics", body["ledger"]["sha256"])
+    assert response.json()["next_after"] is None
+    other = make_site(owner, "site-b")
+    register_shard(other, open_task)
+    assert other.client.get("/api/v1/agent/receipts").json()["receipts"] == []
+    assert site.client.get("/api/v1/agent/receipts?limit=0").status_code == 400
