@@ -1,8 +1,12 @@
 """Command line of the site agent.
 
+    python -m evaluator init site.toml --hub-url URL --data-dir DIR     (vaultbench-site init ...)
+    python -m evaluator status|doctor --config site.toml
     python -m evaluator run --config site.toml [--once]
     python -m evaluator register-data --config site.toml --task ID --features F --labels L \
-        (--input-spec JSON | --n-features N --task-type T [--n-classes K]) [--split test|train] [--no-report]
+        [--split test|train] [--no-report]          (the task's schema comes from the hub)
+    python -m evaluator register-data --offline --config site.toml --task ID --features F --labels L \
+        (--input-spec JSON | --n-features N --task-type T [--n-classes K])   (no hub: the flags decide)
     python -m evaluator ledger export --config site.toml [--csv out.csv]
     python -m evaluator budget --config site.toml
     python -m evaluator releases list|approve JOB|refuse JOB --config site.toml
@@ -31,12 +35,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="site TOML file (VAULTBENCH_* variables override it)")
     run.add_argument("--once", action="store_true", help="process at most one job, then exit")
 
-    reg = sub.add_parser("register-data", help="validate and store a task's private data")
+    init = sub.add_parser("init", help="write a commented site config")
+    init.add_argument("path", nargs="?", default="site.toml")
+    init.add_argument("--hub-url", required=True)
+    init.add_argument("--data-dir", required=True)
+    init.add_argument("--token-file", help="where the site token will be (default: <data-dir>/site-token)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    status = sub.add_parser("status", help="agent, engine, image, hub, shards and ledger at a glance")
+    status.add_argument("--config")
+    status.add_argument("--json", action="store_true")
+    doctor = sub.add_parser("doctor", help="what is wrong and how to fix it (exit 1 if anything is)")
+    doctor.add_argument("--config")
+
+    reg = sub.add_parser("register-data", help="check a task's private data against the hub's schema, then store it")
     reg.add_argument("--config")
     reg.add_argument("--task", required=True, help="the hub's task id")
     reg.add_argument("--features", required=True, help=".npy, .csv or .parquet")
     reg.add_argument("--labels", required=True, help=".npy, .csv or .parquet (one column)")
-    reg.add_argument("--input-spec", help='JSON, e.g. {"n_features": 30, "n_classes": 2}')
+    reg.add_argument("--offline", action="store_true",
+                     help="do not ask the hub: the flags below give the schema; nothing is reported")
+    reg.add_argument("--input-spec", help='JSON, e.g. {"n_features": 30, "n_classes": 2} (checked against the hub)')
     reg.add_argument("--n-features", type=int)
     reg.add_argument(
         "--task-type", choices=["binary_classification", "multiclass_classification", "regression"]
@@ -131,44 +149,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from evaluator.client import HubClient, HubError
-    from evaluator.datasets import DatasetError, register_task_data
+    from evaluator.site_cli import register_data
 
-    config = load_config(args.config, require_hub=not args.no_report)
-    spec = _input_spec(args)
-    try:
-        meta = register_task_data(
-            data_dir=config.data_dir,
-            task_id=args.task,
-            features_path=args.features,
-            labels_path=args.labels,
-            input_spec=spec,
-            split=args.split,
-        )
-    except DatasetError as exc:
-        print(f"invalid data: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(meta, indent=2))
-    if args.no_report:
-        return 0
-    if args.split == "train":
-        # The hub sends train jobs to the sites holding the task's (test) shard; the train split's
-        # size stays at the site (the hub's shard endpoint describes the evaluation split).
-        print("train split stored at the site; nothing reported to the hub", file=sys.stderr)
-        return 0
-    task_id: int | str = int(args.task) if args.task.isdigit() else args.task
-    try:
-        HubClient.from_config(config).register_shard(
-            task_id=task_id,
-            row_count=meta["row_count"],
-            fingerprint=meta["fingerprint"],
-            split_sizes=meta["split_sizes"],
-        )
-    except HubError as exc:
-        print(f"stored locally, but the hub did not accept the shard: {exc}", file=sys.stderr)
-        return 3
-    print("shard reported to the hub", file=sys.stderr)
-    return 0
+    return register_data(args, _input_spec)
 
 
 def _cmd_ledger_export(args: argparse.Namespace) -> int:
@@ -255,6 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command in ("init", "status", "doctor"):
+            from evaluator import site_cli
+
+            return {"init": site_cli.cmd_init, "status": site_cli.cmd_status, "doctor": site_cli.cmd_doctor}[
+                args.command
+            ](args)
         if args.command == "register-data":
             return _cmd_register(args)
         if args.command == "releases":

@@ -1,6 +1,7 @@
 """Site agent configuration: a TOML file, overridden by environment variables.
 
-Example ``site.toml``::
+Every key and environment variable is documented in docs/site-operator.md (a test keeps the
+two in step); ``vaultbench-site init`` writes a commented file. Example ``site.toml``::
 
     hub_url = "https://hub.example.org"
     site_token_file = "/etc/vaultbench/site-token"   # or site_token = "vbs_..."
@@ -9,6 +10,8 @@ Example ``site.toml``::
     image = "sha256:..."                             # optional pinned runner image
     poll_interval_seconds = 10
     lease_renew_interval_seconds = 20                # default: the job's lease_seconds / 3
+    min_free_disk_mb = 512      # below this free in work_dir (or data_dir) the agent claims nothing
+    sandbox_runtime = "runc"    # or "runsc" (gVisor), when the engine has it (docs/sandbox.md)
 
     [limits]              # the SITE's maximums; a job spec can never loosen them
     max_memory_mb = 4096
@@ -107,6 +110,8 @@ class AgentConfig:
     lease_renew_interval_seconds: float | None = None
     batch_size: int = 4096
     allow_insecure_http: bool = False
+    min_free_disk_mb: int = 512  # the agent claims nothing while work_dir or data_dir has less free
+    sandbox_runtime: str = "runc"  # the engine's OCI runtime for sandboxes: runc or runsc (gVisor)
     limits: LimitCaps = field(default_factory=LimitCaps)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -215,6 +220,8 @@ _TOP_KEYS = {
     "lease_renew_interval_seconds",
     "batch_size",
     "allow_insecure_http",
+    "min_free_disk_mb",
+    "sandbox_runtime",
     "limits",
     "retry",
 }
@@ -230,6 +237,8 @@ _ENV_TOP = {
     "VAULTBENCH_IMAGE": "image",
     "VAULTBENCH_POLL_INTERVAL": "poll_interval_seconds",
     "VAULTBENCH_LEASE_RENEW_INTERVAL": "lease_renew_interval_seconds",
+    "VAULTBENCH_MIN_FREE_DISK_MB": "min_free_disk_mb",
+    "VAULTBENCH_SANDBOX_RUNTIME": "sandbox_runtime",
 }
 _ENV_LIMITS = {
     "VAULTBENCH_MAX_MEMORY_MB": "max_memory_mb",
@@ -270,7 +279,10 @@ def load_config(
         base_dir = p.resolve().parent
     unknown = set(raw) - _TOP_KEYS
     if unknown:
-        raise ConfigError(f"unknown setting(s) in config: {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"unknown setting(s) in config: {', '.join(sorted(unknown))} "
+            f"(valid keys: {', '.join(sorted(_TOP_KEYS))}; docs/site-operator.md)"
+        )
     limits_raw = _section(raw, "limits")
     for retired in _RETIRED_LIMIT_KEYS & set(limits_raw):
         limits_raw.pop(retired)
@@ -281,7 +293,10 @@ def load_config(
     ):
         extra = set(section) - allowed
         if extra:
-            raise ConfigError(f"unknown setting(s) in [{name}]: {', '.join(sorted(extra))}")
+            raise ConfigError(
+                f"unknown setting(s) in [{name}]: {', '.join(sorted(extra))} "
+                f"(valid keys: {', '.join(sorted(allowed))}; docs/site-operator.md)"
+            )
 
     for var, key in _ENV_TOP.items():
         if env.get(var):
@@ -402,9 +417,20 @@ def load_config(
         ),
         batch_size=_positive_number("batch_size", raw.get("batch_size", 4096), integer=True),
         allow_insecure_http=allow_http,
+        min_free_disk_mb=_positive_number("min_free_disk_mb", raw.get("min_free_disk_mb", 512), integer=True),
+        sandbox_runtime=_runtime(raw.get("sandbox_runtime", "runc")),
         limits=caps,
         retry=retry,
     )
+
+
+SANDBOX_RUNTIMES = ("runc", "runsc")
+
+
+def _runtime(value: Any) -> str:
+    if value not in SANDBOX_RUNTIMES:
+        raise ConfigError(f"sandbox_runtime must be one of {', '.join(SANDBOX_RUNTIMES)}, got {value!r}")
+    return str(value)
 
 
 class LimitsRefused(ValueError):

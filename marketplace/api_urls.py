@@ -50,6 +50,7 @@ urlpatterns = [
     path("egress.csv", egress.EgressCsvApi.as_view(), name="egress-csv"),
     path("agent/heartbeat", agent.HeartbeatApi.as_view(), name="agent-heartbeat"),
     path("agent/shards", agent.ShardRegisterApi.as_view(), name="agent-shards"),
+    path("agent/tasks/<int:task_id>", agent.SiteTaskApi.as_view(), name="agent-task"),
     path("agent/jobs/claim", agent.JobClaimApi.as_view(), name="agent-claim"),
     path("agent/jobs/<int:job_id>/lease", agent.LeaseRenewApi.as_view(), name="agent-lease"),
     path("agent/jobs/<int:job_id>/artifact", agent.ArtifactDownloadApi.as_view(), name="agent-artifact"),

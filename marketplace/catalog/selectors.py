@@ -100,3 +100,8 @@ def shards_of_site(*, site):
     from marketplace.catalog.models import DataShard
 
     return DataShard.objects.filter(site=site).select_related("task").order_by("task__title")
+
+
+def task_for_site(*, site, task_id: int) -> Task | None:
+    """A task a site may hold data for: its own organization's (the owner's sites only)."""
+    return Task.objects.filter(id=task_id, organization_id=site.organization_id).first()

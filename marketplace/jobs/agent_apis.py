@@ -9,6 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.catalog.selectors import task_for_site
 from marketplace.catalog.services import shard_register
 from marketplace.core.errors import NotFound
 from marketplace.jobs.models import AGENT_REPORTABLE_REASONS, Job, JobKind
@@ -87,6 +88,28 @@ class ShardRegisterApi(AgentApi):
             fingerprint=values["fingerprint"], split_sizes=values["split_sizes"],
         )  # fmt: skip
         return Response(ShardOutput(shard).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class SiteTaskSchemaOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    title = serializers.CharField()
+    status = serializers.CharField()
+    task_type = serializers.CharField()
+    input_spec = serializers.DictField(help_text="n_features, n_classes, dtype: what register-data checks")
+    min_test_rows = serializers.IntegerField()
+    opens_at = serializers.DateTimeField(allow_null=True)
+    closes_at = serializers.DateTimeField(allow_null=True)
+
+
+class SiteTaskApi(AgentApi):
+    """A task of the site's own organization: the schema its data must have (site CLI)."""
+
+    @extend_schema(responses={200: SiteTaskSchemaOutput}, tags=["agent"])
+    def get(self, request, task_id: int):
+        task = task_for_site(site=self.site, task_id=task_id)
+        if task is None:
+            raise NotFound("Task not found.")
+        return Response(SiteTaskSchemaOutput(task).data)
 
 
 class WeightsOffsetOutput(serializers.Serializer):
