@@ -27,9 +27,9 @@ for failed in (s for s in submissions if s["status"] != "scored"):
     # Vendors see "failed" with no reason; the owner's reasons are on the task's jobs page.
     print(f"  {failed['name']}: {failed['status']} {failed.get('status_reason') or ''}")
 board = requests.get(f"{hub}/api/v1/tasks/{task_id}/leaderboard", timeout=10).json()
-names = list(board["rows"][0]["metrics"]) if board["rows"] else []
+names = list(board["results"][0]["metrics"]) if board["results"] else []
 print()
 print(f"{'rank':<5}{'vendor':<14}{'model':<28}{'format':<16}" + "".join(f"{m:<12}" for m in names))
-for row in board["rows"]:
+for row in board["results"]:
     print(f"{row['rank']:<5}{row['vendor']:<14}{row['model_name']:<28}{row['artifact_format']:<16}"
           + "".join(f"{row['metrics'][m]:<12}" for m in names))

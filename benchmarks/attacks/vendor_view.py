@@ -84,8 +84,8 @@ class VendorApi:
         return self.get_json(f"/api/v1/submissions/{submission_id}")
 
     def leaderboard_rows(self, task_id: int) -> dict[int, dict[str, Any]]:
-        board = self.get_json(f"/api/v1/tasks/{task_id}/leaderboard") or {}
-        return {int(r["submission_id"]): r for r in board.get("rows", []) or []}
+        board = self.get_json(f"/api/v1/tasks/{task_id}/leaderboard?view=all&page_size=200") or {}
+        return {int(r["submission_id"]): r for r in board.get("results", board.get("rows", [])) or []}
 
     def wait_visible(
         self, submission_ids: list[int], *, timeout: float, poll: float = 1.0

@@ -42,15 +42,52 @@ def _ladder_entries(entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
     return list(latest.values())
 
 
-def leaderboard_rows(
-    *, task: Task, user=None, sort_by: str | None = None, split: str = PUBLIC, now: datetime | None = None
-) -> list[dict]:
-    """Entries `user` may see (None: a visitor) ranked by a metric in its own direction, values
-    rounded per the task's decimals; per-site values for the owner, or for everyone if the task
-    shows them.
+BEST = "best"
+ALL = "all"
+VIEWS = (BEST, ALL)
 
-    `split=private` is the final board (the finals revealed at close, private-split scores);
-    callers offer it only once the task has closed.
+TIE_RULE = (
+    "Ranked on the score as shown (rounded to the task's decimals); equal scores are tied and the "
+    "earlier upload ranks first."
+)
+
+
+def _rank_key(metric: str, decimals: int, values_of):
+    """The leaderboard's order: the metric in its own direction, on the value as shown (rounded),
+    then the earlier upload, then the lower submission id (TIE_RULE). Undefined values go last."""
+    sign = 1 if metric_direction(metric) == LOWER else -1
+
+    def key(entry: LeaderboardEntry):
+        value = (values_of(entry) or {}).get(metric)
+        shown = None if value is None else round(float(value), decimals)
+        return (shown is None, 0 if shown is None else sign * shown, entry.submission.created_at, entry.submission_id)
+
+    return key
+
+
+def _best_per_vendor(entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
+    """The first entry of each vendor in an already ranked list."""
+    seen: set[int] = set()
+    best = []
+    for entry in entries:
+        if entry.submission.vendor_id not in seen:
+            seen.add(entry.submission.vendor_id)
+            best.append(entry)
+    return best
+
+
+def leaderboard_rows(
+    *, task: Task, user=None, sort_by: str | None = None, split: str = PUBLIC, now: datetime | None = None,
+    view: str = BEST, search: str | None = None,
+) -> list[dict]:
+    """Entries `user` may see (None: a visitor) ranked by a metric in its own direction (TIE_RULE),
+    values rounded per the task's decimals; per-site values for the owner, or for everyone if the
+    task shows them.
+
+    `view=best` (the default) keeps each vendor's best entry, `view=all` every scored submission.
+    `search` keeps the rows whose vendor or model name contains it (case-insensitive); ranks are
+    those of the whole board. `split=private` is the final board (the finals revealed at close,
+    private-split scores); callers offer it only once the task has closed.
     """
     decimals = {m["name"]: m["decimals"] for m in task.metrics}
     metric = sort_by if sort_by in decimals else task.primary_metric
@@ -64,11 +101,16 @@ def leaderboard_rows(
     def values_of(entry: LeaderboardEntry) -> dict[str, float]:
         return entry.private_metrics if split == PRIVATE else entry.metrics
 
-    sign = 1 if metric_direction(metric) == LOWER else -1
-    entries.sort(key=lambda e: (sign * values_of(e)[metric], e.submission.created_at))
+    entries.sort(key=_rank_key(metric, decimals[metric], values_of))
+    if view != ALL:
+        entries = _best_per_vendor(entries)
+    needle = (search or "").strip().casefold()
+    show_per_site = (owner or task.show_per_site) and split == PUBLIC
     rows = []
     for rank, entry in enumerate(entries, start=1):
         submission = entry.submission
+        if needle and needle not in submission.vendor.name.casefold() and needle not in submission.name.casefold():
+            continue
         rows.append(
             {
                 "rank": rank,
@@ -85,14 +127,28 @@ def leaderboard_rows(
                 "parent_model_name": submission.parent.name if submission.parent_id else None,
                 "submitted_at": submission.created_at,
                 "metrics": rounded_metrics(task, values_of(entry)),
-                "per_site": rounded_per_site(task, entry.per_site)
-                if (owner or task.show_per_site) and split == PUBLIC
-                else None,
+                "per_site": rounded_per_site(task, entry.per_site) if show_per_site else None,
                 "n_rows": entry.private_n_rows if split == PRIVATE else entry.n_rows,
                 "n_sites": entry.n_sites,
             }
         )
     return rows
+
+
+def leaderboard_version(*, task: Task, user=None, now: datetime | None = None) -> str:
+    """A short tag that changes whenever what `user` sees of the board may have changed (an entry
+    added, revealed or re-scored, a submission nominated, one more entry past its release time,
+    the task's settings): the ETag of the board's answers, one aggregate query."""
+    import hashlib
+
+    from django.db.models import Count, Max
+
+    owner = user is not None and is_task_owner(task=task, org_ids=organization_ids_of(user=user))
+    state = leaderboard_entries_visible_to(task=task, user=user, now=now).aggregate(
+        n=Count("id"), entry=Max("updated_at"), submission=Max("submission__updated_at")
+    )
+    raw = f"{task.id}:{task.updated_at.isoformat()}:{task.status}:{owner}:{state['n']}:{state['entry']}:{state['submission']}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
 def leaderboard_best_over_time(

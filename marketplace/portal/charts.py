@@ -6,6 +6,18 @@ WIDTH, HEIGHT = 640, 220
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 56, 16, 12, 36
 
 
+# Each metric's possible values: an axis never runs past them (an AUC axis stops at 1.0).
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "accuracy": (0.0, 1.0), "balanced_accuracy": (0.0, 1.0), "roc_auc": (0.0, 1.0), "f1": (0.0, 1.0),
+    "log_loss": (0.0, None), "mean_squared_error": (0.0, None), "mean_absolute_error": (0.0, None),
+    "r2": (None, 1.0),
+}  # fmt: skip
+
+# Past this many models the chart draws every model that set a new best and an even sample of
+# the rest (the step line stays exact): 1,000 dots are a blob, and weigh the page down.
+MAX_DOTS = 120
+
+
 @dataclass(frozen=True)
 class Chart:
     width: int
@@ -15,20 +27,42 @@ class Chart:
     y_ticks: list[dict]
     x_ticks: list[dict]
     baseline_y: float
+    total: int = 0
+    summary: str = ""
 
 
-def best_score_chart(points: list[dict], *, decimals: int) -> Chart | None:
-    """A step line of the running best: `points` are {"at", "best", "value", "model_name"} in time order."""
+def clamp_axis(v0: float, v1: float, *, step: float, metric: str | None) -> tuple[float, float]:
+    """The value axis: at least four steps of the shown precision tall, inside the metric's range."""
+    if v1 - v0 < 4 * step:  # too flat to label: widen to four steps of the shown precision
+        middle = (v0 + v1) / 2
+        v0, v1 = middle - 2 * step, middle + 2 * step
+    lo, hi = METRIC_RANGES.get(metric or "", (None, None))
+    if hi is not None and v1 > hi:
+        v0, v1 = v0 - (v1 - hi), hi
+    if lo is not None and v0 < lo:
+        v0, v1 = lo, (v1 + (lo - v0)) if hi is None else min(hi, v1 + (lo - v0))
+    return v0, v1
+
+
+def _sampled(indices: list[int], keep: set[int], limit: int) -> list[int]:
+    """`keep` (the records) and an even sample of the other indices, `limit` in all, in order."""
+    others = [i for i in indices if i not in keep]
+    room = max(limit - len(keep), 0)
+    if len(others) > room:
+        others = [others[round(k * (len(others) - 1) / max(room - 1, 1))] for k in range(room)] if room else []
+    return sorted(keep | set(others))
+
+
+def best_score_chart(points: list[dict], *, decimals: int, metric: str | None = None) -> Chart | None:
+    """A step line of the running best: `points` are {"at", "best", "value", "model_name"} in time
+    order. The value axis is clamped to the metric's range; past MAX_DOTS models the dots are the
+    records plus a sample (each with its value on hover)."""
     if not points:
         return None
     times = [p["at"].timestamp() for p in points]
     values = [p["best"] for p in points] + [p["value"] for p in points]
     t0, t1 = min(times), max(times)
-    v0, v1 = min(values), max(values)
-    step = 10 ** (-decimals)
-    if v1 - v0 < 4 * step:  # too flat to label: widen to four steps of the shown precision
-        middle = (v0 + v1) / 2
-        v0, v1 = middle - 2 * step, middle + 2 * step
+    v0, v1 = clamp_axis(min(values), max(values), step=10 ** (-decimals), metric=metric)
     span_t = (t1 - t0) or 1.0
     plot_w, plot_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
 
@@ -38,18 +72,22 @@ def best_score_chart(points: list[dict], *, decimals: int) -> Chart | None:
     def y(v: float) -> float:
         return round(PAD_TOP + (1 - (v - v0) / (v1 - v0)) * plot_h, 1)
 
-    segments = []
+    segments, last_best = [], None
     for i, (t, p) in enumerate(zip(times, points, strict=True)):
         if i == 0:
             segments.append(f"M{x(t)},{y(p['best'])}")
-        else:
+        elif p["best"] != last_best:  # the line moves only where the best moved
             segments.append(f"H{x(t)}V{y(p['best'])}")
+        last_best = p["best"]
     if t1 > t0:
         segments.append(f"H{x(t1)}")
+    records = {i for i, p in enumerate(points) if p["value"] == p["best"]}
+    shown = _sampled(list(range(len(points))), records, MAX_DOTS) if len(points) > MAX_DOTS else range(len(points))
     drawn = [
-        {"x": x(t), "y": y(p["value"]), "best_y": y(p["best"]), "label": f"{p['model_name']}: {p['value']:.{decimals}f}",
-         "is_best": p["value"] == p["best"]}
-        for t, p in zip(times, points, strict=True)
+        {"x": x(times[i]), "y": y(points[i]["value"]), "best_y": y(points[i]["best"]),
+         "label": f"{points[i]['model_name']}: {points[i]['value']:.{decimals}f} ({points[i]['at']:%Y-%m-%d %H:%M})",
+         "is_best": points[i]["value"] == points[i]["best"]}
+        for i in shown
     ]  # fmt: skip
     y_ticks, labels = [], set()
     for v in (v0 + (v1 - v0) * k / 4 for k in range(5)):
@@ -61,7 +99,12 @@ def best_score_chart(points: list[dict], *, decimals: int) -> Chart | None:
     x_ticks = [{"x": x(t0), "label": first.strftime("%Y-%m-%d %H:%M"), "anchor": "start"}]
     if t1 > t0:
         x_ticks.append({"x": x(t1), "label": last.strftime("%Y-%m-%d %H:%M"), "anchor": "end"})
-    return Chart(WIDTH, HEIGHT, "".join(segments), drawn, y_ticks, x_ticks, HEIGHT - PAD_BOTTOM)
+    best = points[-1]["best"]
+    summary = (
+        f"{len(points)} scored model{'s' if len(points) != 1 else ''} from {first:%Y-%m-%d} to {last:%Y-%m-%d}; "
+        f"best {best:.{decimals}f}" + (f"; {len(drawn)} shown as dots (every new best and a sample)" if len(drawn) < len(points) else "")
+    )
+    return Chart(WIDTH, HEIGHT, "".join(segments), drawn, y_ticks, x_ticks, HEIGHT - PAD_BOTTOM, len(points), summary)
 
 
 # Per-series strokes for round curves: the weighted line first, then one per site (colour-blind safe).

@@ -31,6 +31,10 @@ class ReleaseDecision(_Words):
     words = ("release", "withhold")
 
 
+class BoardFormat(_Words):
+    words = ("csv", "json")
+
+
 class Nomination(_Words):
     words = ("nominate", "unnominate")
 
@@ -39,6 +43,7 @@ register_converter(TaskAction, "task_action")
 register_converter(Decision, "decision")
 register_converter(ReleaseDecision, "release_decision")
 register_converter(Nomination, "nomination")
+register_converter(BoardFormat, "board_format")
 
 app_name = "portal"
 
@@ -47,6 +52,7 @@ urlpatterns = [
     path("", public.home, name="home"),
     path("tasks/<int:task_id>/", public.task_detail, name="task"),
     path("tasks/<int:task_id>/leaderboard/", public.task_leaderboard, name="task-leaderboard"),
+    path("tasks/<int:task_id>/leaderboard.<board_format:fmt>", public.task_leaderboard_download, name="task-leaderboard-download"),
     path("how-scores-are-computed/", public.scoring, name="scoring"),
     # Accounts
     path("accounts/signup/", accounts.sign_up, name="signup"),

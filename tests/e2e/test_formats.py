@@ -110,7 +110,7 @@ def test_every_format_is_scored_across_three_sites_from_the_noised_statistics_th
     (entry,) = LeaderboardEntry.objects.filter(submission_id=submission_id)
     assert entry.metrics == pytest.approx(expected, abs=1e-9)
     board = hub_vendor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()
-    (row,) = board["rows"]
+    (row,) = board["results"]
     assert row["submission_id"] == submission_id
     assert row["metrics"] == {name: round(value, DECIMALS[name]) for name, value in expected.items()}
     assert row["n_rows"] == entry.n_rows == total == len(labels)

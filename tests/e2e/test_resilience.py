@@ -87,7 +87,7 @@ def test_agent_killed_mid_job_loses_its_lease_and_a_second_agent_finishes_the_jo
     (entry,) = LeaderboardEntry.objects.filter(submission_id=submission_id)
     assert (entry.n_sites, entry.n_rows) == (1, len(labels))
     board = hub_vendor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()
-    assert [row["submission_id"] for row in board["rows"]] == [submission_id]
+    assert [row["submission_id"] for row in board["results"]] == [submission_id]
     (ledger_entry,) = site_dir.ledger_entries()  # the killed agent released nothing
     assert ledger_entry.sha256 == Result.objects.get(job=job).ledger_sha256
 

@@ -26,7 +26,7 @@ def test_upload_is_checked_dispatched_claimed_scored_and_ranked(
     assert result.status_code == 200, result.content
 
     board = vendor.client.get(f"/api/v1/tasks/{task.id}/leaderboard").json()
-    assert board["rows"][0]["metrics"]["accuracy"] == pytest.approx(0.9)
+    assert board["results"][0]["metrics"]["accuracy"] == pytest.approx(0.9)
 
     from marketplace.egress.models import EgressRecord
 

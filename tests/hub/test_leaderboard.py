@@ -53,7 +53,7 @@ def test_leaderboard_pools_the_sites_statistics_over_all_rows(
     ]
     submission.refresh_from_db()
     assert submission.status == "scored" and submission.results_visible_at is not None
-    row = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["rows"][0]
+    row = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["results"][0]
     assert row["metrics"]["accuracy"] == pytest.approx(0.6)
 
 
@@ -193,7 +193,7 @@ def test_leaderboard_query_count_does_not_grow_with_entries(
         report(site, submit(persona, task), 100, django_capture_on_commit_callbacks, correct=0.5 + i / 10)
     with django_assert_max_num_queries(3):
         response = visitor.get(f"/api/v1/tasks/{task.id}/leaderboard")
-    assert [r["rank"] for r in response.json()["rows"]] == [1, 2, 3, 4]
+    assert [r["rank"] for r in response.json()["results"]] == [1, 2, 3, 4]
 
 
 def test_visitor_sees_public_leaderboards_only(owner, visitor):

@@ -36,7 +36,7 @@ def _views(persona, submission) -> tuple[dict, dict, list]:
     listing = persona.client.get("/api/v1/submissions", {"task": submission.task_id})
     board = persona.client.get(f"/api/v1/tasks/{submission.task_id}/leaderboard")
     assert detail.status_code == listing.status_code == board.status_code == 200
-    return detail.json(), listing.json()["results"], board.json()["rows"]
+    return detail.json(), listing.json()["results"], board.json()["results"]
 
 
 def _fail(site, job_id: int, reason: str):
@@ -124,7 +124,7 @@ def test_per_site_fields_reach_a_vendor_only_where_the_task_shows_them(owner, ve
             assert "north" not in str(body) and "south" not in str(body)
     # The owner sees them either way; a vendor sees no job.
     assert owner.client.get(f"/api/v1/submissions/{submission.id}").json()["per_site"] is not None
-    assert owner.client.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["rows"][0]["per_site"] is not None
+    assert owner.client.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["results"][0]["per_site"] is not None
     assert vendor.client.get("/api/v1/jobs").json()["results"] == []
 
 
@@ -154,7 +154,7 @@ def test_a_ladder_entry_that_did_not_improve_releases_no_new_score(owner, vendor
     assert LeaderboardEntry.objects.get(submission=second).ladder_improved is False
     view = vendor.client.get(f"/api/v1/submissions/{second.id}").json()
     assert view["status"] == "scored" and view["ladder_improved"] is False and view["metrics"] is None
-    board = vendor.client.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["rows"]
+    board = vendor.client.get(f"/api/v1/tasks/{task.id}/leaderboard").json()["results"]
     assert [row["submission_id"] for row in board] == [first.id]
 
 

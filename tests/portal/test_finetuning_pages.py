@@ -358,7 +358,7 @@ def test_completed_run_offers_the_model_and_the_board_marks_the_fine_tuned_entry
     board = web(None).get(f"/tasks/{fl['task'].id}/").content.decode()
     row = board.split(f'data-fine-tuned="{fl["parent"].id}"')
     assert len(row) == 2 and "from base" in row[1].split("</td>")[0]
-    api = vendor.client.get(f"/api/v1/tasks/{fl['task'].id}/leaderboard").json()["rows"]
+    api = vendor.client.get(f"/api/v1/tasks/{fl['task'].id}/leaderboard?view=all").json()["results"]
     by_id = {r["submission_id"]: r for r in api}
     assert by_id[child.id]["is_fine_tuned"] is True
     assert by_id[child.id]["parent_submission_id"] == fl["parent"].id

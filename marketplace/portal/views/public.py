@@ -1,6 +1,11 @@
 """Pages anyone may see: the task list and a task with its leaderboard."""
 
+import csv
+import hashlib
+from urllib.parse import urlencode
+
 from django.core.paginator import Paginator
+from django.http import Http404, HttpResponse, HttpResponseNotModified, JsonResponse
 from django.shortcuts import render
 
 from marketplace.accounts.models import OrganizationKind
@@ -15,7 +20,16 @@ from marketplace.catalog.selectors import (
     task_list_visible_to,
     vendor_may_submit,
 )
-from marketplace.leaderboard.selectors import PRIVATE, leaderboard_best_over_time, leaderboard_rows
+from marketplace.leaderboard.selectors import (
+    ALL,
+    BEST,
+    PRIVATE,
+    TIE_RULE,
+    VIEWS,
+    leaderboard_best_over_time,
+    leaderboard_rows,
+    leaderboard_version,
+)
 from marketplace.portal.charts import best_score_chart
 from marketplace.portal.views._common import funnelled
 from marketplace.submissions.selectors import quota_usage
@@ -30,21 +44,55 @@ def home(request):
     return render(request, "portal/home.html", {"filter": tasks, "page": page})
 
 
+LEADERBOARD_PAGE = 50
+
+
+def _board_params(request, task) -> dict:
+    """sort, view, q, page of a leaderboard request; unknown values fall back to the defaults."""
+    names = [m["name"] for m in task.metrics]
+    sort = request.GET.get("sort")
+    view = request.GET.get("view")
+    return {
+        "sort": sort if sort in names else task.primary_metric,
+        "view": view if view in VIEWS else BEST,
+        "q": (request.GET.get("q") or "").strip()[:100],
+        "page": request.GET.get("page") or 1,
+        "primary": task.primary_metric,
+    }
+
+
+def _query(params: dict, **changes) -> str:
+    """The board's query string with `changes`, defaults left out (short, stable links)."""
+    merged = {**params, **changes}
+    defaults = {"sort": params.get("primary"), "view": BEST, "q": "", "page": 1}
+    kept = {k: v for k, v in merged.items()
+            if k in defaults and v is not None and str(v) != str(defaults[k])}  # fmt: skip
+    return urlencode(kept)
+
+
 def _leaderboard_context(request, task) -> dict:
     metrics = task.metric_specs
-    names = [m["name"] for m in metrics]
-    sort = request.GET.get("sort")
-    sort = sort if sort in names else task.primary_metric
+    params = _board_params(request, task)
+    sort = params["sort"]
     visible = leaderboard_visible(task=task, user=request.user)
-    context = {"task": task, "metrics": metrics, "sort": sort, "rows": None, "chart": None}
+    context = {"task": task, "metrics": metrics, "sort": sort, "rows": None, "chart": None, "board": params,
+               "tie_rule": TIE_RULE}  # fmt: skip
     if visible:
-        context["rows"] = leaderboard_rows(task=task, user=request.user, sort_by=sort)
-        context["show_per_site"] = any(row["per_site"] is not None for row in context["rows"])
+        rows = leaderboard_rows(task=task, user=request.user, sort_by=sort, view=params["view"], search=params["q"])
+        page = Paginator(rows, LEADERBOARD_PAGE).get_page(params["page"])
+        context["page"] = page
+        context["rows"] = page.object_list
+        context["show_per_site"] = any(row["per_site"] is not None for row in page.object_list)
         decimals = next(m["decimals"] for m in metrics if m["name"] == sort)
         context["chart"] = best_score_chart(
-            leaderboard_best_over_time(task=task, user=request.user, metric=sort), decimals=decimals
+            leaderboard_best_over_time(task=task, user=request.user, metric=sort), decimals=decimals, metric=sort
         )
         context["chart_metric"] = next(m for m in metrics if m["name"] == sort)
+        context["version"] = leaderboard_version(task=task, user=request.user)
+        context["query"] = _query(params, page=None)
+        context["query_without_sort"] = _query(params, page=None, sort=None)
+        context["query_without_view"] = _query(params, page=None, view=None)
+        context["poll_query"] = _query(params)
     return context
 
 
@@ -55,7 +103,7 @@ def task_detail(request, task_id: int):
     context["is_owner"] = task_is_owned_by(task=task, user=request.user)
     # The private (final) board exists only once the task has closed, and only with a private split.
     context["final_rows"] = (
-        leaderboard_rows(task=task, user=request.user, sort_by=context["sort"], split=PRIVATE)
+        leaderboard_rows(task=task, user=request.user, sort_by=context["sort"], split=PRIVATE, view=ALL)
         if context["rows"] is not None and task.status == TaskStatus.CLOSED and task.public_split_fraction < 1
         else None
     )
@@ -76,9 +124,56 @@ def task_detail(request, task_id: int):
 
 @funnelled
 def task_leaderboard(request, task_id: int):
-    """The leaderboard and chart alone, for htmx polling on the task page."""
+    """The leaderboard and chart alone, for htmx polling on the task page. Sends only what changed:
+    a poll carrying the version it shows (?since=) answers 204 (htmx keeps the page) while the
+    board is the same, and any client gets an ETag (If-None-Match: 304)."""
     task = access_task_by_id(request.user, task_id)
-    return render(request, "portal/_leaderboard.html", _leaderboard_context(request, task))
+    if not leaderboard_visible(task=task, user=request.user):
+        return render(request, "portal/_leaderboard.html", _leaderboard_context(request, task))
+    version = leaderboard_version(task=task, user=request.user)
+    etag = f'"{version}-{hashlib.sha256(_query(_board_params(request, task)).encode()).hexdigest()[:12]}"'
+    if request.GET.get("since") == version:
+        return HttpResponse(status=204, headers={"ETag": etag})
+    if etag in {t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")}:
+        return HttpResponseNotModified(headers={"ETag": etag})
+    response = render(request, "portal/_leaderboard.html", _leaderboard_context(request, task))
+    response["ETag"] = etag
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+@funnelled
+def task_leaderboard_download(request, task_id: int, fmt: str):
+    """The whole board as the person sees it (its view, sort and search), as CSV or JSON."""
+    task = access_task_by_id(request.user, task_id)
+    if not leaderboard_visible(task=task, user=request.user):
+        raise Http404("No leaderboard to download.")
+    params = _board_params(request, task)
+    rows = leaderboard_rows(task=task, user=request.user, sort_by=params["sort"], view=params["view"], search=params["q"])
+    names = [m["name"] for m in task.metrics]
+    filename = f"task-{task.id}-leaderboard-{params['view']}"
+    if fmt == "json":
+        body = {"task_id": task.id, "title": task.title, "sort": params["sort"], "view": params["view"],
+                "search": params["q"], "tie_rule": TIE_RULE, "count": len(rows), "results": rows}  # fmt: skip
+        response = JsonResponse(body, json_dumps_params={"indent": 1})
+        response["Content-Disposition"] = f'attachment; filename="{filename}.json"'
+        return response
+    response = HttpResponse(content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
+    writer = csv.writer(response)
+    writer.writerow(["rank", "vendor", "model_name", "submission_id", "artifact_format", "is_baseline",
+                     "is_fine_tuned", "submitted_at", "n_rows", "n_sites", *names])  # fmt: skip
+    for row in rows:
+        writer.writerow([row["rank"], _cell(row["vendor"]), _cell(row["model_name"]), row["submission_id"],
+                         row["artifact_format"], row["is_baseline"], row["is_fine_tuned"],
+                         row["submitted_at"].isoformat(), row["n_rows"], row["n_sites"],
+                         *((row["metrics"] or {}).get(n, "") for n in names)])  # fmt: skip
+    return response
+
+
+def _cell(text: str) -> str:
+    """A vendor-chosen name never starts a spreadsheet formula (CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def scoring(request):
