@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluator import datasets, disclosure, metrics, splits
+from evaluator import datasets, disclosure, metrics, site_health, splits
 from evaluator.artifacts import ArtifactError
 from evaluator.client import (
     ArtifactTooLarge,
@@ -151,6 +151,7 @@ class Agent:
         self.budget = SiteBudget(config.budget_path)
         self._stop = threading.Event()
         self._rng = rng or random.Random()
+        self.quiet = site_health.QuietLog()  # repeating warnings: once every few minutes
 
     # -- collaborators, resolved lazily so tests can inject fakes --------------------------------
 
@@ -237,7 +238,7 @@ class Agent:
             except HubUnreachable as exc:
                 failures += 1
                 delay = self._backoff(failures)
-                log.warning("hub unreachable (%s); next try in %.1fs", exc, delay)
+                self.quiet.warning("hub", f"hub unreachable ({exc}); retrying with backoff (now {delay:.1f}s)")
                 self._stop.wait(delay)
                 continue
             except HubRejected as exc:  # e.g. a revoked token: keep trying, slowly
@@ -250,6 +251,8 @@ class Agent:
                 log.exception("unexpected error in the agent loop")
                 self._stop.wait(self.config.poll_interval_seconds)
                 continue
+            if failures:
+                self.quiet.clear("hub", "the hub answers again")
             failures = 0
             if not worked:
                 self._stop.wait(self.config.poll_interval_seconds)
@@ -285,8 +288,14 @@ class Agent:
         ``HubUnreachable`` (and other ``HubError``) when the hub cannot be talked to.
         """
         self.flush_pending()
-        self.client.heartbeat(self.capabilities())
+        health = site_health.check(self.config)
+        self.client.heartbeat(self.capabilities(), health=health.to_json())
         self.apply_pending_work()
+        if not health.ok:  # no claim it cannot finish; the owner sees why on the site's page
+            self.quiet.warning("health", f"cannot work: {health.status.replace('_', ' ')}: {health.detail}; "
+                                         "claiming nothing until it clears")  # fmt: skip
+            return False
+        self.quiet.clear("health", "the agent can work again; claiming")
         job = self.client.claim()
         if job is None:
             return False

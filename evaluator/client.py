@@ -119,8 +119,12 @@ class HubClient:
 
     # --- the API --------------------------------------------------------------------------
 
-    def heartbeat(self, capabilities: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        body = {"agent_id": self.agent_id, "capabilities": dict(capabilities or {})}
+    def heartbeat(
+        self, capabilities: Mapping[str, Any] | None = None, *, health: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent_id": self.agent_id, "capabilities": dict(capabilities or {})}
+        if health is not None:
+            body["health"] = dict(health)
         return self._json("POST", "/heartbeat", body)
 
     def register_shard(

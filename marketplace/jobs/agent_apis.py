@@ -41,9 +41,15 @@ class AgentApi(APIView):
         return self.request.user.site
 
 
+class HealthInput(serializers.Serializer):
+    status = serializers.RegexField(r"^[a-z_]{1,32}$", help_text='"ok", or why the agent cannot work (e.g. disk_full)')
+    detail = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+
+
 class HeartbeatInput(serializers.Serializer):
     agent_id = AGENT_ID
     capabilities = serializers.DictField(required=False, default=dict)
+    health = HealthInput(required=False)
 
 
 class HeartbeatOutput(serializers.Serializer):

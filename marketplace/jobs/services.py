@@ -116,6 +116,7 @@ def job_claim(*, site: Site, agent_id: str) -> Job | None:
                 updated_at=Now(),
             )
             if claimed == 1:
+                Site.objects.filter(id=site.id).update(last_claim_at=Now())
                 job = Job.objects.select_related("submission__task", "site").get(id=job_id)
                 audit_record(
                     action="job.claimed", obj=job, actor_site=site, data={"agent": agent_id, "attempt": job.attempts}

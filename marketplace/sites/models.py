@@ -14,6 +14,13 @@ class Site(models.Model):
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_agent_id = models.CharField(max_length=64, blank=True)
     capabilities = models.JSONField(default=dict, blank=True)
+    # What the agent says about itself at each heartbeat: "ok", or why it cannot work now (it
+    # claims nothing meanwhile), e.g. "disk_full" with the free space in the detail.
+    health_status = models.CharField(max_length=32, default="ok", blank=True)
+    health_detail = models.CharField(max_length=300, blank=True)
+    last_claim_at = models.DateTimeField(null=True, blank=True)
+    # Set by the reconciler while jobs wait at this site and no agent has claimed for a while.
+    stuck_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["organization_id", "name"]
@@ -23,6 +30,16 @@ class Site(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization} / {self.name}"
+
+    @property
+    def problem(self) -> str:
+        """What the owner should know about this site's agent now, or ""."""
+        if self.health_status and self.health_status != "ok" and self.is_online:
+            label = self.health_status.replace("_", " ")
+            return f"cannot work: {label}" + (f" ({self.health_detail})" if self.health_detail else "")
+        if self.stuck_since is not None:
+            return f"stuck: jobs wait and no agent has claimed one since {self.stuck_since:%Y-%m-%d %H:%M} UTC"
+        return ""
 
     @property
     def is_online(self) -> bool:

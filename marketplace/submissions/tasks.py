@@ -15,8 +15,13 @@ def submission_check_task(submission_id: int) -> None:
 
 @shared_task(name="marketplace.submissions.tasks.submissions_reconcile_task")
 def submissions_reconcile_task() -> dict[str, int]:
-    """The beat's sweep of submissions a lost message left behind (check, score, reveal)."""
-    return submissions_reconcile()
+    """The beat's sweep of submissions a lost message left behind (check, score, reveal), and
+    of sites where jobs wait while no agent claims (flagged for the owner)."""
+    from marketplace.sites.services import sites_flag_stuck
+
+    repaired = submissions_reconcile()
+    repaired.update({f"sites_{k}": v for k, v in sites_flag_stuck().items()})
+    return repaired
 
 
 def enqueue_submission_check(submission_id: int) -> None:
