@@ -61,6 +61,7 @@ from evaluator.client import (
 )
 from evaluator.config import AgentConfig, LimitsRefused, effective_limits
 from evaluator.disclosure import ReleaseTerms
+from evaluator.jsonlog import log_context
 from evaluator.lease import LeaseKeeper
 from evaluator.ledger import Ledger
 from evaluator.privacy.mechanism import gaussian_release
@@ -299,7 +300,8 @@ class Agent:
         job = self.client.claim()
         if job is None:
             return False
-        self.process(job)
+        with log_context(job=job.get("id"), task=(job.get("task") or {}).get("id")):  # JSON logs carry them
+            self.process(job)
         return True
 
     def flush_pending(self) -> None:
