@@ -29,6 +29,8 @@ from evaluator.config import ConfigError, load_config
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m evaluator", description="Vaultbench site agent")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="json: one object per line with job/task/agent ids (default: VAULTBENCH_LOG_FORMAT or text)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="claim and evaluate jobs")
@@ -126,9 +128,11 @@ def _input_spec(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from evaluator.agent import Agent
     from evaluator.client import HubClient, HubError
+    from evaluator.jsonlog import bind
 
     config = load_config(args.config)
     agent = Agent(config, HubClient.from_config(config))
+    bind(agent=agent.client.agent_id)
 
     def _stop(signum: int, frame: Any) -> None:
         logging.getLogger("evaluator").info("signal %s: finishing the current job, then exiting", signum)
@@ -234,7 +238,13 @@ def _cmd_releases(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from evaluator.jsonlog import configure
+
+    try:
+        configure(args.log_level, args.log_format)
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "run":
             return _cmd_run(args)

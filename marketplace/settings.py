@@ -38,7 +38,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from here, not a CDN
     "django_htmx",
+    "axes",
+    "csp",
     "marketplace.core",
     "marketplace.audit",
     "marketplace.accounts",
@@ -50,10 +53,14 @@ INSTALLED_APPS = [
     "marketplace.egress",
     "marketplace.budgets",
     "marketplace.finetuning",
+    "marketplace.notifications",
     "marketplace.portal",
 ]
 
 MIDDLEWARE = [
+    # First: /healthz, /readyz and /metrics answer before host checks and HTTPS redirects
+    # (probes come by IP over plain HTTP); every other request is counted, timed and logged with ids.
+    "marketplace.ops.middleware.OpsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -63,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out log-in into its 429 page
 ]
 
 ROOT_URLCONF = "marketplace.urls"
@@ -107,6 +116,20 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Log-in throttling (django-axes): a username tried from one address is locked for a while after a
+# few failures, on the portal's form and the API's token endpoint alike.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("VAULTBENCH_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("VAULTBENCH_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "marketplace.accounts.lockout.lockout_response"
+AXES_IPWARE_PROXY_COUNT = env_int("VAULTBENCH_PROXY_COUNT", 0, minimum=0)
+AXES_VERBOSE = False
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
@@ -123,7 +146,67 @@ STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = VAR_DIR / "media"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    # With DEBUG off (production, the demo) hashed, pre-compressed (gzip; brotli when installed)
+    # files, cached for ever, after collectstatic; with DEBUG on (development, the tests) the
+    # source folders as they are, no collectstatic needed.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# E-mail (password resets, invitations, notifications): the console in development, files under
+# var/mail in the demo, SMTP from the environment in production.
+_EMAIL_BACKENDS = {
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "file": "django.core.mail.backends.filebased.EmailBackend",
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+}
+_email = env_str("VAULTBENCH_EMAIL_BACKEND", "smtp" if PRODUCTION else "console")
+if _email not in _EMAIL_BACKENDS:
+    raise ImproperlyConfigured(f"VAULTBENCH_EMAIL_BACKEND must be one of {', '.join(_EMAIL_BACKENDS)}, not {_email!r}")
+EMAIL_BACKEND = _EMAIL_BACKENDS[_email]
+EMAIL_FILE_PATH = env_str("VAULTBENCH_EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Vaultbench <noreply@localhost>")
+# Links in e-mails and webhooks point here.
+VAULTBENCH_PUBLIC_URL = env_str("VAULTBENCH_PUBLIC_URL", "http://127.0.0.1:8000")
+VAULTBENCH_INVITATION_DAYS = env_int("VAULTBENCH_INVITATION_DAYS", 14, minimum=1)
+
+# Webhooks: deliveries to private, loopback or reserved addresses are refused unless allowed
+# (a hub must not be turned into a scanner of its own network).
+VAULTBENCH_WEBHOOK_ALLOW_PRIVATE = env_bool("VAULTBENCH_WEBHOOK_ALLOW_PRIVATE", False)
+VAULTBENCH_WEBHOOK_ALLOW_HTTP = env_bool("VAULTBENCH_WEBHOOK_ALLOW_HTTP", not PRODUCTION)
+VAULTBENCH_WEBHOOK_MAX_ATTEMPTS = env_int("VAULTBENCH_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+VAULTBENCH_WEBHOOK_BACKOFF_SECONDS = env_int("VAULTBENCH_WEBHOOK_BACKOFF_SECONDS", 30, minimum=0)
+VAULTBENCH_WEBHOOKS_PER_ORGANIZATION = env_int("VAULTBENCH_WEBHOOKS_PER_ORGANIZATION", 10, minimum=1)
+VAULTBENCH_SITE_STUCK_MINUTES = env_int("VAULTBENCH_SITE_STUCK_MINUTES", 30, minimum=1)
+
+# Content-Security-Policy (django-csp): scripts and styles from this origin only; no inline
+# script anywhere (the Swagger UI's initializer is a served file). Style attributes are allowed
+# (chart colours, htmx's swaps); <style> elements and foreign stylesheets are not.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-elem": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
 }
 
 # Uploads: Django streams large files to disk; the artifact cap is checked before anything is kept.
@@ -156,6 +239,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["marketplace.core.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "marketplace.core.errors.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Scoped throttles for anonymous account endpoints (per client address; the cache is per
+    # process unless CACHES says otherwise). Log-in failures are throttled by django-axes.
+    "DEFAULT_THROTTLE_RATES": {"sign_up": env_str("VAULTBENCH_SIGN_UP_RATE", "20/hour")},
 }
 
 SPECTACULAR_SETTINGS = {
@@ -163,6 +249,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Private benchmark tasks, vendor submissions, site agents and leaderboards.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "marketplace.jobs.models.JobStatus",
@@ -214,14 +303,33 @@ CELERY_BEAT_SCHEDULE["advance-finetuning-runs"] = {
     "task": "marketplace.finetuning.tasks.finetuning_runs_advance_task",
     "schedule": timedelta(seconds=env_int("VAULTBENCH_FL_ADVANCE_EVERY_SECONDS", 10, minimum=1)),
 }
+# Notifications: results at their release time, approvals waiting, stuck sites, closing tasks;
+# webhook deliveries a lost message left behind (marketplace/notifications/sweep.py).
+CELERY_BEAT_SCHEDULE["notifications-sweep"] = {
+    "task": "marketplace.notifications.tasks.notifications_sweep_task",
+    "schedule": timedelta(seconds=env_int("VAULTBENCH_NOTIFY_EVERY_SECONDS", 60, minimum=1)),
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# VAULTBENCH_LOG_FORMAT=json: one JSON object per line with the request's, job's, site's, task's
+# and run's ids (evaluator/jsonlog.py); text otherwise.
+LOG_FORMAT = env_str("VAULTBENCH_LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"VAULTBENCH_LOG_FORMAT must be text or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "evaluator.jsonlog.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+# A JSON-logging Celery worker keeps this configuration instead of Celery's own text format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+# /metrics: this bearer token when set, else loopback callers only (marketplace/ops/middleware.py).
+VAULTBENCH_METRICS_TOKEN = env_str("VAULTBENCH_METRICS_TOKEN", "")
 
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
