@@ -158,9 +158,9 @@ class Agent:
 
     def _sandbox(self) -> SandboxRunner:
         if self._sandbox_runner is None:
-            from evaluator.sandbox import run_prediction
+            from evaluator.sandbox_runtime import run_prediction_with
 
-            self._sandbox_runner = run_prediction
+            self._sandbox_runner = run_prediction_with(self.config.sandbox_runtime)
         return self._sandbox_runner
 
     def _artifacts(self) -> tuple[Callable[..., Any], Callable[..., Path]]:
@@ -198,6 +198,7 @@ class Agent:
         caps = self.config.limits
         return {
             "kinds": sorted(SUPPORTED_KINDS),
+            "sandbox_runtime": self.config.sandbox_runtime,
             "formats": sorted(MODEL_FORMATS),
             "task_types": list(metrics.TASK_TYPES),
             "metrics": sorted(metrics.REGISTRY),
@@ -228,6 +229,15 @@ class Agent:
             log.info("sandbox image: %s", self.image())
         except Exception:
             log.exception("the sandbox image is not ready; retrying at the first job")
+        if self.config.sandbox_runtime != "runc" and self._resolve_image is None:
+            try:
+                from evaluator.sandbox_runtime import engine_runtimes
+
+                if self.config.sandbox_runtime not in engine_runtimes():
+                    log.error("sandbox_runtime %r is not known to the engine: every job will fail as the "
+                              "site's fault until it is (evaluator/sandbox_runtime.py)", self.config.sandbox_runtime)
+            except Exception as exc:
+                log.warning("could not ask the engine for its runtimes: %s", exc)
         try:
             sweep_orphans(self.config.work_dir)
         except Exception:
