@@ -33,6 +33,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/access-requests/<int:vendor_id>/approve", catalog.AccessApproveApi.as_view(), name="task-access-approve"),
     path("tasks/<int:task_id>/access-requests/<int:vendor_id>/reject", catalog.AccessRejectApi.as_view(), name="task-access-reject"),
     path("tasks/<int:task_id>/quota", submissions.TaskQuotaApi.as_view(), name="task-quota"),
+    path("tasks/<int:task_id>/rules/accept", submissions.RulesAcceptApi.as_view(), name="task-rules-accept"),
     path("tasks/<int:task_id>/leakage", egress.TaskLeakageApi.as_view(), name="task-leakage"),
     path("tasks/<int:task_id>/leaderboard", leaderboard.LeaderboardApi.as_view(), name="task-leaderboard"),
     path("submissions", submissions.SubmissionListCreateApi.as_view(), name="submissions"),

@@ -45,7 +45,7 @@ class TaskOutput(serializers.ModelSerializer):
     class Meta:
         model = Task
         fields = [
-            "id", "slug", "title", "description", "organization", "task_type", "input_spec", "metrics",
+            "id", "slug", "title", "description", "rules", "organization", "task_type", "input_spec", "metrics",
             "primary_metric", "visibility", "status", "opens_at", "closes_at", "quota_per_day", "quota_total",
             "resource_limits", "show_per_site", "min_test_rows", "public_split_fraction", "leaderboard_mode",
             "requires_job_approval", "requires_release_approval", "failed_jobs_consume_quota",
@@ -70,6 +70,8 @@ class TaskInput(serializers.Serializer):
 
     title = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True)
+    rules = serializers.CharField(required=False, allow_blank=True, max_length=20000,
+                                  help_text="Vendors accept them before their first upload")  # fmt: skip
     task_type = serializers.ChoiceField(choices=TaskType.choices)
     input_spec = serializers.JSONField()
     metrics = MetricInput(many=True)

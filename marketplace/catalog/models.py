@@ -91,6 +91,10 @@ class Task(models.Model):
         default=0.01, help_text="Ladder: an entry improves only if it beats the vendor's best by this"
     )
     fine_tuning_allowed = models.BooleanField(default=False)
+    rules = models.TextField(
+        blank=True, max_length=20000,
+        help_text="The task's rules, in the owner's words; a vendor accepts them before its first upload",
+    )  # fmt: skip
     # Federated fine-tuning privacy policy (docs/federated-protocol.md), copied into a run at approval.
     fl_clip_norm = models.FloatField(default=1.0, help_text="L2 bound of each site's update")
     fl_noise_multiplier = models.FloatField(default=0.0, help_text="z: the aggregate carries noise z * clip")

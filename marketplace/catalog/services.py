@@ -42,6 +42,7 @@ STRUCTURAL_FIELDS = {
 EDITABLE_FIELDS = STRUCTURAL_FIELDS | {
     "title",
     "description",
+    "rules",
     "visibility",
     "opens_at",
     "closes_at",

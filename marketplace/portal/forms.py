@@ -149,6 +149,11 @@ class TaskForm(forms.Form):
 
     title = forms.CharField(max_length=200)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 5}))
+    rules = forms.CharField(
+        required=False, max_length=20000, widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="Optional. Shown on the task page and in the starter kit; each vendor accepts them before its "
+        "first upload (and again after you change them).",
+    )
     task_type = forms.ChoiceField(label="Task type", choices=TaskType.choices)
     n_features = forms.IntegerField(label="Number of features", min_value=1, max_value=100_000)
     dtype = forms.ChoiceField(label="Feature dtype", choices=[("float32", "float32"), ("float64", "float64")])
@@ -336,7 +341,7 @@ class TaskForm(forms.Form):
         chosen = {m["name"]: m["decimals"] for m in task.metrics}
         initial = {
             field: getattr(task, field)
-            for field in ["title", "description", "task_type", "primary_metric", "visibility", "opens_at", "closes_at",
+            for field in ["title", "description", "rules", "task_type", "primary_metric", "visibility", "opens_at", "closes_at",
                           "quota_per_day", "quota_total", "show_per_site", "min_test_rows", "public_split_fraction",
                           "final_submissions", "leaderboard_mode", "requires_job_approval", "requires_release_approval",
                           "failed_jobs_consume_quota", *DP_FIELDS, "fine_tuning_allowed", *FL_FIELDS]
@@ -366,6 +371,7 @@ class TaskForm(forms.Form):
         return {
             "title": data["title"],
             "description": data["description"],
+            "rules": data.get("rules", ""),
             "task_type": data["task_type"],
             "input_spec": input_spec,
             "metrics": metrics,

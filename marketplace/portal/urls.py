@@ -1,6 +1,15 @@
 from django.urls import path, register_converter
 
-from marketplace.portal.views import accounts, approvals, finetuning, owners, public, submission, vendors
+from marketplace.portal.views import (
+    accounts,
+    approvals,
+    finetuning,
+    onboarding,
+    owners,
+    public,
+    submission,
+    vendors,
+)
 
 
 class _Words:
@@ -54,6 +63,9 @@ urlpatterns = [
     path("tasks/<int:task_id>/leaderboard/", public.task_leaderboard, name="task-leaderboard"),
     path("tasks/<int:task_id>/leaderboard.<board_format:fmt>", public.task_leaderboard_download, name="task-leaderboard-download"),
     path("how-scores-are-computed/", public.scoring, name="scoring"),
+    path("model-contract/", onboarding.model_contract, name="model-contract"),
+    path("tasks/<int:task_id>/starter-kit.zip", onboarding.starter_kit, name="starter-kit"),
+    path("tasks/<int:task_id>/rules/accept/", onboarding.task_rules_accept, name="rules-accept"),
     # Accounts
     path("accounts/signup/", accounts.sign_up, name="signup"),
     path("account/", accounts.account, name="account"),

@@ -16,8 +16,8 @@ from marketplace.core.uploads import CappedUploadMixin
 from marketplace.submissions.access import access_submission_artifact, access_submission_by_id
 from marketplace.submissions.filters import SubmissionFilter
 from marketplace.submissions.models import ArtifactFormat
-from marketplace.submissions.selectors import quota_usage, submission_list_visible_to
-from marketplace.submissions.services import submission_create, submission_nominate
+from marketplace.submissions.selectors import quota_usage, rules_accepted, submission_list_visible_to
+from marketplace.submissions.services import rules_accept, submission_create, submission_nominate
 from marketplace.submissions.visibility import (
     check_nominable,
     privacy_budget_of,
@@ -177,6 +177,7 @@ class QuotaOutput(serializers.Serializer):
     remaining_today = serializers.IntegerField()
     remaining_total = serializers.IntegerField(allow_null=True)
     privacy = PrivacyBudgetOutput()
+    rules_accepted = serializers.BooleanField(help_text="False: accept the task's rules before uploading")
 
 
 class QuotaQuery(serializers.Serializer):
@@ -200,7 +201,8 @@ class TaskQuotaApi(APIView):
         privacy = privacy_budget_of(task=task, vendor_id=vendor.id)
         return Response(
             QuotaOutput(
-                {"quota_per_day": task.quota_per_day, "quota_total": task.quota_total, **usage, "privacy": privacy}
+                {"quota_per_day": task.quota_per_day, "quota_total": task.quota_total, **usage, "privacy": privacy,
+                 "rules_accepted": rules_accepted(task=task, vendor_id=vendor.id)}  # fmt: skip
             ).data
         )
 
@@ -222,3 +224,30 @@ class SubmissionNominateApi(APIView):
 
 class SubmissionUnnominateApi(SubmissionNominateApi):
     final = False
+
+
+class RulesAcceptOutput(serializers.Serializer):
+    task_id = serializers.IntegerField()
+    vendor = serializers.CharField()
+    rules_sha256 = serializers.CharField()
+    accepted_at = serializers.DateTimeField()
+
+
+class RulesAcceptApi(APIView):
+    """A vendor accepts the task's rules (needed before its first upload to a task with rules)."""
+
+    permission_classes = [IsPerson]
+
+    @extend_schema(request=QuotaQuery, responses=RulesAcceptOutput, tags=["submissions"])
+    def post(self, request, task_id: int):
+        query = QuotaQuery(data=request.data)
+        query.is_valid(raise_exception=True)
+        vendor = access_acting_organization(
+            request.user, kind=OrganizationKind.VENDOR, organization_id=query.validated_data.get("organization")
+        )
+        task = access_task_by_id(request.user, task_id)
+        acceptance = rules_accept(task=task, vendor=vendor, actor=request.user)
+        return Response(RulesAcceptOutput(
+            {"task_id": task.id, "vendor": vendor.name, "rules_sha256": acceptance.rules_sha256,
+             "accepted_at": acceptance.accepted_at}
+        ).data)  # fmt: skip

@@ -90,3 +90,22 @@ class QuotaCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vendor} on {self.task}: {self.used} ({self.day or 'total'})"
+
+
+class RulesAcceptance(models.Model):
+    """A vendor organization accepted a task's rules (as they read when it did): needed before its
+    first upload to a task that has rules; rules the owner changes later are accepted again."""
+
+    task = models.ForeignKey("catalog.Task", on_delete=models.CASCADE, related_name="+")
+    vendor = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="+")
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    rules_sha256 = models.CharField(max_length=64)
+    accepted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "vendor", "rules_sha256"], name="one_acceptance_per_rules_text")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.vendor} accepted the rules of {self.task}"

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from marketplace.accounts.selectors import organization_ids_of
 from marketplace.catalog.models import Task
-from marketplace.submissions.models import QuotaCounter, Submission
+from marketplace.submissions.models import QuotaCounter, RulesAcceptance, Submission
 
 
 def submission_list_visible_to(*, user) -> QuerySet[Submission]:
@@ -50,3 +50,17 @@ def submission_list_of_vendor_user(*, user) -> QuerySet[Submission]:
 def finals_chosen(*, task_id: int, vendor_id: int) -> int:
     """How many submissions the vendor has nominated for the task's private leaderboard."""
     return Submission.objects.filter(task_id=task_id, vendor_id=vendor_id, is_final=True).count()
+
+
+def rules_sha256(task: Task) -> str:
+    import hashlib
+
+    return hashlib.sha256(task.rules.strip().encode()).hexdigest()
+
+
+def rules_accepted(*, task: Task, vendor_id: int) -> bool:
+    """Whether the vendor may upload as far as the rules go: the task has none, or the vendor
+    accepted them as they read now."""
+    if not task.rules.strip():
+        return True
+    return RulesAcceptance.objects.filter(task=task, vendor_id=vendor_id, rules_sha256=rules_sha256(task)).exists()

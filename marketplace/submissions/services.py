@@ -12,9 +12,25 @@ from marketplace.budgets.services import budget_refund, budget_reserve
 from marketplace.catalog.models import Task, TaskStatus
 from marketplace.core.errors import Conflict, DomainError, PayloadTooLarge
 from marketplace.submissions.artifact_checks import artifact_check_format, sha256_of
-from marketplace.submissions.models import Submission, SubmissionStatus
+from marketplace.submissions.models import RulesAcceptance, Submission, SubmissionStatus
 from marketplace.submissions.quotas import quota_consume, quota_refund
+from marketplace.submissions.selectors import rules_accepted, rules_sha256
 from marketplace.submissions.visibility import results_are_visible
+
+
+def submission_window_check(*, task: Task, now: datetime) -> None:
+    """Uploads only between the task's opens_at and closes_at (the beat task also opens and closes
+    tasks on schedule; this refuses uploads in the minute before it does)."""
+    if task.opens_at and now < task.opens_at:
+        raise Conflict(
+            f"The task opens for submissions at {task.opens_at:%Y-%m-%d %H:%M} UTC.",
+            code="task_not_open_yet", details={"opens_at": task.opens_at.isoformat()},
+        )  # fmt: skip
+    if task.closes_at and now >= task.closes_at:
+        raise Conflict(
+            f"The task closed for submissions at {task.closes_at:%Y-%m-%d %H:%M} UTC.",
+            code="task_closed", details={"closes_at": task.closes_at.isoformat()},
+        )  # fmt: skip
 
 
 @transaction.atomic
@@ -33,6 +49,12 @@ def submission_create(
     """Checks and stores an upload. Any failed check raises before a byte or a row is kept."""
     if task.status != TaskStatus.OPEN:
         raise Conflict("The task is not open for submissions.", code="task_not_open")
+    submission_window_check(task=task, now=timezone.now())
+    if not rules_accepted(task=task, vendor_id=vendor.id):
+        raise Conflict(
+            "Accept the task's rules before uploading (the task page, or POST /tasks/{id}/rules/accept).",
+            code="rules_not_accepted",
+        )
     max_bytes = settings.VAULTBENCH_MAX_ARTIFACT_BYTES
     if artifact.size > max_bytes:
         raise PayloadTooLarge(f"The artifact is {artifact.size} bytes; the limit is {max_bytes} bytes.")
@@ -151,6 +173,20 @@ def submission_nominate(*, submission: Submission, final: bool, actor) -> Submis
         submission.save(update_fields=["is_final", "updated_at"])
         audit_record(action="submission.nominated" if final else "submission.unnominated", obj=submission, actor_user=actor)
     return submission
+
+
+@transaction.atomic
+def rules_accept(*, task: Task, vendor: Organization, actor) -> RulesAcceptance:
+    """The vendor accepts the task's rules as they read now (again after the owner changes them)."""
+    if not task.rules.strip():
+        raise Conflict("This task has no rules to accept.", code="no_rules")
+    acceptance, created = RulesAcceptance.objects.get_or_create(
+        task=task, vendor=vendor, rules_sha256=rules_sha256(task), defaults={"accepted_by": actor}
+    )
+    if created:
+        audit_record(action="task.rules_accepted", obj=task, actor_user=actor,
+                     data={"vendor": vendor.id, "rules_sha256": acceptance.rules_sha256})  # fmt: skip
+    return acceptance
 
 
 # --- the owner's review of jobs (approval and release), one or many at a time ----------------

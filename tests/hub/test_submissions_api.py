@@ -186,6 +186,7 @@ def test_daily_quota_refuses_the_next_upload_with_429(owner, vendor, site, setti
         "used_total": 2,
         "remaining_today": 0,
         "remaining_total": None,
+        "rules_accepted": True,  # the task has no rules
     }
 
 

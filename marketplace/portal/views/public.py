@@ -31,8 +31,9 @@ from marketplace.leaderboard.selectors import (
     leaderboard_version,
 )
 from marketplace.portal.charts import best_score_chart
+from marketplace.portal.onboarding import fine_tuning_policy, per_format, sample_name
 from marketplace.portal.views._common import funnelled
-from marketplace.submissions.selectors import quota_usage
+from marketplace.submissions.selectors import quota_usage, rules_accepted
 from marketplace.submissions.visibility import privacy_budget_of
 
 
@@ -115,9 +116,13 @@ def task_detail(request, task_id: int):
             "may_submit": vendor_may_submit(task=task, vendor=vendor),
             "quota": quota_usage(task=task, vendor_id=vendor.id),
             "privacy": privacy_budget_of(task=task, vendor_id=vendor.id),
+            "rules_accepted": rules_accepted(task=task, vendor_id=vendor.id),
         }
         for vendor in vendors
     ]
+    context["formats"] = per_format(task)
+    context["sample_name"] = sample_name(task)
+    context["fine_tuning"] = fine_tuning_policy(task)
     context["privacy"] = privacy_budget_of(task=task, vendor_id=None)
     return render(request, "portal/task_detail.html", context)
 

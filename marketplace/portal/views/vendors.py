@@ -19,8 +19,13 @@ from marketplace.finetuning.services import TRAINABLE_FORMATS
 from marketplace.portal.forms import FORMAT_EXTENSIONS, AccessRequestForm, SubmissionForm
 from marketplace.portal.views._common import domain_error_to_form, redirect_back, vendor_required
 from marketplace.submissions.access import access_submission_artifact
-from marketplace.submissions.selectors import finals_chosen, quota_usage, submission_list_of_vendor_user
-from marketplace.submissions.services import submission_create, submission_nominate
+from marketplace.submissions.selectors import (
+    finals_chosen,
+    quota_usage,
+    rules_accepted,
+    submission_list_of_vendor_user,
+)
+from marketplace.submissions.services import rules_accept, submission_create, submission_nominate
 from marketplace.submissions.visibility import (
     PENDING,
     check_nominable,
@@ -64,9 +69,15 @@ def submission_new(request, task_id: int):
         request.user, task_id, organization_id=int(chosen) if chosen else None
     )
     form = SubmissionForm(request.POST or None, request.FILES or None, organizations=organizations)
-    if request.method == "POST" and form.is_valid():
+    needs_rules = not rules_accepted(task=task, vendor_id=vendor.id)
+    if request.method == "POST" and needs_rules and request.POST.get("accept_rules") != "on":
+        form.is_valid()
+        form.add_error(None, "Accept the task's rules to upload.")
+    elif request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
+            if needs_rules:
+                rules_accept(task=task, vendor=vendor, actor=request.user)
             submission = submission_create(
                 vendor=vendor, task=task, actor=request.user, name=data["name"], description=data["description"],
                 artifact_format=data["artifact_format"], artifact=data["artifact"],
@@ -84,6 +95,7 @@ def submission_new(request, task_id: int):
     context = {
         "task": task,
         "form": form,
+        "needs_rules": needs_rules,
         "quotas": quotas,
         "format_extensions": json.dumps(FORMAT_EXTENSIONS),
     }
