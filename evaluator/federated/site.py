@@ -36,7 +36,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from evaluator.federated import wire
-from evaluator.federated.accounting import PrivacyLedger, effective_noise_multiplier
+from evaluator.federated.accounting import (
+    PrivacyLedger,
+    effective_noise_multiplier,
+    record_level_ledger,
+    steps_per_round,
+)
 from evaluator.federated.client_update import prepare_site_update
 from evaluator.federated.secagg import RoundParams, SecAggClient
 from evaluator.federated.updates import Layout, flatten, max_bits_for_sites
@@ -44,6 +49,7 @@ from evaluator.federated.updates import Layout, flatten, max_bits_for_sites
 log = logging.getLogger(__name__)
 
 METRIC_DECIMALS = 4
+EXIT_POLICY = 8  # evaluator.runner.train.EXIT_POLICY (the runner is not importable here in the image)
 PHASES = ("layout", "keys", "shares", "masked", "unmask", "update")
 _ORDER = {"keys": 0, "shares": 1, "masked": 2, "unmask": 3, "update": 0}
 MAX_LOCAL_EPOCHS = 1000
@@ -90,12 +96,30 @@ class RunSpec:
     quantization_bits: int
     round_timeout_seconds: float
     strategy: str = "fedavg"
+    privacy_unit: str = "site"  # record (DP-SGD in the sandbox), site (noise on the update), none
+    dp: Mapping[str, Any] | None = None  # record: example_clip_norm, noise_multiplier, sample_rate, steps
 
     @property
     def accounted_noise_multiplier(self) -> float:
         """The noise multiplier this site's data is protected by, per round (worst case)."""
+        if self.privacy_unit == "record":
+            return float(self.dp["noise_multiplier"]) if self.dp else 0.0
         seen = self.threshold if self.secure_aggregation else 1
         return effective_noise_multiplier(self.noise_multiplier, self.n_participants, seen)
+
+    def new_privacy_ledger(self, rounds_spent: int) -> PrivacyLedger:
+        """The site's accountant, with ``rounds_spent`` rounds already released (from its ledger)."""
+        if self.privacy_unit == "record" and self.dp:
+            ledger = record_level_ledger(
+                noise_multiplier=float(self.dp["noise_multiplier"]), sample_rate=float(self.dp["sample_rate"]),
+                local_epochs=self.local_epochs, delta=self.dp_delta,
+            )  # fmt: skip
+        else:
+            ledger = PrivacyLedger(delta=self.dp_delta, noise_multiplier=self.accounted_noise_multiplier)
+        if rounds_spent:
+            z, q = ledger.noise_multiplier, ledger.sample_rate
+            ledger.history = [(z, q, rounds_spent * ledger.steps_per_round)]
+        return ledger
 
 
 def _number(run: Mapping[str, Any], key: str, *, kind: type = float, default: Any = None) -> Any:
@@ -147,7 +171,18 @@ def parse_run(run: Any) -> RunSpec:
         quantization_bits=bits,
         round_timeout_seconds=_number(run, "round_timeout_seconds", default=120.0),
         strategy=str(run.get("strategy", "fedavg"))[:32],
+        privacy_unit=str(run.get("privacy_unit") or "site"),
+        dp=_parse_dp(run.get("dp")),
     )
+    if spec.privacy_unit not in ("record", "site", "none"):
+        raise refuse("run.privacy_unit must be record, site or none")
+    if spec.privacy_unit == "record":
+        if spec.dp is None:
+            raise refuse("a record-level run must carry its DP-SGD settings")
+        if spec.dp["steps"] != steps_per_round(spec.local_epochs, spec.dp["sample_rate"]):
+            raise refuse("run.dp.steps must be local_epochs * ceil(1 / sample_rate)")
+        if spec.noise_multiplier:
+            raise refuse("a record-level run adds no site-level noise")
     if not 1 <= spec.participant <= n:
         raise refuse("run.participant must be in 1..n_participants")
     if not 1 <= spec.rounds <= 100_000:
@@ -166,6 +201,25 @@ def parse_run(run: Any) -> RunSpec:
         if not 1 <= bits <= max_bits_for_sites(n):
             raise refuse(f"quantization_bits must be in 1..{max_bits_for_sites(n)} for {n} sites")
     return spec
+
+
+def _parse_dp(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    from evaluator.runner.dpsgd import DPConfig
+
+    try:
+        config = DPConfig.parse(raw)
+    except ValueError as exc:
+        raise SiteRunError("policy_violation", f"run.dp: {exc}") from None
+    if config.noise_multiplier <= 0:
+        raise SiteRunError("policy_violation", "run.dp.noise_multiplier must be > 0")
+    return {
+        "example_clip_norm": config.example_clip_norm,
+        "noise_multiplier": config.noise_multiplier,
+        "sample_rate": config.sample_rate,
+        "steps": config.steps,
+    }
 
 
 # --- the participant --------------------------------------------------------------------------
@@ -233,10 +287,7 @@ class SiteParticipant:
             for entry in ledger.iter_entries()
             if entry.kind == "update" and str(entry.job_id) == str(context.job_id)
         )
-        z = spec.accounted_noise_multiplier
-        self.privacy = PrivacyLedger(
-            delta=spec.dp_delta, noise_multiplier=z, history=[(z, 1.0, spent)] if spent else []
-        )
+        self.privacy = spec.new_privacy_ledger(spent)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -363,7 +414,14 @@ class SiteParticipant:
         assert self.w0 is not None
         offset = self._download_offset(rnd.number)
         config = self._round_config(state.get("round_config"))
-        result = self.session.run_round(offset, config)
+        try:
+            result = self.session.run_round(offset, config)
+        except Exception as exc:
+            if getattr(exc, "exit_code", None) == EXIT_POLICY:  # runner.train: state across examples, file ops
+                raise SiteRunError(
+                    "policy_violation", "the model changed its own state during training or used file ops"
+                ) from exc
+            raise
         rnd.old = {n: self.w0[n] + offset[n] for n in self.w0}
         rnd.new = {n: np.asarray(result.weights[n], dtype=np.float32) for n in self.w0}
         rnd.report = self._round_metrics(result)
@@ -373,7 +431,7 @@ class SiteParticipant:
         )  # fmt: skip
 
     def _round_config(self, overrides: Any) -> dict[str, Any]:
-        config = {
+        config: dict[str, Any] = {
             "local_epochs": self.spec.local_epochs,
             "batch_size": self.spec.batch_size,
             "learning_rate": self.spec.learning_rate,
@@ -388,6 +446,9 @@ class SiteParticipant:
                 proximal_mu=checked.proximal_mu,
             )
         config["seed"] = secrets.randbits(31)
+        if self.spec.privacy_unit == "record":  # the hub's steps are for the run's local_epochs
+            config["local_epochs"] = self.spec.local_epochs
+            config["dp"] = dict(self.spec.dp or {})
         return config
 
     def _download_offset(self, number: int) -> dict[str, np.ndarray]:
@@ -436,8 +497,9 @@ class SiteParticipant:
         loss_name = "log_loss" if kind != "regression" else "rmse"
         validation = metrics.compute_metrics(kind, names, data.validation_labels, val, n_classes=n_classes)
         train_loss = metrics.compute_metrics(kind, [loss_name], data.labels[data.fit_rows], train, n_classes=n_classes)
+        record = self.spec.privacy_unit == "record"  # the training rows' loss is not a DP release
         return {
-            "train_loss": round(float(train_loss[loss_name]), METRIC_DECIMALS),
+            "train_loss": None if record else round(float(train_loss[loss_name]), METRIC_DECIMALS),
             "n_examples": len(data.fit_rows),
             "validation": {k: round(float(v), METRIC_DECIMALS) for k, v in validation.items()},
             "n_validation": len(data.validation_rows),
@@ -455,7 +517,7 @@ class SiteParticipant:
             old_weights=rnd.old,
             new_weights=rnd.new,
             clip_norm=self.spec.clip_norm,
-            noise_multiplier=self.spec.noise_multiplier,
+            noise_multiplier=self.spec.noise_multiplier if self.spec.privacy_unit == "site" else 0.0,
             n_sites=self.spec.n_participants,
             rng=self._rng,
             quantization_bits=self.spec.quantization_bits if quantize else None,

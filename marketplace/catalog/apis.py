@@ -51,7 +51,8 @@ class TaskOutput(serializers.ModelSerializer):
             "requires_job_approval", "requires_release_approval", "failed_jobs_consume_quota",
             "dp_epsilon_per_release", "dp_delta", "dp_vendor_epsilon", "dp_task_epsilon", "release_delay_seconds",
             "ladder_threshold",
-            "final_submissions", "fine_tuning_allowed", "fl_clip_norm", "fl_noise_multiplier", "fl_dp_delta",
+            "final_submissions", "fine_tuning_allowed", "fl_privacy_unit", "fl_example_clip_norm", "fl_clip_norm",
+            "fl_noise_multiplier", "fl_dp_delta",
             "fl_epsilon_cap", "fl_secure_aggregation", "fl_robust_rule", "fl_quantization_bits", "site_count", "total_rows", "has_sample",
             "created_at", "updated_at",
         ]  # fmt: skip
@@ -97,6 +98,8 @@ class TaskInput(serializers.Serializer):
     ladder_threshold = serializers.FloatField(required=False)
     final_submissions = serializers.IntegerField(required=False, min_value=1, max_value=20)
     fine_tuning_allowed = serializers.BooleanField(required=False)
+    fl_privacy_unit = serializers.ChoiceField(choices=["record", "site", "none"], required=False)
+    fl_example_clip_norm = serializers.FloatField(required=False)
     fl_clip_norm = serializers.FloatField(required=False)
     fl_noise_multiplier = serializers.FloatField(required=False)
     fl_dp_delta = serializers.FloatField(required=False)

@@ -96,10 +96,21 @@ class Task(models.Model):
         help_text="The task's rules, in the owner's words; a vendor accepts them before its first upload",
     )  # fmt: skip
     # Federated fine-tuning privacy policy (docs/federated-protocol.md), copied into a run at approval.
-    fl_clip_norm = models.FloatField(default=1.0, help_text="L2 bound of each site's update")
-    fl_noise_multiplier = models.FloatField(default=0.0, help_text="z: the aggregate carries noise z * clip")
+    # Private by default: record-level DP-SGD at every site, epsilon capped at 8 (delta 1e-5).
+    fl_privacy_unit = models.CharField(
+        max_length=8, default="record",
+        help_text="record: DP-SGD at each site protects every training row (default); site: noise on the "
+        "aggregate protects a whole site; none: no DP guarantee (the owner's explicit opt-out)",
+    )  # fmt: skip
+    fl_example_clip_norm = models.FloatField(default=1.0, help_text="record: L2 bound of each row's gradient")
+    fl_clip_norm = models.FloatField(
+        default=1.0, help_text="L2 bound of each site's whole update (site unit: the sensitivity; record: a bound)"
+    )
+    fl_noise_multiplier = models.FloatField(
+        default=1.0, help_text="record: sigma of each DP-SGD step; site: the aggregate carries noise z * clip"
+    )
     fl_dp_delta = models.FloatField(default=1e-5)
-    fl_epsilon_cap = models.FloatField(null=True, blank=True, help_text="A run stops before passing it")
+    fl_epsilon_cap = models.FloatField(null=True, blank=True, default=8.0, help_text="A run stops before passing it")
     fl_secure_aggregation = models.BooleanField(default=True, help_text="Needs at least 3 sites")
     fl_robust_rule = models.CharField(
         max_length=16, default="mean", help_text="mean, median, trimmed_mean or norm_bound (no secure aggregation)"

@@ -64,6 +64,8 @@ EDITABLE_FIELDS = STRUCTURAL_FIELDS | {
     "ladder_threshold",
     "final_submissions",
     "fine_tuning_allowed",
+    "fl_privacy_unit",
+    "fl_example_clip_norm",
     "fl_clip_norm",
     "fl_noise_multiplier",
     "fl_dp_delta",
@@ -102,11 +104,18 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         release_delay_seconds=values.get("release_delay_seconds", DEFAULT_RELEASE_DELAY_SECONDS),
         ladder_threshold=values.get("ladder_threshold", 0.01),
     )
+    # Private by default (docs/federated-protocol.md): record-level DP-SGD, epsilon capped at 8. A task
+    # whose owner sets no noise, or opts out (unit "none"), gets no default cap.
+    unit, noise = values.get("fl_privacy_unit", "record"), values.get("fl_noise_multiplier", 1.0)
+    if "fl_epsilon_cap" not in values and (unit == "none" or not noise):
+        values["fl_epsilon_cap"] = None
     validate_fl_policy(
         clip_norm=values.get("fl_clip_norm", 1.0),
-        noise_multiplier=values.get("fl_noise_multiplier", 0.0),
+        noise_multiplier=noise,
         dp_delta=values.get("fl_dp_delta", 1e-5),
-        epsilon_cap=values.get("fl_epsilon_cap"),
+        epsilon_cap=values.get("fl_epsilon_cap", 8.0),
+        privacy_unit=unit,
+        example_clip_norm=values.get("fl_example_clip_norm", 1.0),
         secure_aggregation=values.get("fl_secure_aggregation", True),
         robust_rule=values.get("fl_robust_rule", "mean"),
         quantization_bits=values.get("fl_quantization_bits", 20),
@@ -117,6 +126,11 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _check_not_past(closes_at) -> None:
+    if closes_at and closes_at <= timezone.now():
+        raise DomainError("closes_at must be in the future.", code="invalid_spec")
+
+
 @transaction.atomic
 def task_create(*, organization: Organization, actor, spec: dict[str, Any]) -> Task:
     if not organization.is_data_owner:
@@ -125,6 +139,7 @@ def task_create(*, organization: Organization, actor, spec: dict[str, Any]) -> T
     if unknown:
         raise DomainError(f"Unknown fields: {', '.join(sorted(unknown))}.", code="invalid_spec")
     values = _validated(spec)
+    _check_not_past(values.get("closes_at"))
     task = Task.objects.create(organization=organization, slug=_unique_slug(values["title"]), **values)
     audit_record(action="task.created", obj=task, actor_user=actor)
     return task
@@ -144,6 +159,8 @@ def task_update(*, task: Task, actor, changes: dict[str, Any]) -> Task:
     current = {field: getattr(task, field) for field in EDITABLE_FIELDS}
     values = _validated({**current, **changes})
     changed = [field for field in changes if values[field] != current[field]]
+    if "closes_at" in changed:
+        _check_not_past(values["closes_at"])
     for field in changed:
         setattr(task, field, values[field])
     if changed:
@@ -156,6 +173,8 @@ def task_update(*, task: Task, actor, changes: dict[str, Any]) -> Task:
 def task_open(*, task: Task, actor) -> Task:
     if task.status != TaskStatus.DRAFT:
         raise Conflict("Only a draft task can be opened.", code="invalid_state")
+    if task.closes_at and task.closes_at <= timezone.now():
+        raise Conflict("The task's closing date has passed: move closes_at first.", code="closes_at_past")
     task.status = TaskStatus.OPEN
     if task.opens_at is None:
         task.opens_at = timezone.now()
@@ -273,3 +292,25 @@ def shard_register(
         data={"rows": row_count, "fingerprint": fingerprint},
     )
     return shard, created
+
+
+def tasks_apply_schedule(*, now=None) -> dict[str, list[int]]:
+    """Celery beat, every minute: drafts whose opens_at has come are opened; open tasks whose
+    closes_at has passed are closed. The owner who set closes_at approved the close at that time,
+    with the reveals of its plan then (as confirming the close page does)."""
+    now = now or timezone.now()
+    done: dict[str, list[int]] = {"opened": [], "closed": []}
+    due_open = Task.objects.filter(status=TaskStatus.DRAFT, opens_at__lte=now).exclude(closes_at__lte=now)
+    for task in due_open.order_by("id"):
+        try:
+            task_open(task=task, actor=None)
+        except DomainError:
+            continue  # changed since the query (opened or edited by its owner)
+        done["opened"].append(task.id)
+    for task in Task.objects.filter(status=TaskStatus.OPEN, closes_at__lte=now).order_by("id"):
+        try:
+            task_close(task=task, actor=None)
+        except DomainError:
+            continue
+        done["closed"].append(task.id)
+    return done

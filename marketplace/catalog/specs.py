@@ -163,6 +163,7 @@ def validate_privacy(
 
 
 FL_ROBUST_RULES = {"mean", "median", "trimmed_mean", "norm_bound"}
+FL_PRIVACY_UNITS = {"record", "site", "none"}
 
 
 def validate_fl_policy(
@@ -174,8 +175,14 @@ def validate_fl_policy(
     secure_aggregation: bool,
     robust_rule: str,
     quantization_bits: int,
+    privacy_unit: str = "record",
+    example_clip_norm: float = 1.0,
 ) -> None:
     """The task's federated fine-tuning privacy policy (docs/federated-protocol.md)."""
+    if privacy_unit not in FL_PRIVACY_UNITS:
+        _fail("fl_privacy_unit", "fl_privacy_unit must be record, site or none.")
+    if not 0 < example_clip_norm <= 1e6:
+        _fail("fl_example_clip_norm", "fl_example_clip_norm must be positive.")
     if not 0 < clip_norm <= 1e6:
         _fail("fl_clip_norm", "fl_clip_norm must be positive.")
     if not 0 <= noise_multiplier <= 1e3:
@@ -185,7 +192,7 @@ def validate_fl_policy(
     if epsilon_cap is not None:
         if not epsilon_cap > 0:
             _fail("fl_epsilon_cap", "fl_epsilon_cap must be positive when set.")
-        if noise_multiplier == 0:
+        if noise_multiplier == 0 and privacy_unit != "none":
             _fail("fl_epsilon_cap", "An epsilon cap needs noise: set fl_noise_multiplier above 0.")
     if robust_rule not in FL_ROBUST_RULES:
         _fail("fl_robust_rule", f"fl_robust_rule must be one of {', '.join(sorted(FL_ROBUST_RULES))}.")

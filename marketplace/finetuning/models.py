@@ -33,6 +33,12 @@ class Phase(models.TextChoices):
     UPDATE = "update", "Sites post updates (no secure aggregation)"
 
 
+class PrivacyUnit(models.TextChoices):
+    RECORD = "record", "Record-level DP-SGD at each site (each training row)"
+    SITE = "site", "Site-level noise on the aggregate (a whole site)"
+    NONE = "none", "No DP guarantee (the owner opted out)"
+
+
 class StrategyName(models.TextChoices):
     FEDAVG = "fedavg", "FedAvg"
     FEDPROX = "fedprox", "FedProx"
@@ -74,6 +80,10 @@ class FineTuningRun(models.Model):
     min_sites = models.PositiveSmallIntegerField(default=1)
     round_timeout_seconds = models.PositiveIntegerField(default=600)
     # The task's privacy policy, copied at approval: later edits of the task do not change a run.
+    privacy_unit = models.CharField(max_length=8, blank=True, help_text="record, site or none (no DP)")
+    example_clip_norm = models.FloatField(null=True, blank=True, help_text="record: per-row gradient bound C")
+    dp_sample_rate = models.FloatField(null=True, blank=True, help_text="record: Poisson sampling rate q")
+    dp_steps_per_round = models.PositiveIntegerField(null=True, blank=True, help_text="record: DP-SGD steps")
     clip_norm = models.FloatField(null=True, blank=True)
     noise_multiplier = models.FloatField(null=True, blank=True)
     dp_delta = models.FloatField(null=True, blank=True)

@@ -47,6 +47,7 @@ from marketplace.finetuning.models import (
     MessageKind,
     Participant,
     Phase,
+    PrivacyUnit,
     ProtocolMessage,
     RoundRecord,
     RoundStatus,
@@ -62,15 +63,16 @@ from marketplace.finetuning.offsets import (
     state_to_bytes,
 )
 from marketplace.finetuning.services import (
+    FEDPROX_DEFAULT_MU,
     MAX_FAILED_ROUNDS,
     has_noise,
+    is_record_level,
     min_contributors,
     next_round_allowed,
     privacy_ledger,
-    round_noise_multiplier,
+    round_step_noise,
     run_end,
     run_finish,
-    worst_case_noise_multiplier,
 )
 from marketplace.jobs.models import TERMINAL_STATUSES, JobStatus
 from marketplace.jobs.services import LeaseLost
@@ -80,6 +82,23 @@ _KEY_BYTES = 32
 _NONCE_BYTES = 12
 _BUNDLE_BYTES = 8 + 2 * 66 + 16  # header + two 66-byte shares + GCM tag
 _MAX_VALIDATION_METRICS = 16
+_NORM_TOLERANCE = 1e-5  # float32 rounding of a vector clipped to C in float64
+_NOISE_SIGMAS = 8.0  # ||N(0, s^2 I_d)|| < s (sqrt(d) + 8) but with probability < e^-32
+
+
+def update_norm_bound(run: FineTuningRun, n: int, k: int = 1) -> float:
+    """The largest norm an honest sum of ``k`` site updates can have: k clipped updates plus the
+    sum of their site-level noise shares (zero under record-level DP, whose noise is inside C)."""
+    d = _vector_length(run)
+    sigma = distributed_noise_std(site_noise_multiplier(run), float(run.clip_norm), n)
+    return k * float(run.clip_norm) * (1 + _NORM_TOLERANCE) + math.sqrt(k) * sigma * (math.sqrt(d) + _NOISE_SIGMAS)
+
+
+def _site_rows(run: FineTuningRun, participant: Participant) -> int:
+    from marketplace.catalog.models import DataShard
+
+    shard = DataShard.objects.filter(task_id=run.task_id, site_id=participant.site_id).first()
+    return int(shard.row_count) if shard is not None else 0
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -124,7 +143,7 @@ def secagg_round_id(run: FineTuningRun) -> str:
 
 
 def quantization_q(run: FineTuningRun, n: int) -> float:
-    noise_std = distributed_noise_std(float(run.noise_multiplier or 0.0), float(run.clip_norm), n)
+    noise_std = distributed_noise_std(site_noise_multiplier(run), float(run.clip_norm), n)
     return quantization_range(float(run.clip_norm), noise_std)
 
 
@@ -132,13 +151,37 @@ def _vector_length(run: FineTuningRun) -> int:
     return layout_of(run.layout).size
 
 
+def proximal_mu(run: FineTuningRun) -> float:
+    """FedProx's mu as the hub sends it: the run's value, else the strategy's own default."""
+    if run.strategy != StrategyName.FEDPROX:
+        return 0.0
+    return float(run.strategy_params.get("proximal_mu", FEDPROX_DEFAULT_MU))
+
+
+def dp_settings(run: FineTuningRun) -> dict[str, Any] | None:
+    """Record-level DP-SGD settings every site trains with (``runner.dpsgd``), or None."""
+    if not is_record_level(run) or not run.noise_multiplier:
+        return None
+    return {
+        "example_clip_norm": float(run.example_clip_norm or 1.0),
+        "noise_multiplier": float(run.noise_multiplier),
+        "sample_rate": float(run.dp_sample_rate or 1.0),
+        "steps": int(run.dp_steps_per_round or 1),
+    }
+
+
+def site_noise_multiplier(run: FineTuningRun) -> float:
+    """The site-level noise added to the whole update (0 under record-level DP or no DP)."""
+    return float(run.noise_multiplier or 0.0) if run.privacy_unit in ("", PrivacyUnit.SITE) else 0.0
+
+
 def round_config(run: FineTuningRun) -> dict[str, Any]:
     """What every site needs for the current attempt of the current round (same for all)."""
     n = n_participants(run)
-    z, clip = float(run.noise_multiplier or 0.0), float(run.clip_norm or 1.0)
+    z, clip = site_noise_multiplier(run), float(run.clip_norm or 1.0)
     epsilon_after = None
     if has_noise(run):
-        epsilon_after = privacy_ledger(run).epsilon_if(noise_multiplier=worst_case_noise_multiplier(run, n))
+        epsilon_after = privacy_ledger(run).epsilon_if(noise_multiplier=round_step_noise(run, n))
     return {
         "round": run.current_round,
         "attempt": run.attempt,
@@ -146,6 +189,8 @@ def round_config(run: FineTuningRun) -> dict[str, Any]:
         "threshold": run.threshold,
         "n_participants": n,
         "vector_length": _vector_length(run) if run.layout else None,
+        "privacy_unit": run.privacy_unit or PrivacyUnit.SITE,
+        "dp": dp_settings(run),
         "clip_norm": clip,
         "noise_multiplier": z,
         "noise_std": distributed_noise_std(z, clip, n),
@@ -155,9 +200,7 @@ def round_config(run: FineTuningRun) -> dict[str, Any]:
         "local_epochs": run.local_epochs,
         "batch_size": run.batch_size,
         "strategy": run.strategy,
-        "proximal_mu": float(run.strategy_params.get("proximal_mu", 0.0))
-        if run.strategy == "fedprox"
-        else 0.0,
+        "proximal_mu": proximal_mu(run),
         "epsilon_after_round": epsilon_after,
     }
 
@@ -436,9 +479,23 @@ def _post_release(
     _require_expected(run, participant)
     length = _vector_length(run)
     data = _b64(vector, "vector", length=4 * length)
-    if kind == MessageKind.UPDATE and not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
-        raise DomainError("The update has non-finite values.", code="invalid_message")
+    if kind == MessageKind.UPDATE:
+        update = np.frombuffer(data, dtype="<f4").astype(np.float64)
+        if not np.all(np.isfinite(update)):
+            raise DomainError("The update has non-finite values.", code="invalid_message")
+        norm, bound = float(np.linalg.norm(update)), update_norm_bound(run, n_participants(run))
+        if norm > bound:
+            raise DomainError(
+                f"The update's norm {norm:.6g} is above the run's bound {bound:.6g} (clip norm plus noise).",
+                code="update_out_of_bounds", details={"norm": norm, "bound": bound},
+            )  # fmt: skip
     metrics = _round_metrics(values)
+    rows = _site_rows(run, participant)
+    if metrics["n_examples"] > rows:
+        raise DomainError(
+            f"n_examples {metrics['n_examples']} is more than the {rows} rows the site registered for the task.",
+            code="invalid_message",
+        )
     egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
     egress_record_create(job=participant.job, kind=EgressKind.UPDATE, sha256=ledger_sha256, size=ledger_bytes,
                          epsilon=metrics["epsilon"], delta=run.dp_delta)  # fmt: skip
@@ -588,6 +645,13 @@ def _close_unmask(run: FineTuningRun, posted: set[int]) -> None:
     k = len(masked)
     summed = dequantize(total, clip_norm=quantization_q(run, n), bits=int(run.quantization_bits), n_summed=k)
     del masked, total  # only the dequantized sum is used from here on
+    # Each site quantized its clipped update with an error of at most one step per coordinate.
+    step = 2 * quantization_q(run, n) / (2 ** int(run.quantization_bits) - 1)
+    bound = update_norm_bound(run, n, k) + k * step * math.sqrt(summed.size)
+    if not np.all(np.isfinite(summed)) or float(np.linalg.norm(summed)) > bound:
+        audit_record(action="finetuning.sum_out_of_bounds", obj=run,
+                     data={"round": run.current_round, "norm": float(np.linalg.norm(summed)), "bound": bound})  # fmt: skip
+        return _fail_round(run, "sum_out_of_bounds")
     _apply_round(run, mean_update(summed, k), masked_rows, n)
 
 
@@ -611,7 +675,7 @@ def _robust_mean(run: FineTuningRun, stack: np.ndarray, n: int) -> np.ndarray:
     if rule == "norm_bound":
         # An honest update is clipped to C, then noised with std sigma per coordinate: its norm is
         # at most C + ||noise||, and ||noise|| < sigma (sqrt(d) + 4) but with negligible probability.
-        sigma = distributed_noise_std(float(run.noise_multiplier or 0.0), float(run.clip_norm), n)
+        sigma = distributed_noise_std(site_noise_multiplier(run), float(run.clip_norm), n)
         bound = (float(run.clip_norm) + sigma * (math.sqrt(stack.shape[1]) + 4.0)) * (1 + 1e-5)
         return robust.mean(robust.norm_bound(stack, bound))
     return robust.mean(stack)
@@ -656,7 +720,7 @@ def _apply_round(run: FineTuningRun, mean: np.ndarray, rows: dict[int, ProtocolM
     state = strategy.state_dict()
     if any(v is not None for v in state.values()):
         _replace_file(run.strategy_state, "strategy_state.safetensors", state_to_bytes(state))
-    _spend(run, round_noise_multiplier(run, n, len(rows)))
+    _spend(run, round_step_noise(run, n))  # the sites' own (worst-case) charge: one epsilon
     sites = dict(run.participants.values_list("number", "site__name"))
     per_site = [{"participant": num, "site": sites[num], **m.payload} for num, m in sorted(rows.items())]
     RoundRecord.objects.create(
@@ -699,7 +763,7 @@ def _fail_round(run: FineTuningRun, reason: str) -> None:
     """Too few sites (or a failed unmask): D is unchanged; retry once, three failures end the run."""
     n = n_participants(run)
     if not run.secure_aggregation and run.phase == Phase.UPDATE and _messages(run, MessageKind.UPDATE):
-        _spend(run, round_noise_multiplier(run, n, 1))  # individual updates reached the hub: that is spent
+        _spend(run, round_step_noise(run, n))  # individual updates reached the hub: that is spent
     RoundRecord.objects.create(
         run=run, round=run.current_round, attempt=run.attempt, status=RoundStatus.FAILED, failure_reason=reason,
         epsilon=run.epsilon_spent, started_at=_round_started_at(run), finished_at=timezone.now(),

@@ -28,7 +28,13 @@ def run_payload_for_job(*, job) -> dict | None:
     if participant is None:
         return None
     run = participant.run
-    from marketplace.finetuning.rounds import n_participants, quantization_q
+    from marketplace.finetuning.rounds import (
+        dp_settings,
+        n_participants,
+        proximal_mu,
+        quantization_q,
+        site_noise_multiplier,
+    )
 
     n = n_participants(run)
     return {
@@ -40,13 +46,13 @@ def run_payload_for_job(*, job) -> dict | None:
         "batch_size": run.batch_size,
         "learning_rate": run.learning_rate,
         "strategy": run.strategy,
-        "proximal_mu": float(run.strategy_params.get("proximal_mu", 0.0))
-        if run.strategy == "fedprox"
-        else 0.0,
+        "proximal_mu": proximal_mu(run),
         "secure_aggregation": run.secure_aggregation,
         "threshold": run.threshold,
+        "privacy_unit": run.privacy_unit or "site",
+        "dp": dp_settings(run),
         "clip_norm": run.clip_norm,
-        "noise_multiplier": run.noise_multiplier,
+        "noise_multiplier": site_noise_multiplier(run),
         "dp_delta": run.dp_delta,
         "epsilon_cap": run.epsilon_cap,
         "quantization_bits": run.quantization_bits,

@@ -15,7 +15,12 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from evaluator.federated.accounting import PrivacyLedger, effective_noise_multiplier
+from evaluator.federated.accounting import (
+    PrivacyLedger,
+    effective_noise_multiplier,
+    record_level_epsilon,
+    record_level_ledger,
+)
 from evaluator.federated.secagg import default_threshold
 from evaluator.federated.strategies import get_strategy
 from evaluator.federated.updates import max_bits_for_sites
@@ -26,6 +31,7 @@ from marketplace.finetuning.models import (
     FineTuningRun,
     Participant,
     Phase,
+    PrivacyUnit,
     ProtocolMessage,
     RunStatus,
     StrategyName,
@@ -36,6 +42,13 @@ from marketplace.submissions.visibility import results_are_visible
 
 TRAINABLE_FORMATS = {ArtifactFormat.TORCHSCRIPT, ArtifactFormat.PYTHON_PACKAGE}
 MAX_FAILED_ROUNDS = 3
+FEDPROX_DEFAULT_MU = 0.01  # FedProx's own default (evaluator.federated.strategies.FedProx)
+#: Each strategy's parameters and their defaults (portal, API and docs show these).
+STRATEGY_DEFAULTS = {
+    StrategyName.FEDAVG: {"server_learning_rate": 1.0},
+    StrategyName.FEDPROX: {"server_learning_rate": 1.0, "proximal_mu": FEDPROX_DEFAULT_MU},
+    StrategyName.FEDADAM: {"eta": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+}
 
 # Which strategy_params each strategy takes (the rest of its constructor comes from the run).
 STRATEGY_PARAMS = {
@@ -49,7 +62,12 @@ STRATEGY_PARAMS = {
 
 
 def has_noise(run: FineTuningRun) -> bool:
-    return bool(run.noise_multiplier)
+    """Whether the run has a DP guarantee at all (record- or site-level noise)."""
+    return run.privacy_unit != PrivacyUnit.NONE and bool(run.noise_multiplier)
+
+
+def is_record_level(run: FineTuningRun) -> bool:
+    return run.privacy_unit == PrivacyUnit.RECORD
 
 
 def min_contributors(run: FineTuningRun) -> int:
@@ -58,7 +76,7 @@ def min_contributors(run: FineTuningRun) -> int:
 
 
 def round_noise_multiplier(run: FineTuningRun, n_participants: int, n_contributors: int) -> float:
-    """The Gaussian mechanism one round is, seen from one site's data.
+    """The Gaussian mechanism one round is, seen from one site's data (site-level unit).
 
     With secure aggregation the hub sees only the sum, whose noise is ``z * sqrt(k / n)`` for k of
     n sites contributing (each adds ``z C / sqrt(n)``). Without it the hub sees every update alone,
@@ -71,24 +89,62 @@ def round_noise_multiplier(run: FineTuningRun, n_participants: int, n_contributo
 
 
 def worst_case_noise_multiplier(run: FineTuningRun, n_participants: int) -> float:
-    return round_noise_multiplier(run, n_participants, min(min_contributors(run), n_participants))
+    """What every site charges itself per round (it cannot check how many shares made the sum);
+    the hub charges the same, so the run has ONE epsilon (docs/federated-protocol.md)."""
+    return round_noise_multiplier(run, n_participants, min(int(run.threshold or 1), n_participants))
 
 
 def privacy_ledger(run: FineTuningRun) -> PrivacyLedger:
     if run.privacy_ledger:
         return PrivacyLedger.from_dict(run.privacy_ledger)
+    if is_record_level(run):
+        return record_level_ledger(
+            noise_multiplier=float(run.noise_multiplier or 0.0), sample_rate=float(run.dp_sample_rate or 1.0),
+            local_epochs=run.local_epochs, delta=float(run.dp_delta or 1e-5),
+        )  # fmt: skip
     return PrivacyLedger(
         delta=float(run.dp_delta or 1e-5), noise_multiplier=float(run.noise_multiplier or 0.0)
     )
 
 
+def round_step_noise(run: FineTuningRun, n_participants: int) -> float:
+    """The noise multiplier one round is charged at, identically on the hub and at each site."""
+    if is_record_level(run):
+        return float(run.noise_multiplier or 0.0)
+    return worst_case_noise_multiplier(run, n_participants)
+
+
 def next_round_allowed(run: FineTuningRun, n_participants: int) -> bool:
-    """False when one more round could take epsilon past the owner's cap (checked at its worst)."""
+    """False when one more round would take epsilon past the owner's cap."""
     if run.epsilon_cap is None or not has_noise(run):
         return True
-    return not privacy_ledger(run).would_exceed(
-        run.epsilon_cap, noise_multiplier=worst_case_noise_multiplier(run, n_participants)
-    )
+    return not privacy_ledger(run).would_exceed(run.epsilon_cap, noise_multiplier=round_step_noise(run, n_participants))
+
+
+def dp_sample_rate(batch_size: int, shards: list[DataShard]) -> float:
+    """q so that the smallest site's expected batch is ``batch_size`` (its train split less the
+    20 % validation holdout); every site samples at the same q, so every site has the same epsilon."""
+    rows = []
+    for shard in shards:
+        train = shard.split_sizes.get("train") if isinstance(shard.split_sizes, dict) else None
+        rows.append(int(train) if isinstance(train, int) and train > 0 else int(shard.row_count))
+    fit = max(1, int(min(rows) * 0.8)) if rows else 1
+    return min(1.0, batch_size / fit)
+
+
+def estimate_epsilon(
+    *, unit: str, noise_multiplier: float, rounds: int, delta: float, local_epochs: int = 1,
+    sample_rate: float = 1.0, n_sites: int = 1, secure_aggregation: bool = True, threshold: int | None = None,
+) -> float:  # fmt: skip
+    """The epsilon a run would spend after ``rounds`` rounds (the owner's form shows it)."""
+    if unit == PrivacyUnit.NONE or not noise_multiplier:
+        return math.inf
+    if unit == PrivacyUnit.RECORD:
+        return record_level_epsilon(rounds=rounds, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                                    local_epochs=local_epochs, delta=delta)  # fmt: skip
+    seen = (threshold or default_threshold(n_sites)) if secure_aggregation else 1
+    z = effective_noise_multiplier(noise_multiplier, n_sites, min(seen, n_sites))
+    return PrivacyLedger(delta=delta, noise_multiplier=z).epsilon_if(rounds=rounds)
 
 
 # --------------------------------------------------------------------------- request and decision
@@ -128,8 +184,24 @@ def _data_sites(task: Task) -> list[DataShard]:
     return list(DataShard.objects.filter(task=task).select_related("site").order_by("site_id"))
 
 
-def _check_task_policy(task: Task, n_sites: int, min_sites: int) -> None:
+def _probe(task: Task, shards: list[DataShard], min_sites: int, batch_size: int, local_epochs: int) -> FineTuningRun:
+    """An unsaved run with the task's privacy settings, as approval would copy them."""
+    n = len(shards)
+    unit = task.fl_privacy_unit
+    return FineTuningRun(
+        privacy_unit=unit, noise_multiplier=task.fl_noise_multiplier, dp_delta=task.fl_dp_delta,
+        epsilon_cap=task.fl_epsilon_cap, secure_aggregation=task.fl_secure_aggregation, min_sites=min_sites,
+        threshold=default_threshold(n) if task.fl_secure_aggregation else None, local_epochs=local_epochs,
+        batch_size=batch_size, example_clip_norm=task.fl_example_clip_norm if unit == PrivacyUnit.RECORD else None,
+        dp_sample_rate=dp_sample_rate(batch_size, shards) if unit == PrivacyUnit.RECORD else None,
+    )  # fmt: skip
+
+
+def _check_task_policy(
+    task: Task, shards: list[DataShard], min_sites: int, *, batch_size: int, local_epochs: int, artifact_format: str
+) -> None:
     """Refuses what the task's privacy policy cannot support with the sites it has."""
+    n_sites = len(shards)
     if not task.fine_tuning_allowed:
         raise Conflict("The task's owner does not allow fine-tuning on it.", code="fine_tuning_not_allowed")
     if task.status != TaskStatus.OPEN:
@@ -146,14 +218,23 @@ def _check_task_policy(task: Task, n_sites: int, min_sites: int) -> None:
         raise Conflict(
             f"min_sites is {min_sites} but the task has {n_sites} site(s) with data.", code="too_few_sites"
         )
-    if task.fl_epsilon_cap is not None:
-        if not task.fl_noise_multiplier:
-            raise Conflict("The task caps epsilon but adds no noise.", code="epsilon_cap_without_noise")
-        probe = FineTuningRun(
-            noise_multiplier=task.fl_noise_multiplier, dp_delta=task.fl_dp_delta, epsilon_cap=task.fl_epsilon_cap,
-            secure_aggregation=task.fl_secure_aggregation, min_sites=min_sites,
-            threshold=default_threshold(n_sites) if task.fl_secure_aggregation else None,
-        )  # fmt: skip
+    unit = task.fl_privacy_unit
+    if unit not in PrivacyUnit.values:
+        raise Conflict(f"The task's privacy unit {unit!r} is unknown.", code="invalid_privacy_policy")
+    if unit == PrivacyUnit.RECORD and artifact_format != ArtifactFormat.TORCHSCRIPT:
+        raise DomainError(
+            "Record-level DP-SGD (the task's privacy) needs a TorchScript model: a Python package runs its own "
+            "training loop, which the sites cannot hold to per-example clipping.",
+            code="not_trainable",
+        )
+    if unit != PrivacyUnit.NONE and not task.fl_noise_multiplier:
+        raise Conflict(
+            "The task asks for DP but adds no noise; set a noise multiplier, or opt out of DP explicitly "
+            "(privacy unit 'none').",
+            code="epsilon_cap_without_noise",
+        )
+    if unit != PrivacyUnit.NONE and task.fl_epsilon_cap is not None:
+        probe = _probe(task, shards, min_sites, batch_size, local_epochs)
         if not next_round_allowed(probe, n_sites):
             raise Conflict(
                 "The task's epsilon cap does not allow a single round.", code="epsilon_cap_too_low"
@@ -192,7 +273,8 @@ def run_request(
     min_sites = int(_number(min_sites, "min_sites", low=1, high=1000, integer=True))
     timeout = int(_number(round_timeout_seconds, "round_timeout_seconds", low=10, high=86400, integer=True))
     params = _check_strategy(strategy, strategy_params or {}, learning_rate, local_epochs)
-    _check_task_policy(task, len(_data_sites(task)), min_sites)
+    _check_task_policy(task, _data_sites(task), min_sites, batch_size=batch_size, local_epochs=local_epochs,
+                       artifact_format=parent.artifact_format)  # fmt: skip
     run = FineTuningRun.objects.create(
         task=task, parent=parent, vendor_id=parent.vendor_id, requested_by=actor, rounds=rounds,
         local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, strategy=strategy,
@@ -215,12 +297,18 @@ def run_approve(*, run: FineTuningRun, actor) -> FineTuningRun:
         raise Conflict("Only a requested run can be approved.", code="invalid_state")
     task = Task.objects.get(id=run.task_id)
     shards = _data_sites(task)
-    _check_task_policy(task, len(shards), run.min_sites)
+    parent = Submission.objects.get(id=run.parent_id)
+    _check_task_policy(task, shards, run.min_sites, batch_size=run.batch_size, local_epochs=run.local_epochs,
+                       artifact_format=parent.artifact_format)  # fmt: skip
     n = len(shards)
+    probe = _probe(task, shards, run.min_sites, run.batch_size, run.local_epochs)
+    run.privacy_unit = probe.privacy_unit
+    run.example_clip_norm = probe.example_clip_norm
+    run.dp_sample_rate = probe.dp_sample_rate
     run.clip_norm = task.fl_clip_norm
-    run.noise_multiplier = task.fl_noise_multiplier
+    run.noise_multiplier = task.fl_noise_multiplier if run.privacy_unit != PrivacyUnit.NONE else 0.0
     run.dp_delta = task.fl_dp_delta
-    run.epsilon_cap = task.fl_epsilon_cap
+    run.epsilon_cap = task.fl_epsilon_cap if run.privacy_unit != PrivacyUnit.NONE else None
     run.secure_aggregation = task.fl_secure_aggregation
     run.robust_rule = "" if task.fl_secure_aggregation else task.fl_robust_rule
     run.threshold = default_threshold(n) if task.fl_secure_aggregation else None
@@ -229,9 +317,10 @@ def run_approve(*, run: FineTuningRun, actor) -> FineTuningRun:
     )
     if run.robust_rule == "trimmed_mean" and n < 3:
         raise Conflict("A trimmed mean needs at least 3 sites.", code="too_few_sites")
-    run.privacy_ledger = PrivacyLedger(
-        delta=run.dp_delta, noise_multiplier=run.noise_multiplier or 0.0
-    ).to_dict()
+    run.privacy_ledger = {}
+    ledger = privacy_ledger(run)
+    run.dp_steps_per_round = ledger.steps_per_round if is_record_level(run) else None
+    run.privacy_ledger = ledger.to_dict()
     for number, shard in enumerate(shards, start=1):
         job = Job.objects.create(
             kind=JobKind.TRAIN, submission_id=run.parent_id, site=shard.site, status=JobStatus.QUEUED

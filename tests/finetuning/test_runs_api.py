@@ -186,7 +186,8 @@ def test_vendor_downloads_the_fine_tuned_model_as_parent_plus_offset(owner, vend
 
 
 def test_epsilon_cap_stops_the_run_before_it_would_be_exceeded(owner, vendor):
-    task = make_task(owner, fine_tuning_allowed=True, fl_noise_multiplier=2.0, fl_epsilon_cap=3.0)
+    task = make_task(owner, fine_tuning_allowed=True, fl_privacy_unit="site", fl_noise_multiplier=2.0,
+                     fl_epsilon_cap=3.0)  # fmt: skip
     sites = sites_for(owner, task, 3)
     parent = make_parent(vendor, task)
     run_id = start_run(owner, vendor, parent, sites, rounds=50)
@@ -214,12 +215,12 @@ def test_plain_median_run_resists_one_poisoned_site(owner, vendor):
     parent = make_parent(vendor, task)
     run_id = start_run(owner, vendor, parent, sites, rounds=1)
     honest = [np.full(12, 0.1), np.full(12, 0.12)]
-    poisoned = np.full(12, 1000.0)
+    poisoned = np.full(12, 0.28)  # within the clip bound (norm 0.97): larger ones are refused outright
     for site, update in zip(sites, [*honest, poisoned], strict=True):
         assert site.post_update(run_id, update).status_code == 200
     run = FineTuningRun.objects.get(id=run_id)
     assert run.status == "completed"
-    assert np.allclose(offset_of(run), 0.12, atol=1e-6)  # the median of 0.1, 0.12, 1000
+    assert np.allclose(offset_of(run), 0.12, atol=1e-6)  # the median of 0.1, 0.12, 0.28
     assert not ProtocolMessage.objects.exists()  # individual updates are gone once aggregated
 
 
@@ -230,9 +231,12 @@ def test_plain_norm_bound_caps_an_oversized_update(owner, vendor):
     sites = sites_for(owner, task, 3)
     run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=1)
     for site, value in zip(sites, [0.01, 0.01, 100.0], strict=True):
-        site.post_update(run_id, np.full(12, value))
+        response = site.post_update(run_id, np.full(12, value))
+        assert response.status_code == (400 if value == 100.0 else 200)
+    assert error_code(response) == "update_out_of_bounds"  # the hub refuses it before any rule
+    timeout()
     d = offset_of(FineTuningRun.objects.get(id=run_id))
-    assert np.linalg.norm(d) <= (2 * np.linalg.norm(np.full(12, 0.01)) + 1.0) / 3 + 1e-5
+    assert np.linalg.norm(d) <= 2 * np.linalg.norm(np.full(12, 0.01)) / 2 + 1e-5
 
 
 def test_plain_run_with_two_sites_and_a_timeout(owner, vendor):
@@ -247,7 +251,8 @@ def test_plain_run_with_two_sites_and_a_timeout(owner, vendor):
 
 
 def test_fedadam_keeps_its_state_between_rounds(owner, vendor):
-    task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False)
+    task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False, fl_clip_norm=5.0,
+                     fl_privacy_unit="none")  # fmt: skip
     sites = sites_for(owner, task, 2)
     run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=3, strategy="fedadam",
                        strategy_params={"eta": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 0.001})  # fmt: skip
@@ -300,3 +305,57 @@ def test_run_list_query_count_does_not_grow_with_runs(owner, vendor, fl_task, dj
         request_run(vendor, parent)
     with django_assert_num_queries(3):
         assert vendor.client.get("/api/v1/finetuning-runs").json()["count"] == 5
+
+
+# --------------------------------------------------------------------------- bounded updates, one epsilon
+
+
+@pytest.mark.parametrize("value", [3e38, 1.0])
+def test_an_update_above_the_clip_bound_is_refused(owner, vendor, value):
+    task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False)
+    sites = sites_for(owner, task, 3)
+    run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=1)
+    response = sites[0].post_update(run_id, np.full(12, value, dtype=np.float32))  # norm 1e39 or 3.46 > C = 1
+    assert response.status_code == 400 and error_code(response) == "update_out_of_bounds"
+    assert not ProtocolMessage.objects.filter(kind="update").exists()
+
+
+@pytest.mark.parametrize("n_examples", [2**63, 101])
+def test_an_absurd_example_count_is_refused(owner, vendor, n_examples):
+    task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False)
+    sites = sites_for(owner, task, 3)  # each registered 100 rows
+    run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=1)
+    response = sites[0].post_update(run_id, np.full(12, 0.1), n=n_examples)
+    assert response.status_code == 400 and error_code(response) in ("invalid_message", "parse_error")
+    assert not ProtocolMessage.objects.filter(kind="update").exists()
+
+
+def test_a_secure_sum_above_n_times_the_clip_bound_fails_the_round(owner, vendor, fl_task):
+    sites = sites_for(owner, fl_task, 3)
+    run_id = start_run(owner, vendor, make_parent(vendor, fl_task), sites, rounds=2)
+    hostile = np.full(12, 1.0)  # norm 3.46: its site skipped the clip; the hub cannot see it alone
+    secagg_round(run_id, sites, [np.full(12, 0.2), np.full(12, 0.2), hostile])
+    record = RoundRecord.objects.get(run_id=run_id, round=0, attempt=0)
+    assert record.status == "failed" and record.failure_reason == "sum_out_of_bounds"
+    assert np.allclose(offset_of(FineTuningRun.objects.get(id=run_id)), 0.0)
+
+
+def test_record_level_run_is_the_default_and_hub_and_sites_share_one_epsilon(owner, vendor, fl_task):
+    from evaluator.federated.site import parse_run
+    from marketplace.jobs.models import Job
+
+    sites = sites_for(owner, fl_task, 3)
+    run_id = start_run(owner, vendor, make_parent(vendor, fl_task), sites, rounds=3)
+    run = FineTuningRun.objects.get(id=run_id)
+    assert run.privacy_unit == "record" and run.epsilon_cap == 8.0 and run.noise_multiplier == 1.0
+    from marketplace.finetuning.selectors import run_payload_for_job
+
+    spec = parse_run(run_payload_for_job(job=Job.objects.get(fl_participant__run=run, fl_participant__number=1)))
+    site_ledger = spec.new_privacy_ledger(0)
+    for _ in range(2):
+        secagg_round(run_id, sites, updates_for(3))
+        site_ledger.record_round()
+    run.refresh_from_db()
+    assert run.rounds_completed == 2
+    assert run.epsilon_spent == pytest.approx(site_ledger.epsilon, rel=1e-12)  # not 3x: sites are parallel
+    assert spec.dp["steps"] == run.dp_steps_per_round and spec.noise_multiplier == 0.0
