@@ -5,7 +5,8 @@
 # --network none, and CI containers often cannot manage iptables.
 
 _vb_docker_engine() {
-    local log=/var/log/vaultbench-dockerd.log
+    local log=${VAULTBENCH_DOCKERD_LOG:-/var/log/vaultbench-dockerd.log}
+    local pidfile=${VAULTBENCH_DOCKERD_PIDFILE:-/var/run/docker.pid}
     local apt_updated=0
 
     _vb_apt_install() {
@@ -61,7 +62,9 @@ PY
         echo "docker-engine: dockerd is running but not answering yet; waiting" >&2
     else
         echo "docker-engine: starting dockerd (log: $log)" >&2
-        nohup dockerd --bridge=none --iptables=false >>"$log" 2>&1 &
+        # Detached in a session of its own (setsid --fork): not a child of the script that sourced
+        # this, so that script's `wait` never waits for the engine, and its Ctrl-C never reaches it.
+        setsid --fork dockerd --bridge=none --iptables=false </dev/null >>"$log" 2>&1
     fi
 
     local i
