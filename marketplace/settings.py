@@ -187,7 +187,6 @@ VAULTBENCH_WEBHOOK_ALLOW_HTTP = env_bool("VAULTBENCH_WEBHOOK_ALLOW_HTTP", not PR
 VAULTBENCH_WEBHOOK_MAX_ATTEMPTS = env_int("VAULTBENCH_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
 VAULTBENCH_WEBHOOK_BACKOFF_SECONDS = env_int("VAULTBENCH_WEBHOOK_BACKOFF_SECONDS", 30, minimum=0)
 VAULTBENCH_WEBHOOKS_PER_ORGANIZATION = env_int("VAULTBENCH_WEBHOOKS_PER_ORGANIZATION", 10, minimum=1)
-VAULTBENCH_SITE_STUCK_MINUTES = env_int("VAULTBENCH_SITE_STUCK_MINUTES", 30, minimum=1)
 
 # Content-Security-Policy (django-csp): scripts and styles from this origin only; no inline
 # script anywhere (the Swagger UI's initializer is a served file). Style attributes are allowed
@@ -259,6 +258,7 @@ SPECTACULAR_SETTINGS = {
         "TaskStatusEnum": "marketplace.catalog.models.TaskStatus",
         "FailureReasonEnum": "marketplace.jobs.models.FailureReason",
         "OrganizationKindEnum": "marketplace.accounts.models.OrganizationKind",
+        "InvitationStatusEnum": "marketplace.accounts.models.InvitationStatus",
         "JobKindEnum": "marketplace.jobs.models.JobKind",
         "AccessEventKindEnum": "marketplace.catalog.models.AccessEventKind",
         "RunStatusEnum": "marketplace.finetuning.models.RunStatus",

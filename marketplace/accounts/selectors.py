@@ -1,6 +1,14 @@
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from marketplace.accounts.models import MemberRole, Membership, Organization, PersonalToken
+from marketplace.accounts.models import (
+    Invitation,
+    InvitationStatus,
+    MemberRole,
+    Membership,
+    Organization,
+    PersonalToken,
+)
 
 
 def organizations_of(*, user) -> QuerySet[Organization]:
@@ -25,3 +33,19 @@ def personal_tokens_of(*, user) -> QuerySet[PersonalToken]:
 
 def members_of(*, organization: Organization) -> QuerySet[Membership]:
     return Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
+
+
+def memberships_of(*, user) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user).select_related("organization", "role_set_by").order_by("organization__name")
+
+
+def invitations_open_for(*, user) -> QuerySet[Invitation]:
+    """Open invitations addressed to this person by username."""
+    return Invitation.objects.filter(
+        invitee=user, status=InvitationStatus.PENDING, expires_at__gt=timezone.now()
+    ).select_related("organization", "invited_by")
+
+
+def invitations_of(*, organization: Organization) -> QuerySet[Invitation]:
+    """The organization's invitations, newest first (its admins' view)."""
+    return Invitation.objects.filter(organization=organization).select_related("invitee", "invited_by")

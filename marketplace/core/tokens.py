@@ -5,6 +5,7 @@ import secrets
 
 PERSONAL_PREFIX = "vbp_"
 SITE_PREFIX = "vbs_"
+INVITATION_PREFIX = "vbi_"
 
 
 def token_generate(prefix: str) -> str:

@@ -2,7 +2,7 @@
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth import password_validation
+from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.forms import UsernameField
 
 from marketplace.accounts.models import MemberRole, OrganizationKind
@@ -29,13 +29,17 @@ FORMAT_EXTENSIONS = {
 
 NO_ORGANIZATION = ""
 SIGN_UP_KINDS = [
-    (NO_ORGANIZATION, "No organization yet (an admin adds me later)"),
+    (NO_ORGANIZATION, "No organization yet (I will accept an invitation)"),
     *OrganizationKind.choices,
 ]
 
 
 class SignUpForm(forms.Form):
     username = UsernameField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}))
+    email = forms.EmailField(
+        label="E-mail address", max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+        help_text="For password resets, invitations and the notifications you choose.",
+    )  # fmt: skip
     password1 = forms.CharField(
         label="Password",
         strip=False,
@@ -59,7 +63,9 @@ class SignUpForm(forms.Form):
             self.add_error("password2", "The two passwords differ.")
         elif data.get("password1"):
             try:
-                password_validation.validate_password(data["password1"])
+                password_validation.validate_password(data["password1"], get_user_model()(
+                    username=data.get("username", ""), email=data.get("email", "")
+                ))  # fmt: skip
             except forms.ValidationError as exc:
                 self.add_error("password1", exc)
         if data.get("kind") and not data.get("organization_name"):
@@ -74,9 +80,50 @@ class OrganizationForm(forms.Form):
     kind = forms.ChoiceField(label="Kind", choices=OrganizationKind.choices)
 
 
-class MemberAddForm(forms.Form):
-    username = forms.CharField(max_length=150)
+class InviteForm(forms.Form):
+    """An admin invites a person; they join only if they accept."""
+
+    invitee = forms.CharField(
+        label="Username or e-mail address", max_length=254,
+        help_text="A username invites an existing account; an e-mail address gets a link to sign up or log in.",
+    )  # fmt: skip
     role = forms.ChoiceField(choices=MemberRole.choices, initial=MemberRole.MEMBER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=MemberRole.choices)
+
+
+class EmailForm(forms.Form):
+    email = forms.EmailField(
+        label="E-mail address", max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+
+
+class NotificationPreferencesForm(forms.Form):
+    email_events = forms.MultipleChoiceField(
+        label="E-mail me when", required=False, widget=forms.CheckboxSelectMultiple, choices=[]
+    )
+
+    def __init__(self, *args, **kwargs):
+        from marketplace.notifications.models import Event
+
+        super().__init__(*args, **kwargs)
+        self.fields["email_events"].choices = Event.choices
+
+
+class WebhookForm(forms.Form):
+    url = forms.URLField(
+        label="Receiver URL", max_length=500, assume_scheme="https",
+        help_text="Each delivery is a JSON POST signed with HMAC-SHA256 (see docs/notifications.md).",
+    )  # fmt: skip
+    events = forms.MultipleChoiceField(label="Events", widget=forms.CheckboxSelectMultiple, choices=[])
+
+    def __init__(self, *args, **kwargs):
+        from marketplace.notifications.models import Event
+
+        super().__init__(*args, **kwargs)
+        self.fields["events"].choices = Event.choices
 
 
 class TokenCreateForm(forms.Form):

@@ -67,8 +67,10 @@ WRITES = [
     ("post", "/api/v1/jobs/{job}/approve", "owner"),
     ("post", "/api/v1/jobs/{job}/reject", "owner"),
     ("post", "/api/v1/sites/{site}/tokens", "owner"),
-    ("post", "/api/v1/organizations/{owner_org}/members", "owner"),
-    ("post", "/api/v1/organizations/{vendor_org}/members", "vendor"),
+    ("post", "/api/v1/organizations/{owner_org}/invitations", "owner"),
+    ("post", "/api/v1/organizations/{vendor_org}/invitations", "vendor"),
+    ("post", "/api/v1/organizations/{owner_org}/members/olivia/role", "owner"),
+    ("post", "/api/v1/organizations/{vendor_org}/members/victor/role", "vendor"),
 ]
 
 
