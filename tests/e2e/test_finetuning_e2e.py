@@ -69,6 +69,7 @@ def test_finetuning_with_secure_aggregation_beats_the_parent(
         input_spec={"n_features": 40, "dtype": "float32", "n_classes": 10},
         metrics=[{"name": "accuracy", "decimals": 4}], primary_metric="accuracy",
         fine_tuning_allowed=True, fl_secure_aggregation=True, fl_clip_norm=5.0, fl_noise_multiplier=0.0,
+        fl_privacy_unit="none",  # the explicit opt-out: this test measures non-private accuracy
         release_delay_seconds=0,  # the vendor may fine-tune its parent as soon as it is scored
     )  # fmt: skip
     site_dirs = []
