@@ -195,12 +195,14 @@ def main() -> None:
     names = sorted(n for n, _ in model.named_parameters())
     flat0 = np.concatenate([dict(model.named_parameters())[n].detach().numpy().reshape(-1) for n in names])
     parent_acc = accuracy(model, names, flat0.astype(np.float64), *test)
+    parent_state = {k: v.clone() for k, v in model.state_dict().items()}  # every run starts from the parent
     q = args.batch_size / min(len(y) for _, y in train)
     results: dict = {"config": {**vars(args), "json": None, "sample_rate": q, "site_rows": [len(y) for _, y in train],
                                 "parent_accuracy": parent_acc}, "runs": []}  # fmt: skip
     print(f"parent {parent_acc:.3f}; rows {results['config']['site_rows']}; q {q:.4f}", file=sys.stderr)
     if not args.skip_plain:
         started = time.perf_counter()
+        model.load_state_dict(parent_state)
         curve = run(model, train, test, rounds=args.rounds, dp=None, lr=0.2, batch=32,
                     local_epochs=args.local_epochs, update_clip=1e6, secure=False)  # fmt: skip
         results["runs"].append({"name": "non-private", "epsilon": None, "final": curve[-1], "curve": curve,
@@ -210,6 +212,7 @@ def main() -> None:
         sigma = sigma_for(eps, rounds=args.rounds, q=q, local_epochs=args.local_epochs)
         for secure in (False, True) if not args.no_secure else (False,):
             started = time.perf_counter()
+            model.load_state_dict(parent_state)
             curve = run(model, train, test, rounds=args.rounds, dp={"clip": args.clip, "sigma": sigma}, lr=args.lr,
                         batch=args.batch_size, local_epochs=args.local_epochs, update_clip=args.update_clip,
                         secure=secure)  # fmt: skip
