@@ -1,0 +1,62 @@
+"""deploy/: the Kubernetes manifests validate against the Kubernetes 1.31 schemas (strict:
+unknown fields fail; kubernetes-validate, pinned, offline), their probes and commands name what the
+project has, and the operator docs list every setting the hub reads."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.31.0"
+MANIFESTS = sorted((ROOT / "deploy/kubernetes").glob("*.yaml"))
+
+
+def _documents():
+    for path in MANIFESTS:
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                yield path.name, document
+
+
+def test_every_manifest_validates_strictly_against_the_kubernetes_schema():
+    kinds = []
+    for name, document in _documents():
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        kinds.append((name, document["kind"], document["metadata"]["name"]))
+    assert ("hub.yaml", "Deployment", "vaultbench-hub-beat") in kinds
+    assert ("site-agent.yaml", "Deployment", "vaultbench-site-agent") in kinds
+
+
+def test_the_validator_catches_a_typo():
+    name, document = next((n, d) for n, d in _documents() if d["kind"] == "Deployment")
+    document["spec"]["template"]["spec"]["containers"][0]["imagee"] = "typo"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_probes_commands_and_the_single_beat_match_the_project():
+    scripts = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]) | {"gunicorn", "celery"}
+    deployments = {d["metadata"]["name"]: d for _, d in _documents() if d["kind"] in ("Deployment", "Job")}
+    for name, deployment in deployments.items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert container["command"][0] in scripts, name
+    web = deployments["vaultbench-hub-web"]["spec"]["template"]["spec"]["containers"][0]
+    assert (web["livenessProbe"]["httpGet"]["path"], web["readinessProbe"]["httpGet"]["path"]) == ("/healthz", "/readyz")
+    beat = deployments["vaultbench-hub-beat"]["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
+    for unit in (ROOT / "deploy/systemd").glob("*.service"):
+        for line in unit.read_text().splitlines():
+            if line.startswith(("ExecStart=", "ExecStartPre=")) and "/venv/bin/" in line:
+                assert line.split("/venv/bin/")[1].split()[0] in scripts, (unit.name, line)
+
+
+def test_the_hub_docs_list_every_environment_variable_the_hub_reads():
+    settings_text = (ROOT / "marketplace/settings.py").read_text()
+    names = set(re.findall(r'env_(?:str|int|bool|list)\("([A-Z0-9_]+)"', settings_text))
+    doc = (ROOT / "docs/running-a-hub.md").read_text()
+    assert "VAULTBENCH_VAR_DIR" in names
+    assert sorted(n for n in names if f"`{n}`" not in doc) == []
