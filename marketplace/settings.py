@@ -309,6 +309,11 @@ CELERY_BEAT_SCHEDULE["notifications-sweep"] = {
     "task": "marketplace.notifications.tasks.notifications_sweep_task",
     "schedule": timedelta(seconds=env_int("VAULTBENCH_NOTIFY_EVERY_SECONDS", 60, minimum=1)),
 }
+# Tasks open at opens_at and close at closes_at (marketplace/catalog/services.py tasks_apply_schedule).
+CELERY_BEAT_SCHEDULE["task-schedule"] = {
+    "task": "marketplace.catalog.tasks.tasks_schedule_task",
+    "schedule": timedelta(seconds=env_int("VAULTBENCH_SCHEDULE_EVERY_SECONDS", 60, minimum=1)),
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # VAULTBENCH_LOG_FORMAT=json: one JSON object per line with the request's, job's, site's, task's
