@@ -79,3 +79,53 @@ def test_account_pages_keep_csp_load_nothing_external_and_fit_a_phone(new_page, 
         assert anonymous.evaluate("window.__csp") == [], path
         assert anonymous.evaluate("document.documentElement.scrollWidth") <= 390, path
     assert set(hosts) <= {"127.0.0.1", "localhost"}, hosts
+
+
+def _axe(page) -> list[str]:
+    from pathlib import Path
+
+    import axe_playwright_python
+
+    page.add_script_tag(content=(Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text())
+    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} -> {[n['target'] for n in v['nodes']][:3]}"
+        for v in result["violations"] if v["impact"] in ("serious", "critical")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_account_page_types_pass_axe_and_fit_the_viewport(browser, live_server, owner, outsider, settings, width):
+    """The account, tokens, organization (admin: members, roles, invitations, webhooks),
+    invitation and password-reset pages: no serious or critical axe-core violation, no page wider
+    than the viewport. Cost: ~10 s per width."""
+    from marketplace.accounts.services import invitation_create
+    from marketplace.notifications.services import webhook_endpoint_create
+
+    settings.VAULTBENCH_WEBHOOK_ALLOW_PRIVATE = True
+    Membership.objects.create(user=outsider.user, organization=owner.organization, role="member")
+    _, key = invitation_create(organization=owner.organization, actor=owner.user, role="member", email="nina@example.org")
+    from tests.conftest import _persona
+
+    inviter = _persona("ingrid", "Ingrid Labs", "vendor")  # invites olivia: her account page lists it
+    invitation_create(organization=inviter.organization, actor=inviter.user, role="admin", username="olivia")
+    webhook_endpoint_create(organization=owner.organization, actor=owner.user, url="http://127.0.0.1:9/hook/with/a/rather/long/path/to/wrap", events=["site.stuck"])
+    pages = {
+        "olivia": ["/account/", "/account/tokens/", f"/organizations/{owner.organization.id}/", f"/invitations/{key}/"],
+        None: ["/accounts/password_reset/", "/accounts/password_reset/done/", f"/invitations/{key}/",
+               f"/accounts/signup/?invitation={key}", "/invitations/vbi_unknown/"],
+    }  # fmt: skip
+    problems = []
+    for who, paths in pages.items():
+        context = browser.new_context(viewport={"width": width, "height": 860}, base_url=live_server.url, bypass_csp=True)
+        page = context.new_page()
+        if who:
+            _log_in(page, who)
+        for path in paths:
+            page.goto(path)
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            if wide > width:
+                problems.append(f"{path} at {width}: {wide} px wide")
+            problems += [f"{path} at {width}: {v}" for v in _axe(page)]
+        context.close()
+    assert problems == []
