@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="claim and evaluate jobs")
     run.add_argument("--config", help="site TOML file (VAULTBENCH_* variables override it)")
     run.add_argument("--once", action="store_true", help="process at most one job, then exit")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
 
     init = sub.add_parser("init", help="write a commented site config")
     init.add_argument("path", nargs="?", default="site.toml")
@@ -133,6 +134,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     agent = Agent(config, HubClient.from_config(config))
     bind(agent=agent.client.agent_id)
+    if args.metrics_port:
+        from evaluator.site_metrics import serve
+
+        serve(config, args.metrics_port)
 
     def _stop(signum: int, frame: Any) -> None:
         logging.getLogger("evaluator").info("signal %s: finishing the current job, then exiting", signum)
