@@ -11,8 +11,8 @@ Parent: ``CNN1D`` of docs/examples/make_mnist1d_torchscript.py built exactly as 
 (seed 0, 60 Adam steps on 400 public rows).
 
 Each site's local training is the runner's own DP-SGD loop (``evaluator.runner.dpsgd.dp_sgd``:
-Poisson sampling at rate q, per-example clipping to C, noise sigma*C per step, the hub's
-batch size as the denominator) with per-example gradients from ``torch.func`` on the
+Poisson sampling at rate q, per-example clipping to C, noise sigma*C per step, the expected
+batch q*n as the denominator, as the runner passes it) with per-example gradients from ``torch.func`` on the
 ``nn.Module`` -- the sandbox computes the same weights by microbatches of one on the TorchScript
 module (tests/federated/test_dpsgd.py::test_the_torchscript_path_gives_the_same_weights_as_torch_func).
 The agent's side is the real ``prepare_site_update`` (whole-update clip to ``--update-clip``,
@@ -63,7 +63,6 @@ def build_parent():
 
 
 def sites():
-    from evaluator.datasets import validation_holdout  # noqa: F401 - documents where fit_rows comes from
     from federated_common import fit_rows
     from federated_mnist1d import build_data
 
@@ -122,7 +121,7 @@ def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip,
     rng = np.random.default_rng(seed)
     curve = []
     min_rows = min(len(y) for _, y in train)
-    for rnd in range(rounds):
+    for _ in range(rounds):
         old = as_dict(w)
         vectors = []
         for x, y in train:
@@ -131,7 +130,7 @@ def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip,
                 config = DPConfig(example_clip_norm=dp["clip"], noise_multiplier=dp["sigma"], sample_rate=q,
                                   steps=local_epochs * int(np.ceil(1 / q)))  # fmt: skip
                 new = dp_sgd(grads, {n: torch.from_numpy(v) for n, v in old.items()}, names, x, y, config=config,
-                             learning_rate=lr, batch_size=batch, rng=rng)  # fmt: skip
+                             learning_rate=lr, batch_size=q * len(y), rng=rng)  # fmt: skip
                 new = {n: t.numpy() for n, t in new.items()}
             else:
                 new = plain_sgd(model, names, old, x, y, lr=lr, batch=batch, epochs=local_epochs, rng=rng)

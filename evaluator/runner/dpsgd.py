@@ -9,9 +9,10 @@ A round request with ``dp = {"example_clip_norm": C, "noise_multiplier": sigma,
 2. computes one gradient **per example** with the current parameters, which the runner holds
    and writes into the model itself (the model never owns them);
 3. clips each to L2 norm ``C`` and sums them;
-4. adds Gaussian noise of std ``sigma * C`` to the sum and divides by the round's
-   ``batch_size`` (a public constant from the hub, not the batch's own size nor the site's row
-   count: the noisy sum is the mechanism, the division is post-processing);
+4. adds Gaussian noise of std ``sigma * C`` to the sum and divides by the *expected* batch size
+   ``q * n`` (not the batch's own size: the noisy sum is the mechanism, the division is
+   post-processing with the site's row count ``n`` treated as public -- Opacus' convention; the
+   site releases ``n_examples`` with every update anyway);
 5. steps ``w <- w - lr * (noisy_mean + mu (w - w_start))`` (the FedProx term is data-independent).
 
 So one step is the subsampled Gaussian mechanism with sensitivity ``C`` for adding or removing
@@ -267,15 +268,16 @@ def dp_sgd(
     *,
     config: DPConfig,
     learning_rate: float,
-    batch_size: int,
+    batch_size: float,
     proximal_mu: float = 0.0,
     rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
-    """``config.steps`` DP-SGD steps from ``params`` (name -> float32 tensor); returns the new ones."""
+    """``config.steps`` DP-SGD steps from ``params`` (name -> float32 tensor); returns the new ones.
+    ``batch_size`` is the denominator of the noisy sum (the runner passes ``q * n``)."""
     import torch
 
-    if not batch_size >= 1:
-        raise ValueError("batch_size must be >= 1")
+    if not batch_size > 0:
+        raise ValueError("batch_size must be > 0")
     rng = rng if rng is not None else secure_generator()
     n = int(features.shape[0])
     if n == 0:

@@ -117,7 +117,7 @@ class TorchScriptTrainer:
         grads = ScriptGrads(module, self.names)
         self.weights = dp_sgd(
             grads, self.weights, self.names, features, labels, config=dp,
-            learning_rate=float(config["learning_rate"]), batch_size=int(config["batch_size"]),
+            learning_rate=float(config["learning_rate"]), batch_size=dp.sample_rate * len(features),
             proximal_mu=float(config.get("proximal_mu") or 0.0),
         )  # fmt: skip
         return float("nan")  # no loss claim: the host computes it (and, under DP, does not release it)

@@ -47,16 +47,26 @@ class RunOutput(serializers.ModelSerializer):
     vendor = serializers.CharField(source="vendor.name")
     result_id = serializers.IntegerField(allow_null=True)
     n_participants = serializers.IntegerField(source="n_sites", read_only=True)
+    strategy_defaults = serializers.SerializerMethodField()
 
     class Meta:
         model = FineTuningRun
         fields = [
             "id", "task_id", "parent_id", "vendor", "status", "status_reason", "rounds", "local_epochs",
-            "batch_size", "learning_rate", "strategy", "strategy_params", "min_sites", "round_timeout_seconds",
-            "clip_norm", "noise_multiplier", "dp_delta", "epsilon_cap", "secure_aggregation", "robust_rule",
+            "batch_size", "learning_rate", "strategy", "strategy_params", "strategy_defaults", "min_sites",
+            "round_timeout_seconds", "privacy_unit", "example_clip_norm", "dp_sample_rate",
+            "dp_steps_per_round", "clip_norm", "noise_multiplier", "dp_delta", "epsilon_cap", "secure_aggregation", "robust_rule",
             "quantization_bits", "threshold", "n_participants", "current_round", "phase", "rounds_completed",
             "failed_rounds", "epsilon_spent", "result_id", "created_at", "approved_at", "finished_at",
         ]  # fmt: skip
+
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_strategy_defaults(self, run) -> dict:
+        """The strategy's parameters with the values the hub uses when ``strategy_params`` leaves them out."""
+        from marketplace.finetuning.services import STRATEGY_DEFAULTS
+
+        return {**STRATEGY_DEFAULTS[StrategyName(run.strategy)], **run.strategy_params}
 
 
 class RoundSiteOutput(serializers.Serializer):
@@ -92,9 +102,15 @@ class RoundOutput(serializers.Serializer):
 
 class RunDetailOutput(RunOutput):
     rounds_detail = serializers.SerializerMethodField()
+    privacy = serializers.SerializerMethodField()
 
     class Meta(RunOutput.Meta):
-        fields = [*RunOutput.Meta.fields, "rounds_detail"]
+        fields = [*RunOutput.Meta.fields, "privacy", "rounds_detail"]
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_privacy(self, run) -> dict:
+        """The guarantee: unit, accountant, composition, ε spent and planned per site (the same at every site)."""
+        return run.privacy.as_dict()
 
     @extend_schema_field(RoundOutput(many=True))
     def get_rounds_detail(self, run) -> list[dict]:

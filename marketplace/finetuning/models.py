@@ -131,6 +131,16 @@ class FineTuningRun(models.Model):
     def n_participants(self) -> int:
         return self.participants.count()
 
+    @property
+    def privacy(self):
+        """The guarantee this run gives (``finetuning.privacy``): pages and the API show it."""
+        cached = getattr(self, "_privacy_summary", None)
+        if cached is None:
+            from marketplace.finetuning.privacy import run_privacy_summary
+
+            cached = self._privacy_summary = run_privacy_summary(self)
+        return cached
+
 
 class Participant(models.Model):
     """One site of a run; ``number`` (1..n) is its id in secure aggregation."""

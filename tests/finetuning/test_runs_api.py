@@ -320,10 +320,10 @@ def test_an_update_above_the_clip_bound_is_refused(owner, vendor, value):
     assert not ProtocolMessage.objects.filter(kind="update").exists()
 
 
-@pytest.mark.parametrize("n_examples", [2**63, 101])
+@pytest.mark.parametrize("n_examples", [2**63, 2**62, 100_000_001])
 def test_an_absurd_example_count_is_refused(owner, vendor, n_examples):
     task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False)
-    sites = sites_for(owner, task, 3)  # each registered 100 rows
+    sites = sites_for(owner, task, 3)
     run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=1)
     response = sites[0].post_update(run_id, np.full(12, 0.1), n=n_examples)
     assert response.status_code == 400 and error_code(response) in ("invalid_message", "parse_error")
@@ -359,3 +359,55 @@ def test_record_level_run_is_the_default_and_hub_and_sites_share_one_epsilon(own
     assert run.rounds_completed == 2
     assert run.epsilon_spent == pytest.approx(site_ledger.epsilon, rel=1e-12)  # not 3x: sites are parallel
     assert spec.dp["steps"] == run.dp_steps_per_round and spec.noise_multiplier == 0.0
+
+
+def test_the_api_names_the_guarantee_and_the_same_epsilon_estimate_the_owner_sees(owner, vendor, fl_task):
+    from django.urls import reverse
+
+    sites_for(owner, fl_task, 3)
+    run_id = request_run(vendor, make_parent(vendor, fl_task), rounds=5).json()["id"]
+    privacy = vendor.client.get(f"/api/v1/finetuning-runs/{run_id}").json()["privacy"]
+    assert privacy["unit"] == "record" and "Opacus RDPAccountant" in privacy["accountant"]
+    assert "not added" in privacy["composition"] and privacy["epsilon_cap"] == 8.0
+    run = FineTuningRun.objects.get(id=run_id)
+    from evaluator.federated.accounting import record_level_epsilon
+
+    expected = record_level_epsilon(rounds=5, noise_multiplier=run.task.fl_noise_multiplier,
+                                    sample_rate=min(1.0, 32 / 80), local_epochs=1, delta=1e-5)  # fmt: skip
+    assert privacy["epsilon_planned"] == pytest.approx(expected, abs=1e-4)
+    page = _browser(owner).get(reverse("portal:approvals")).content.decode()
+    assert f"{expected:.2f} per site" in page and 'data-privacy-unit="record"' in page
+
+
+def test_an_opted_out_run_warns_the_owner_and_the_vendor(owner, vendor):
+    from django.urls import reverse
+
+    task = make_task(owner, fine_tuning_allowed=True, fl_privacy_unit="none", fl_noise_multiplier=0.0)
+    sites_for(owner, task, 3)
+    run_id = request_run(vendor, make_parent(vendor, task)).json()["id"]
+    privacy = vendor.client.get(f"/api/v1/finetuning-runs/{run_id}").json()["privacy"]
+    assert privacy["unit"] == "none" and privacy["epsilon_planned"] is None and "opted out" in privacy["warning"]
+    assert "data-privacy-warning" in _browser(owner).get(reverse("portal:approvals")).content.decode()
+    assert "data-privacy-warning" in _browser(vendor).get(reverse("portal:run", args=[run_id])).content.decode()
+
+
+def _browser(persona):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(persona.user)
+    return client
+
+
+def test_record_level_dp_refuses_a_python_package_parent(owner, vendor, fl_task):
+    sites_for(owner, fl_task, 3)
+    response = request_run(vendor, make_parent(vendor, fl_task, fmt="python_package"))
+    assert response.status_code == 400 and error_code(response) == "not_trainable"
+
+
+def test_fedprox_without_mu_sends_the_default_it_shows(owner, vendor, fl_task):
+    sites = sites_for(owner, fl_task, 3)
+    run_id = start_run(owner, vendor, make_parent(vendor, fl_task), sites, strategy="fedprox")
+    assert sites[0].state(run_id)["round_config"]["proximal_mu"] == 0.01
+    body = vendor.client.get(f"/api/v1/finetuning-runs/{run_id}").json()
+    assert body["strategy_defaults"] == {"server_learning_rate": 1.0, "proximal_mu": 0.01}

@@ -1,0 +1,166 @@
+"""Label recovery from one round of federated fine-tuning: a hostile trainable model + a decoder.
+
+    python benchmarks/federated_label_recovery.py [--json out.json]
+
+The vendor uploads a TorchScript model that honours the contract (forward returns class
+probabilities) but routes each row to its own "slot": a hash of the row's features picks one of
+``S`` rows of a parameter table, whose entries are the row's logits. The gradient of the loss for
+a row then lands only in its slot, and equals ``p - onehot(y)``: its most negative entry is the
+row's label. The decoder reads the aggregated update of ONE round (what the vendor can download:
+the offset ``D_1``) and, for every training row (the benchmark knows the features to compute the
+slot; the vendor would use its own guesses), predicts the label as the argmax of the slot (the update is ``-lr x gradient``).
+
+Three sites (122, 122 and 121 rows, 3 classes, 8 features, synthetic), secure aggregation (the
+hub sees only the sum: 20-bit quantization, the real ``quantize_stochastic``/``dequantize``),
+one round, run through the runner's own trainer (``evaluator.runner.train.TorchScriptTrainer``,
+the code the sandbox runs) and the agent's own ``prepare_site_update``.
+
+- before: the previous task defaults (no DP: ``fl_noise_multiplier`` 0, clip 1.0 on the update,
+  plain minibatch SGD, batch 32).
+- after: the new defaults (record-level DP-SGD, sigma 1.0, per-row clip 1.0, Poisson sampling at
+  q = 32 / (0.8 x the smallest site's rows), the same update clip).
+
+Chance is 1/3 of the rows; the table reports recovered labels, chance, and the one-sided binomial
+p-value of doing better than chance.
+"""
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+K = 3
+N_FEATURES = 8
+SLOTS = 16384
+SITE_ROWS = (122, 122, 121)
+
+
+class SlotModel(nn.Module):
+    """Each row's logits are one row of ``table``, picked by a hash of the features."""
+
+    __constants__ = ["n_slots"]
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.n_slots = SLOTS
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("proj", torch.randn(N_FEATURES, generator=g))
+        self.table = nn.Parameter(torch.zeros(SLOTS, K))
+
+    @torch.jit.export
+    def slot(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.frac(torch.abs((x * self.proj).sum(1)) * 7919.0)
+        return torch.clamp((h * self.n_slots).long(), 0, self.n_slots - 1)
+
+    @torch.jit.export
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[self.slot(x)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)
+
+
+def build_model(path: Path, seed: int = 0) -> None:
+    torch.jit.save(torch.jit.script(SlotModel(seed)), str(path))
+
+
+def make_sites(seed: int = 1):
+    rng = np.random.default_rng(seed)
+    sites = []
+    for n in SITE_ROWS:
+        x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+        y = rng.integers(0, K, size=n).astype(np.int64)
+        sites.append((x, y))
+    return sites
+
+
+def one_round(model_path: Path, sites, *, dp: dict | None, clip_norm: float = 1.0, bits: int = 20, seed: int = 2):
+    """The aggregated update of one secure-aggregation round (what the vendor learns as D_1)."""
+    from evaluator.federated.client_update import prepare_site_update
+    from evaluator.federated.updates import dequantize, quantization_range
+    from evaluator.runner.train import TorchScriptTrainer
+
+    rng = np.random.default_rng(seed)
+    vectors = []
+    for x, y in sites:
+        trainer = TorchScriptTrainer(model_path)
+        old = trainer.get_weights()
+        config = {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.5, "proximal_mu": 0.0,
+                  "seed": int(rng.integers(2**31)), "dp": dp}  # fmt: skip
+        trainer.train(x, y, config)
+        vector, _ = prepare_site_update(old_weights=old, new_weights=trainer.get_weights(), clip_norm=clip_norm,
+                                        noise_multiplier=0.0, n_sites=len(sites), rng=rng, quantization_bits=bits)  # fmt: skip
+        vectors.append(vector)
+    total = np.sum(np.stack(vectors).astype(np.uint64), axis=0) % np.uint64(2**32)
+    return dequantize(total.astype(np.uint32), clip_norm=quantization_range(clip_norm, 0.0), bits=bits,
+                      n_summed=len(sites))  # fmt: skip
+
+
+def decode(model_path: Path, update: np.ndarray, sites) -> tuple[int, int]:
+    """Rows whose label is the argmax of their slot in the update; and how many rows there are."""
+    module = torch.jit.load(str(model_path))
+    table = update.reshape(SLOTS, K)  # the only trainable tensor
+    hits = rows = 0
+    for x, y in sites:
+        slots = module.slot(torch.from_numpy(x)).numpy()
+        guess = table[slots].argmax(1)  # the update is -lr * (p - onehot): largest at the label
+        hits += int((guess == y).sum())
+        rows += len(y)
+    return hits, rows
+
+
+def binomial_p_value(hits: int, n: int, p: float) -> float:
+    """P(X >= hits) for X ~ Binomial(n, p)."""
+    return float(sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(hits, n + 1)))
+
+
+def replay(dp: dict | None, seed: int = 2) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "slot.pt"
+        build_model(path)
+        sites = make_sites()
+        hits, rows = decode(path, one_round(path, sites, dp=dp, seed=seed), sites)
+    return {"recovered": hits, "rows": rows, "chance": rows / K, "p_value_vs_chance": binomial_p_value(hits, rows, 1 / K)}
+
+
+def default_dp() -> dict:
+    from evaluator.federated.accounting import record_level_epsilon, steps_per_round
+
+    q = min(1.0, 32 / int(min(SITE_ROWS) * 0.8))
+    dp = {"example_clip_norm": 1.0, "noise_multiplier": 1.0, "sample_rate": q, "steps": steps_per_round(1, q)}
+    dp_eps = record_level_epsilon(rounds=1, noise_multiplier=1.0, sample_rate=q, local_epochs=1, delta=1e-5)
+    return {**dp, "epsilon_one_round": dp_eps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    dp = default_dp()
+    eps = dp.pop("epsilon_one_round")
+    results = {"before (no DP, old defaults)": [replay(None, seed=s) for s in range(args.seeds)],
+               "after (record-level DP-SGD defaults)": [replay(dp, seed=s) for s in range(args.seeds)],
+               "dp": dp, "epsilon_one_round": eps}  # fmt: skip
+    for name in ("before (no DP, old defaults)", "after (record-level DP-SGD defaults)"):
+        runs = results[name]
+        hits = [r["recovered"] for r in runs]
+        rows = runs[0]["rows"]
+        pvalues = ", ".join(f"{r['p_value_vs_chance']:.3g}" for r in runs)
+        print(f"{name}: recovered {hits} of {rows} (chance {rows / K:.1f}); p-values vs chance {pvalues}")
+    print(f"after: dp {dp}, epsilon of the one round {eps:.3f} (delta 1e-5)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""What guarantee a fine-tuning run gives, in one place: the run page, the approvals page, the
+vendor's request page and the API all show this summary (docs/federated-protocol.md).
+
+Before approval it is computed from the task's policy and the request (an estimate of the ε the
+planned rounds would spend); after approval from the run's own copy and its ledger.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from evaluator.federated.accounting import ACCOUNTANT
+from marketplace.finetuning.models import FineTuningRun, PrivacyUnit, RunStatus
+
+GUARANTEES = {
+    PrivacyUnit.RECORD: (
+        "Record-level DP: every training row at every site is protected by DP-SGD (per-row clipping, "
+        "Gaussian noise each step) run by the sites' own code; the same ε holds for every site's rows, "
+        "and sites' ε are not added (each site's rows are separate data). Holds against hostile "
+        "TorchScript models (their state is checked at every row)."
+    ),
+    PrivacyUnit.SITE: (
+        "Site-level DP: noise on the aggregate protects each site's data as a whole; with few sites the "
+        "model usually does not survive the noise. Rows inside a site have no separate guarantee."
+    ),
+    PrivacyUnit.NONE: (
+        "No differential privacy: the task's owner opted out. Updates are clipped (and masked with secure "
+        "aggregation) but a model can encode training data, e.g. every training label, in its updates."
+    ),
+}
+COMPOSITION = "composed over all DP-SGD steps of all rounds at each site; parallel across sites (not added)"
+
+
+@dataclass(frozen=True)
+class PrivacySummary:
+    unit: str
+    unit_label: str
+    guarantee: str
+    accountant: str
+    composition: str
+    delta: float | None
+    epsilon_cap: float | None
+    epsilon_spent: float | None  # per site (the same at every site) after the rounds so far
+    epsilon_planned: float | None  # per site after all requested rounds (None: no DP)
+    rounds_within_cap: int | None
+    warning: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 4) if math.isfinite(value) else None
+
+
+def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
+    from marketplace.finetuning.services import (
+        _data_sites,
+        _probe,
+        has_noise,
+        privacy_ledger,
+        round_step_noise,
+    )
+
+    decided = run.status not in (RunStatus.REQUESTED, RunStatus.REJECTED) and bool(run.privacy_unit)
+    if decided:
+        subject, n = run, run.participants.count()
+    else:  # an estimate from the task's policy as approval would copy it
+        shards = _data_sites(run.task)
+        subject, n = _probe(run.task, shards, run.min_sites, run.batch_size, run.local_epochs), len(shards)
+    unit = subject.privacy_unit or PrivacyUnit.SITE
+    private = has_noise(subject)
+    spent = planned = within = None
+    if private and n:
+        ledger = privacy_ledger(subject)
+        z = round_step_noise(subject, n)
+        spent = _finite(ledger.epsilon) if decided else 0.0
+        remaining = max(0, run.rounds - (run.rounds_completed if decided else 0))
+        planned = _finite(ledger.epsilon_if(rounds=remaining, noise_multiplier=z)) if remaining else spent
+        if subject.epsilon_cap is not None:
+            within = (run.rounds_completed if decided else 0) + ledger.rounds_within(
+                subject.epsilon_cap, max_rounds=max(run.rounds, 1)
+            ) if unit == PrivacyUnit.RECORD else None  # fmt: skip
+    warning = ""
+    if not private:
+        warning = GUARANTEES[PrivacyUnit.NONE] if unit == PrivacyUnit.NONE else "No noise: no DP guarantee."
+    elif unit == PrivacyUnit.SITE:
+        warning = "Only site-level DP: individual rows have no separate guarantee."
+    elif within is not None and within < run.rounds:
+        warning = f"The ε cap allows about {within} of the {run.rounds} requested rounds; the run stops there."
+    return PrivacySummary(
+        unit=unit, unit_label=PrivacyUnit(unit).label, guarantee=GUARANTEES[PrivacyUnit(unit)],
+        accountant=ACCOUNTANT if unit == PrivacyUnit.RECORD else "RDP of the Gaussian mechanism (Opacus), per round",
+        composition=COMPOSITION, delta=subject.dp_delta if private else None,
+        epsilon_cap=subject.epsilon_cap if private else None, epsilon_spent=spent, epsilon_planned=planned,
+        rounds_within_cap=within, warning=warning,
+    )  # fmt: skip
