@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from marketplace.accounts.models import Membership, Organization
-from marketplace.notifications.models import Event
+from marketplace.notifications.models import Event, Notice
 from marketplace.notifications.services import notify
 
 LOOKBACK = timedelta(days=2)  # a beat that was down this long still catches up; older is news no more
@@ -20,6 +20,13 @@ LOOKBACK = timedelta(days=2)  # a beat that was down this long still catches up;
 
 def _link(path: str) -> str:
     return settings.VAULTBENCH_PUBLIC_URL.rstrip("/") + path
+
+
+def _announced(event: str, keys) -> set[str]:
+    """Which of these keys were announced already: one query, so a sweep over many old rows does
+    not try (and fail) an insert per row every minute."""
+    names = {f"{event}:{key}": str(key) for key in keys}
+    return {names[k] for k in Notice.objects.filter(key__in=list(names)).values_list("key", flat=True)}
 
 
 def _members(organization_id: int) -> list:
@@ -33,8 +40,12 @@ def results_released(now) -> int:
         status__in=[SubmissionStatus.SCORED, SubmissionStatus.FAILED],
         results_visible_at__lte=now, results_visible_at__gt=now - LOOKBACK, is_baseline=False,
     ).select_related("task", "vendor")  # fmt: skip
+    rows = list(rows)
+    done = _announced(Event.RESULTS_RELEASED, [s.id for s in rows])
     sent = 0
     for s in rows:
+        if str(s.id) in done:
+            continue
         link = _link(reverse("portal:submission", args=[s.id]))
         sent += notify(
             event=Event.RESULTS_RELEASED, key=str(s.id), organization=s.vendor, users=_members(s.vendor_id),
@@ -47,12 +58,12 @@ def results_released(now) -> int:
 
 def awaiting_approval(now) -> int:
     from marketplace.jobs.models import Job, JobStatus
+    from marketplace.submissions.models import Submission
 
-    submissions = {}
-    for job in Job.objects.filter(status=JobStatus.AWAITING_APPROVAL).select_related("submission__task__organization"):
-        submissions.setdefault(job.submission_id, job.submission)
+    ids = set(Job.objects.filter(status=JobStatus.AWAITING_APPROVAL).values_list("submission_id", flat=True))
+    done = {int(k) for k in _announced(Event.AWAITING_APPROVAL, ids)}
     sent = 0
-    for s in submissions.values():
+    for s in Submission.objects.filter(id__in=ids - done).select_related("task__organization"):
         owner = s.task.organization
         link = _link(reverse("portal:approvals"))
         sent += notify(
