@@ -94,6 +94,7 @@ def test_owner_publishes_vendor_uploads_sites_score_owner_audits(new_page, agent
     vendor = new_page()
     vendor.goto("/accounts/signup/")
     vendor.get_by_label("Username").fill("victor")
+    vendor.get_by_label("E-mail address").fill("victor@example.org")
     vendor.locator("#id_password1").fill("a-long-unusual-passphrase")
     vendor.get_by_label("Password again").fill("a-long-unusual-passphrase")
     vendor.get_by_label("I sign up for").select_option("vendor")
