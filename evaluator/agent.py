@@ -61,6 +61,7 @@ from evaluator.client import (
 )
 from evaluator.config import AgentConfig, LimitsRefused, effective_limits
 from evaluator.disclosure import ReleaseTerms
+from evaluator.failpoints import failpoint
 from evaluator.jsonlog import log_context
 from evaluator.lease import LeaseKeeper
 from evaluator.ledger import Ledger
@@ -249,7 +250,7 @@ class Agent:
             except HubUnreachable as exc:
                 failures += 1
                 delay = self._backoff(failures)
-                self.quiet.warning("hub", f"hub unreachable ({exc}); retrying with backoff (now {delay:.1f}s)")
+                self.quiet.warning("hub", f"hub unreachable ({exc}); retrying with backoff")
                 self._stop.wait(delay)
                 continue
             except HubRejected as exc:  # e.g. a revoked token: keep trying, slowly
@@ -737,9 +738,11 @@ class Agent:
                 "sha256": entry.sha256, "bytes": entry.bytes,
                 "rho": terms.rho, "epsilon": terms.epsilon, "delta": terms.delta,
             }  # fmt: skip
+        failpoint("ledger_prepared")
         body = {**body, "ledger": receipt}
         key = _private_key(job["id"]) if kind == "private" else attempt_key(job)
         self.state.add_pending(key, kind, body, job_id=job["id"])
+        failpoint("pending_written")
         self._post(key, job["id"], kind, body)
 
     def _post(self, key: str, job_id: int | str, kind: str, body: Mapping[str, Any]) -> None:
@@ -764,6 +767,7 @@ class Agent:
             self.state.drop_pending(key)
             return
         # HubUnreachable propagates: the body stays pending and is re-posted, unchanged.
+        failpoint("posted")
         self.ledger.mark(entry, "confirmed")
         self.state.mark_posted(key)
         log.info("job %s: %s posted", job_id, kind)

@@ -26,6 +26,11 @@ _vb_docker_engine() {
         _vb_apt_install debootstrap || { echo "docker-engine: cannot install debootstrap" >&2; return 1; }
     fi
 
+    # The fault suite (tests/faults) runs agents with a clock two hours off under faketime.
+    if ! command -v faketime >/dev/null 2>&1; then
+        _vb_apt_install faketime || echo "docker-engine: faketime not installed; the fault suite will fail in CI" >&2
+    fi
+
     # gVisor (Debian's runsc) as an optional sandbox runtime (sandbox_runtime = "runsc"; see
     # evaluator/sandbox_runtime.py). Registered in daemon.json; a running engine reloads its
     # runtimes on SIGHUP, without a restart.

@@ -15,6 +15,7 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from marketplace.audit.services import audit_record
+from marketplace.env import env_int
 from marketplace.jobs.models import TERMINAL_STATUSES, JobKind
 from marketplace.leaderboard.models import LeaderboardEntry
 from marketplace.leaderboard.services import FINAL_STATUSES, leaderboard_aggregate, leaderboard_reveal
@@ -24,8 +25,13 @@ from marketplace.submissions.services import submission_check
 logger = logging.getLogger(__name__)
 
 # Far longer than the normal path takes (a message handled in seconds): the sweep repairs what
-# was lost, it does not race the message on its way.
+# was lost, it does not race the message on its way. VAULTBENCH_RECONCILE_STALE_SECONDS changes it
+# (the fault campaign sweeps every second).
 STALE_AFTER = timedelta(minutes=2)
+
+
+def _stale_after() -> timedelta:
+    return timedelta(seconds=env_int("VAULTBENCH_RECONCILE_STALE_SECONDS", int(STALE_AFTER.total_seconds()), minimum=1))
 
 
 def _stale_checks(cutoff: datetime) -> Iterable[int]:
@@ -105,7 +111,7 @@ def _repair(
 def submissions_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """Checks uploads whose check never ran, scores submissions whose jobs have all ended, and
     pools reveals whose sites have all released. Returns how many of each it repaired."""
-    cutoff = (now or timezone.now()) - STALE_AFTER
+    cutoff = (now or timezone.now()) - _stale_after()
     return {
         "checked": _repair(
             _stale_checks(cutoff), repair="checked",
