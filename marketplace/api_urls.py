@@ -8,6 +8,7 @@ from marketplace.finetuning import apis as finetuning
 from marketplace.jobs import agent_apis as agent
 from marketplace.jobs import apis as jobs
 from marketplace.leaderboard import apis as leaderboard
+from marketplace.notifications import apis as notifications
 from marketplace.sites import apis as sites
 from marketplace.submissions import apis as submissions
 
@@ -27,6 +28,9 @@ urlpatterns = [
     path("organizations/<int:organization_id>/invitations/<int:invitation_id>/revoke", accounts.OrganizationInvitationRevokeApi.as_view(), name="organization-invitation-revoke"),
     path("organizations/<int:organization_id>/members/<str:username>/role", accounts.MemberRoleApi.as_view(), name="organization-member-role"),
     path("organizations/<int:organization_id>/leave", accounts.OrganizationLeaveApi.as_view(), name="organization-leave"),
+    path("me/notifications", notifications.MyNotificationsApi.as_view(), name="my-notifications"),
+    path("organizations/<int:organization_id>/webhooks", notifications.OrganizationWebhooksApi.as_view(), name="organization-webhooks"),
+    path("organizations/<int:organization_id>/webhooks/<int:webhook_id>/delete", notifications.OrganizationWebhookDeleteApi.as_view(), name="organization-webhook-delete"),
     path("sites", sites.SiteListCreateApi.as_view(), name="sites"),
     path("sites/<int:site_id>", sites.SiteDetailApi.as_view(), name="site"),
     path("sites/<int:site_id>/tokens", sites.SiteTokenListCreateApi.as_view(), name="site-tokens"),

@@ -259,6 +259,7 @@ SPECTACULAR_SETTINGS = {
         "FailureReasonEnum": "marketplace.jobs.models.FailureReason",
         "OrganizationKindEnum": "marketplace.accounts.models.OrganizationKind",
         "InvitationStatusEnum": "marketplace.accounts.models.InvitationStatus",
+        "NotificationEventEnum": "marketplace.notifications.models.Event",
         "JobKindEnum": "marketplace.jobs.models.JobKind",
         "AccessEventKindEnum": "marketplace.catalog.models.AccessEventKind",
         "RunStatusEnum": "marketplace.finetuning.models.RunStatus",
