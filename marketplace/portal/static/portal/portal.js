@@ -65,3 +65,30 @@
     if (button) { button.disabled = false; }
   });
 })();
+
+// Scrollable tables must be reachable by keyboard (WCAG 2.1.1): every table box gets a tab stop
+// and a name, from its table's caption or the heading before it, unless the template gave one.
+(function () {
+  "use strict";
+
+  function nameOf(wrap) {
+    var caption = wrap.querySelector("caption");
+    if (caption) { return caption.textContent.trim().slice(0, 80); }
+    var el = wrap.previousElementSibling;
+    while (el && !/^H[1-6]$/.test(el.tagName)) { el = el.previousElementSibling; }
+    return el ? el.textContent.trim().slice(0, 80) : "Table";
+  }
+
+  function label(root) {
+    root.querySelectorAll(".table-wrap:not([tabindex]), .prose table:not([tabindex]), pre:not([tabindex])").forEach(function (wrap) {
+      wrap.setAttribute("tabindex", "0");
+      wrap.setAttribute("role", "region");
+      if (!wrap.hasAttribute("aria-label")) {
+        wrap.setAttribute("aria-label", wrap.tagName === "PRE" ? "Code" : nameOf(wrap));
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { label(document); });
+  document.addEventListener("htmx:afterSwap", function () { label(document); });
+})();
