@@ -17,7 +17,7 @@ the code the sandbox runs) and the agent's own ``prepare_site_update``.
 
 - before: the previous task defaults (no DP: ``fl_noise_multiplier`` 0, clip 1.0 on the update,
   plain minibatch SGD, batch 32).
-- after: the new defaults (record-level DP-SGD, sigma 1.0, per-row clip 1.0, Poisson sampling at
+- after: the new defaults (record-level DP-SGD, sigma 2.0, per-row clip 1.0, Poisson sampling at
   q = 32 / (0.8 x the smallest site's rows), the same update clip).
 
 Chance is 1/3 of the rows; the table reports recovered labels, chance, and the one-sided binomial
@@ -42,6 +42,7 @@ K = 3
 N_FEATURES = 8
 SLOTS = 16384
 SITE_ROWS = (122, 122, 121)
+DEFAULT_SIGMA = 2.0  # marketplace.catalog.models.Task.fl_noise_multiplier's default
 
 
 class SlotModel(nn.Module):
@@ -132,21 +133,23 @@ def replay(dp: dict | None, seed: int = 2) -> dict:
     return {"recovered": hits, "rows": rows, "chance": rows / K, "p_value_vs_chance": binomial_p_value(hits, rows, 1 / K)}
 
 
-def default_dp() -> dict:
+def default_dp(sigma: float) -> dict:
     from evaluator.federated.accounting import record_level_epsilon, steps_per_round
 
     q = min(1.0, 32 / int(min(SITE_ROWS) * 0.8))
-    dp = {"example_clip_norm": 1.0, "noise_multiplier": 1.0, "sample_rate": q, "steps": steps_per_round(1, q)}
-    dp_eps = record_level_epsilon(rounds=1, noise_multiplier=1.0, sample_rate=q, local_epochs=1, delta=1e-5)
+    dp = {"example_clip_norm": 1.0, "noise_multiplier": sigma, "sample_rate": q, "steps": steps_per_round(1, q)}
+    dp_eps = record_level_epsilon(rounds=1, noise_multiplier=sigma, sample_rate=q, local_epochs=1, delta=1e-5)
     return {**dp, "epsilon_one_round": dp_eps}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--sigma", type=float, default=None, help="default: the task default fl_noise_multiplier")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    dp = default_dp()
+    sigma = args.sigma if args.sigma is not None else DEFAULT_SIGMA
+    dp = default_dp(sigma)
     eps = dp.pop("epsilon_one_round")
     results = {"before (no DP, old defaults)": [replay(None, seed=s) for s in range(args.seeds)],
                "after (record-level DP-SGD defaults)": [replay(dp, seed=s) for s in range(args.seeds)],

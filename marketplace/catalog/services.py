@@ -106,7 +106,7 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
     )
     # Private by default (docs/federated-protocol.md): record-level DP-SGD, epsilon capped at 8. A task
     # whose owner sets no noise, or opts out (unit "none"), gets no default cap.
-    unit, noise = values.get("fl_privacy_unit", "record"), values.get("fl_noise_multiplier", 1.0)
+    unit, noise = values.get("fl_privacy_unit", "record"), values.get("fl_noise_multiplier", 2.0)
     if "fl_epsilon_cap" not in values and (unit == "none" or not noise):
         values["fl_epsilon_cap"] = None
     validate_fl_policy(

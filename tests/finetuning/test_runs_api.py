@@ -347,7 +347,7 @@ def test_record_level_run_is_the_default_and_hub_and_sites_share_one_epsilon(own
     sites = sites_for(owner, fl_task, 3)
     run_id = start_run(owner, vendor, make_parent(vendor, fl_task), sites, rounds=3)
     run = FineTuningRun.objects.get(id=run_id)
-    assert run.privacy_unit == "record" and run.epsilon_cap == 8.0 and run.noise_multiplier == 1.0
+    assert run.privacy_unit == "record" and run.epsilon_cap == 8.0 and run.noise_multiplier == 2.0
     from marketplace.finetuning.selectors import run_payload_for_job
 
     spec = parse_run(run_payload_for_job(job=Job.objects.get(fl_participant__run=run, fl_participant__number=1)))
