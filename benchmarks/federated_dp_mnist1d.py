@@ -98,7 +98,8 @@ def sigma_for(epsilon: float, *, rounds: int, q: float, local_epochs: int) -> fl
     return hi
 
 
-def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip, secure, seed=0, server_lr=1.0):
+def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip, secure, seed=0, server_lr=1.0,
+        strategy="fedavg", eta=0.01):
     """One federated run; returns the test-accuracy curve (after each round)."""
     import torch
 
@@ -120,6 +121,10 @@ def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip,
             at += size
         return out
 
+    from evaluator.federated.strategies import get_strategy
+
+    server = get_strategy(strategy, learning_rate=lr, local_epochs=local_epochs,
+                          **({"eta": eta} if strategy == "fedadam" else {"server_learning_rate": server_lr}))  # fmt: skip
     grads = VmapGrads(model, names)
     rng = np.random.default_rng(seed)
     curve = []
@@ -148,7 +153,7 @@ def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip,
                                 n_summed=N_SITES)  # fmt: skip
         else:
             summed = np.sum(np.stack(vectors), axis=0)
-        w = w + server_lr * mean_update(summed, N_SITES)  # FedAvg with a server learning rate
+        w = server.aggregate(w, mean_update(summed, N_SITES), N_SITES)  # the hub's own strategy code
         w = w.astype(np.float32).astype(np.float64)  # the hub stores D as float32
         curve.append(accuracy(model, names, w, *test))
     return curve
@@ -188,6 +193,8 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=1.0, help="per-example clip C")
     parser.add_argument("--update-clip", type=float, default=100.0, help="the agent's whole-update bound")
     parser.add_argument("--server-lr", type=float, default=1.0, help="FedAvg's server_learning_rate")
+    parser.add_argument("--strategy", choices=["fedavg", "fedadam"], default="fedavg")
+    parser.add_argument("--eta", type=float, default=0.01, help="FedAdam's server step")
     parser.add_argument("--parent-rows", type=int, default=1000)
     parser.add_argument("--parent-steps", type=int, default=60)
     parser.add_argument("--no-secure", action="store_true", help="skip the secure-aggregation runs")
@@ -220,7 +227,7 @@ def main() -> None:
             model.load_state_dict(parent_state)
             curve = run(model, train, test, rounds=args.rounds, dp={"clip": args.clip, "sigma": sigma}, lr=args.lr,
                         batch=args.batch_size, local_epochs=args.local_epochs, update_clip=args.update_clip,
-                        secure=secure, server_lr=args.server_lr)  # fmt: skip
+                        secure=secure, server_lr=args.server_lr, strategy=args.strategy, eta=args.eta)  # fmt: skip
             results["runs"].append({"name": f"record-level eps {eps:g}" + (" + secagg" if secure else ""),
                                     "epsilon": eps, "sigma": sigma, "secure_aggregation": secure,
                                     "final": curve[-1], "best": max(curve), "curve": curve,
