@@ -205,3 +205,28 @@ def test_nobody_revokes_another_persons_token(web, vendor, second_vendor):
     assert web(second_vendor).post(f"/account/tokens/{token.id}/revoke/").status_code == 404
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+def test_a_logged_in_person_accepts_or_declines_from_the_mailed_link(web, owner, vendor, outsider):
+    from marketplace.accounts.services import invitation_create
+
+    _, key = invitation_create(organization=owner.organization, actor=owner.user, role="member", email="otto@example.org")
+    client = web(outsider)
+    page = client.get(f"/invitations/{key}/").content.decode()
+    assert "Accept as otto" in page
+    response = client.post(f"/invitations/{key}/", {"answer": "accept"})
+    assert response.status_code == 302 and response["Location"] == f"/organizations/{owner.organization.id}/"
+    assert Membership.objects.filter(user=outsider.user, organization=owner.organization).exists()
+    # used up: nobody else joins with the same link
+    assert "no longer open" in web(vendor).get(f"/invitations/{key}/").content.decode()
+    web(vendor).post(f"/invitations/{key}/", {"answer": "accept"})
+    assert not Membership.objects.filter(user=vendor.user, organization=owner.organization).exists()
+    # a username invitation cannot be taken by someone else holding its link
+    _, named = invitation_create(organization=owner.organization, actor=owner.user, role="admin", username="victor")
+    other = web(outsider)
+    assert "for another account" in other.get(f"/invitations/{named}/").content.decode()
+    other.post(f"/invitations/{named}/", {"answer": "accept"})
+    assert Invitation.objects.get(invitee=vendor.user).status == "pending"
+    web(vendor).post(f"/invitations/{named}/", {"answer": "decline"})
+    assert Invitation.objects.get(invitee=vendor.user).status == "declined"
+    assert not Membership.objects.filter(user=vendor.user, organization=owner.organization).exists()

@@ -164,7 +164,12 @@ def invitation_by_link(request, key: str):
             return redirect("portal:account")
         except DomainError as exc:
             messages.error(request, exc.message)
-    return render(request, "portal/invitation.html", {"invitation": invitation, "key": key, "is_open": is_open})
+    someone_else = bool(
+        request.user.is_authenticated and invitation.invitee_id and invitation.invitee_id != request.user.id
+    )
+    return render(request, "portal/invitation.html", {
+        "invitation": invitation, "key": key, "is_open": is_open, "someone_else": someone_else,
+    })  # fmt: skip
 
 
 @require_POST
