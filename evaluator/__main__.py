@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     export = ledger_sub.add_parser("export", help="print or write the ledger")
     export.add_argument("--config")
     export.add_argument("--csv", help="write CSV to this file (default: JSON lines on stdout)")
+    rec = ledger_sub.add_parser("reconcile", help="compare the ledger with the hub's receipts (evaluator/ledger_reconcile.py)")
+    rec.add_argument("--config", required=True)
+    rec.add_argument("--repair", action="store_true", help="confirm, void and recover entries as reported")
 
     budget = sub.add_parser("budget", help="privacy spent per (task, vendor, split), from the ledger")
     budget.add_argument("--config")
@@ -267,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_dry_run(args)
         if args.command == "budget":
             return _cmd_budget(args)
+        if args.command == "ledger" and args.ledger_command == "reconcile":  # H2: tiny edit
+            from evaluator.ledger_reconcile import main as reconcile_main
+
+            return reconcile_main(["--config", args.config, *(["--repair"] if args.repair else [])])
         return _cmd_ledger_export(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
