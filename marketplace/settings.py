@@ -331,6 +331,8 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # django-axes logs every log-in at INFO; its warnings (failures, lock-outs) are what matter.
+    "loggers": {"axes": {"level": env_str("VAULTBENCH_AXES_LOG_LEVEL", "WARNING")}},
 }
 # A JSON-logging Celery worker keeps this configuration instead of Celery's own text format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"

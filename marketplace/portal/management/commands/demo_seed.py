@@ -48,8 +48,9 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args, out: Path, **options):
         users = get_user_model().objects
-        admin = users.create_superuser("admin", password=DEMO_PASSWORD)
-        owner = users.create_user("owner", password=DEMO_PASSWORD)
+        # E-mail addresses so password resets and notifications land in the demo's mail folder.
+        admin = users.create_superuser("admin", email="admin@demo.example.org", password=DEMO_PASSWORD)
+        owner = users.create_user("owner", email="owner@demo.example.org", password=DEMO_PASSWORD)
         hospital = organization_create(name="St. Mercy Hospitals", kind="data_owner", creator=owner)
         sites = []
         for name in SITE_NAMES:
@@ -90,7 +91,7 @@ class Command(BaseCommand):
         task_sample_set(task=task, actor=owner, sample=_public_sample(), max_bytes=1024 * 1024)
         vendors = []
         for username, org_name in VENDORS:
-            user = users.create_user(username, password=DEMO_PASSWORD)
+            user = users.create_user(username, email=f"{username}@demo.example.org", password=DEMO_PASSWORD)
             organization_create(name=org_name, kind="vendor", creator=user)
             _, token = personal_token_create(user=user, name="demo uploads")
             vendors.append({"username": username, "organization": org_name, "token": token})
