@@ -376,7 +376,7 @@ def test_the_api_names_the_guarantee_and_the_same_epsilon_estimate_the_owner_see
                                     sample_rate=min(1.0, 32 / 80), local_epochs=1, delta=1e-5)  # fmt: skip
     assert privacy["epsilon_planned"] == pytest.approx(expected, abs=1e-4)
     page = _browser(owner).get(reverse("portal:approvals")).content.decode()
-    assert f"{expected:.2f} per site" in page and 'data-privacy-unit="record"' in page
+    assert f"{expected:.2f} per site" in page and 'data-dp-unit="record"' in page
 
 
 def test_an_opted_out_run_warns_the_owner_and_the_vendor(owner, vendor):
@@ -387,8 +387,8 @@ def test_an_opted_out_run_warns_the_owner_and_the_vendor(owner, vendor):
     run_id = request_run(vendor, make_parent(vendor, task)).json()["id"]
     privacy = vendor.client.get(f"/api/v1/finetuning-runs/{run_id}").json()["privacy"]
     assert privacy["unit"] == "none" and privacy["epsilon_planned"] is None and "opted out" in privacy["warning"]
-    assert "data-privacy-warning" in _browser(owner).get(reverse("portal:approvals")).content.decode()
-    assert "data-privacy-warning" in _browser(vendor).get(reverse("portal:run", args=[run_id])).content.decode()
+    assert "data-dp-warning" in _browser(owner).get(reverse("portal:approvals")).content.decode()
+    assert "data-dp-warning" in _browser(vendor).get(reverse("portal:run", args=[run_id])).content.decode()
 
 
 def _browser(persona):
