@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tempfile
 import time
@@ -147,6 +148,10 @@ def campaign(*, faults: int, sites: int, seed: int, per_round: int, uploads: int
         jobs = world.jobs()
         outcomes = Counter(f"{status}/{reason}" if reason else status for _, status, reason, *_ in jobs)
         attempts = Counter(a for *_, a in jobs)
+        at_start: Counter = Counter()  # what the agents' own reconcile repaired when they restarted
+        for log in (root / "logs").glob("agent-*.log"):
+            for match in re.finditer(r"ledger reconciled with the hub: (\d+) confirmed, (\d+) voided", log.read_text()):
+                at_start.update(confirmed=int(match[1]), voided=int(match[2]))
         return {
             "command": f"python benchmarks/fault_campaign.py --faults {faults} --sites {sites} --seed {seed} "
                        f"--per-round {per_round} --uploads {uploads}",
@@ -166,8 +171,10 @@ def campaign(*, faults: int, sites: int, seed: int, per_round: int, uploads: int
                 "jobs_requeued_after_a_site_failure": world.audit_count("job.requeued"),
                 "posts_refused_as_superseded": world.audit_count("job.result_refused")
                 + world.audit_count("job.failure_refused"),
-                "ledger_entries_confirmed_from_receipts": world.ledger_repairs["confirmed"],
-                "ledger_entries_voided_never_received": world.ledger_repairs["voided"],
+                "ledger_entries_confirmed_at_agent_start": at_start["confirmed"],
+                "ledger_entries_voided_at_agent_start": at_start["voided"],
+                "ledger_entries_confirmed_by_the_check": world.ledger_repairs["confirmed"],
+                "ledger_entries_voided_by_the_check": world.ledger_repairs["voided"],
                 "sites_flagged_stuck": world.audit_count("site.stuck"),
             },
             "process_starts": {name: p.starts for name, p in world.procs.items()}

@@ -104,3 +104,21 @@ def test_agents_with_clocks_two_hours_off(world):
     assert sorted((s, a) for _, s, _, _, sub, a in world.jobs() if sub == submission) == [("succeeded", 1)] * 2
     for site in world.sites:
         world.restart_agent(site)
+
+
+def test_the_sites_reconcile_command_finds_each_ledger_equal_to_the_hubs_receipts(world):
+    import json
+    import subprocess
+    import sys
+
+    from tests.faults.world import REPO, _clean_env
+
+    assert_holds(world)
+    for site in world.sites:
+        out = subprocess.run(
+            [sys.executable, "-m", "evaluator", "ledger", "reconcile", "--config", str(site.root / "site.toml")],
+            cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert report["agrees"] and report["site_entries"] == report["hub_receipts"] > 0
