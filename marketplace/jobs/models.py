@@ -77,6 +77,10 @@ class Job(models.Model):
     # so a requeued job is taken again by the same agent, and job ids a hub restored from a backup
     # issues again are new work, not "already posted". Posts carry it; a superseded one is a 409.
     attempt_token = models.CharField(max_length=32, blank=True)
+    # A job requeued after a retryable site failure waits until then before it is claimed again,
+    # so a site's trouble of a few seconds (data being replaced, an engine restarting) does not
+    # spend every attempt at once. Null: claimable now.
+    not_before = models.DateTimeField(null=True, blank=True)
     failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, blank=True)
     release_decision = models.CharField(max_length=16, choices=ReleaseDecision.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -25,6 +25,7 @@ from marketplace.catalog.models import DataShard
 from marketplace.core.errors import Conflict, DomainError, NotFound
 from marketplace.egress.models import EgressKind
 from marketplace.egress.services import LedgerMismatch, egress_receipt_verify, egress_record_create
+from marketplace.env import env_int
 from marketplace.jobs.models import (
     PRE_DATA_REASONS,
     RETRYABLE_REASONS,
@@ -59,6 +60,14 @@ def _lease_until():
     return ExpressionWrapper(
         Now() + timedelta(seconds=settings.VAULTBENCH_LEASE_SECONDS), output_field=DateTimeField()
     )
+
+
+def _retry_at(attempts: int):
+    """When a job requeued after its ``attempts``-th attempt failed at its site may be claimed
+    again: VAULTBENCH_RETRY_DELAY_SECONDS (default 10) times the attempts so far, on the
+    database's clock."""
+    delay = env_int("VAULTBENCH_RETRY_DELAY_SECONDS", 10) * max(1, attempts)
+    return ExpressionWrapper(Now() + timedelta(seconds=delay), output_field=DateTimeField())
 
 
 def _enqueue_aggregation(submission_id: int) -> None:
@@ -102,7 +111,11 @@ def jobs_create_for_submission(*, submission: Submission) -> list[Job]:
 def job_claim(*, site: Site, agent_id: str) -> Job | None:
     """Gives the oldest queued job of this site to one agent; two agents never get the same job."""
     with transaction.atomic():
-        candidates = Job.objects.filter(site=site, status=JobStatus.QUEUED).order_by("id")
+        candidates = (
+            Job.objects.filter(site=site, status=JobStatus.QUEUED)
+            .filter(Q(not_before__isnull=True) | Q(not_before__lte=Now()))
+            .order_by("id")
+        )
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
         for job_id in list(candidates.values_list("id", flat=True)[:10]):
@@ -321,7 +334,10 @@ def _record_failure(
     job.lease_holder = ""
     job.lease_expires_at = None
     job.finished_at = None if retry else timezone.now()
-    job.save(update_fields=["status", "failure_reason", "lease_holder", "lease_expires_at", "finished_at", "updated_at"])
+    job.not_before = _retry_at(job.attempts) if retry else None
+    job.save(update_fields=[
+        "status", "failure_reason", "lease_holder", "lease_expires_at", "finished_at", "not_before", "updated_at",
+    ])  # fmt: skip
     audit_record(
         action="job.requeued" if retry else "job.failed", obj=job, actor_site=site, data={"reason": reason}
     )

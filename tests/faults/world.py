@@ -172,6 +172,7 @@ class World:
         return _clean_env(
             VAULTBENCH_VAR_DIR=str(self.var), DJANGO_SETTINGS_MODULE="marketplace.settings",
             VAULTBENCH_LEASE_SECONDS=str(LEASE_SECONDS), VAULTBENCH_RECONCILE_STALE_SECONDS="3",
+            VAULTBENCH_RETRY_DELAY_SECONDS="2",
         )  # fmt: skip
 
     def _run(self, *argv: str) -> None:

@@ -404,8 +404,9 @@ def test_pre_data_failure_fails_the_job_and_the_submission_idempotently(
     assert PrivacyCharge.objects.get(submission=submission).refunded is True  # nothing was released
 
 
-def test_site_side_failure_requeues_while_attempts_remain(site, running, settings):
+def test_site_side_failure_requeues_while_attempts_remain(site, running, settings, monkeypatch):
     settings.VAULTBENCH_MAX_JOB_ATTEMPTS = 2
+    monkeypatch.setenv("VAULTBENCH_RETRY_DELAY_SECONDS", "0")  # claimable again at once
     _, job = running
     response = site.client.post(
         f"/api/v1/agent/jobs/{job['id']}/failure", {"agent_id": "agent-1", "reason": "internal_error"}

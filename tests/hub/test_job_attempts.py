@@ -49,8 +49,9 @@ def test_a_final_failure_ends_the_job_at_once_with_attempts_left(site, running, 
     assert claim(site) is None
 
 
-def test_the_same_agent_takes_a_requeued_job_again_as_a_new_attempt(site, running, settings):
+def test_the_same_agent_takes_a_requeued_job_again_as_a_new_attempt(site, running, settings, monkeypatch):
     settings.VAULTBENCH_MAX_JOB_ATTEMPTS = 3
+    monkeypatch.setenv("VAULTBENCH_RETRY_DELAY_SECONDS", "0")
     _, first = running
     assert len(first["attempt_token"]) == 32
     assert fail(site, first, "internal_error", attempt=first["attempt_token"]).json()["job"]["status"] == "queued"
@@ -64,13 +65,26 @@ def test_the_same_agent_takes_a_requeued_job_again_as_a_new_attempt(site, runnin
     assert Result.objects.filter(job_id=first["id"]).count() == 1
 
 
-def test_a_retryable_failure_ends_with_its_own_reason_after_the_last_attempt(site, running, settings):
+def test_a_retryable_failure_ends_with_its_own_reason_after_the_last_attempt(site, running, settings, monkeypatch):
     settings.VAULTBENCH_MAX_JOB_ATTEMPTS = 2
+    monkeypatch.setenv("VAULTBENCH_RETRY_DELAY_SECONDS", "0")
     _, job = running
     fail(site, job, "data_unavailable", attempt=job["attempt_token"])
     again = claim(site)
     last = fail(site, again, "data_unavailable", attempt=again["attempt_token"])
     assert last.json()["job"] == {"id": job["id"], "status": "failed", "failure_reason": "data_unavailable"}
+
+
+def test_a_job_requeued_after_a_site_failure_waits_before_it_is_claimed_again(site, running):
+    """A site's trouble of a few seconds must not spend every attempt at once: the requeued job
+    waits 10 s times its attempts (VAULTBENCH_RETRY_DELAY_SECONDS) on the database's clock."""
+    _, job = running
+    assert fail(site, job, "data_unavailable", attempt=job["attempt_token"]).json()["job"]["status"] == "queued"
+    stored = Job.objects.get(id=job["id"])
+    assert 5 < (stored.not_before - timezone.now()).total_seconds() <= 11
+    assert claim(site) is None  # not yet
+    Job.objects.filter(id=job["id"]).update(not_before=timezone.now() - timedelta(seconds=1))
+    assert claim(site)["attempt"] == 2
 
 
 def test_a_finished_attempt_whose_lease_ran_out_unclaimed_still_counts(site, running):
