@@ -15,8 +15,10 @@ from marketplace.leaderboard.selectors import (
     PUBLIC,
     TIE_RULE,
     VIEWS,
-    leaderboard_rows,
+    leaderboard_ranked,
+    leaderboard_row,
     leaderboard_version,
+    shows_per_site,
 )
 
 
@@ -109,11 +111,13 @@ class LeaderboardApi(APIView):
         etag = _etag(leaderboard_version(task=task, user=request.user), request)
         if _matches(request.headers.get("If-None-Match", ""), etag):
             return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-        rows = leaderboard_rows(task=task, user=request.user, sort_by=sort, split=split,
-                                view=values["view"], search=values["search"])  # fmt: skip
+        ranked = leaderboard_ranked(task=task, user=request.user, sort_by=sort, split=split,
+                                    view=values["view"], search=values["search"])  # fmt: skip
         paginator = StandardPagination()
-        page = paginator.paginate_queryset(rows, request, view=self)
-        body = paginator.get_paginated_response(LeaderboardRowOutput(page, many=True).data).data
+        page = paginator.paginate_queryset(ranked, request, view=self)
+        per_site = shows_per_site(task=task, user=request.user)
+        rows = [leaderboard_row(entry, task=task, show_per_site=per_site, split=split) for entry in page]
+        body = paginator.get_paginated_response(LeaderboardRowOutput(rows, many=True).data).data
         body.update(
             {"task_id": task.id, "primary_metric": task.primary_metric, "sort": sort, "split": split,
              "view": values["view"], "search": values["search"], "leaderboard_mode": task.leaderboard_mode,

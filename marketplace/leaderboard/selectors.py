@@ -23,22 +23,40 @@ def leaderboard_entries_visible_to(*, task: Task, user=None, now: datetime | Non
     return entries.filter(submission__results_visible_at__lte=now or timezone.now())
 
 
-def _rounded(metrics: dict[str, float], decimals: dict[str, int]) -> dict[str, float]:
-    return {name: round(value, decimals[name]) for name, value in metrics.items()}
+# The fields a board needs, read with values(): a board of 1,000 entries builds no model instance.
+_FIELDS = {
+    "id": "id", "submission_id": "submission_id", "metrics": "metrics", "private_metrics": "private_metrics",
+    "per_site": "per_site", "ladder_improved": "ladder_improved", "reveal_approved": "reveal_approved",
+    "n_rows": "n_rows", "private_n_rows": "private_n_rows", "n_sites": "n_sites", "entry_created_at": "created_at",
+    "created_at": "submission__created_at", "results_visible_at": "submission__results_visible_at",
+    "vendor_id": "submission__vendor_id", "vendor": "submission__vendor__name", "model_name": "submission__name",
+    "artifact_format": "submission__artifact_format", "model_size": "submission__size",
+    "is_baseline": "submission__is_baseline", "is_final": "submission__is_final",
+    "is_fine_tuned": "submission__is_fine_tuned", "parent_submission_id": "submission__parent_id",
+    "parent_model_name": "submission__parent__name",
+}  # fmt: skip
 
 
-def _revealed_entries(entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
+def leaderboard_entries(*, task: Task, user=None, now: datetime | None = None) -> list[dict]:
+    """The entries `user` may see (leaderboard_entries_visible_to), as plain dicts, one query. Fetch
+    them once per request and hand them to leaderboard_rows / leaderboard_best_over_time."""
+    rows = leaderboard_entries_visible_to(task=task, user=user, now=now).values(*_FIELDS.values())
+    names = {v: k for k, v in _FIELDS.items()}
+    return [{names[k]: v for k, v in row.items()} for row in rows]
+
+
+def _revealed_entries(entries: list[dict]) -> list[dict]:
     """The private board: the finals the owner approved at close, once the sites revealed them."""
-    return [e for e in entries if e.reveal_approved and e.private_metrics is not None]
+    return [e for e in entries if e["reveal_approved"] and e["private_metrics"] is not None]
 
 
-def _ladder_entries(entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
+def _ladder_entries(entries: list[dict]) -> list[dict]:
     """Ladder mode shows each vendor's current Ladder score: its latest entry that improved (the
     hub's Ladder, computed on the DP scores, marks each entry; see leaderboard.services)."""
-    latest: dict[int, LeaderboardEntry] = {}
-    for entry in sorted(entries, key=lambda e: (e.submission.created_at, e.submission_id)):
-        if entry.ladder_improved is not False:
-            latest[entry.submission.vendor_id] = entry
+    latest: dict[int, dict] = {}
+    for entry in sorted(entries, key=lambda e: (e["created_at"], e["submission_id"])):
+        if entry["ladder_improved"] is not False:
+            latest[entry["vendor_id"]] = entry
     return list(latest.values())
 
 
@@ -52,33 +70,89 @@ TIE_RULE = (
 )
 
 
-def _rank_key(metric: str, decimals: int, values_of):
+def _rank_key(metric: str, decimals: int, values_key: str):
     """The leaderboard's order: the metric in its own direction, on the value as shown (rounded),
     then the earlier upload, then the lower submission id (TIE_RULE). Undefined values go last."""
     sign = 1 if metric_direction(metric) == LOWER else -1
 
-    def key(entry: LeaderboardEntry):
-        value = (values_of(entry) or {}).get(metric)
+    def key(entry: dict):
+        value = (entry[values_key] or {}).get(metric)
         shown = None if value is None else round(float(value), decimals)
-        return (shown is None, 0 if shown is None else sign * shown, entry.submission.created_at, entry.submission_id)
+        return (shown is None, 0 if shown is None else sign * shown, entry["created_at"], entry["submission_id"])
 
     return key
 
 
-def _best_per_vendor(entries: list[LeaderboardEntry]) -> list[LeaderboardEntry]:
+def _best_per_vendor(entries: list[dict]) -> list[dict]:
     """The first entry of each vendor in an already ranked list."""
     seen: set[int] = set()
     best = []
     for entry in entries:
-        if entry.submission.vendor_id not in seen:
-            seen.add(entry.submission.vendor_id)
+        if entry["vendor_id"] not in seen:
+            seen.add(entry["vendor_id"])
             best.append(entry)
     return best
 
 
+def leaderboard_ranked(
+    *, task: Task, user=None, sort_by: str | None = None, split: str = PUBLIC, now: datetime | None = None,
+    view: str = BEST, search: str | None = None, entries: list[dict] | None = None,
+) -> list[dict]:
+    """The board's entries in rank order, each with its `rank` (before the search: a search keeps
+    the ranks of the whole board); cheap, so a caller can paginate before building rows
+    (leaderboard_row). See leaderboard_rows for the rules."""
+    decimals = {m["name"]: m["decimals"] for m in task.metrics}
+    metric = sort_by if sort_by in decimals else task.primary_metric
+    entries = list(entries if entries is not None else leaderboard_entries(task=task, user=user, now=now))
+    if split == PRIVATE:
+        entries = _revealed_entries(entries)
+    elif task.leaderboard_mode == LeaderboardMode.LADDER:
+        entries = _ladder_entries(entries)
+    entries.sort(key=_rank_key(metric, decimals[metric], "private_metrics" if split == PRIVATE else "metrics"))
+    if view != ALL:
+        entries = _best_per_vendor(entries)
+    needle = (search or "").strip().casefold()
+    ranked = []
+    for rank, entry in enumerate(entries, start=1):
+        if needle and needle not in entry["vendor"].casefold() and needle not in entry["model_name"].casefold():
+            continue
+        ranked.append({**entry, "rank": rank})
+    return ranked
+
+
+def leaderboard_row(entry: dict, *, task: Task, show_per_site: bool, split: str = PUBLIC) -> dict:
+    """One ranked entry as the board shows it: values rounded per the task's decimals."""
+    private = split == PRIVATE
+    return {
+        "rank": entry["rank"],
+        "submission_id": entry["submission_id"],
+        "vendor": entry["vendor"],
+        "model_name": entry["model_name"],
+        "artifact_format": entry["artifact_format"],
+        "model_size": entry["model_size"],
+        "is_baseline": entry["is_baseline"],
+        "is_final": entry["is_final"],
+        # A fine-tuned entry ranks on its own and names the submission it was trained from.
+        "is_fine_tuned": entry["is_fine_tuned"],
+        "parent_submission_id": entry["parent_submission_id"],
+        "parent_model_name": entry["parent_model_name"],
+        "submitted_at": entry["created_at"],
+        "metrics": rounded_metrics(task, entry["private_metrics"] if private else entry["metrics"]),
+        "per_site": rounded_per_site(task, entry["per_site"]) if show_per_site and not private else None,
+        "n_rows": entry["private_n_rows"] if private else entry["n_rows"],
+        "n_sites": entry["n_sites"],
+    }
+
+
+def shows_per_site(*, task: Task, user=None) -> bool:
+    """Per-site values: the owner always, everyone else where the task shows them."""
+    owner = user is not None and is_task_owner(task=task, org_ids=organization_ids_of(user=user))
+    return owner or task.show_per_site
+
+
 def leaderboard_rows(
     *, task: Task, user=None, sort_by: str | None = None, split: str = PUBLIC, now: datetime | None = None,
-    view: str = BEST, search: str | None = None,
+    view: str = BEST, search: str | None = None, entries: list[dict] | None = None,
 ) -> list[dict]:
     """Entries `user` may see (None: a visitor) ranked by a metric in its own direction (TIE_RULE),
     values rounded per the task's decimals; per-site values for the owner, or for everyone if the
@@ -89,50 +163,10 @@ def leaderboard_rows(
     those of the whole board. `split=private` is the final board (the finals revealed at close,
     private-split scores); callers offer it only once the task has closed.
     """
-    decimals = {m["name"]: m["decimals"] for m in task.metrics}
-    metric = sort_by if sort_by in decimals else task.primary_metric
-    owner = user is not None and is_task_owner(task=task, org_ids=organization_ids_of(user=user))
-    entries = list(leaderboard_entries_visible_to(task=task, user=user, now=now))
-    if split == PRIVATE:
-        entries = _revealed_entries(entries)
-    elif task.leaderboard_mode == LeaderboardMode.LADDER:
-        entries = _ladder_entries(entries)
-
-    def values_of(entry: LeaderboardEntry) -> dict[str, float]:
-        return entry.private_metrics if split == PRIVATE else entry.metrics
-
-    entries.sort(key=_rank_key(metric, decimals[metric], values_of))
-    if view != ALL:
-        entries = _best_per_vendor(entries)
-    needle = (search or "").strip().casefold()
-    show_per_site = (owner or task.show_per_site) and split == PUBLIC
-    rows = []
-    for rank, entry in enumerate(entries, start=1):
-        submission = entry.submission
-        if needle and needle not in submission.vendor.name.casefold() and needle not in submission.name.casefold():
-            continue
-        rows.append(
-            {
-                "rank": rank,
-                "submission_id": submission.id,
-                "vendor": submission.vendor.name,
-                "model_name": submission.name,
-                "artifact_format": submission.artifact_format,
-                "model_size": submission.size,
-                "is_baseline": submission.is_baseline,
-                "is_final": submission.is_final,
-                # A fine-tuned entry ranks on its own and names the submission it was trained from.
-                "is_fine_tuned": submission.is_fine_tuned,
-                "parent_submission_id": submission.parent_id,
-                "parent_model_name": submission.parent.name if submission.parent_id else None,
-                "submitted_at": submission.created_at,
-                "metrics": rounded_metrics(task, values_of(entry)),
-                "per_site": rounded_per_site(task, entry.per_site) if show_per_site else None,
-                "n_rows": entry.private_n_rows if split == PRIVATE else entry.n_rows,
-                "n_sites": entry.n_sites,
-            }
-        )
-    return rows
+    ranked = leaderboard_ranked(task=task, user=user, sort_by=sort_by, split=split, now=now, view=view,
+                                search=search, entries=entries)  # fmt: skip
+    per_site = shows_per_site(task=task, user=user)
+    return [leaderboard_row(entry, task=task, show_per_site=per_site, split=split) for entry in ranked]
 
 
 def leaderboard_version(*, task: Task, user=None, now: datetime | None = None) -> str:
@@ -152,7 +186,8 @@ def leaderboard_version(*, task: Task, user=None, now: datetime | None = None) -
 
 
 def leaderboard_best_over_time(
-    *, task: Task, user=None, metric: str | None = None, now: datetime | None = None
+    *, task: Task, user=None, metric: str | None = None, now: datetime | None = None,
+    entries: list[dict] | None = None,
 ) -> list[dict]:
     """The best score of the board after each release, in time order (rounded per the task).
 
@@ -164,23 +199,23 @@ def leaderboard_best_over_time(
     better = min if metric_direction(metric) == LOWER else max
     ladder = task.leaderboard_mode == LeaderboardMode.LADDER
     entries = [
-        e for e in leaderboard_entries_visible_to(task=task, user=user, now=now)
-        if not (ladder and e.ladder_improved is False)
+        e for e in (entries if entries is not None else leaderboard_entries(task=task, user=user, now=now))
+        if not (ladder and e["ladder_improved"] is False)
     ]  # fmt: skip
 
-    def released_at(entry: LeaderboardEntry):
-        return entry.submission.results_visible_at or entry.created_at
+    def released_at(entry: dict):
+        return entry["results_visible_at"] or entry["entry_created_at"]
 
     points: list[dict] = []
     best = None
-    for entry in sorted(entries, key=lambda e: (released_at(e), e.id)):
-        value = entry.metrics.get(metric)
+    for entry in sorted(entries, key=lambda e: (released_at(e), e["id"])):
+        value = entry["metrics"].get(metric)
         if value is None:
             continue
         best = value if best is None else better(best, value)
         points.append(
             {"at": released_at(entry), "best": round(best, decimals[metric]), "value": round(value, decimals[metric]),
-             "model_name": entry.submission.name}
+             "model_name": entry["model_name"]}
         )  # fmt: skip
     return points
 

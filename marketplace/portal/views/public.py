@@ -27,8 +27,12 @@ from marketplace.leaderboard.selectors import (
     TIE_RULE,
     VIEWS,
     leaderboard_best_over_time,
+    leaderboard_entries,
+    leaderboard_ranked,
+    leaderboard_row,
     leaderboard_rows,
     leaderboard_version,
+    shows_per_site,
 )
 from marketplace.portal.charts import best_score_chart
 from marketplace.portal.onboarding import fine_tuning_policy, per_format, sample_name
@@ -79,14 +83,19 @@ def _leaderboard_context(request, task) -> dict:
     context = {"task": task, "metrics": metrics, "sort": sort, "rows": None, "chart": None, "board": params,
                "tie_rule": TIE_RULE}  # fmt: skip
     if visible:
-        rows = leaderboard_rows(task=task, user=request.user, sort_by=sort, view=params["view"], search=params["q"])
-        page = Paginator(rows, LEADERBOARD_PAGE).get_page(params["page"])
+        # One query for the table and the chart; rows are built for the shown page only.
+        entries = leaderboard_entries(task=task, user=request.user)
+        ranked = leaderboard_ranked(task=task, user=request.user, sort_by=sort, view=params["view"],
+                                    search=params["q"], entries=entries)  # fmt: skip
+        page = Paginator(ranked, LEADERBOARD_PAGE).get_page(params["page"])
+        per_site = shows_per_site(task=task, user=request.user)
         context["page"] = page
-        context["rows"] = page.object_list
-        context["show_per_site"] = any(row["per_site"] is not None for row in page.object_list)
+        context["rows"] = [leaderboard_row(entry, task=task, show_per_site=per_site) for entry in page.object_list]
+        context["show_per_site"] = any(row["per_site"] is not None for row in context["rows"])
         decimals = next(m["decimals"] for m in metrics if m["name"] == sort)
         context["chart"] = best_score_chart(
-            leaderboard_best_over_time(task=task, user=request.user, metric=sort), decimals=decimals, metric=sort
+            leaderboard_best_over_time(task=task, user=request.user, metric=sort, entries=entries),
+            decimals=decimals, metric=sort,
         )
         context["chart_metric"] = next(m for m in metrics if m["name"] == sort)
         context["version"] = leaderboard_version(task=task, user=request.user)
