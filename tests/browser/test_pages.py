@@ -267,3 +267,23 @@ def test_owner_goes_from_a_new_task_to_a_closed_one_with_a_bulk_approved_queue(w
     expect(page.locator("[data-close-summary]")).to_contain_text("3 from 2 vendors")
     page.get_by_role("button", name="Close the task").click()
     expect(page.locator("[data-task-status]")).to_have_text("Closed")
+
+
+def test_the_live_board_keeps_the_page_while_nothing_changes_and_updates_when_it_does(world, person):
+    """htmx polls every 5 s with ?since=<version>: 204 (no swap, no body) while the board is the
+    same; the new table once a score is released."""
+    from tests.portal.helpers import score, upload_model
+
+    page = person(None, "desktop")
+    statuses = []
+    page.on("response", lambda r: statuses.append(r.status) if "/leaderboard/" in r.url else None)
+    page.goto(f"/tasks/{world['board'].id}/")
+    page.evaluate("document.getElementById('leaderboard-live').dataset.marker = 'first'")
+    page.wait_for_timeout(6_000)
+    assert 204 in statuses and 200 not in statuses
+    assert page.evaluate("document.getElementById('leaderboard-live').dataset.marker") == "first"
+    newer = upload_model(world["other"], world["board"], name="a-new-best")
+    for site in world["sites"]:
+        score(site, newer, {"roc_auc": 0.99, "log_loss": 0.05})
+    expect(page.locator("#leaderboard-live tbody tr").first).to_contain_text("a-new-best", timeout=15_000)
+    assert page.evaluate("document.getElementById('leaderboard-live').dataset.marker") is None
