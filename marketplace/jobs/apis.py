@@ -74,8 +74,27 @@ class JobApproveApi(JobDecisionApi):
     approve = True
 
 
+class JobRejectInput(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=500,
+        help_text="For the vendor: it reads it with the submission's outcome (the portal requires one)",
+    )  # fmt: skip
+
+
 class JobRejectApi(JobDecisionApi):
     approve = False
+
+    @extend_schema(request=JobRejectInput, responses=JobOutput, tags=["jobs"])
+    def post(self, request, job_id: int):
+        data = JobRejectInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        reason = data.validated_data.get("reason", "").strip()
+        if not reason:
+            return super().post(request, job_id)
+        from marketplace.submissions.services import job_review
+
+        job = job_review(job=access_job_for_owner(request.user, job_id), approve=False, actor=request.user, reason=reason)
+        return Response(JobOutput(access_job_for_owner(request.user, job.id)).data)
 
 
 class JobReleaseDecisionApi(APIView):

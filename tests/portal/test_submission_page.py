@@ -110,3 +110,12 @@ def test_vendor_nominates_from_the_submission_page_and_comes_back(owner, vendor,
     url = f"/submissions/{submission.id}/"
     response = web(vendor).post(f"/submissions/{submission.id}/nominate/", {"next": url})
     assert response["Location"] == url and Submission.objects.get(id=submission.id).is_final
+
+
+def test_the_api_rejects_with_a_reason_for_the_vendor(gated, owner):
+    job = gated["jobs"]["north"]
+    response = owner.client.post(f"/api/v1/jobs/{job.id}/reject", {"reason": "Not on this site"}, format="json")
+    assert response.status_code == 200 and response.json()["status"] == "rejected"
+    assert Submission.objects.get(id=gated["submission"].id).rejection_reason == "Not on this site"
+    too_long = owner.client.post(f"/api/v1/jobs/{gated['jobs']['south'].id}/reject", {"reason": "x" * 501}, format="json")
+    assert too_long.status_code == 400 and Job.objects.get(id=gated["jobs"]["south"].id).status == "awaiting_approval"
