@@ -99,7 +99,7 @@ def vendor_view_is_constant(hub_vendor, submission_id: int, reason: str) -> None
         ("memory_bomb", "out_of_memory"),
         ("nan_output", "invalid_output"),
         ("raises", "crashed"),
-        ("marker_pickle", "crashed"),
+        ("marker_pickle", "invalid_artifact"),
     ],
 )
 def test_hostile_model_failing_after_seeing_data_gets_the_fallback_score_and_the_agent_keeps_serving(

@@ -113,7 +113,7 @@ def test_hub_tasks_are_registered_under_stable_names():
 
 # --- the reconciler ---------------------------------------------------------------------------
 
-NOTHING_REPAIRED = {"checked": 0, "aggregated": 0, "revealed": 0}
+NOTHING_REPAIRED = {"checked": 0, "aggregated": 0, "revealed": 0, "sites_flagged": 0, "sites_cleared": 0}
 
 
 def _age(queryset, minutes: int = 3) -> None:
