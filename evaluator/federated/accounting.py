@@ -5,19 +5,20 @@ plus Gaussian noise of std ``z * C`` in total, so one round is a Gaussian mechan
 multiplier ``z`` (sensitivity C); ``sample_rate`` is the probability a unit (site or record,
 whatever ``C`` bounds) takes part in the round, 1.0 when every site takes part every round.
 
-The RDP curve comes from ``opacus.accountants.RDPAccountant`` (for ``sample_rate == 1`` it is
-``alpha / (2 z^2)`` per round), composed additively over rounds, and converted to (epsilon, delta)
-with opacus' conversion -- the improved one of Balle et al. 2020 (Theorem 21):
+The RDP curve of the Poisson-subsampled Gaussian comes from
+``evaluator.privacy.sampled_gaussian`` (Opacus' RDP formulas ported to numpy/scipy: no torch; for
+``sample_rate == 1`` it is ``alpha / (2 z^2)`` per round), composed additively over steps, and
+converted to (epsilon, delta) by ``evaluator.privacy.zcdp.epsilon_from_rdp`` -- the improved
+conversion of Balle et al. 2020 (Theorem 21), as Opacus computes it:
 ``eps = min_alpha  rdp(alpha) + log((alpha - 1) / alpha) - (log(delta) + log(alpha)) / (alpha - 1)``
-over the orders in ``ORDERS``.
-
-Opacus (and so torch) is imported lazily: importing this module stays cheap.
+over the orders in ``ORDERS``. The numbers are Opacus' RDPAccountant's (checked in
+tests/privacy/test_accounting_matches_opacus.py); neither torch nor Opacus is needed. numpy and
+scipy are imported on first use: importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -47,14 +48,15 @@ def _epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float
         _check(z, q)
         if z == 0:
             return math.inf
-    from opacus.accountants import RDPAccountant
+    import numpy as np
 
-    accountant = RDPAccountant()
-    accountant.history = history
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "optimal order is the largest alpha": epsilon is still valid
-        eps, _alpha = accountant.get_privacy_spent(delta=delta, alphas=list(ORDERS))
-    return float(eps)
+    from evaluator.privacy.sampled_gaussian import rdp_subsampled_gaussian
+    from evaluator.privacy.zcdp import epsilon_from_rdp  # not at the top: zcdp imports ORDERS from here
+
+    rdp = np.zeros(len(ORDERS))
+    for z, q, steps in history:  # RDP composes by addition
+        rdp += rdp_subsampled_gaussian(sample_rate=q, noise_multiplier=z, steps=steps, orders=ORDERS)
+    return epsilon_from_rdp(ORDERS, rdp, delta)
 
 
 def epsilon_after(rounds: int, noise_multiplier: float, sample_rate: float, delta: float) -> float:
@@ -179,8 +181,9 @@ BudgetTracker = PrivacyLedger
 
 #: How the run's one (epsilon, delta) is computed, named wherever it is shown.
 ACCOUNTANT = (
-    "RDP of the Poisson-subsampled Gaussian mechanism (Opacus RDPAccountant), composed over every "
-    "DP-SGD step of every round, converted to (epsilon, delta) as in Balle et al. 2020"
+    "RDP of the Poisson-subsampled Gaussian mechanism (the Opacus RDPAccountant's formulas, "
+    "without torch), composed over every DP-SGD step of every round, converted to "
+    "(epsilon, delta) as in Balle et al. 2020"
 )
 
 
