@@ -12,6 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.31.0"
+SANDBOX_EXAMPLE = "sandbox-job.example.yaml"
 MANIFESTS = sorted((ROOT / "deploy/kubernetes").glob("*.yaml"))
 
 
@@ -29,6 +30,8 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schema():
         kinds.append((name, document["kind"], document["metadata"]["name"]))
     assert ("hub.yaml", "Deployment", "vaultbench-hub-beat") in kinds
     assert ("site-agent.yaml", "Deployment", "vaultbench-site-agent") in kinds
+    assert ("sandbox-job.example.yaml", "Job", "vb-sandbox-job-id") in kinds
+    assert ("sandbox-job.example.yaml", "NetworkPolicy", "vaultbench-sandbox-deny-all") in kinds
 
 
 def test_the_validator_catches_a_typo():
@@ -40,7 +43,11 @@ def test_the_validator_catches_a_typo():
 
 def test_probes_commands_and_the_single_beat_match_the_project():
     scripts = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]) | {"gunicorn", "celery"}
-    deployments = {d["metadata"]["name"]: d for _, d in _documents() if d["kind"] in ("Deployment", "Job")}
+    deployments = {
+        d["metadata"]["name"]: d
+        for n, d in _documents()
+        if d["kind"] in ("Deployment", "Job") and n != SANDBOX_EXAMPLE  # runs the runner image, not ours
+    }
     for name, deployment in deployments.items():
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             assert container["command"][0] in scripts, name
@@ -60,3 +67,44 @@ def test_the_hub_docs_list_every_environment_variable_the_hub_reads():
     doc = (ROOT / "docs/running-a-hub.md").read_text()
     assert "VAULTBENCH_VAR_DIR" in names
     assert sorted(n for n in names if f"`{n}`" not in doc) == []
+
+
+def test_the_sandbox_job_example_carries_the_sandbox_run_profile():
+    from evaluator.sandbox import RUN_PROFILE, RUNNER_ENTRYPOINT, SANDBOX_LABEL, SANDBOX_UID
+
+    docs = {d["kind"]: d for n, d in _documents() if n == SANDBOX_EXAMPLE}
+    job, policy = docs["Job"], docs["NetworkPolicy"]
+    assert (job["spec"]["backoffLimit"], "activeDeadlineSeconds" in job["spec"]) == (0, True)
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["template"]["metadata"]["labels"][SANDBOX_LABEL] == "1"
+    # network "none": a policy selecting the sandbox label with no rule in either direction
+    assert policy["spec"]["podSelector"]["matchLabels"] == {SANDBOX_LABEL: "1"}
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    assert "ingress" not in policy["spec"] and "egress" not in policy["spec"]
+    assert pod["runtimeClassName"] == docs["RuntimeClass"]["metadata"]["name"]
+    assert docs["RuntimeClass"]["handler"] == "runsc"
+    assert (pod["automountServiceAccountToken"], pod["enableServiceLinks"], pod["hostNetwork"]) == (False,) * 3
+    assert (pod["restartPolicy"], pod["hostname"]) == ("Never", RUN_PROFILE["hostname"])
+    ctx = pod["securityContext"]
+    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == ctx["runAsGroup"] == SANDBOX_UID
+    assert ctx["seccompProfile"] == {"type": "Localhost", "localhostProfile": "vaultbench/sandbox.json"}
+    (runner,) = pod["containers"]
+    assert tuple(runner["command"]) == RUNNER_ENTRYPOINT
+    assert runner["securityContext"] == {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": RUN_PROFILE["cap_drop"]},
+    }
+    assert runner["resources"]["limits"] == runner["resources"]["requests"]
+    assert {"cpu", "memory"} <= set(runner["resources"]["limits"])
+    env = {e["name"]: e["value"] for e in runner["env"]}
+    assert RUN_PROFILE["environment"].items() <= env.items()
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in runner["volumeMounts"]:
+        if mount["mountPath"] in ("/out", "/tmp", "/dev/shm"):
+            assert not mount.get("readOnly"), mount
+        else:  # every input is read-only, at both the mount and the claim
+            assert mount["readOnly"] is True, mount
+            assert volumes[mount["name"]]["persistentVolumeClaim"]["readOnly"] is True
+    assert all("sizeLimit" in v["emptyDir"] for v in volumes.values() if "emptyDir" in v)
