@@ -143,7 +143,7 @@ def invitation_by_key(raw: str, *, for_update: bool = False) -> Invitation:
     """The invitation whose one-time secret this is (mailed to the address invited)."""
     rows = Invitation.objects.select_related("organization", "invitee")
     if for_update:
-        rows = rows.select_for_update()
+        rows = rows.select_for_update(of=("self",))  # invitee is a nullable join: lock the invitation only
     invitation = rows.filter(key_hash=token_hash(raw or "")).first()
     if invitation is None:
         raise NotFound("Invitation not found.")
