@@ -140,6 +140,7 @@ class Agent:
         self.config = config
         self.client = client
         self._sandbox_runner = sandbox_runner
+        self._pool: Any = None  # evaluator.sandbox_pool.WarmPool while the agent serves
         # The runner image's id for a tag (pinned per job); with an injected sandbox (tests), the tag.
         self._resolve_image = resolve_image or (None if sandbox_runner is None else (lambda tag: tag))
         self._verify_sha256 = verify_sha256
@@ -158,6 +159,8 @@ class Agent:
     # -- collaborators, resolved lazily so tests can inject fakes --------------------------------
 
     def _sandbox(self) -> SandboxRunner:
+        if self._pool is not None:
+            return self._pool.run_prediction  # a warm container, or a cold run when none is pooled
         if self._sandbox_runner is None:
             from evaluator.sandbox_runtime import run_prediction_with
 
@@ -217,6 +220,26 @@ class Agent:
             },
         }
 
+    # -- the warm pool ------------------------------------------------------------------------
+
+    def start_pool(self) -> Any:
+        """Start the warm pool of sandboxes (``pool_size`` > 0, the real engine only: an injected
+        sandbox runner is kept). Containers are started per (image, format, limits) once a job
+        of that kind has run. ``run_forever`` starts and closes it; others call ``close_pool``."""
+        if self._pool is None and self._sandbox_runner is None and self.config.pool_size > 0:
+            from evaluator.sandbox_pool import WarmPool
+
+            self._pool = WarmPool(
+                work_root=self.config.work_dir, size=self.config.pool_size,
+                memory_mb=self.config.pool_memory_mb, runtime=self.config.sandbox_runtime,
+            )  # fmt: skip
+        return self._pool
+
+    def close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
     # -- the loop -----------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -224,7 +247,6 @@ class Agent:
 
     def run_forever(self) -> None:
         """Serve until ``stop()``; never exits on hub or job errors."""
-        failures = 0
         log.info("agent %s serving %s", self.client.agent_id, self.config.hub_url)
         try:  # build or find the runner image before holding any lease
             log.info("sandbox image: %s", self.image())
@@ -244,6 +266,17 @@ class Agent:
         except Exception:
             log.exception("could not clean up after a dead agent; continuing")
         self.reconcile_ledger()
+        try:
+            self.start_pool()
+        except Exception:
+            log.exception("could not start the warm sandbox pool; every job starts its sandbox cold")
+        try:
+            self._serve()
+        finally:
+            self.close_pool()
+
+    def _serve(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 worked = self.run_once()

@@ -12,6 +12,8 @@ two in step); ``vaultbench-site init`` writes a commented file. Example ``site.t
     lease_renew_interval_seconds = 20                # default: the job's lease_seconds / 3
     min_free_disk_mb = 512      # below this free in work_dir (or data_dir) the agent claims nothing
     sandbox_runtime = "runc"    # or "runsc" (gVisor), when the engine has it (docs/sandbox.md)
+    pool_size = 1               # warm sandboxes per (image, format, limits); 0: every job cold
+    pool_memory_mb = 4096       # the idle pool's memory limits, summed, stay below this
 
     [limits]              # the SITE's maximums; a job spec can never loosen them
     max_memory_mb = 4096
@@ -32,7 +34,8 @@ two in step); ``vaultbench-site init`` writes a commented file. Example ``site.t
 
 Environment overrides: ``VAULTBENCH_HUB_URL``, ``VAULTBENCH_SITE_TOKEN``,
 ``VAULTBENCH_DATA_DIR``, ``VAULTBENCH_WORK_DIR``, ``VAULTBENCH_IMAGE``,
-``VAULTBENCH_POLL_INTERVAL``, ``VAULTBENCH_LEASE_RENEW_INTERVAL``, ``VAULTBENCH_MAX_MEMORY_MB``,
+``VAULTBENCH_POLL_INTERVAL``, ``VAULTBENCH_LEASE_RENEW_INTERVAL``, ``VAULTBENCH_POOL_SIZE``,
+``VAULTBENCH_POOL_MEMORY_MB``, ``VAULTBENCH_MAX_MEMORY_MB``,
 ``VAULTBENCH_MAX_CPUS``, ``VAULTBENCH_MAX_TIMEOUT_SECONDS``, ``VAULTBENCH_MAX_OUTPUT_MB``,
 ``VAULTBENCH_MAX_ARTIFACT_MB``, ``VAULTBENCH_LIMITS_ON_EXCESS``,
 ``VAULTBENCH_MAX_EPSILON_PER_RELEASE``, ``VAULTBENCH_MAX_VENDOR_EPSILON``,
@@ -112,6 +115,10 @@ class AgentConfig:
     allow_insecure_http: bool = False
     min_free_disk_mb: int = 512  # the agent claims nothing while work_dir or data_dir has less free
     sandbox_runtime: str = "runc"  # the engine's OCI runtime for sandboxes: runc or runsc (gVisor)
+    # The warm pool (evaluator/sandbox_pool.py): containers started ahead per (image, format,
+    # limits), each for one job. 0 turns it off; every job then starts its container cold.
+    pool_size: int = 1
+    pool_memory_mb: int = 4096  # bound on the sum of the idle pooled containers' memory limits
     limits: LimitCaps = field(default_factory=LimitCaps)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -150,6 +157,13 @@ def _positive_number(name: str, value: Any, *, integer: bool = False) -> Any:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    """An integer >= 0 (0 switches a feature off)."""
+    if value in (0, "0"):
+        return 0
+    return int(_positive_number(name, value, integer=True))
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -222,6 +236,8 @@ _TOP_KEYS = {
     "allow_insecure_http",
     "min_free_disk_mb",
     "sandbox_runtime",
+    "pool_size",
+    "pool_memory_mb",
     "limits",
     "retry",
 }
@@ -239,6 +255,8 @@ _ENV_TOP = {
     "VAULTBENCH_LEASE_RENEW_INTERVAL": "lease_renew_interval_seconds",
     "VAULTBENCH_MIN_FREE_DISK_MB": "min_free_disk_mb",
     "VAULTBENCH_SANDBOX_RUNTIME": "sandbox_runtime",
+    "VAULTBENCH_POOL_SIZE": "pool_size",
+    "VAULTBENCH_POOL_MEMORY_MB": "pool_memory_mb",
 }
 _ENV_LIMITS = {
     "VAULTBENCH_MAX_MEMORY_MB": "max_memory_mb",
@@ -419,6 +437,8 @@ def load_config(
         allow_insecure_http=allow_http,
         min_free_disk_mb=_positive_number("min_free_disk_mb", raw.get("min_free_disk_mb", 512), integer=True),
         sandbox_runtime=_runtime(raw.get("sandbox_runtime", "runc")),
+        pool_size=_non_negative_int("pool_size", raw.get("pool_size", AgentConfig.pool_size)),
+        pool_memory_mb=_non_negative_int("pool_memory_mb", raw.get("pool_memory_mb", AgentConfig.pool_memory_mb)),
         limits=caps,
         retry=retry,
     )

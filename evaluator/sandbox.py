@@ -476,6 +476,78 @@ def _logs(client: docker.DockerClient, container_id: str) -> str:
     return raw[-LOG_TAIL_BYTES:].decode("utf-8", errors="replace")
 
 
+def watch(
+    client: docker.DockerClient,
+    container_id: str,
+    out_dir: Path,
+    *,
+    deadline: float,
+    max_bytes: int,
+    poll_seconds: float = 0.2,
+) -> tuple[dict[str, Any], SandboxError | None]:
+    """Until the container exits, ``deadline`` (``time.monotonic``) passes or ``out_dir`` grows
+    past its cap; returns the final ``State`` and the failure, if any (the container is then
+    killed). The exit is noticed at once (``docker wait``); the cap and the deadline are checked
+    every ``poll_seconds``."""
+    failure: SandboxError | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            client.api.wait(container_id, timeout=max(0.01, min(poll_seconds, remaining)))
+            break
+        except requests.exceptions.RequestException:
+            pass  # still running after poll_seconds (a read timeout), or the engine is away
+        if not client.api.inspect_container(container_id)["State"]["Running"]:
+            break
+        size, entries = output_usage(out_dir)
+        if size > max_bytes or entries > MAX_OUTPUT_ENTRIES:
+            failure = InvalidOutput("the output folder grew past its cap")
+        elif time.monotonic() >= deadline:
+            failure = SandboxTimeout("no exit within the time limit")
+        if failure is not None:
+            _kill(client, container_id)
+            break
+    return client.api.inspect_container(container_id)["State"], failure
+
+
+def finish(
+    client: docker.DockerClient,
+    container_id: str,
+    *,
+    state: Mapping[str, Any],
+    failure: SandboxError | None,
+    out_dir: Path,
+    max_bytes: int,
+    duration: float,
+) -> SandboxRun:
+    """The run's result from its final state, or the exception that says why it failed."""
+    logs = _logs(client, container_id)
+    exit_code = int(state.get("ExitCode", -1))
+    if failure is not None:
+        failure.logs, failure.exit_code, failure.container_id = logs, exit_code, container_id
+        raise failure
+    if state.get("OOMKilled"):
+        raise SandboxOutOfMemory(
+            "the memory limit was hit", logs=logs, exit_code=exit_code, container_id=container_id
+        )
+    if exit_code != 0:
+        raise RUNNER_EXIT_FAILURES.get(exit_code, SandboxCrashed)(
+            f"the runner exited with {exit_code}", logs=logs, exit_code=exit_code, container_id=container_id
+        )
+    size, entries = output_usage(out_dir)
+    if size > max_bytes or entries > MAX_OUTPUT_ENTRIES:
+        raise InvalidOutput(
+            "the output folder is past its cap", logs=logs, exit_code=exit_code, container_id=container_id
+        )
+    return SandboxRun(
+        predictions_path=out_dir / PREDICTIONS_NAME,
+        exit_code=exit_code,
+        logs=logs,
+        duration_seconds=duration,
+        container_id=container_id,
+    )
+
+
 def execute(
     prepared: PreparedRun,
     *,
@@ -498,66 +570,26 @@ def execute(
         raise SandboxUnavailable(f"cannot create the sandbox: {exc}") from exc
 
     started = time.monotonic()
+    exited = False
     try:
         try:
             client.api.start(container_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise SandboxUnavailable(f"cannot start the sandbox: {exc}") from exc
-        deadline = started + limits.timeout_seconds
-        failure: SandboxError | None = None
-        while True:
-            state = client.api.inspect_container(container_id)["State"]
-            if not state["Running"]:
-                break
-            size, entries = output_usage(prepared.out_dir)
-            if size > max_bytes or entries > MAX_OUTPUT_ENTRIES:
-                failure = InvalidOutput("the output folder grew past its cap")
-            elif time.monotonic() >= deadline:
-                failure = SandboxTimeout(f"no exit after {limits.timeout_seconds} s")
-            if failure is not None:
-                _kill(client, container_id)
-                state = client.api.inspect_container(container_id)["State"]
-                break
-            time.sleep(poll_seconds)
-        duration = time.monotonic() - started
-        logs = _logs(client, container_id)
-        exit_code = int(state.get("ExitCode", -1))
-        if failure is not None:
-            failure.logs, failure.exit_code, failure.container_id = logs, exit_code, container_id
-            raise failure
-        if state.get("OOMKilled"):
-            raise SandboxOutOfMemory(
-                "the memory limit was hit",
-                logs=logs,
-                exit_code=exit_code,
-                container_id=container_id,
-            )
-        if exit_code != 0:
-            raise RUNNER_EXIT_FAILURES.get(exit_code, SandboxCrashed)(
-                f"the runner exited with {exit_code}",
-                logs=logs,
-                exit_code=exit_code,
-                container_id=container_id,
-            )
-        size, entries = output_usage(prepared.out_dir)
-        if size > max_bytes or entries > MAX_OUTPUT_ENTRIES:
-            raise InvalidOutput(
-                "the output folder is past its cap",
-                logs=logs,
-                exit_code=exit_code,
-                container_id=container_id,
-            )
-        return SandboxRun(
-            predictions_path=prepared.predictions_path,
-            exit_code=exit_code,
-            logs=logs,
-            duration_seconds=duration,
-            container_id=container_id,
-        )
+        state, failure = watch(
+            client, container_id, prepared.out_dir, deadline=started + limits.timeout_seconds,
+            max_bytes=max_bytes, poll_seconds=poll_seconds,
+        )  # fmt: skip
+        exited = not state.get("Running")
+        return finish(
+            client, container_id, state=state, failure=failure, out_dir=prepared.out_dir,
+            max_bytes=max_bytes, duration=time.monotonic() - started,
+        )  # fmt: skip
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise SandboxUnavailable(f"docker engine error: {exc}") from exc
     finally:
-        _kill(client, container_id)
+        if not exited:
+            _kill(client, container_id)
         _remove(client, container_id)
 
 

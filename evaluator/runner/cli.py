@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--requests", required=True, type=Path)
     train.add_argument("--output", required=True, type=Path)
     train.set_defaults(handler=_cmd_train)
+
+    pooled = sub.add_parser("pooled", help="import the format's runtime, then predict one job from /job")
+    pooled.add_argument("--format", required=True, choices=sorted(LOADERS), dest="model_format")
+    pooled.add_argument("--job", required=True, type=Path)
+    pooled.add_argument("--output", required=True, type=Path)
+    pooled.set_defaults(handler=_cmd_pooled)
     return parser
 
 
@@ -55,6 +61,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
         requests_dir=args.requests,
         output_dir=args.output,
     )
+
+
+def _cmd_pooled(args: argparse.Namespace) -> None:
+    from .pooled import serve_one
+
+    serve_one(model_format=args.model_format, job_dir=args.job, output_path=args.output)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:

@@ -27,9 +27,42 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
 
 
+# Read the features into memory when they take at most this share of the container's memory
+# limit; memory-map them otherwise. A model reading its batches from a mapped file pays page
+# faults on a bind mount (TorchScript at 1M rows: 22.9 s mapped, 15.2 s in memory).
+IN_MEMORY_SHARE = 0.25
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_limit_bytes() -> int | None:
+    """The container's memory limit (cgroup v2 or v1), or None when unlimited or unknown."""
+    for name in CGROUP_MEMORY_LIMITS:
+        try:
+            with open(name, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 reports "unlimited" as a huge number
+            return int(text)
+        return None
+    return None
+
+
+def _fits_in_memory(path: Path) -> bool:
+    limit = memory_limit_bytes()
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return False
+    return limit is not None and size <= limit * IN_MEMORY_SHARE
+
+
 def read_features(path: Path) -> np.ndarray:
     try:
-        features = np.load(str(path), allow_pickle=False, mmap_mode="r")
+        if _fits_in_memory(path):
+            features = np.load(str(path), allow_pickle=False)
+        else:
+            features = np.load(str(path), allow_pickle=False, mmap_mode="r")
     except Exception as exc:
         raise RunnerError(EXIT_INPUT, f"cannot read features: {type(exc).__name__}") from exc
     if not isinstance(features, np.ndarray) or features.ndim != 2:

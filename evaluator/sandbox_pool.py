@@ -1,0 +1,473 @@
+"""A warm pool of fresh sandboxes: containers started ahead, each taking exactly one job.
+
+A cold prediction run pays, after the job is claimed, for creating and starting a container and
+for importing the runtime in it (about a second for scikit-learn). The pool pays both before:
+per (runner image, model format, resource limits, OCI runtime) it keeps up to ``size``
+containers started with ``python -m runner pooled``, which imports the format's runtime and then
+blocks on a FIFO in its job folder (``evaluator/runner/pooled.py``). A job takes one container,
+places the model and the features in that container's job folder, writes one request into the
+FIFO and watches the container exactly as a cold run is watched; the container then exits and is
+removed, and a background thread starts its replacement.
+
+Security decisions (SECURITY.md section 1 holds unchanged):
+
+- the profile is the cold run's: ``pooled_container_config`` starts from
+  ``sandbox.container_config`` and changes only the command and the mounts (a unit test pins the
+  rest equal, and tests/sandbox probes a pooled container as it probes a cold one);
+- one fresh container per job, never reused: a container is taken from the pool once and removed
+  after its job whatever happened; nothing of one job's container (its tmpfs, processes, job
+  folder, output folder) is visible to another's;
+- the job folder is mounted read-only at ``/job``; the host writes the inputs there (hard links
+  or copies into a folder only the agent can write) before it signals; ``/out`` is the one
+  writable path that survives, read by the host only after the container has exited;
+- the container cannot fake readiness or a request: the FIFO is the host's (mode 0644), and
+  ``/job`` is read-only;
+- a pooled container that died before its job was signalled never saw a model or a row: it is
+  discarded and the job runs cold, so the pool never turns its own trouble into a job failure;
+- a pool folder is locked like a job folder (``evaluator.workdirs``), so the agent's orphan sweep
+  removes a dead agent's pooled containers and leaves a live agent's alone.
+
+The memory bound (``memory_mb``) caps the sum of the memory *limits* of the idle containers: the
+most the idle pool could ever hold (an idle container uses 80-150 MiB). Keys used least recently
+give their containers up first.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Mount
+
+from evaluator import sandbox
+from evaluator.sandbox import (
+    MODEL_FORMATS,
+    OUTPUT_TARGET,
+    PREDICTIONS_NAME,
+    SANDBOX_LABEL,
+    Limits,
+    MiB,
+    SandboxError,
+    SandboxRun,
+    SandboxUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+POOL_LABEL: Final = "vaultbench.pool"
+JOB_TARGET: Final = "/job"
+GO_NAME: Final = "go"  # the FIFO the runner waits on (evaluator/runner/pooled.py)
+READY_NAME: Final = ".ready"  # the runner's "imports done" marker in /out, removed before the job
+FEATURES_NAME: Final = "features.npy"
+OFFSET_NAME: Final = "weights_offset.safetensors"
+MODEL_NAMES: Final = {
+    "torchscript": "model.pt",
+    "sklearn": "model.joblib",
+    "onnx": "model.onnx",
+    "python_package": "model",
+}
+READY_TIMEOUT_SECONDS: Final = 120.0  # imports on a busy machine; a dead container ends it sooner
+READY_POLL_SECONDS: Final = 0.002
+STATE_CHECK_SECONDS: Final = 0.05
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """What a pooled container is interchangeable for."""
+
+    image_id: str
+    model_format: str
+    limits: Limits
+    runtime: str
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One pre-started container and its folders (``mount_dir`` holds both)."""
+
+    key: PoolKey
+    container_id: str
+    mount_dir: Path
+    job_dir: Path
+    out_dir: Path
+
+    @property
+    def go(self) -> Path:
+        return self.job_dir / GO_NAME
+
+    @property
+    def ready(self) -> bool:
+        return os.path.lexists(self.out_dir / READY_NAME)
+
+
+class SlotUnusable(Exception):
+    """The pooled container cannot take the job; it never saw the job's inputs run."""
+
+
+def pooled_container_config(
+    *, key: PoolKey, job_dir: Path, out_dir: Path, name: str | None = None
+) -> dict[str, Any]:
+    """The ``containers.create`` kwargs of a pooled container (pure: no Docker calls): the cold
+    run's profile for the same limits, with the job folder mounted read-only at ``/job``."""
+    if key.model_format not in MODEL_FORMATS:
+        raise ValueError(f"unknown model format {key.model_format!r}")
+    config = sandbox.container_config(
+        image_id=key.image_id,
+        model_path=job_dir / MODEL_NAMES[key.model_format],
+        model_format=key.model_format,
+        features_path=job_dir / FEATURES_NAME,
+        out_dir=out_dir,
+        limits=key.limits,
+        name=name or f"vb-pool-{uuid.uuid4().hex[:16]}",
+    )
+    config.update(
+        command=["pooled", "--format", key.model_format, "--job", JOB_TARGET,
+                 "--output", f"{OUTPUT_TARGET}/{PREDICTIONS_NAME}"],
+        labels={SANDBOX_LABEL: "1", POOL_LABEL: "1"},
+        mounts=[
+            Mount(target=JOB_TARGET, source=str(job_dir), type="bind", read_only=True),
+            Mount(target=OUTPUT_TARGET, source=str(out_dir), type="bind", read_only=False),
+        ],
+    )  # fmt: skip
+    if key.runtime != "runc":
+        config["runtime"] = key.runtime
+    return config
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class WarmPool:
+    """Pre-started sandboxes for an agent. ``run_prediction`` has ``sandbox.run_prediction``'s
+    signature and falls back to a cold run when no container of the job's key is pooled."""
+
+    def __init__(
+        self,
+        *,
+        work_root: Path,
+        size: int = 1,
+        memory_mb: int = 4096,
+        runtime: str = "runc",
+        client_factory: Any = None,
+        ready_timeout: float = READY_TIMEOUT_SECONDS,
+    ) -> None:
+        from evaluator.workdirs import claim_work_dir
+
+        if size < 0 or memory_mb < 0:
+            raise ValueError("pool size and memory must not be negative")
+        self.size = size
+        self.memory_mb = memory_mb
+        self.runtime = runtime
+        self.ready_timeout = ready_timeout
+        self._client_factory = client_factory or sandbox.get_client
+        work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = work_root / f"pool-{uuid.uuid4().hex}"
+        self.dir.mkdir(mode=0o700)
+        self._dir_lock = claim_work_dir(self.dir)
+        self._idle: dict[PoolKey, deque[Slot]] = {}
+        self._recent: OrderedDict[PoolKey, None] = OrderedDict()  # least recently used first
+        self._trash: deque[Slot] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._refill_loop, name="sandbox-pool", daemon=True)
+        self._thread.start()
+
+    # -- the job's side -------------------------------------------------------------------------
+
+    def run_prediction(
+        self,
+        *,
+        image: str,
+        model_path: Path,
+        model_format: str,
+        features_path: Path,
+        work_dir: Path,
+        limits: Limits,
+        batch_size: int = 4096,
+        client: docker.DockerClient | None = None,
+        weights_offset_path: Path | None = None,
+    ) -> SandboxRun:
+        client = client or self._client_factory()
+        # The agent passes the id it pinned for the job; a tag is resolved here.
+        image_id = image if image.startswith("sha256:") else sandbox.resolve_image(client, image)
+        key = PoolKey(image_id, model_format, limits, self.runtime)
+        slot = self._take(key)
+        if slot is not None:
+            try:
+                self._place(slot, model_path, features_path, weights_offset_path)
+            except BaseException:
+                self._discard(slot)
+                raise
+            try:
+                self._signal(slot, client, batch_size=batch_size, offset=weights_offset_path is not None)
+            except SlotUnusable as exc:
+                log.warning("pooled sandbox unusable (%s); running this job cold", exc)
+                self._discard(slot)
+            else:
+                return self._watch(slot, client, limits=limits, work_dir=work_dir)
+        return self._run_cold(
+            image_id=key.image_id, model_path=model_path, model_format=model_format,
+            features_path=features_path, work_dir=work_dir, limits=limits, batch_size=batch_size,
+            client=client, weights_offset_path=weights_offset_path,
+        )  # fmt: skip
+
+    def _run_cold(self, *, image_id: str, limits: Limits, client: Any, **kwargs: Any) -> SandboxRun:
+        from dataclasses import replace
+
+        if self.runtime != "runc":
+            from evaluator.sandbox_runtime import engine_runtimes
+
+            if self.runtime not in engine_runtimes(client):
+                raise SandboxUnavailable(f"the engine has no {self.runtime!r} runtime (see evaluator/sandbox_runtime.py)")
+        prepared = sandbox.prepare_prediction(image_id=image_id, limits=limits, **kwargs)
+        if self.runtime != "runc":
+            prepared = replace(prepared, config={**prepared.config, "runtime": self.runtime})
+        return sandbox.execute(prepared, limits=limits, client=client)
+
+    def _take(self, key: PoolKey) -> Slot | None:
+        with self._cond:
+            self._recent.pop(key, None)
+            self._recent[key] = None
+            idle = self._idle.get(key)
+            slot = idle.popleft() if idle else None
+            self._cond.notify_all()  # refill (or start filling for a new key)
+            return slot
+
+    def _place(self, slot: Slot, model_path: Path, features_path: Path, offset_path: Path | None) -> None:
+        """The job's inputs into the container's (read-only to it) job folder."""
+        for path in (model_path, features_path, *([offset_path] if offset_path else [])):
+            sandbox._check_readable_by_sandbox(path)
+        if slot.key.model_format == "python_package" and not model_path.is_dir():
+            raise SandboxUnavailable("a python_package model must be a prepared folder")
+        if slot.key.model_format != "python_package" and not model_path.is_file():
+            raise SandboxUnavailable("the model must be a regular file")
+        sandbox.stage_input(model_path, slot.job_dir / MODEL_NAMES[slot.key.model_format])
+        sandbox.stage_input(features_path, slot.job_dir / FEATURES_NAME)
+        if offset_path is not None:
+            sandbox.stage_input(offset_path, slot.job_dir / OFFSET_NAME)
+
+    def _signal(self, slot: Slot, client: Any, *, batch_size: int, offset: bool) -> None:
+        """Wait until the runner waits on its FIFO, then write the request. Raises
+        ``SlotUnusable`` if the container ended (or never got ready) before that."""
+        request = json.dumps({"batch_size": batch_size, "weights_offset": offset}).encode()
+        deadline = time.monotonic() + self.ready_timeout
+        next_check = 0.0
+        while True:
+            try:
+                fd = os.open(slot.go, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet (still importing)
+                    raise SlotUnusable(f"cannot open the job FIFO: {exc.strerror}") from None
+            else:
+                try:
+                    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                        raise SlotUnusable("the job FIFO is not a FIFO")
+                    (slot.out_dir / READY_NAME).unlink(missing_ok=True)  # the reader made it before
+                    if os.write(fd, request) != len(request):  # below PIPE_BUF: all or nothing
+                        raise SlotUnusable("short write to the job FIFO")
+                except OSError as exc:  # EPIPE: the reader went away
+                    raise SlotUnusable(f"cannot write the job request: {exc.strerror}") from None
+                finally:
+                    os.close(fd)
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                raise SlotUnusable("the pooled runner did not get ready in time")
+            if now >= next_check:
+                next_check = now + STATE_CHECK_SECONDS
+                try:
+                    running = client.api.inspect_container(slot.container_id)["State"]["Running"]
+                except _engine_errors() as exc:
+                    raise SlotUnusable(f"docker engine error: {exc}") from None
+                if not running:
+                    raise SlotUnusable("the pooled container ended before its job")
+            time.sleep(READY_POLL_SECONDS)
+
+    def _watch(self, slot: Slot, client: Any, *, limits: Limits, work_dir: Path) -> SandboxRun:
+        """Watch the signalled container like a cold run; hand its output folder to the job."""
+        max_bytes = limits.max_output_mb * MiB
+        started = time.monotonic()
+        try:
+            state, failure = sandbox.watch(
+                client, slot.container_id, slot.out_dir, deadline=started + limits.timeout_seconds,
+                max_bytes=max_bytes,
+            )  # fmt: skip
+            if state.get("Running"):
+                sandbox._kill(client, slot.container_id)
+            run = sandbox.finish(
+                client, slot.container_id, state=state, failure=failure, out_dir=slot.out_dir,
+                max_bytes=max_bytes, duration=time.monotonic() - started,
+            )  # fmt: skip
+            # The container has exited: nothing writes to the folder any more. Into the job's own
+            # work folder, which the agent removes with the job.
+            out_dir = work_dir / f"out-{uuid.uuid4().hex}"
+            shutil.move(str(slot.out_dir), str(out_dir))
+            return SandboxRun(
+                predictions_path=out_dir / PREDICTIONS_NAME, exit_code=run.exit_code, logs=run.logs,
+                duration_seconds=run.duration_seconds, container_id=run.container_id,
+            )  # fmt: skip
+        except SandboxError:
+            raise
+        except _engine_errors() as exc:
+            raise SandboxUnavailable(f"docker engine error: {exc}") from exc
+        finally:
+            self._discard(slot)
+
+    def _discard(self, slot: Slot) -> None:
+        """Hand a used (or unusable) container to the pool's thread, which kills and removes it
+        and its folders. It never takes a job again."""
+        with self._cond:
+            self._trash.append(slot)
+            self._cond.notify_all()
+
+    # -- the pool's side -------------------------------------------------------------------------
+
+    def _refill_loop(self) -> None:
+        client = None
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._closed and not self._trash and self._next_key() is None:
+                    self._cond.wait(1.0)
+                if self._closed:
+                    break
+                # A waiting job's next container first; removals after.
+                key = self._next_key()
+                trash = self._trash.popleft() if key is None and self._trash else None
+                if key is not None:
+                    self._make_room(key)
+            try:
+                client = client or self._client_factory()
+                if trash is not None:
+                    self._remove_slot(trash, client)
+                if key is not None:
+                    slot = self._start_slot(key, client)
+                    with self._cond:
+                        if self._closed:
+                            self._trash.append(slot)
+                        else:
+                            self._idle.setdefault(key, deque()).append(slot)
+                failures = 0
+            except Exception as exc:  # the engine away, the image removed: back off, keep serving
+                failures += 1
+                log.warning("sandbox pool: %s; retrying", exc)
+                with self._cond:
+                    if key is not None:  # stop warming this key until a job asks again
+                        self._recent.pop(key, None)
+                    self._cond.wait(min(30.0, 0.5 * 2**failures))
+        with self._cond:
+            leftovers = [s for q in self._idle.values() for s in q] + list(self._trash)
+            self._idle.clear()
+            self._trash.clear()
+        for slot in leftovers:
+            try:
+                self._remove_slot(slot, client or self._client_factory())
+            except Exception as exc:
+                log.warning("sandbox pool: could not remove %s: %s", slot.container_id[:12], exc)
+
+    def _idle_memory(self) -> int:
+        return sum(s.key.limits.memory_mb for q in self._idle.values() for s in q)
+
+    def _next_key(self) -> PoolKey | None:
+        """The most recently used key that lacks containers and fits the memory bound (after
+        giving up idle containers of keys used less recently). Caller holds the lock."""
+        for key in reversed(self._recent):
+            if len(self._idle.get(key, ())) >= self.size:
+                continue
+            older = 0
+            for other in self._recent:
+                if other == key:
+                    break
+                older += sum(s.key.limits.memory_mb for s in self._idle.get(other, ()))
+            if self._idle_memory() - older + key.limits.memory_mb <= self.memory_mb:
+                return key
+        return None
+
+    def _make_room(self, key: PoolKey) -> None:
+        """Give up idle containers of older keys until ``key``'s next one fits. Holds the lock."""
+        for other in list(self._recent):
+            if self._idle_memory() + key.limits.memory_mb <= self.memory_mb or other == key:
+                break
+            idle = self._idle.get(other)
+            while idle and self._idle_memory() + key.limits.memory_mb > self.memory_mb:
+                self._trash.append(idle.pop())
+
+    def _start_slot(self, key: PoolKey, client: Any) -> Slot:
+        mount_dir = sandbox.make_mount_dir(self.dir).resolve()
+        job_dir = mount_dir / "job"
+        job_dir.mkdir()
+        job_dir.chmod(0o755)  # the sandbox user reads the job's inputs; only the agent writes
+        os.mkfifo(job_dir / GO_NAME, 0o644)
+        (job_dir / GO_NAME).chmod(0o644)  # readable, never writable, by the sandbox user
+        out_dir = sandbox.make_output_dir(mount_dir)
+        config = pooled_container_config(key=key, job_dir=job_dir, out_dir=out_dir)
+        container_id = ""
+        try:
+            container_id = str(client.containers.create(**config).id)
+            client.api.start(container_id)
+        except BaseException:
+            if container_id:
+                sandbox._remove(client, container_id)
+            shutil.rmtree(mount_dir, ignore_errors=True)
+            raise
+        return Slot(key=key, container_id=container_id, mount_dir=mount_dir, job_dir=job_dir, out_dir=out_dir)
+
+    def _remove_slot(self, slot: Slot, client: Any) -> None:
+        try:
+            sandbox._kill(client, slot.container_id)
+            sandbox._remove(client, slot.container_id)
+        finally:
+            shutil.rmtree(slot.mount_dir, ignore_errors=True)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def ready_count(self, key: PoolKey | None = None) -> int:
+        """Pooled containers whose runner has finished its imports."""
+        with self._cond:
+            slots = list(self._idle.get(key, ())) if key is not None else [s for q in self._idle.values() for s in q]
+        return sum(s.ready for s in slots)
+
+    def wait_ready(self, key: PoolKey, count: int = 1, timeout: float = 120.0) -> bool:
+        """Until ``count`` containers of ``key`` are pooled and ready (tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._recent.pop(key, None)
+            self._recent[key] = None
+            self._cond.notify_all()
+        while time.monotonic() < deadline:
+            if self.ready_count(key) >= count:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Remove every pooled container and the pool folder. Safe to call twice."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.close(self._dir_lock)
+
+    def __enter__(self) -> WarmPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
