@@ -268,6 +268,20 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Cache (the leaderboard's answers, keyed by each board's version; throttles): Redis at
+# VAULTBENCH_CACHE_URL, shared by every gunicorn worker and host (production: set it, e.g. another
+# database of the broker's Redis); without it each process's own memory (the embedded hub, tests).
+_cache_url = env_str("VAULTBENCH_CACHE_URL", "")
+if _cache_url and not _cache_url.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"VAULTBENCH_CACHE_URL must be a redis://, rediss:// or unix:// URL, got {_cache_url!r}")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url,
+                "KEY_PREFIX": "vaultbench", "TIMEOUT": 300}
+    if _cache_url
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "vaultbench",
+          "TIMEOUT": 300, "OPTIONS": {"MAX_ENTRIES": 2000}}
+}  # fmt: skip
+
 # Celery: an embedded filesystem broker by default (no server), Redis when CELERY_BROKER_URL says.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":

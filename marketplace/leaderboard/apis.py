@@ -1,7 +1,11 @@
 import hashlib
 
+from django.core.cache import cache
+from django.http import HttpResponse
+from django.utils.http import http_date, parse_http_date_safe
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -9,17 +13,18 @@ from marketplace.catalog.access import access_task_for_leaderboard
 from marketplace.catalog.models import TaskStatus
 from marketplace.core.errors import Conflict, DomainError
 from marketplace.core.pagination import StandardPagination
+from marketplace.leaderboard.models import Audience
 from marketplace.leaderboard.selectors import (
     BEST,
     PRIVATE,
     PUBLIC,
     TIE_RULE,
     VIEWS,
+    leaderboard_entries,
     leaderboard_ranked,
     leaderboard_row,
-    leaderboard_version,
-    shows_per_site,
 )
+from marketplace.leaderboard.standings import RankedPage, audience_of, standing_etag, standing_of
 
 
 class LeaderboardRowOutput(serializers.Serializer):
@@ -80,12 +85,23 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return etag in tags or "*" in tags
 
 
+def _not_modified_since(request, changed_at) -> bool:
+    """If-Modified-Since (only without If-None-Match, as RFC 9110 says): the board's last change."""
+    since = request.headers.get("If-Modified-Since")
+    if not since or "If-None-Match" in request.headers or changed_at is None:
+        return False
+    parsed = parse_http_date_safe(since)
+    return parsed is not None and int(changed_at.timestamp()) <= parsed
+
+
 class LeaderboardApi(APIView):
     """Public for public tasks; for invite-only tasks, the owner and approved vendors. An entry
     appears to anyone but the owner at its release time (Submission.results_visible_at).
 
-    Answers carry an ETag: poll with If-None-Match and an unchanged board answers 304 with no
-    body (nothing is ranked or sent)."""
+    The ranks are stored when scores arrive (leaderboard.standings): a page reads its own rows
+    only. Answers carry an ETag and Last-Modified from the board's version: poll with
+    If-None-Match (or If-Modified-Since) and an unchanged board answers 304 with no body. The JSON
+    of a page is cached per board version, audience and query (VAULTBENCH_CACHE_URL)."""
 
     @extend_schema(
         parameters=[
@@ -108,14 +124,36 @@ class LeaderboardApi(APIView):
         split = values["split"]
         if split == PRIVATE and task.status != TaskStatus.CLOSED:
             raise Conflict("The private leaderboard is revealed when the task closes.", code="task_not_closed")
-        etag = _etag(leaderboard_version(task=task, user=request.user), request)
-        if _matches(request.headers.get("If-None-Match", ""), etag):
-            return Response(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-        ranked = leaderboard_ranked(task=task, user=request.user, sort_by=sort, split=split,
-                                    view=values["view"], search=values["search"])  # fmt: skip
+        audience = audience_of(task=task, user=request.user)
+        standing = standing_of(task=task, audience=audience)
+        etag = _etag(standing_etag(standing), request)
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Cookie, Authorization"}
+        if standing.changed_at is not None:
+            headers["Last-Modified"] = http_date(standing.changed_at.timestamp())
+        if _matches(request.headers.get("If-None-Match", ""), etag) or _not_modified_since(request, standing.changed_at):
+            return Response(status=304, headers=headers)
+        as_json = getattr(request.accepted_renderer, "format", "json") == "json"
+        key = f"leaderboard:api:{task.id}:{audience}:{etag}:{request.build_absolute_uri('/')}"
+        body = cache.get(key) if as_json else None
+        if body is None:
+            data = self._page(request, task=task, audience=audience, standing=standing, sort=sort, split=split,
+                              values=values)  # fmt: skip
+            if not as_json:  # the browsable API
+                return Response(data, headers=headers)
+            body = JSONRenderer().render(data)
+            cache.set(key, body)
+        return HttpResponse(body, content_type="application/json", headers=headers)
+
+    def _page(self, request, *, task, audience: str, standing, sort: str, split: str, values: dict) -> dict:
+        if split == PRIVATE:  # the finals revealed at close: a few rows, ranked as read
+            ranked = leaderboard_ranked(task=task, user=request.user, sort_by=sort, split=split,
+                                        view=values["view"], search=values["search"],
+                                        entries=leaderboard_entries(task=task, user=request.user, split=PRIVATE))  # fmt: skip
+        else:
+            ranked = RankedPage(task=task, row=standing, view=values["view"], metric=sort, search=values["search"])
         paginator = StandardPagination()
         page = paginator.paginate_queryset(ranked, request, view=self)
-        per_site = shows_per_site(task=task, user=request.user)
+        per_site = audience == Audience.OWNER or task.show_per_site
         rows = [leaderboard_row(entry, task=task, show_per_site=per_site, split=split) for entry in page]
         body = paginator.get_paginated_response(LeaderboardRowOutput(rows, many=True).data).data
         body.update(
@@ -123,5 +161,4 @@ class LeaderboardApi(APIView):
              "view": values["view"], "search": values["search"], "leaderboard_mode": task.leaderboard_mode,
              "tie_rule": TIE_RULE}
         )  # fmt: skip
-        return Response(body, headers={"ETag": etag, "Cache-Control": "no-cache"})
-
+        return body

@@ -20,6 +20,7 @@ from marketplace.budgets.services import BudgetExhausted, budget_reserve
 from marketplace.catalog.metric_catalog import HIGHER, metric_direction
 from marketplace.catalog.models import Task
 from marketplace.leaderboard.models import LeaderboardEntry
+from marketplace.leaderboard.standings import standings_refresh
 
 
 def _sort_key(task: Task, entry: LeaderboardEntry) -> tuple:
@@ -118,4 +119,6 @@ def close_reveals_approve(*, task: Task, plan: dict) -> tuple[list[int], list[in
         entry.reveal_approved = True
         entry.save(update_fields=["reveal_approved", "updated_at"])
         approved.append(entry.submission_id)
+    if approved:
+        standings_refresh(task_id=task.id)
     return approved, refused

@@ -28,6 +28,7 @@ _FIELDS = {
     "id": "id", "submission_id": "submission_id", "metrics": "metrics", "private_metrics": "private_metrics",
     "per_site": "per_site", "ladder_improved": "ladder_improved", "reveal_approved": "reveal_approved",
     "n_rows": "n_rows", "private_n_rows": "private_n_rows", "n_sites": "n_sites", "entry_created_at": "created_at",
+    "entry_updated_at": "updated_at",
     "created_at": "submission__created_at", "results_visible_at": "submission__results_visible_at",
     "vendor_id": "submission__vendor_id", "vendor": "submission__vendor__name", "model_name": "submission__name",
     "artifact_format": "submission__artifact_format", "model_size": "submission__size",
@@ -37,12 +38,22 @@ _FIELDS = {
 }  # fmt: skip
 
 
-def leaderboard_entries(*, task: Task, user=None, now: datetime | None = None) -> list[dict]:
-    """The entries `user` may see (leaderboard_entries_visible_to), as plain dicts, one query. Fetch
-    them once per request and hand them to leaderboard_rows / leaderboard_best_over_time."""
-    rows = leaderboard_entries_visible_to(task=task, user=user, now=now).values(*_FIELDS.values())
+def entry_values(entries: QuerySet[LeaderboardEntry]) -> list[dict]:
+    """`entries` as the plain dicts the board functions take (_FIELDS), one query."""
     names = {v: k for k, v in _FIELDS.items()}
-    return [{names[k]: v for k, v in row.items()} for row in rows]
+    return [{names[k]: v for k, v in row.items()} for row in entries.values(*_FIELDS.values())]
+
+
+def leaderboard_entries(
+    *, task: Task, user=None, now: datetime | None = None, split: str | None = None
+) -> list[dict]:
+    """The entries `user` may see (leaderboard_entries_visible_to), as plain dicts, one query. Fetch
+    them once per request and hand them to leaderboard_rows / leaderboard_best_over_time.
+    `split=private` fetches only the revealed finals (the private board's entries)."""
+    entries = leaderboard_entries_visible_to(task=task, user=user, now=now)
+    if split == PRIVATE:
+        entries = entries.filter(reveal_approved=True, private_metrics__isnull=False)
+    return entry_values(entries)
 
 
 def _revealed_entries(entries: list[dict]) -> list[dict]:

@@ -15,6 +15,7 @@ from marketplace.jobs.models import (
 from marketplace.jobs.releases import release_spec
 from marketplace.leaderboard.aggregation import ladder_improves, pooled_metrics
 from marketplace.leaderboard.models import LeaderboardEntry
+from marketplace.leaderboard.standings import standings_refresh
 from marketplace.submissions.models import Submission, SubmissionStatus
 from marketplace.submissions.quotas import quota_refund
 from marketplace.submissions.services import submission_mark_visible
@@ -111,6 +112,8 @@ def leaderboard_aggregate(*, submission_id: int) -> LeaderboardEntry | None:
     audit_record(
         action="submission.scored", obj=submission, data={"metrics": entry.metrics, "ladder": ladder}
     )
+    # The ranks are stored with the score, in its transaction: a read never ranks the board.
+    standings_refresh(task_id=task.id)
     return entry
 
 
@@ -132,4 +135,5 @@ def leaderboard_reveal(*, submission_id: int) -> LeaderboardEntry | None:
     )
     entry.save(update_fields=["private_metrics", "private_n_rows", "updated_at"])
     audit_record(action="leaderboard.revealed", obj=entry.submission, data={"metrics": entry.private_metrics})
+    standings_refresh(task_id=entry.task_id)  # the board's version moves (the private board is read live)
     return entry

@@ -1,0 +1,204 @@
+"""Standings: each task's board in rank order, stored when a score arrives rather than ranked on
+every read (10,000 entries took 1.2 s a read; issue 13).
+
+A task has two stored boards (LeaderboardStanding), one per audience: the owner's (every entry)
+and everyone else's (entries past their release time, Submission.results_visible_at). Each holds,
+for each view (best per vendor, all) and each metric, the entry ids in rank order, ranked by the
+same code as before (selectors.leaderboard_ranked: the TIE_RULE, Ladder mode), so a rank is a
+position in a stored list and a page is a slice of it.
+
+When they are recomputed (standings_refresh):
+- in the transaction that scores a submission, reveals a private score or approves reveals
+  (leaderboard.services, leaderboard.closing), under a row lock, so two scores arriving together
+  both land;
+- on a read that finds them stale: a public entry's release time has passed (`next_release_at`:
+  never shown early, shown by the first read after its time), the task's settings changed
+  (decimals, metrics, mode), or an entry changed outside those services (the latest
+  `updated_at`, read from an index). A read that finds another refresh in progress serves the
+  ranks it has (an entry appears a moment later, never earlier).
+
+The private (final) board is not stored: it holds only the finals revealed at close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from marketplace.catalog.models import Task
+from marketplace.leaderboard.models import Audience, LeaderboardEntry, LeaderboardStanding
+from marketplace.leaderboard.selectors import VIEWS, entry_values, leaderboard_ranked
+
+
+def _orders(task: Task, entries: list[dict]) -> dict[str, dict[str, list[int]]]:
+    names = [m["name"] for m in task.metrics]
+    return {
+        view: {metric: [e["id"] for e in leaderboard_ranked(task=task, sort_by=metric, view=view, entries=entries)]
+               for metric in names}
+        for view in VIEWS
+    }  # fmt: skip
+
+
+def _digest(task: Task, orders: dict, entries: list[dict]) -> str:
+    """What the audience sees: the ranks, the task's settings and the latest change of its entries."""
+    latest = max((e["entry_updated_at"] for e in entries), default=None)
+    raw = json.dumps([orders, task.updated_at.isoformat(), task.status, latest and latest.isoformat(), len(entries)])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+_FIELDS = ["orders", "digest", "version", "changed_at", "computed_at", "task_updated_at", "entries_updated_at",
+           "entries_count", "next_release_at"]  # fmt: skip
+
+
+def _recompute(row: LeaderboardStanding, *, task: Task, everything: list[dict], now: datetime) -> None:
+    """Sets `row` (one audience) from all the task's entries as of `now`; its version moves only
+    when what the audience sees changed."""
+    if row.audience == Audience.PUBLIC:
+        entries = [e for e in everything if e["results_visible_at"] is not None and e["results_visible_at"] <= now]
+        upcoming = [e["results_visible_at"] for e in everything
+                    if e["results_visible_at"] is not None and e["results_visible_at"] > now]  # fmt: skip
+        row.next_release_at = min(upcoming, default=None)
+    else:
+        entries, row.next_release_at = everything, None
+    row.orders = _orders(task, entries)
+    digest = _digest(task, row.orders, entries)
+    if digest != row.digest:
+        row.digest, row.version, row.changed_at = digest, row.version + 1, now
+    row.computed_at, row.task_updated_at, row.entries_count = now, task.updated_at, len(entries)
+    row.entries_updated_at = max((e["entry_updated_at"] for e in everything), default=None)
+    # Readers take the ranks from the cache (no query); the key of a version that rolls back is
+    # never asked for (the next version has another changed_at).
+    cache.set_many({_orders_key(row, view, metric): ids
+                    for view, by_metric in row.orders.items() for metric, ids in by_metric.items()})  # fmt: skip
+
+
+@transaction.atomic
+def standings_refresh(*, task_id: int, now: datetime | None = None) -> None:
+    """Recomputes both audiences' stored boards of the task, under their row locks (two scores
+    arriving together both land: the second waits, then reads the first's entry)."""
+    LeaderboardStanding.objects.bulk_create(
+        [LeaderboardStanding(task_id=task_id, audience=a) for a in Audience.values], ignore_conflicts=True
+    )
+    rows = list(LeaderboardStanding.objects.select_for_update().filter(task_id=task_id))
+    task = Task.objects.get(id=task_id)
+    now = now or timezone.now()
+    everything = entry_values(LeaderboardEntry.objects.filter(task_id=task_id))
+    for row in rows:
+        _recompute(row, task=task, everything=everything, now=now)
+    LeaderboardStanding.objects.bulk_update(rows, _FIELDS)
+
+
+def _orders_key(row: LeaderboardStanding, view: str, metric: str) -> str:
+    return f"leaderboard:orders:{standing_etag(row)}:{view}:{metric}"
+
+
+def standing_order(row: LeaderboardStanding, *, view: str, metric: str) -> list[int]:
+    """The entry ids of one view and metric in rank order: from the row when it was just
+    recomputed, else the cache, else the database."""
+    if "orders" in row.__dict__:
+        return row.orders.get(view, {}).get(metric, [])
+    ids = cache.get(_orders_key(row, view, metric))
+    if ids is None:
+        orders = LeaderboardStanding.objects.filter(id=row.id).values_list("orders", flat=True).first() or {}
+        ids = orders.get(view, {}).get(metric, [])
+    return ids
+
+
+def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> LeaderboardStanding:
+    """The audience's stored board of `task` (its ranks: standing_order), one query when fresh.
+
+    When stale (a public entry's release time has passed, the task's settings changed, or the
+    latest entry change or the number of entries the audience sees differ from the stored ones:
+    a write that bypassed the services, an operator's or a test's, cannot leave a stale board),
+    this audience's board is recomputed and stored by the reader, unless a concurrent refresh got
+    there first (a conditional update on the version: nothing is lost). The recomputed row keeps
+    the entries it read in `row.entries` (RankedPage uses them instead of a query)."""
+    now = now or timezone.now()
+    entries = LeaderboardEntry.objects.filter(task_id=OuterRef("task_id"))
+    latest = entries.order_by("-updated_at").values("updated_at")[:1]
+    if audience == Audience.PUBLIC:
+        entries = entries.filter(submission__results_visible_at__lte=now)
+    count = entries.order_by().values("task_id").annotate(n=Count("id")).values("n")
+    row = (
+        LeaderboardStanding.objects.filter(task_id=task.id, audience=audience)
+        .annotate(latest=Subquery(latest), count=Coalesce(Subquery(count), 0))
+        .defer("orders")
+        .first()
+    )
+    if row is None:  # a task scored before standings existed, or never scored
+        standings_refresh(task_id=task.id, now=now)
+        return standing_of(task=task, audience=audience, now=now)
+    stale = (
+        row.task_updated_at != task.updated_at
+        or row.entries_updated_at != row.latest
+        or row.entries_count != row.count
+        or (audience == Audience.PUBLIC and row.next_release_at is not None and row.next_release_at <= now)
+    )
+    if stale:
+        everything = entry_values(LeaderboardEntry.objects.filter(task_id=task.id))
+        seen = {"version": row.version, "computed_at": row.computed_at}
+        _recompute(row, task=task, everything=everything, now=now)
+        LeaderboardStanding.objects.filter(id=row.id, **seen).update(**{f: getattr(row, f) for f in _FIELDS})
+        row.entries = {e["id"]: e for e in everything}
+    return row
+
+
+def standing_etag(row: LeaderboardStanding) -> str:
+    """A short tag for the row's version: the board's ETag and cache key (unique across databases
+    that reuse ids: the time of the change is in it)."""
+    changed = row.changed_at.isoformat() if row.changed_at else ""
+    return hashlib.sha256(f"{row.task_id}:{row.audience}:{row.version}:{changed}".encode()).hexdigest()[:20]
+
+
+class RankedPage(Sequence):
+    """One view and metric of a stored board as a sequence of ranked entries (dicts with `rank`)
+    that reads from the database only the slice asked for: hand it to a paginator. `search` keeps
+    the entries whose vendor or model name contains it; ranks stay those of the whole board."""
+
+    def __init__(self, *, task: Task, row: LeaderboardStanding, view: str, metric: str, search: str = ""):
+        self.task, self.row = task, row
+        ids = standing_order(row, view=view, metric=metric)
+        ranked = list(enumerate(ids, start=1))
+        needle = (search or "").strip()
+        if needle:
+            from django.db.models import Q
+
+            matching = set(
+                LeaderboardEntry.objects.filter(task_id=task.id)
+                .filter(Q(submission__vendor__name__icontains=needle) | Q(submission__name__icontains=needle))
+                .values_list("id", flat=True)
+            )
+            ranked = [(rank, entry_id) for rank, entry_id in ranked if entry_id in matching]
+        self.ranked = ranked
+
+    def __len__(self) -> int:
+        return len(self.ranked)
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            return self[index : index + 1][0]
+        part = self.ranked[index]
+        by_id = getattr(self.row, "entries", None) or {
+            e["id"]: e for e in entry_values(LeaderboardEntry.objects.filter(id__in=[i for _, i in part]))
+        }
+        # An entry deleted since the ranks were stored drops out (the next refresh renumbers).
+        return [{**by_id[entry_id], "rank": rank} for rank, entry_id in part if entry_id in by_id]
+
+
+def audience_of(*, task: Task, user) -> str:
+    """The owner's board for the task's owner, everyone else's for anyone else (visitors included)."""
+    from marketplace.accounts.selectors import organization_ids_of
+    from marketplace.submissions.visibility import is_task_owner
+
+    if user is not None and getattr(user, "is_authenticated", False):
+        if is_task_owner(task=task, org_ids=organization_ids_of(user=user)):
+            return Audience.OWNER
+    return Audience.PUBLIC
