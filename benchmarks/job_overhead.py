@@ -1,6 +1,7 @@
 """What one evaluation job costs end to end, against the bare prediction it wraps.
 
     python benchmarks/job_overhead.py [--sizes 1000,100000,1000000] [--repeats 5] [--json out.json]
+        [--modes cold,pool] [--formats sklearn,torchscript]
 
 Sets up, in a temporary folder: a hub (SQLite, migrated) served by gunicorn on loopback (real
 HTTP; Celery tasks run inline in the web process), one vendor, one site, one task per size.
@@ -12,7 +13,15 @@ HubClient) runs one ``run_once()`` per job: heartbeat, claim, download + sha256,
 sandbox (the real runner image), validation, sufficient statistics + noise, ledger, result post.
 
 Baseline, in this process, same data, same model: ``predict_proba`` on all N rows (joblib.load
-excluded). The ratio is end-to-end job time / bare predict time, both medians of the same run.
+excluded; TorchScript: the module on all N rows under ``inference_mode``). The ratio is
+end-to-end job time / bare predict time, both medians of the same run; the slope ratio is
+(job(N_max) - job(N_min)) / (bare(N_max) - bare(N_min)).
+
+Modes: ``cold`` (the agent without its warm pool: every job creates and starts its container)
+and ``pool`` (``Agent.start_pool()``; before each measured job the benchmark waits until the
+pool holds a ready container, i.e. "pool warm"; the first job of each format runs cold and is a
+warm-up). In pool mode the in-container split is "signal -> exit noticed" (the runtime was
+imported before the job).
 
 The split of the time comes from benchmark-side wrappers only: the agent's injection points
 (sandbox runner, sha256 check, model preparation, predictions reader), a timed HubClient
@@ -258,25 +267,44 @@ def build_model(out: Path) -> Path:
     return artifact
 
 
-def bare_predict_seconds(artifact: Path, features: np.ndarray, repeats: int) -> float:
-    import joblib
+def build_torchscript_model(out: Path) -> Path:
+    artifact = out / "model.pt"
+    subprocess.run(
+        [sys.executable, str(REPO / "docs/examples/make_torchscript_model.py"), str(artifact)],
+        cwd=REPO / "docs/examples", check=True, capture_output=True,
+    )  # fmt: skip
+    return artifact
 
-    model = joblib.load(artifact)  # our own example: trusted, so loading it here is fine
-    model.predict_proba(features[:100])  # warm
+
+def bare_predict_seconds(artifact: Path, features: np.ndarray, repeats: int, model_format: str = "sklearn") -> float:
+    if model_format == "torchscript":
+        import torch
+
+        module = torch.jit.load(str(artifact), map_location="cpu")  # our own example: trusted
+        module.eval()
+
+        def predict(x: np.ndarray) -> object:
+            with torch.inference_mode():
+                return module(torch.from_numpy(x)).numpy()
+    else:
+        import joblib
+
+        predict = joblib.load(artifact).predict_proba  # our own example: trusted
+    predict(features[:100])  # warm
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.predict_proba(features)
+        predict(features)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def upload(url: str, token: str, task_id: int, artifact: Path, name: str) -> int:
+def upload(url: str, token: str, task_id: int, artifact: Path, name: str, model_format: str = "sklearn") -> int:
     with artifact.open("rb") as fh:
         resp = requests.post(
             f"{url}/api/v1/submissions",
             headers={"Authorization": f"Bearer {token}"},
-            data={"task": task_id, "name": name, "artifact_format": "sklearn"},
+            data={"task": task_id, "name": name, "artifact_format": model_format},
             files={"artifact": (artifact.name, fh)},
             timeout=120,
         )
@@ -339,8 +367,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the raw measurements here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--modes", default="cold,pool", help="cold, pool or both (comma-separated)")
+    parser.add_argument("--formats", default="sklearn", help="sklearn, torchscript or both")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    formats = [f for f in args.formats.split(",") if f]
 
     from sandbox_images.build import ensure_runner_image
 
@@ -352,10 +384,12 @@ def main() -> None:
         (root / "hub").mkdir()
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
         seed = seed_hub(env, sizes)
-        artifact = build_model(root)
+        artifacts = {"sklearn": build_model(root)}
+        if "torchscript" in formats:
+            artifacts["torchscript"] = build_torchscript_model(root)
         port = free_port()
         with running_hub(env, port, root / "gunicorn.log") as url:
-            results = measure(url, seed, sizes, args.repeats, artifact, image, root)
+            results = measure(url, seed, sizes, args.repeats, artifacts, image, root, modes=modes, formats=formats)
         results["machine"] = machine()
         results["command"] = " ".join([Path(sys.executable).name, *sys.argv])
         print(report(results))
@@ -367,7 +401,8 @@ def main() -> None:
 
 
 def measure(
-    url: str, seed: dict, sizes: list[int], repeats: int, artifact: Path, image: str, root: Path
+    url: str, seed: dict, sizes: list[int], repeats: int, artifacts: dict[str, Path], image: str, root: Path,
+    *, modes: list[str], formats: list[str],
 ) -> dict:
     site = root / "site"
     site.mkdir()
@@ -381,11 +416,11 @@ def measure(
     agent = Agent(
         config,
         client,
-        sandbox_runner=timed_sandbox,
         verify_sha256=TIMELINE.wrap("artifact sha256", verify_sha256),
         prepare_model=TIMELINE.wrap("artifact prepare", prepare_model),
         load_predictions=TIMELINE.wrap("predictions read", load_predictions),
     )
+    cold_runner = agent._sandbox()  # the agent's own cold path (sandbox_runtime applied)
     client.download_artifact = TIMELINE.wrap("artifact download", client.download_artifact)
     agent.ledger.append = TIMELINE.wrap("ledger", agent.ledger.append)
     for name in ("add_pending", "mark_posted", "is_posted", "pending"):
@@ -395,10 +430,11 @@ def measure(
     agent_module.sufficient_statistics = TIMELINE.wrap("statistics", agent_module.sufficient_statistics)
     agent_module.gaussian_release = TIMELINE.wrap("noise", agent_module.gaussian_release)
 
-    per_size = {}
+    features_of: dict[int, np.ndarray] = {}
     probe_features = None
     for i, n in enumerate(sizes):
         features, labels = synthetic_rows(n, seed=i)
+        features_of[n] = features
         incoming = root / f"incoming-{n}"
         incoming.mkdir()
         np.save(incoming / "features.npy", features)
@@ -416,25 +452,61 @@ def measure(
         if probe_features is None:
             probe_features = datasets.task_dir(config.data_dir, task_id) / "features" / "features.npy"
 
-        bare = bare_predict_seconds(artifact, features, repeats)
-        if i == 0:  # warm-up job: first container of the run, cold caches
-            upload(url, seed["vendor_token"], task_id, artifact, "warm-up")
-            run_job(agent)
-        jobs = []
-        for r in range(repeats):
-            upload(url, seed["vendor_token"], task_id, artifact, f"n{n}-r{r}")
-            total, parts, facts = run_job(agent)
-            jobs.append({"total": total, "parts": parts, "facts": facts})
-            print(
-                f"{n:>9} rows  repeat {r + 1}/{repeats}: job {total:.2f}s, bare predict {bare:.4f}s",
-                file=sys.stderr,
-            )
-        per_size[n] = {"bare_predict": bare, "jobs": jobs}
+    per_mode: dict[str, dict] = {}
+    for mode in modes:
+        agent._sandbox_runner = None  # start_pool() keeps an injected runner
+        pool = agent.start_pool() if mode == "pool" else None
+        if mode == "pool" and pool is None:
+            raise SystemExit("the pool did not start (pool_size = 0?)")
+        timed_client = timed_docker_client()
+
+        def timed_sandbox(pool=pool, timed_client=timed_client, **kwargs):
+            runner = pool.run_prediction if pool is not None else cold_runner
+            with TIMELINE.part("sandbox total"):
+                run = runner(client=timed_client, **kwargs)
+            TIMELINE.facts["sandbox duration_seconds"] = run.duration_seconds
+            if pool is not None:
+                TIMELINE.facts["pooled"] = 1.0
+            return run
+
+        agent._pool = None  # the agent calls the timed wrapper, which calls the pool
+        agent._sandbox_runner = timed_sandbox
+        per_format: dict[str, dict] = {}
+        try:
+            for fmt in formats:
+                per_size = {}
+                for i, n in enumerate(sizes):
+                    task_id = seed["tasks"][n]
+                    bare = bare_predict_seconds(artifacts[fmt], features_of[n], repeats, fmt)
+                    if i == 0:  # warm-up: the format's first container; in pool mode it asks for the next
+                        upload(url, seed["vendor_token"], task_id, artifacts[fmt], f"{mode}-{fmt}-warm-up", fmt)
+                        run_job(agent)
+                    jobs = []
+                    for r in range(repeats):
+                        upload(url, seed["vendor_token"], task_id, artifacts[fmt], f"{mode}-{fmt}-n{n}-r{r}", fmt)
+                        if pool is not None:
+                            deadline = time.monotonic() + 300
+                            while pool.ready_count() < 1 and time.monotonic() < deadline:
+                                time.sleep(0.01)
+                            time.sleep(0.2)  # the refill's own work settles: "pool warm"
+                        total, parts, facts = run_job(agent)
+                        jobs.append({"total": total, "parts": parts, "facts": facts})
+                        print(
+                            f"{mode:>4} {fmt:>11} {n:>9} rows  repeat {r + 1}/{repeats}: job {total:.3f}s, "
+                            f"bare predict {bare:.4f}s",
+                            file=sys.stderr,
+                        )
+                    per_size[n] = {"bare_predict": bare, "jobs": jobs}
+                per_format[fmt] = {"sizes": {str(n): v for n, v in per_size.items()}}
+        finally:
+            if pool is not None:
+                pool.close()
+        per_mode[mode] = per_format
 
     # Interpreter start and imports, under the same profile (median of `repeats`).
     work = root / "probe"
     work.mkdir(mode=0o700)
-    model_copy = prepare_model(artifact, model_format="sklearn", dest=work / "model")
+    model_copy = prepare_model(artifacts["sklearn"], model_format="sklearn", dest=work / "model")
     python_start = statistics.median(
         probe_container(image, "pass", work, model_copy, probe_features) for _ in range(repeats)
     )
@@ -444,26 +516,24 @@ def measure(
         for _ in range(repeats)
     )  # fmt: skip
     return {
-        "sizes": {str(n): v for n, v in per_size.items()},
+        "modes": per_mode,
         "probes": {"python_start": python_start, "python_start_plus_imports": imports},
         "repeats": repeats,
     }
-
-
-def timed_sandbox(**kwargs):
-    with TIMELINE.part("sandbox total"):
-        run = sandbox.run_prediction(client=timed_docker_client(), **kwargs)
-    TIMELINE.facts["sandbox duration_seconds"] = run.duration_seconds
-    return run
 
 
 def split_parts(job: dict, probes: dict) -> dict[str, float]:
     parts = dict(job["parts"])
     in_container = job["facts"].get("in-container", 0.0)
     start, with_imports = probes["python_start"], probes["python_start_plus_imports"]
-    parts["~python start"] = min(start, in_container)
-    parts["~imports"] = max(0.0, min(with_imports, in_container) - start)
-    parts["~model work"] = max(0.0, in_container - with_imports)
+    if job["facts"].get("pooled"):  # started and imported before the job: signal -> exit noticed
+        in_container = job["facts"].get("sandbox duration_seconds", 0.0)
+        parts["~python start"] = parts["~imports"] = 0.0
+        parts["~model work"] = in_container
+    else:
+        parts["~python start"] = min(start, in_container)
+        parts["~imports"] = max(0.0, min(with_imports, in_container) - start)
+        parts["~model work"] = max(0.0, in_container - with_imports)
     docker_named = sum(
         parts.get(k, 0.0) for k in ("docker image resolve", "docker create", "docker start (API call)")
     )
@@ -495,28 +565,49 @@ def machine() -> dict:
 
 def report(results: dict) -> str:
     probes = results["probes"]
-    lines = [
-        "| rows | bare predict (median) | end-to-end job (median) | ratio | sandbox run (median) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    breakdown = {}
-    for n, data in results["sizes"].items():
-        totals = [j["total"] for j in data["jobs"]]
-        sandbox_runs = [j["facts"].get("sandbox duration_seconds", 0.0) for j in data["jobs"]]
-        job = statistics.median(totals)
-        bare = data["bare_predict"]
-        lines.append(
-            f"| {int(n):,} | {bare * 1000:.1f} ms | {job:.2f} s | {job / bare:,.0f}x | {statistics.median(sandbox_runs):.2f} s |"
-        )
-        split = [split_parts(j, probes) for j in data["jobs"]]
-        breakdown[n] = {k: statistics.median(s[k] for s in split) for k in split[0]}
-    lines += ["", "Where the time goes (median seconds per part):", ""]
-    header = "| part | " + " | ".join(f"{int(n):,} rows" for n in breakdown) + " |"
-    lines += [header, "| --- |" + " ---: |" * len(breakdown)]
-    for part in next(iter(breakdown.values())):
-        lines.append(f"| {part} | " + " | ".join(f"{b[part]:.3f}" for b in breakdown.values()) + " |")
+    lines: list[str] = []
+    for mode, per_format in results["modes"].items():
+        for fmt, data in per_format.items():
+            sizes = data["sizes"]
+            lines += [
+                f"### {mode} ({'warm pool' if mode == 'pool' else 'no pool'}), {fmt}",
+                "",
+                "| rows | bare predict (median) | end-to-end job (median) | ratio | sandbox run (median) |",
+                "| ---: | ---: | ---: | ---: | ---: |",
+            ]
+            breakdown = {}
+            medians = {}
+            for n, row in sizes.items():
+                totals = [j["total"] for j in row["jobs"]]
+                sandbox_runs = [j["facts"].get("sandbox duration_seconds", 0.0) for j in row["jobs"]]
+                job = medians[n] = statistics.median(totals)
+                bare = row["bare_predict"]
+                lines.append(
+                    f"| {int(n):,} | {bare * 1000:.1f} ms | {job:.3f} s | {job / bare:,.0f}x "
+                    f"| {statistics.median(sandbox_runs):.3f} s |"
+                )
+                split = [split_parts(j, probes) for j in row["jobs"]]
+                breakdown[n] = {k: statistics.median(s[k] for s in split) for k in split[0]}
+            if len(sizes) >= 2:
+                lo, hi = min(sizes, key=int), max(sizes, key=int)
+                bare_slope = sizes[hi]["bare_predict"] - sizes[lo]["bare_predict"]
+                job_slope = medians[hi] - medians[lo]
+                per_row = 1e6 / (int(hi) - int(lo))
+                lines += [
+                    "",
+                    f"slope {int(lo):,} -> {int(hi):,} rows: job {job_slope * per_row:.3f} us/row, bare "
+                    f"{bare_slope * per_row:.3f} us/row: **{job_slope / bare_slope:.2f}x** the bare predict's",
+                ]
+            lines += ["", "Where the time goes (median seconds per part):", ""]
+            header = "| part | " + " | ".join(f"{int(n):,} rows" for n in breakdown) + " |"
+            lines += [header, "| --- |" + " ---: |" * len(breakdown)]
+            for part in next(iter(breakdown.values())):
+                label = part
+                if mode == "pool" and part.startswith("in container: unpickle"):
+                    label = "in container: signal -> exit noticed (unpickle, read, predict, write)"
+                lines.append(f"| {label} | " + " | ".join(f"{b[part]:.3f}" for b in breakdown.values()) + " |")
+            lines.append("")
     lines += [
-        "",
         f"probe containers (in-container seconds): interpreter start {probes['python_start']:.3f}, "
         f"with numpy + joblib + sklearn imports {probes['python_start_plus_imports']:.3f}",
     ]

@@ -141,6 +141,7 @@ class Agent:
         self.client = client
         self._sandbox_runner = sandbox_runner
         self._pool: Any = None  # evaluator.sandbox_pool.WarmPool while the agent serves
+        self._shards: Any = None  # evaluator.shard_cache.ShardCache while the agent serves
         # The runner image's id for a tag (pinned per job); with an injected sandbox (tests), the tag.
         self._resolve_image = resolve_image or (None if sandbox_runner is None else (lambda tag: tag))
         self._verify_sha256 = verify_sha256
@@ -188,7 +189,14 @@ class Agent:
         if self._resolve_image is None:
             from evaluator.sandbox import get_client, resolve_image
 
-            self._resolve_image = lambda tag: resolve_image(get_client(), tag)
+            engine: list[Any] = []  # one client for the agent's life, made at first use
+
+            def resolve(tag: str) -> str:
+                if not engine:
+                    engine.append(get_client())
+                return resolve_image(engine[0], tag)
+
+            self._resolve_image = resolve
         return self._resolve_image(self.image())
 
     def image(self) -> str:
@@ -223,9 +231,14 @@ class Agent:
     # -- the warm pool ------------------------------------------------------------------------
 
     def start_pool(self) -> Any:
-        """Start the warm pool of sandboxes (``pool_size`` > 0, the real engine only: an injected
-        sandbox runner is kept). Containers are started per (image, format, limits) once a job
-        of that kind has run. ``run_forever`` starts and closes it; others call ``close_pool``."""
+        """Start the fast paths: the verified-shard cache and the warm pool of sandboxes
+        (``pool_size`` > 0, the real engine only: an injected sandbox runner is kept). Pooled
+        containers are started per (image, format, limits) once a job of that kind has run.
+        ``run_forever`` starts and closes both; others call ``close_pool``."""
+        if self._shards is None:
+            from evaluator.shard_cache import ShardCache
+
+            self._shards = ShardCache(data_dir=self.config.data_dir, work_root=self.config.work_dir)
         if self._pool is None and self._sandbox_runner is None and self.config.pool_size > 0:
             from evaluator.sandbox_pool import WarmPool
 
@@ -239,6 +252,9 @@ class Agent:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        shards, self._shards = self._shards, None
+        if shards is not None:
+            shards.close()
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -602,7 +618,10 @@ class Agent:
         task = job["task"]
         terms: ReleaseTerms = spec["terms"]
         # The data is copied into the job's folder and checked there: the sandbox reads that copy.
-        data = datasets.load_task_data(data_dir=self.config.data_dir, task_id=task["id"], pin_dir=work / "pinned")
+        if self._shards is not None:  # verified once per shard load, shared by the jobs that follow
+            data = self._shards.load(task["id"])
+        else:
+            data = datasets.load_task_data(data_dir=self.config.data_dir, task_id=task["id"], pin_dir=work / "pinned")
         if (
             data.task_type != spec["task_type"]
             or data.n_features != spec["n_features"]

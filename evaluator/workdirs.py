@@ -1,6 +1,7 @@
 """Job work folders: locked while an agent uses them, so a restarted agent can tell a dead
 agent's leftovers (folder and sandbox containers) from a live one's. The warm sandbox pool's
-folder (``pool-*``, evaluator/sandbox_pool.py) is locked the same way."""
+folder (``pool-*``, evaluator/sandbox_pool.py) and the verified-shard cache's (``shard-*``,
+evaluator/shard_cache.py) are locked the same way."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def sweep_orphans(work_root: Path, *, remove_containers: Callable[[Path], int] |
         remove_containers = remove_containers_under
     swept = 0
     for work in sorted(work_root.iterdir()):
-        if not work.is_dir() or not work.name.startswith(("job-", "run-", "pool-")):
+        if not work.is_dir() or not work.name.startswith(("job-", "run-", "pool-", "shard-")):
             continue
         try:
             fd = os.open(work / WORK_LOCK, os.O_RDWR)
