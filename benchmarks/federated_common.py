@@ -86,15 +86,12 @@ def local_round(trainer, weights: dict, x: np.ndarray, y: np.ndarray, cfg: dict,
 
 
 def accuracy(trainer, weights: dict, x: np.ndarray, y: np.ndarray) -> float:
-    """Test accuracy of ``weights`` (under no_grad: inference-mode tensors would break later
-    training of the same scripted module in this process)."""
-    import torch
-
+    """Test accuracy of ``weights``, through the trainer's own predict (the runner holds the
+    parameters and writes them into a fresh copy of the module: ``trainer.module`` alone still
+    has whatever it last trained, or ``w0``)."""
     trainer.set_weights(weights)
-    trainer.module.eval()
-    with torch.no_grad():
-        probs = trainer.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-    return float((probs.detach().numpy().argmax(1) == y).mean())
+    probs = trainer.predict(np.ascontiguousarray(x, dtype=np.float32))
+    return float((np.asarray(probs).argmax(1) == y).mean())
 
 
 def add_offset(w0: dict, offset: np.ndarray, layout: Layout) -> dict:
@@ -110,8 +107,10 @@ def plain_fedavg(
     cfg: dict,
     test: tuple[np.ndarray, np.ndarray],
     seed_base: int,
+    example_weighted: bool = False,
 ) -> dict:
-    """FedAvg in one process; accuracy on ``test`` after each round (not timed)."""
+    """FedAvg in one process; accuracy on ``test`` after each round (not timed). Sites' deltas are
+    averaged with equal weights, or weighted by their rows (``example_weighted``: protocol A)."""
     trainer = load_trainer(module_path)
     w0 = trainer.get_weights()
     _, layout = flatten(w0)
@@ -125,7 +124,8 @@ def plain_fedavg(
         for i, (x, y) in enumerate(sites):
             new = local_round(trainer, old, x, y, cfg, round_seed(seed_base, r, i))
             deltas.append(flatten(new)[0] - old_flat)
-        mean = np.mean(deltas, axis=0)
+        weights = [len(y) for _, y in sites] if example_weighted else [1] * len(sites)
+        mean = np.average(np.stack(deltas).astype(np.float64), axis=0, weights=weights)
         offset = (offset.astype(np.float64) + mean).astype(np.float32)  # what the hub stores
         seconds.append(time.perf_counter() - start)
         norms.append(max(float(np.linalg.norm(d)) for d in deltas))
@@ -185,7 +185,7 @@ def _flower_apps(n_sites: int, rounds: int, w0: dict, test, log: list):
         reply = RecordDict(
             {
                 "arrays": ArrayRecord([new[n] for n in meta["names"]]),
-                "metrics": MetricRecord({"num-examples": 1}),  # equal weights, as Vaultbench
+                "metrics": MetricRecord({"num-examples": len(y) if meta["example_weighted"] else 1}),
             }
         )
         return Message(content=reply, reply_to=msg)
@@ -224,8 +224,10 @@ def run_flower(
     test,
     seed_base: int,
     work: Path,
+    example_weighted: bool = False,
 ) -> dict:
-    """Flower simulation (Ray); per-round times from the server's evaluate_fn timestamps."""
+    """Flower simulation (Ray); per-round times from the server's evaluate_fn timestamps. FedAvg
+    weights each reply by ``num-examples``: the site's rows, or 1 for equal weights."""
     import shutil
 
     from flwr.simulation import run_simulation
@@ -239,7 +241,8 @@ def run_flower(
     trainer = load_trainer(module_path)
     w0 = trainer.get_weights()
     (folder / "meta.json").write_text(json.dumps(
-        {"n_sites": len(sites), "names": sorted(w0), "cfg": cfg, "seed_base": seed_base}))  # fmt: skip
+        {"n_sites": len(sites), "names": sorted(w0), "cfg": cfg, "seed_base": seed_base,
+         "example_weighted": example_weighted}))  # fmt: skip
     os.environ["VB_FLOWER_DATA"] = str(folder)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(BENCH)])
     log: list[dict] = []
@@ -290,7 +293,8 @@ RECORDERS: dict[str, Recorder] = {}  # agent thread name -> recorder
 
 
 def _recorder() -> Recorder | None:
-    return RECORDERS.get(threading.current_thread().name)
+    # The participant's training thread is named after its agent thread ("vb-agent-0_0").
+    return RECORDERS.get(threading.current_thread().name.split("_")[0])
 
 
 class MeasuredClient(HubClient):
@@ -410,6 +414,9 @@ class VaultbenchHub:
         self.image = ensure_runner_image()
         print(f"work folder: {self.root}", file=sys.stderr)
         env = hub_env(self.root / "hub")
+        # gunicorn runs 2 processes x 4 threads here: up to 3 held state requests per process
+        # (one per site) still leave a thread for the posts (docs/federated-protocol.md).
+        env.setdefault("VAULTBENCH_FL_STATE_WAITERS", "3")
         (self.root / "hub").mkdir()
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
         os.environ.update(env)
@@ -531,7 +538,7 @@ class VaultbenchHub:
         raise TimeoutError(f"submission {submission_id} was not scored in {timeout}s")
 
     def finetune(self, parent_id: int, *, rounds: int, learning_rate: float, local_epochs: int,
-                 batch_size: int, timeout: float = 1800) -> dict:  # fmt: skip
+                 batch_size: int, timeout: float = 1800, validation_holdout: bool = True) -> dict:  # fmt: skip
         """Request (vendor) + approve (owner) a run; wait for it and for its fine-tuned entry."""
         from marketplace.finetuning.models import RoundRecord
         from marketplace.finetuning.offsets import layout_of, offset_from_bytes
@@ -547,7 +554,7 @@ class VaultbenchHub:
             local_epochs=local_epochs, batch_size=batch_size, round_timeout_seconds=300,
         )  # fmt: skip
         t_approve = time.time()
-        run = run_approve(run=run, actor=self.owner)
+        run = run_approve(run=run, actor=self.owner, validation_holdout=validation_holdout)
         deadline = time.monotonic() + timeout
         while True:
             run.refresh_from_db()
@@ -586,6 +593,8 @@ class VaultbenchHub:
             for entry in Ledger(config.ledger_path).read_entries():
                 if entry.kind == "metrics" and str(entry.submission_id) == str(submission_id):
                     body = json.loads(entry.payload)
+                    if "accuracy" not in (body.get("metrics") or {}):
+                        continue  # released as noised statistics (not a plain accuracy)
                     correct += body["metrics"]["accuracy"] * body["n_rows"]
                     rows += body["n_rows"]
         return correct / rows if rows else float("nan")

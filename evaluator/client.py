@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
@@ -203,9 +204,17 @@ class HubClient:
 
     # --- federated fine-tuning (docs/federated-protocol.md) -------------------------------
 
-    def run_state(self, run_id: int | str) -> dict[str, Any]:
-        """What this site must do now in a fine-tuning run (status, round, phase, ...)."""
-        return self._json("GET", f"/runs/{run_id}/state", None)
+    def run_state(self, run_id: int | str, *, since: str | None = None, wait: float = 0.0) -> dict[str, Any]:
+        """What this site must do now in a fine-tuning run (status, round, phase, ...).
+
+        With ``since`` (the ``version`` of the last state) and ``wait`` > 0 it is a long poll:
+        the hub may hold the answer up to ``wait`` seconds until the version changes (it answers
+        at once where it cannot hold requests: see docs/federated-protocol.md)."""
+        path = f"/runs/{run_id}/state"
+        if since is not None and wait > 0:
+            wait = min(wait, max(0.0, self.timeout - 5.0))  # the answer must come before our timeout
+            path += "?" + urlencode({"since": since, "wait": f"{wait:.3f}"})
+        return self._json("GET", path, None)
 
     def download_round_offset(
         self, run_id: int | str, round_number: int, dest: str | os.PathLike[str], *, max_bytes: int
@@ -213,8 +222,11 @@ class HubClient:
         """``D_r`` of a round (safetensors)."""
         return self._download(f"/runs/{run_id}/rounds/{round_number}/offset", dest, max_bytes=max_bytes)
 
-    def post_layout(self, run_id: int | str, layout: Any) -> dict[str, Any]:
-        return self._json("POST", f"/runs/{run_id}/layout", {"agent_id": self.agent_id, "layout": layout})
+    def post_layout(self, run_id: int | str, layout: Any, n_examples: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent_id": self.agent_id, "layout": layout}
+        if n_examples is not None:
+            body["n_examples"] = int(n_examples)
+        return self._json("POST", f"/runs/{run_id}/layout", body)
 
     def post_round(self, run_id: int | str, round_number: int, step: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST ``/runs/{run}/rounds/{r}/{step}``; ``step``: keys, shares, masked, unmask, update.

@@ -28,8 +28,10 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +56,8 @@ PHASES = ("layout", "keys", "shares", "masked", "unmask", "update")
 _ORDER = {"keys": 0, "shares": 1, "masked": 2, "unmask": 3, "update": 0}
 MAX_LOCAL_EPOCHS = 1000
 MAX_BATCH_SIZE = 1 << 16
+#: How long one state request may be held by the hub (short: ``should_stop`` is checked between).
+LONG_POLL_SECONDS = 5.0
 
 
 class SiteRunError(Exception):
@@ -98,6 +102,8 @@ class RunSpec:
     strategy: str = "fedavg"
     privacy_unit: str = "site"  # record (DP-SGD in the sandbox), site (noise on the update), none
     dp: Mapping[str, Any] | None = None  # record: example_clip_norm, noise_multiplier, sample_rate, steps
+    validation_holdout: bool = True  # False: every train row trains, no validation metrics
+    example_weighting: bool = False  # FedAvg weighted by examples (the hub scales by round_config.example_cap)
 
     @property
     def accounted_noise_multiplier(self) -> float:
@@ -153,6 +159,9 @@ def parse_run(run: Any) -> RunSpec:
     threshold = _number(run, "threshold", kind=int, default=n // 2 + 1)
     bits = _number(run, "quantization_bits", kind=int, default=20)
     cap = run.get("epsilon_cap")
+    holdout, weighting = run.get("validation_holdout", True), run.get("example_weighting", False)
+    if not isinstance(holdout, bool) or not isinstance(weighting, bool):
+        raise refuse("run.validation_holdout and run.example_weighting must be booleans")
     spec = RunSpec(
         id=run["id"],
         participant=participant,
@@ -173,6 +182,8 @@ def parse_run(run: Any) -> RunSpec:
         strategy=str(run.get("strategy", "fedavg"))[:32],
         privacy_unit=str(run.get("privacy_unit") or "site"),
         dp=_parse_dp(run.get("dp")),
+        validation_holdout=holdout,
+        example_weighting=weighting,
     )
     if spec.privacy_unit not in ("record", "site", "none"):
         raise refuse("run.privacy_unit must be record, site or none")
@@ -234,6 +245,7 @@ class _Round:
     new: dict[str, np.ndarray] | None = None
     report: dict[str, Any] = field(default_factory=dict)  # train_loss, n_examples, validation, ...
     secagg: SecAggClient | None = None
+    training: Future | None = None  # the round's training, started when the keys are posted
 
     def furthest(self) -> int:
         return max((_ORDER[p] for p in self.done if p in _ORDER), default=-1)
@@ -265,7 +277,9 @@ class SiteParticipant:
         rng: np.random.Generator | None = None,
         max_offset_bytes: int = 512 * 1024 * 1024,
         work_dir: Any = None,
+        long_poll_seconds: float = LONG_POLL_SECONDS,
     ) -> None:
+        self.long_poll_seconds = long_poll_seconds
         self.client = client
         self.spec = spec
         self.session = session
@@ -282,6 +296,9 @@ class SiteParticipant:
         self.layout: Layout | None = None
         self._layout_posted = False
         self._round: _Round | None = None
+        self._next_state: dict[str, Any] | None = None  # the state a post's answer carried
+        # One thread trains while the main loop exchanges keys and shares (secure aggregation).
+        self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix=threading.current_thread().name)
         spent = sum(
             1
             for entry in ledger.iter_entries()
@@ -292,23 +309,56 @@ class SiteParticipant:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> str:
-        """Take part until the run ends; returns its final status, or ``"abandoned"``."""
+        """Take part until the run ends; returns its final status, or ``"abandoned"``.
+
+        The state is long-polled (``since`` = the last version seen): the hub answers as soon as
+        the phase changes. A hub that cannot hold the request answers at once with the same
+        version; then the participant sleeps ``poll_seconds`` as before."""
         self._ensure_started()
-        while True:
-            if self.should_stop():
-                return "abandoned"
-            state = self.client.run_state(self.spec.id)
-            status = state.get("status")
-            if status != "running":
-                log.info("run %s: %s", self.spec.id, status)
-                return str(status)
-            if not self.step(state):
-                self._sleep(self.poll_seconds)
+        since: str | None = None
+        try:
+            while True:
+                if self.should_stop():
+                    return "abandoned"
+                asked = time.monotonic()
+                state = self._next_state or (
+                    self.client.run_state(self.spec.id, since=since, wait=self.long_poll_seconds)
+                    if since is not None
+                    else self.client.run_state(self.spec.id)
+                )
+                from_post, self._next_state = self._next_state is not None, None
+                status = state.get("status")
+                if status != "running":
+                    log.info("run %s: %s", self.spec.id, status)
+                    return str(status)
+                if self.step(state):
+                    since = None
+                    continue
+                version = state.get("version")
+                held = from_post or time.monotonic() - asked >= self.long_poll_seconds / 2
+                if version is None or (version == since and not held):
+                    self._sleep(self.poll_seconds)  # the hub did not hold the request
+                since = version if isinstance(version, str) else None
+        finally:
+            self._training.shutdown(wait=True)
 
     def _ensure_started(self) -> None:
         if self.w0 is None:
+            if not self.spec.validation_holdout and len(self.data.validation_rows):
+                self._train_on_every_row()
             self.w0 = {n: np.asarray(v, dtype=np.float32) for n, v in self.session.start().items()}
             _, self.layout = flatten(self.w0)
+
+    def _train_on_every_row(self) -> None:
+        """The owner chose no validation holdout: rewrite the sandbox's inputs (the agent wrote
+        them into ``work_dir`` with the holdout) before the sandbox starts."""
+        from dataclasses import replace
+        from pathlib import Path
+
+        rows = np.arange(len(self.data.labels))
+        self.data = replace(self.data, fit_rows=rows, validation_rows=rows[:0])
+        if self.work_dir is not None:
+            self.data.write_sandbox_inputs(Path(self.work_dir))
 
     def step(self, state: Mapping[str, Any]) -> bool:
         """Do what the state asks, if not done yet; returns whether anything was posted."""
@@ -321,7 +371,8 @@ class SiteParticipant:
         if phase == "layout":
             if self._layout_posted:
                 return False
-            self.client.post_layout(self.spec.id, self.layout.to_dict()["tensors"])
+            n_examples = len(self.data.fit_rows) if self.spec.example_weighting else None
+            self.client.post_layout(self.spec.id, self.layout.to_dict()["tensors"], n_examples)
             self._layout_posted = True
             return True
         self._check_layout(state.get("layout"))
@@ -355,7 +406,8 @@ class SiteParticipant:
     # -- phases ------------------------------------------------------------------------------
 
     def _phase_keys(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
-        self._train(rnd, state)
+        # Keys and shares do not depend on the update: train while they are exchanged.
+        rnd.training = self._training.submit(self._train, rnd, dict(state))
         assert self.layout is not None
         params = RoundParams(
             round_id=wire.round_id(self.spec.id, rnd.number, state.get("round_config")),
@@ -382,7 +434,9 @@ class SiteParticipant:
         if "shares" not in rnd.done or rnd.secagg is None:
             return False
         received = wire.bundles_from_json(state.get("bundles"))
-        vector = self._update_vector(rnd, quantize=True)
+        if rnd.training is not None:
+            rnd.training.result()  # re-raises what training raised (e.g. a policy violation)
+        vector = self._update_vector(rnd, quantize=True, weight=self._example_weight(state))
         if vector is None:
             rnd.done.add("masked")
             return False
@@ -495,7 +549,11 @@ class SiteParticipant:
         names = ["accuracy", "log_loss"] if kind != "regression" else ["rmse"]
         names = [n for n in names if n in metrics.REGISTRY]
         loss_name = "log_loss" if kind != "regression" else "rmse"
-        validation = metrics.compute_metrics(kind, names, data.validation_labels, val, n_classes=n_classes)
+        validation = (
+            metrics.compute_metrics(kind, names, data.validation_labels, val, n_classes=n_classes)
+            if len(data.validation_rows)
+            else {}  # no holdout (the owner's choice): no validation metrics leave
+        )
         train_loss = metrics.compute_metrics(kind, [loss_name], data.labels[data.fit_rows], train, n_classes=n_classes)
         record = self.spec.privacy_unit == "record"  # the training rows' loss is not a DP release
         return {
@@ -505,7 +563,19 @@ class SiteParticipant:
             "n_validation": len(data.validation_rows),
         }
 
-    def _update_vector(self, rnd: _Round, *, quantize: bool) -> np.ndarray | None:
+    def _example_weight(self, state: Mapping[str, Any]) -> float:
+        """``n_k / cap`` under example weighting with secure aggregation (else 1): the masked
+        update is scaled BEFORE clipping and noise, so it stays within the clip norm and the hub's
+        bound checks hold as they are; the hub divides the sum by ``sum(n_k) / cap``."""
+        config = state.get("round_config") or {}
+        cap = config.get("example_cap") if isinstance(config, Mapping) else None
+        if not self.spec.example_weighting or cap is None:
+            return 1.0
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise SiteRunError("policy_violation", "round_config.example_cap must be a positive integer")
+        return min(1.0, len(self.data.fit_rows) / cap)
+
+    def _update_vector(self, rnd: _Round, *, quantize: bool, weight: float = 1.0) -> np.ndarray | None:
         """The clipped, noised (and quantized) update, or None when the budget forbids it."""
         cap = self.spec.epsilon_cap
         if cap is not None and self.privacy.would_exceed(cap):
@@ -513,9 +583,10 @@ class SiteParticipant:
             rnd.report["withheld"] = True
             return None
         assert rnd.old is not None and rnd.new is not None
+        new = rnd.new if weight == 1.0 else {n: rnd.old[n] + weight * (rnd.new[n] - rnd.old[n]) for n in rnd.new}
         vector, report = prepare_site_update(
             old_weights=rnd.old,
-            new_weights=rnd.new,
+            new_weights=new,
             clip_norm=self.spec.clip_norm,
             noise_multiplier=self.spec.noise_multiplier if self.spec.privacy_unit == "site" else 0.0,
             n_sites=self.spec.n_participants,
@@ -560,9 +631,12 @@ class SiteParticipant:
         from evaluator.client import HubRejected, LeaseLost
 
         try:
-            self.client.post_round(self.spec.id, rnd.number, step, body)
+            answer = self.client.post_round(self.spec.id, rnd.number, step, body)
         except (HubRejected, LeaseLost) as exc:  # the phase closed without us: wait for the next
             log.warning("run %s round %s: the hub refused our %s: %s", self.spec.id, rnd.number, step, exc)
+        else:  # the answer carries the state after our post: no extra request to learn it
+            state = answer.get("state") if isinstance(answer, Mapping) else None
+            self._next_state = dict(state) if isinstance(state, Mapping) and "status" in state else None
         rnd.done.add(step)
 
 

@@ -20,6 +20,7 @@ from marketplace.finetuning.rounds import (
     run_post_update,
     run_state_for_site,
 )
+from marketplace.finetuning.waiting import wait_for_change
 from marketplace.jobs.agent_apis import AGENT_ID, AgentApi, LedgerReceiptInput
 
 
@@ -42,6 +43,7 @@ class UnmaskRequestOutput(serializers.Serializer):
 
 
 class RunStateOutput(serializers.Serializer):
+    version = serializers.CharField(help_text="Changes when status, round, attempt or phase change")
     status = serializers.CharField()
     round = serializers.IntegerField()
     attempt = serializers.IntegerField()
@@ -64,10 +66,27 @@ def _answer(api: AgentApi, run_id: int, created: bool) -> Response:
     return Response({"created": created, "state": run_state_for_site(site=api.site, run_id=run_id)})
 
 
+class RunStateQuery(serializers.Serializer):
+    since = serializers.CharField(required=False, max_length=100, help_text="The version the site already has")
+    wait = serializers.FloatField(required=False, default=0.0, min_value=0.0, max_value=60.0,
+                                  help_text="Hold the answer up to this long while the version equals since")  # fmt: skip
+
+
 class RunStateApi(AgentApi):
-    @extend_schema(responses=RunStateOutput, tags=["agent"])
+    """The run's state; with ``since`` and ``wait``, a long poll (``finetuning.waiting``)."""
+
+    @extend_schema(parameters=[RunStateQuery], responses=RunStateOutput, tags=["agent"])
     def get(self, request, run_id: int):
-        return Response(run_state_for_site(site=self.site, run_id=run_id))
+        query = RunStateQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        state = run_state_for_site(site=self.site, run_id=run_id)
+        since = query.validated_data.get("since")
+        if since is not None and since == state["version"] and state["status"] == "running":
+            multithreaded = bool(request.META.get("wsgi.multithread", False))
+            if wait_for_change(run_id=run_id, since=since, wait=query.validated_data["wait"],
+                               multithreaded=multithreaded):  # fmt: skip
+                state = run_state_for_site(site=self.site, run_id=run_id)
+        return Response(state)
 
 
 class RunOffsetApi(AgentApi):
@@ -82,6 +101,7 @@ class RunOffsetApi(AgentApi):
 class LayoutInput(serializers.Serializer):
     agent_id = AGENT_ID
     layout = serializers.ListField(child=serializers.ListField(), max_length=100_000)
+    n_examples = serializers.IntegerField(min_value=1, required=False, help_text="Rows this site trains on")
 
 
 class RunLayoutApi(AgentApi):
@@ -90,9 +110,8 @@ class RunLayoutApi(AgentApi):
         data = LayoutInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        created = run_post_layout(
-            site=self.site, run_id=run_id, agent_id=values["agent_id"], layout=values["layout"]
-        )
+        created = run_post_layout(site=self.site, run_id=run_id, agent_id=values["agent_id"], layout=values["layout"],
+                                  n_examples=values.get("n_examples"))  # fmt: skip
         return _answer(self, run_id, created)
 
 

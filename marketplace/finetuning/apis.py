@@ -55,7 +55,8 @@ class RunOutput(serializers.ModelSerializer):
             "id", "task_id", "parent_id", "vendor", "status", "status_reason", "rounds", "local_epochs",
             "batch_size", "learning_rate", "strategy", "strategy_params", "strategy_defaults", "min_sites",
             "round_timeout_seconds", "privacy_unit", "example_clip_norm", "dp_sample_rate",
-            "dp_steps_per_round", "clip_norm", "noise_multiplier", "dp_delta", "epsilon_cap", "secure_aggregation", "robust_rule",
+            "dp_steps_per_round", "clip_norm", "noise_multiplier", "dp_delta", "epsilon_cap", "secure_aggregation",
+            "validation_holdout", "example_weighting", "robust_rule",
             "quantization_bits", "threshold", "n_participants", "current_round", "phase", "rounds_completed",
             "failed_rounds", "epsilon_spent", "result_id", "created_at", "approved_at", "finished_at",
         ]  # fmt: skip
@@ -154,12 +155,22 @@ class RunDetailApi(APIView):
         return _detail(request, run_id)
 
 
+class RunApproveInput(serializers.Serializer):
+    validation_holdout = serializers.BooleanField(
+        required=False, default=True,
+        help_text="Each site holds out 20 % of its train rows for the validation curve (default); false: all rows train",
+    )  # fmt: skip
+
+
 class RunApproveApi(APIView):
     permission_classes = [IsPerson]
 
-    @extend_schema(request=None, responses=RunDetailOutput, tags=["fine-tuning"])
+    @extend_schema(request=RunApproveInput, responses=RunDetailOutput, tags=["fine-tuning"])
     def post(self, request, run_id: int):
-        run_approve(run=access_run_for_owner(request.user, run_id), actor=request.user)
+        data = RunApproveInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        run_approve(run=access_run_for_owner(request.user, run_id), actor=request.user,
+                    validation_holdout=data.validated_data["validation_holdout"])  # fmt: skip
         return _detail(request, run_id)
 
 

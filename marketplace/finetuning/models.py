@@ -89,6 +89,15 @@ class FineTuningRun(models.Model):
     dp_delta = models.FloatField(null=True, blank=True)
     epsilon_cap = models.FloatField(null=True, blank=True)
     secure_aggregation = models.BooleanField(default=True)
+    validation_holdout = models.BooleanField(
+        default=True, help_text="Sites hold out 20 % of their train rows for a validation curve (owner's choice)"
+    )
+    example_weighting = models.BooleanField(
+        default=True, help_text="FedAvg weights each site by its training rows (else equal weights)"
+    )
+    example_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Largest site's training rows (round 0): bounds n_k and scales n_k/cap"
+    )
     robust_rule = models.CharField(max_length=16, choices=RobustRule.choices, blank=True)
     quantization_bits = models.PositiveSmallIntegerField(null=True, blank=True)
     threshold = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Shamir t of n")

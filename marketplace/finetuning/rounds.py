@@ -74,6 +74,7 @@ from marketplace.finetuning.services import (
     run_end,
     run_finish,
 )
+from marketplace.finetuning.waiting import notify_changed, run_version
 from marketplace.jobs.models import TERMINAL_STATUSES, JobStatus
 from marketplace.jobs.services import LeaseLost
 from marketplace.sites.models import Site
@@ -149,6 +150,13 @@ def _vector_length(run: FineTuningRun) -> int:
     return layout_of(run.layout).size
 
 
+def example_cap(run: FineTuningRun) -> int | None:
+    """With example weighting: the largest site's training rows (from round 0). A site releases
+    ``(n_k / cap) * update_k`` (still within the clip norm) and the hub divides the sum by
+    ``sum(n_k) / cap``: FedAvg weighted by examples, also under secure aggregation."""
+    return int(run.example_cap) if run.example_weighting and run.example_cap else None
+
+
 def proximal_mu(run: FineTuningRun) -> float:
     """FedProx's mu as the hub sends it: the run's value, else the strategy's own default."""
     if run.strategy != StrategyName.FEDPROX:
@@ -200,6 +208,7 @@ def round_config(run: FineTuningRun) -> dict[str, Any]:
         "strategy": run.strategy,
         "proximal_mu": proximal_mu(run),
         "epsilon_after_round": epsilon_after,
+        "example_cap": example_cap(run),
     }
 
 
@@ -237,7 +246,9 @@ def _open_phase(run: FineTuningRun, phase: str, data: dict | None = None, *, new
     if new_round or not carried["round_started_at"]:
         carried["round_started_at"] = now.isoformat()
     run.phase, run.phase_started_at, run.phase_data = phase, now, {**carried, **(data or {})}
+    transaction.on_commit(notify_changed)  # held state requests in this process answer at once
     run.save(update_fields=["phase", "phase_started_at", "phase_data", "current_round", "attempt", "layout",
+                            "example_cap",
                             "offset", "strategy_state", "privacy_ledger", "epsilon_spent", "rounds_completed",
                             "failed_rounds", "updated_at"])  # fmt: skip
 
@@ -278,6 +289,8 @@ def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
     number = participant.number
     running = run.status == RunStatus.RUNNING
     state: dict[str, Any] = {
+        "version": run_version(status=run.status, current_round=run.current_round, attempt=run.attempt,
+                               phase=run.phase),  # fmt: skip
         "status": run.status,
         "round": run.current_round,
         "attempt": run.attempt,
@@ -378,19 +391,25 @@ def _store(
 
 
 @transaction.atomic
-def run_post_layout(*, site: Site, run_id: int, agent_id: str, layout: Any) -> bool:
-    """Round 0: the parameter layout of the parent, as the site's sandbox found it."""
+def run_post_layout(
+    *, site: Site, run_id: int, agent_id: str, layout: Any, n_examples: int | None = None
+) -> bool:
+    """Round 0: the parameter layout of the parent, as the site's sandbox found it, and the
+    number of rows it trains on (released in the clear every round anyway: ``n_examples``)."""
     run, participant = _begin_post(
         site=site, run_id=run_id, agent_id=agent_id, kind=Phase.LAYOUT, round_number=None
     )
     cleaned = layout_clean(layout, max_parameters=settings.VAULTBENCH_FL_MAX_PARAMETERS)
-    payload = {"layout": cleaned}
+    payload: dict[str, Any] = {"layout": cleaned}
+    layout_sha = _payload_sha(payload)
+    if n_examples is not None:
+        payload["n_examples"] = _example_count(n_examples)
     sha = _payload_sha(payload)
     if _existing(run, participant, MessageKind.LAYOUT, sha):
         return False
     _require_expected(run, participant)
-    others = {m.body_sha256 for m in _messages(run, MessageKind.LAYOUT).values()}
-    if others and sha not in others:
+    others = {_payload_sha({"layout": m.payload["layout"]}) for m in _messages(run, MessageKind.LAYOUT).values()}
+    if others and layout_sha not in others:
         raise Conflict("This layout differs from the one other sites reported.", code="layout_mismatch")
     _store(run, participant, MessageKind.LAYOUT, payload, sha)
     _advance(run, timed_out=False)
@@ -451,6 +470,13 @@ def run_post_shares(*, site: Site, run_id: int, round_number: int, agent_id: str
     return True
 
 
+def _example_count(value: Any) -> int:
+    count = _finite(value, "n_examples", low=1)
+    if count is None or count != int(count) or count > MAX_SITE_TRAIN_ROWS:
+        raise DomainError(f"n_examples must be an integer in 1..{MAX_SITE_TRAIN_ROWS:,}.", code="invalid_message")
+    return int(count)
+
+
 def _round_metrics(values: dict) -> dict:
     validation = values.get("validation") or {}
     if not isinstance(validation, dict) or len(validation) > _MAX_VALIDATION_METRICS:
@@ -488,9 +514,10 @@ def _post_release(
                 code="update_out_of_bounds", details={"norm": norm, "bound": bound},
             )  # fmt: skip
     metrics = _round_metrics(values)
-    if metrics["n_examples"] > MAX_SITE_TRAIN_ROWS:
+    bound = example_cap(run) or MAX_SITE_TRAIN_ROWS
+    if metrics["n_examples"] > bound:
         raise DomainError(
-            f"n_examples {metrics['n_examples']} is above {MAX_SITE_TRAIN_ROWS:,} rows: not a site's train split.",
+            f"n_examples {metrics['n_examples']} is above {bound:,} rows (the largest train split of round 0).",
             code="invalid_message",
         )
     egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
@@ -579,6 +606,8 @@ def _close_layout(run: FineTuningRun, posted: set[int]) -> None:
     if len(messages) < max(min_contributors(run), 3 if run.secure_aggregation else 1):
         return _fail_round(run, "too_few_sites")
     run.layout = next(iter(messages.values())).payload["layout"]
+    counts = [m.payload.get("n_examples") for m in messages.values()]
+    run.example_cap = max(counts) if counts and all(isinstance(c, int) for c in counts) else None
     layout = layout_of(run.layout)
     _replace_file(run.offset, "offset.safetensors", offset_to_bytes(np.zeros(layout.size), layout))
     ProtocolMessage.objects.filter(run=run, kind=MessageKind.LAYOUT).delete()
@@ -649,7 +678,13 @@ def _close_unmask(run: FineTuningRun, posted: set[int]) -> None:
         audit_record(action="finetuning.sum_out_of_bounds", obj=run,
                      data={"round": run.current_round, "norm": float(np.linalg.norm(summed)), "bound": bound})  # fmt: skip
         return _fail_round(run, "sum_out_of_bounds")
-    _apply_round(run, mean_update(summed, k), masked_rows, n)
+    cap = example_cap(run)
+    if cap:  # the sum is of (n_k / cap) * update_k: divide by sum(n_k / cap), n_k as each site released it
+        weight = sum(int(m.payload["n_examples"]) for m in masked_rows.values()) / cap
+        mean = summed / weight
+    else:
+        mean = mean_update(summed, k)
+    _apply_round(run, mean, masked_rows, n)
 
 
 def _close_update(run: FineTuningRun, posted: set[int]) -> None:
@@ -657,13 +692,15 @@ def _close_update(run: FineTuningRun, posted: set[int]) -> None:
     if len(rows) < min_contributors(run):
         return _fail_round(run, "too_few_sites")
     n = n_participants(run)
-    stack = np.stack(
-        [np.frombuffer(bytes(m.vector), dtype="<f4").astype(np.float64) for _, m in sorted(rows.items())]
-    )
-    _apply_round(run, _robust_mean(run, stack, n), rows, n)
+    ordered = [m for _, m in sorted(rows.items())]
+    stack = np.stack([np.frombuffer(bytes(m.vector), dtype="<f4").astype(np.float64) for m in ordered])
+    weights = np.array([float(m.payload["n_examples"]) for m in ordered]) if example_cap(run) else None
+    _apply_round(run, _robust_mean(run, stack, n, weights), rows, n)
 
 
-def _robust_mean(run: FineTuningRun, stack: np.ndarray, n: int) -> np.ndarray:
+def _robust_mean(run: FineTuningRun, stack: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """The plain mean is weighted by examples when the run says so; the robust rules are not
+    (a median or a trimmed mean of weighted updates would let one big site dominate)."""
     rule, k = run.robust_rule or "mean", stack.shape[0]
     if rule == "median":
         return robust.coordinate_median(stack)
@@ -675,6 +712,8 @@ def _robust_mean(run: FineTuningRun, stack: np.ndarray, n: int) -> np.ndarray:
         sigma = distributed_noise_std(site_noise_multiplier(run), float(run.clip_norm), n)
         bound = (float(run.clip_norm) + sigma * (math.sqrt(stack.shape[1]) + 4.0)) * (1 + 1e-5)
         return robust.mean(robust.norm_bound(stack, bound))
+    if weights is not None:
+        return weights @ stack / weights.sum()
     return robust.mean(stack)
 
 

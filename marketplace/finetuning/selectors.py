@@ -48,6 +48,8 @@ def run_payload_for_job(*, job) -> dict | None:
         "strategy": run.strategy,
         "proximal_mu": proximal_mu(run),
         "secure_aggregation": run.secure_aggregation,
+        "validation_holdout": run.validation_holdout,
+        "example_weighting": run.example_weighting,
         "threshold": run.threshold,
         "privacy_unit": run.privacy_unit or "site",
         "dp": dp_settings(run),

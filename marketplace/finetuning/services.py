@@ -290,8 +290,10 @@ def _lock(run: FineTuningRun) -> FineTuningRun:
 
 
 @transaction.atomic
-def run_approve(*, run: FineTuningRun, actor) -> FineTuningRun:
-    """The owner starts the run: privacy settings are copied from the task, one train job per site."""
+def run_approve(*, run: FineTuningRun, actor, validation_holdout: bool = True) -> FineTuningRun:
+    """The owner starts the run: privacy settings are copied from the task, one train job per site.
+    ``validation_holdout`` (the owner's choice, default on): each site keeps 20 % of its train rows
+    out of training and reports validation metrics on them; off, every row trains (protocol A)."""
     run = _lock(run)
     if run.status != RunStatus.REQUESTED:
         raise Conflict("Only a requested run can be approved.", code="invalid_state")
@@ -310,6 +312,7 @@ def run_approve(*, run: FineTuningRun, actor) -> FineTuningRun:
     run.dp_delta = task.fl_dp_delta
     run.epsilon_cap = task.fl_epsilon_cap if run.privacy_unit != PrivacyUnit.NONE else None
     run.secure_aggregation = task.fl_secure_aggregation
+    run.validation_holdout = bool(validation_holdout)
     run.robust_rule = "" if task.fl_secure_aggregation else task.fl_robust_rule
     run.threshold = default_threshold(n) if task.fl_secure_aggregation else None
     run.quantization_bits = (

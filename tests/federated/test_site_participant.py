@@ -180,10 +180,10 @@ class FakeClient:
     def __init__(self, hub, site):
         self.hub, self.site, self.agent_id = hub, site, f"agent-{site}"
 
-    def run_state(self, run_id):
+    def run_state(self, run_id, since=None, wait=0.0):
         return self.hub.state(self.site)
 
-    def post_layout(self, run_id, layout):
+    def post_layout(self, run_id, layout, n_examples=None):
         self.hub.layouts[self.site] = layout
         return {}
 

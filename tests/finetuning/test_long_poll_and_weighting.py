@@ -1,0 +1,133 @@
+"""Long polling of the run state over real HTTP, and FedAvg weighted by examples under secure
+aggregation (docs/federated-protocol.md)."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from evaluator.client import HubClient
+from evaluator.federated.updates import quantization_error_bound
+from marketplace.finetuning.models import FineTuningRun
+from marketplace.finetuning.offsets import layout_of, offset_from_bytes
+from tests.finetuning.conftest import LAYOUT, make_parent, request_run, sites_for, updates_for
+
+
+def _offset(run: FineTuningRun) -> np.ndarray:
+    with run.offset.open("rb") as f:
+        return offset_from_bytes(f.read(), layout_of(LAYOUT))
+
+
+def _start(owner, vendor, parent, sites, *, n_examples=None, **overrides) -> int:
+    response = request_run(vendor, parent, **overrides)
+    assert response.status_code == 201, response.content
+    run_id = response.json()["id"]
+    approved = owner.client.post(f"/api/v1/finetuning-runs/{run_id}/approve", {"validation_holdout": False},
+                                 format="json")  # fmt: skip
+    assert approved.status_code == 200, approved.content
+    assert approved.json()["validation_holdout"] is False and approved.json()["example_weighting"] is True
+    for i, site in enumerate(sites):
+        job = site.claim()
+        assert job["run"]["validation_holdout"] is False and job["run"]["example_weighting"] is True
+        body = {"layout": LAYOUT} if n_examples is None else {"layout": LAYOUT, "n_examples": n_examples[i]}
+        site.post(f"{run_id}/layout", body)
+    return run_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_held_state_request_answers_within_milliseconds_of_the_phase_change(owner, vendor, fl_task, live_server):
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    run_id = _start(owner, vendor, parent, sites)
+    client = HubClient(live_server.url, sites[0].handle.token, agent_id="agent-1", max_attempts=1)
+    first = client.run_state(run_id)
+    assert first["phase"] == "keys" and first["version"]
+
+    # Nothing changes: the hub holds the request for the whole wait, then answers the same version.
+    start = time.monotonic()
+    same = client.run_state(run_id, since=first["version"], wait=1.0)
+    assert same["version"] == first["version"] and time.monotonic() - start >= 0.9
+
+    # A phase change while the request is held: the answer follows it at once.
+    answer: dict = {}
+
+    def poll():
+        answer["state"] = client.run_state(run_id, since=first["version"], wait=20.0)
+        answer["at"] = time.monotonic()
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.5)
+    for site in sites:
+        site.post_keys(run_id)  # the last one opens "shares"
+    changed_at = time.monotonic()
+    thread.join(30)
+    assert answer["state"]["phase"] == "shares" and answer["state"]["version"] != first["version"]
+    assert answer["at"] - changed_at < 1.0  # 10 ms checks; generous for a loaded CI machine
+    assert answer["state"]["roster"]
+
+
+def test_a_single_threaded_server_answers_a_long_poll_at_once(owner, vendor, fl_task):
+    """Django's test client says wsgi.multithread=False, like gunicorn's sync workers: holding the
+    request would block the worker, so the hub answers immediately and the site polls."""
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    run_id = _start(owner, vendor, parent, sites)
+    version = sites[0].state(run_id)["version"]
+    start = time.monotonic()
+    response = sites[0].api.get(f"/api/v1/agent/runs/{run_id}/state", {"since": version, "wait": 10})
+    assert response.status_code == 200 and response.json()["version"] == version
+    assert time.monotonic() - start < 5
+
+
+def test_secure_aggregation_weights_sites_by_their_examples(owner, vendor, fl_task):
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    counts = [40, 80, 120]
+    run_id = _start(owner, vendor, parent, sites, n_examples=counts, rounds=1)
+    run = FineTuningRun.objects.get(id=run_id)
+    assert run.example_cap == 120
+    cfg = sites[0].state(run_id)["round_config"]
+    assert cfg["example_cap"] == 120
+    updates = updates_for(3, seed=5)
+    for site in sites:
+        site.post_keys(run_id)
+    for site in sites:
+        site.post_shares(run_id)
+    for i, site in enumerate(sites):  # each site releases (n_k / cap) * update_k
+        scaled = updates[i] * counts[i] / 120
+        assert site.post_masked(run_id, scaled, seed=7 + i, n=counts[i]).status_code == 200
+    for site in sites:
+        site.post_unmask(run_id)
+    run.refresh_from_db()
+    assert run.status == "completed"
+    weighted = np.average(np.stack(updates), axis=0, weights=counts)
+    equal = np.mean(updates, axis=0)
+    bound = quantization_error_bound(clip_norm=cfg["quantization_range"], bits=cfg["quantization_bits"], n_summed=3)
+    final = _offset(run)
+    assert np.max(np.abs(final - weighted)) <= bound / (sum(counts) / 120) + 1e-6
+    assert np.max(np.abs(final - equal)) > 10 * bound  # not the equal-weight mean
+
+
+def test_a_site_cannot_claim_more_examples_than_the_largest_site_of_round_0(owner, vendor, fl_task):
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    run_id = _start(owner, vendor, parent, sites, n_examples=[40, 80, 120], rounds=1)
+    for site in sites:
+        site.post_keys(run_id)
+    for site in sites:
+        site.post_shares(run_id)
+    response = sites[0].post_masked(run_id, updates_for(3)[0], n=121)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_message"
+
+
+def test_example_counts_in_the_layout_post_are_bounded(owner, vendor, fl_task):
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    response = request_run(vendor, parent)
+    run_id = response.json()["id"]
+    owner.client.post(f"/api/v1/finetuning-runs/{run_id}/approve")
+    sites[0].claim()
+    sites[0].post(f"{run_id}/layout", {"layout": LAYOUT, "n_examples": 0}, expect=400)
+    sites[0].post(f"{run_id}/layout", {"layout": LAYOUT, "n_examples": 2**63}, expect=400)
