@@ -10,8 +10,8 @@ Builds a hub database (SQLite in a temporary folder, or a PostgreSQL database of
 with two metrics, `--vendors` vendors and `--entries` scored submissions past their release time
 (rows written directly; scoring itself is measured elsewhere). Then starts gunicorn on 127.0.0.1
 (a free port) as docs/running-a-hub.md runs it (`--workers 4`, sync workers), in production mode
-(DEBUG off, collected static files; the cache is Redis when CELERY_BROKER_URL points at one, as in
-production, local memory otherwise), and for each request kind and each client count runs that many
+(DEBUG off, collected static files; with --db postgres the cache is Redis, VAULTBENCH_CACHE_URL =
+database 1 of CELERY_BROKER_URL's server, as in production; with sqlite each process's memory), and for each request kind and each client count runs that many
 threads, each sending requests back to back (closed loop, no think time) for `--seconds`; the
 figures are latency p50/p99 of the requests completed, throughput, and body bytes.
 
@@ -64,9 +64,13 @@ def hub_env(db: str, tmp: Path) -> dict[str, str]:
         if not base.startswith("postgres"):
             sys.exit('--db postgres needs DATABASE_URL: eval "$(bash .ci/lib/services.sh 2>/dev/null)"')
         env["DATABASE_URL"] = base.rsplit("/", 1)[0] + "/" + BENCH_DB
+        broker = os.environ.get("CELERY_BROKER_URL", "")
+        if broker.startswith("redis://") and "VAULTBENCH_CACHE_URL" not in env:  # production: a shared cache
+            env["VAULTBENCH_CACHE_URL"] = broker.rsplit("/", 1)[0] + "/1"
     else:
         env["DATABASE_URL"] = f"sqlite:///{tmp / 'hub.sqlite3'}"
         env.pop("CELERY_BROKER_URL", None)  # the embedded hub: no Redis, local-memory cache
+        env.pop("VAULTBENCH_CACHE_URL", None)
     env.update({
         "VAULTBENCH_VAR_DIR": str(tmp / "var"), "VAULTBENCH_ENV": "production",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_ALLOWED_HOSTS": "127.0.0.1",

@@ -4,9 +4,13 @@ import csv
 import hashlib
 from urllib.parse import urlencode
 
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, HttpResponseNotModified, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.safestring import mark_safe
 
 from marketplace.accounts.models import OrganizationKind
 from marketplace.accounts.selectors import organizations_of
@@ -20,6 +24,7 @@ from marketplace.catalog.selectors import (
     task_list_visible_to,
     vendor_may_submit,
 )
+from marketplace.leaderboard.models import Audience
 from marketplace.leaderboard.selectors import (
     ALL,
     BEST,
@@ -27,13 +32,10 @@ from marketplace.leaderboard.selectors import (
     TIE_RULE,
     VIEWS,
     leaderboard_best_over_time,
-    leaderboard_entries,
-    leaderboard_ranked,
     leaderboard_row,
     leaderboard_rows,
-    leaderboard_version,
-    shows_per_site,
 )
+from marketplace.leaderboard.standings import RankedPage, audience_of, standing_etag, standing_of
 from marketplace.portal.charts import best_score_chart
 from marketplace.portal.onboarding import fine_tuning_policy, per_format, sample_name
 from marketplace.portal.views._common import funnelled
@@ -76,33 +78,47 @@ def _query(params: dict, **changes) -> str:
 
 
 def _leaderboard_context(request, task) -> dict:
+    """What _leaderboard.html needs: for a visible board, one page of the stored ranks
+    (leaderboard.standings) and the chart; `board_html` is the fragment rendered, cached per
+    board version, audience and query (a page of an unchanged board is not rebuilt)."""
     metrics = task.metric_specs
     params = _board_params(request, task)
     sort = params["sort"]
-    visible = leaderboard_visible(task=task, user=request.user)
     context = {"task": task, "metrics": metrics, "sort": sort, "rows": None, "chart": None, "board": params,
                "tie_rule": TIE_RULE}  # fmt: skip
-    if visible:
-        # One query for the table and the chart; rows are built for the shown page only.
-        entries = leaderboard_entries(task=task, user=request.user)
-        ranked = leaderboard_ranked(task=task, user=request.user, sort_by=sort, view=params["view"],
-                                    search=params["q"], entries=entries)  # fmt: skip
+    if not leaderboard_visible(task=task, user=request.user):
+        context["board_html"] = render_to_string("portal/_leaderboard.html", context, request)
+        return context
+    audience = audience_of(task=task, user=request.user)
+    standing = standing_of(task=task, audience=audience)
+    context["version"] = standing_etag(standing)
+    key = f"leaderboard:fragment:{task.id}:{audience}:{context['version']}:{_query(params)}"
+    cached = cache.get(key)
+    if cached is None:
+        ranked = RankedPage(task=task, row=standing, view=params["view"], metric=sort, search=params["q"])
         page = Paginator(ranked, LEADERBOARD_PAGE).get_page(params["page"])
-        per_site = shows_per_site(task=task, user=request.user)
+        per_site = audience == Audience.OWNER or task.show_per_site
         context["page"] = page
         context["rows"] = [leaderboard_row(entry, task=task, show_per_site=per_site) for entry in page.object_list]
         context["show_per_site"] = any(row["per_site"] is not None for row in context["rows"])
         decimals = next(m["decimals"] for m in metrics if m["name"] == sort)
+        entries = list(standing.entries.values()) if hasattr(standing, "entries") else None
+        if entries is not None and audience == Audience.PUBLIC:
+            now = timezone.now()
+            entries = [e for e in entries if e["results_visible_at"] is not None and e["results_visible_at"] <= now]
         context["chart"] = best_score_chart(
             leaderboard_best_over_time(task=task, user=request.user, metric=sort, entries=entries),
             decimals=decimals, metric=sort,
         )
         context["chart_metric"] = next(m for m in metrics if m["name"] == sort)
-        context["version"] = leaderboard_version(task=task, user=request.user)
         context["query"] = _query(params, page=None)
         context["query_without_sort"] = _query(params, page=None, sort=None)
         context["query_without_view"] = _query(params, page=None, view=None)
         context["poll_query"] = _query(params)
+        cached = render_to_string("portal/_leaderboard.html", context, request)
+        cache.set(key, cached)
+    context["rows"] = context["rows"] or []  # visible (the final board's condition reads it)
+    context["board_html"] = mark_safe(cached)  # noqa: S308 (our own template's output, escaped when rendered)
     return context
 
 
@@ -143,16 +159,17 @@ def task_leaderboard(request, task_id: int):
     board is the same, and any client gets an ETag (If-None-Match: 304)."""
     task = access_task_by_id(request.user, task_id)
     if not leaderboard_visible(task=task, user=request.user):
-        return render(request, "portal/_leaderboard.html", _leaderboard_context(request, task))
-    version = leaderboard_version(task=task, user=request.user)
+        return HttpResponse(_leaderboard_context(request, task)["board_html"])
+    standing = standing_of(task=task, audience=audience_of(task=task, user=request.user))
+    version = standing_etag(standing)
     etag = f'"{version}-{hashlib.sha256(_query(_board_params(request, task)).encode()).hexdigest()[:12]}"'
     if request.GET.get("since") == version:
         return HttpResponse(status=204, headers={"ETag": etag})
     if etag in {t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")}:
         return HttpResponseNotModified(headers={"ETag": etag})
-    response = render(request, "portal/_leaderboard.html", _leaderboard_context(request, task))
+    response = HttpResponse(_leaderboard_context(request, task)["board_html"])
     response["ETag"] = etag
-    response["Cache-Control"] = "no-cache"
+    response["Cache-Control"] = "private, no-cache"
     return response
 
 
