@@ -224,6 +224,15 @@ VAULTBENCH_SITE_ONLINE_SECONDS = env_int("VAULTBENCH_SITE_ONLINE_SECONDS", 120, 
 # Federated fine-tuning: the largest model (in parameters) a run may fine-tune; a masked vector is
 # 4 bytes per parameter and is held by the hub until its round is aggregated.
 VAULTBENCH_FL_MAX_PARAMETERS = env_int("VAULTBENCH_FL_MAX_PARAMETERS", 20_000_000, minimum=1)
+# Long polling of the agents' run state (docs/federated-protocol.md, "Long polling"): the longest
+# hold of one state request (0: answer at once), and how many a process holds at most.
+try:
+    VAULTBENCH_FL_STATE_WAIT_SECONDS = float(env_str("VAULTBENCH_FL_STATE_WAIT_SECONDS", "20"))
+except ValueError as _exc:
+    raise ImproperlyConfigured("VAULTBENCH_FL_STATE_WAIT_SECONDS must be a number of seconds") from _exc
+if not 0 <= VAULTBENCH_FL_STATE_WAIT_SECONDS <= 300:
+    raise ImproperlyConfigured("VAULTBENCH_FL_STATE_WAIT_SECONDS must be between 0 and 300")
+VAULTBENCH_FL_STATE_WAITERS = env_int("VAULTBENCH_FL_STATE_WAITERS", 2, minimum=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
