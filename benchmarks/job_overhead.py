@@ -115,8 +115,13 @@ class TimedHubClient(HubClient):
         kind = _kind_of(path)
         if kind in ("artifact", "lease"):  # download timed as a whole; renewals run beside the job
             return super()._request(method, path, data, **kwargs)
+        if kind == "claim":
+            TIMELINE.facts["claim start"] = time.perf_counter()
         with TIMELINE.part(f"http {kind}"):
-            return super()._request(method, path, data, **kwargs)
+            response = super()._request(method, path, data, **kwargs)
+        if kind == "result":
+            TIMELINE.facts["result end"] = time.perf_counter()
+        return response
 
 
 def _docker_time(value: str) -> datetime:
@@ -353,6 +358,7 @@ PART_GROUPS = {
 
 
 def run_job(agent: Agent) -> tuple[float, dict[str, float], dict[str, float]]:
+    """One ``run_once()``: flush, heartbeat, pending work, claim, the job, the result post."""
     TIMELINE.reset()
     start = time.perf_counter()
     worked = agent.run_once()
@@ -572,8 +578,9 @@ def report(results: dict) -> str:
             lines += [
                 f"### {mode} ({'warm pool' if mode == 'pool' else 'no pool'}), {fmt}",
                 "",
-                "| rows | bare predict (median) | end-to-end job (median) | ratio | sandbox run (median) |",
-                "| ---: | ---: | ---: | ---: | ---: |",
+                "| rows | bare predict (median) | end-to-end job (median) | ratio | claim -> result posted (median) "
+                "| sandbox run (median) |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: |",
             ]
             breakdown = {}
             medians = {}
@@ -581,9 +588,12 @@ def report(results: dict) -> str:
                 totals = [j["total"] for j in row["jobs"]]
                 sandbox_runs = [j["facts"].get("sandbox duration_seconds", 0.0) for j in row["jobs"]]
                 job = medians[n] = statistics.median(totals)
+                claim_to_result = statistics.median(
+                    j["facts"].get("result end", 0.0) - j["facts"].get("claim start", 0.0) for j in row["jobs"]
+                )
                 bare = row["bare_predict"]
                 lines.append(
-                    f"| {int(n):,} | {bare * 1000:.1f} ms | {job:.3f} s | {job / bare:,.0f}x "
+                    f"| {int(n):,} | {bare * 1000:.1f} ms | {job:.3f} s | {job / bare:,.0f}x | {claim_to_result:.3f} s "
                     f"| {statistics.median(sandbox_runs):.3f} s |"
                 )
                 split = [split_parts(j, probes) for j in row["jobs"]]

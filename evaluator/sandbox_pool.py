@@ -81,7 +81,7 @@ MODEL_NAMES: Final = {
     "python_package": "model",
 }
 READY_TIMEOUT_SECONDS: Final = 120.0  # imports on a busy machine; a dead container ends it sooner
-READY_POLL_SECONDS: Final = 0.002
+READY_POLL_SECONDS: Final = (0.001, 0.025)  # from, growing to: quick when nearly ready, cheap when not
 STATE_CHECK_SECONDS: Final = 0.05
 
 
@@ -267,6 +267,7 @@ class WarmPool:
         request = json.dumps({"batch_size": batch_size, "weights_offset": offset}).encode()
         deadline = time.monotonic() + self.ready_timeout
         next_check = 0.0
+        pause, longest = READY_POLL_SECONDS
         while True:
             try:
                 fd = os.open(slot.go, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -296,7 +297,8 @@ class WarmPool:
                     raise SlotUnusable(f"docker engine error: {exc}") from None
                 if not running:
                     raise SlotUnusable("the pooled container ended before its job")
-            time.sleep(READY_POLL_SECONDS)
+            time.sleep(pause)
+            pause = min(longest, pause * 1.5)
 
     def _watch(self, slot: Slot, client: Any, *, limits: Limits, work_dir: Path) -> SandboxRun:
         """Watch the signalled container like a cold run; hand its output folder to the job."""
