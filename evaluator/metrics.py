@@ -1,4 +1,4 @@
-"""Leaderboard metrics, computed on the site with scikit-learn.
+"""Leaderboard metrics, computed on the site: scikit-learn's definitions, on checked arrays.
 
 Every metric follows scikit-learn's convention ``metric(y_true, y_pred, *, sample_weight=None)``
 and is registered with its direction (``higher`` or ``lower`` is better) and the prediction it
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from sklearn import metrics as skm
 
 TASK_TYPES = ("binary_classification", "multiclass_classification", "regression")
 CLASSIFICATION = frozenset({"binary_classification", "multiclass_classification"})
@@ -66,59 +65,150 @@ class Metric:
         return float(self.fn(y_true, y_pred, n_classes=n_classes, sample_weight=sample_weight))
 
 
-def _average(n_classes: int | None) -> str:
-    return "binary" if (n_classes or 2) == 2 else "macro"
+# --- the metrics, on arrays this module has already checked ------------------------------------
+#
+# ``compute_metrics`` validates once (``class_probabilities`` / ``regression_values``: shape,
+# finite, range, rows summing to 1; labels are the site's own, already checked against the task),
+# so the metrics below compute straight from numpy. ``sklearn.metrics`` re-validates every array
+# on every call (0.3 s for two metrics at 1M rows, more than the predict). Each function gives
+# what the ``sklearn.metrics`` call in ``_sklearn_reference`` gives, to float rounding; where
+# scikit-learn raises ValueError or returns NaN (a metric undefined on this data), so do these
+# (compute_metrics turns a NaN into ValueError). tests/evaluator/test_metrics_reference.py
+# checks them against scikit-learn on many random cases and the edge cases.
+
+
+def _mean(values: np.ndarray, sample_weight: Any) -> float:
+    if sample_weight is None:
+        return float(np.mean(values)) if values.size else float("nan")
+    return float(np.average(values, weights=np.asarray(sample_weight, dtype=np.float64)))
+
+
+def _confusion(y: np.ndarray, p: np.ndarray, k: int, sample_weight: Any) -> np.ndarray:
+    """(k, k) confusion counts (rows: true class, columns: predicted), weighted."""
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    flat = np.asarray(y, dtype=np.int64) * k + np.asarray(p, dtype=np.int64)
+    return np.bincount(flat, weights=weights, minlength=k * k).reshape(k, k).astype(np.float64)
+
+
+def _n_labels(y: np.ndarray, p: np.ndarray, n_classes: int | None) -> int:
+    top = int(max(np.max(y, initial=0), np.max(p, initial=0))) + 1
+    return max(n_classes or 2, top)
 
 
 def _accuracy(y, p, *, n_classes, sample_weight):
-    return skm.accuracy_score(y, p, sample_weight=sample_weight)
+    return _mean(np.asarray(y) == np.asarray(p), sample_weight)
 
 
 def _balanced_accuracy(y, p, *, n_classes, sample_weight):
-    return skm.balanced_accuracy_score(y, p, sample_weight=sample_weight)
+    confusion = _confusion(y, p, _n_labels(y, p, n_classes), sample_weight)
+    support = confusion.sum(axis=1)
+    present = support > 0  # scikit-learn drops the classes with no true sample (NaN recall)
+    if not present.any():
+        return float("nan")
+    return float(np.mean(np.diag(confusion)[present] / support[present]))
 
 
 def _f1(y, p, *, n_classes, sample_weight):
     k = n_classes or 2
-    return skm.f1_score(
-        y,
-        p,
-        labels=list(range(k)),
-        average=_average(k),
-        sample_weight=sample_weight,
-        zero_division=0,
-    )
+    confusion = _confusion(y, p, max(k, _n_labels(y, p, k)), sample_weight)[:k, :k]
+    tp = np.diag(confusion)
+    denominator = 2 * tp + (confusion.sum(axis=0) - tp) + (confusion.sum(axis=1) - tp)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)  # zero_division=0
+    return float(f1[1]) if k == 2 else float(np.mean(f1))
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting
+    one half (what the trapezoids under scikit-learn's ``roc_curve`` add up to)."""
+    pos_total, neg_total = weights[positive].sum(), weights[~positive].sum()
+    if not (positive.any() and (~positive).any()):
+        raise ValueError("Only one class present in y_true. ROC AUC score is not defined in that case.")
+    if pos_total <= 0 or neg_total <= 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    sorted_score = score[order]
+    pos_w = np.where(positive[order], weights[order], 0.0)
+    neg_w = np.where(positive[order], 0.0, weights[order])
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # groups of ties
+    pos_group = np.add.reduceat(pos_w, starts)
+    neg_group = np.add.reduceat(neg_w, starts)
+    neg_below = np.cumsum(neg_group) - neg_group
+    return float(np.sum(pos_group * (neg_below + 0.5 * neg_group)) / (pos_total * neg_total))
 
 
 def _roc_auc(y, proba, *, n_classes, sample_weight):
+    y = np.asarray(y)
+    proba = np.asarray(proba, dtype=np.float64)
     k = n_classes or proba.shape[1]
+    weights = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if k == 2:
-        return skm.roc_auc_score(y, proba[:, 1], sample_weight=sample_weight)
-    return skm.roc_auc_score(
-        y,
-        proba,
-        multi_class="ovr",
-        average="macro",
-        labels=list(range(k)),
-        sample_weight=sample_weight,
-    )
+        return _binary_auc(y == 1, proba[:, 1], weights)
+    return float(np.mean([_binary_auc(y == c, proba[:, c], weights) for c in range(k)]))  # ovr, macro
 
 
 def _log_loss(y, proba, *, n_classes, sample_weight):
-    k = n_classes or proba.shape[1]
-    return skm.log_loss(y, proba, labels=list(range(k)), sample_weight=sample_weight)
+    proba = np.asarray(proba, dtype=np.float64)
+    eps = np.finfo(np.float64).eps
+    picked = np.clip(proba[np.arange(len(proba)), np.asarray(y, dtype=np.int64)], eps, 1 - eps)
+    return _mean(-np.log(picked), sample_weight)
 
 
 def _mse(y, v, *, n_classes, sample_weight):
-    return skm.mean_squared_error(y, v, sample_weight=sample_weight)
+    return _mean((np.asarray(y, dtype=np.float64) - v) ** 2, sample_weight)
 
 
 def _mae(y, v, *, n_classes, sample_weight):
-    return skm.mean_absolute_error(y, v, sample_weight=sample_weight)
+    return _mean(np.abs(np.asarray(y, dtype=np.float64) - v), sample_weight)
 
 
 def _r2(y, v, *, n_classes, sample_weight):
-    return skm.r2_score(y, v, sample_weight=sample_weight)
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) < 2:
+        return float("nan")  # scikit-learn: not well-defined with fewer than two samples
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    numerator = float(np.sum(w * (y - v) ** 2))
+    denominator = float(np.sum(w * (y - np.average(y, weights=w)) ** 2))
+    if denominator == 0:  # scikit-learn's force_finite
+        return 1.0 if numerator == 0 else 0.0
+    return 1 - numerator / denominator
+
+
+def _sklearn_reference() -> dict[str, Callable[..., float]]:
+    """The ``sklearn.metrics`` calls the functions above stand for (tests compare them)."""
+    from sklearn import metrics as skm
+
+    def average(k: int | None) -> str:
+        return "binary" if (k or 2) == 2 else "macro"
+
+    def roc_auc(y, proba, *, n_classes, sample_weight):
+        k = n_classes or proba.shape[1]
+        if k == 2:
+            return skm.roc_auc_score(y, proba[:, 1], sample_weight=sample_weight)
+        return skm.roc_auc_score(
+            y, proba, multi_class="ovr", average="macro", labels=list(range(k)), sample_weight=sample_weight
+        )
+
+    return {
+        "accuracy": lambda y, p, *, n_classes, sample_weight: skm.accuracy_score(y, p, sample_weight=sample_weight),
+        "balanced_accuracy": lambda y, p, *, n_classes, sample_weight: skm.balanced_accuracy_score(
+            y, p, sample_weight=sample_weight
+        ),
+        "roc_auc": roc_auc,
+        "f1": lambda y, p, *, n_classes, sample_weight: skm.f1_score(
+            y, p, labels=list(range(n_classes or 2)), average=average(n_classes), sample_weight=sample_weight,
+            zero_division=0,
+        ),
+        "log_loss": lambda y, proba, *, n_classes, sample_weight: skm.log_loss(
+            y, y_proba=proba, labels=list(range(n_classes or proba.shape[1])), sample_weight=sample_weight
+        ),
+        "mean_squared_error": lambda y, v, *, n_classes, sample_weight: skm.mean_squared_error(
+            y, v, sample_weight=sample_weight
+        ),
+        "mean_absolute_error": lambda y, v, *, n_classes, sample_weight: skm.mean_absolute_error(
+            y, v, sample_weight=sample_weight
+        ),
+        "r2": lambda y, v, *, n_classes, sample_weight: skm.r2_score(y, v, sample_weight=sample_weight),
+    }
 
 
 REGISTRY: dict[str, Metric] = {
