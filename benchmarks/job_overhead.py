@@ -490,11 +490,8 @@ def measure(
                     jobs = []
                     for r in range(repeats):
                         upload(url, seed["vendor_token"], task_id, artifacts[fmt], f"{mode}-{fmt}-n{n}-r{r}", fmt)
-                        if pool is not None:
-                            deadline = time.monotonic() + 300
-                            while pool.ready_count() < 1 and time.monotonic() < deadline:
-                                time.sleep(0.01)
-                            time.sleep(0.2)  # the refill's own work settles: "pool warm"
+                        if pool is not None and not pool.wait_warm(300):
+                            raise SystemExit("the pool did not get warm")
                         total, parts, facts = run_job(agent)
                         jobs.append({"total": total, "parts": parts, "facts": facts})
                         print(

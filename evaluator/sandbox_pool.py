@@ -457,6 +457,19 @@ class WarmPool:
             time.sleep(0.01)
         return False
 
+    def wait_warm(self, timeout: float = 300.0) -> bool:
+        """Until the pool has nothing left to start or remove and every pooled container is
+        ready: "pool warm" (benchmarks and tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                idle = [s for q in self._idle.values() for s in q]
+                busy = self._next_key() is not None or bool(self._trash)
+            if not busy and all(s.ready for s in idle):
+                return True
+            time.sleep(0.01)
+        return False
+
     def close(self, timeout: float = 60.0) -> None:
         """Remove every pooled container and the pool folder. Safe to call twice."""
         with self._cond:
