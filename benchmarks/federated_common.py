@@ -316,12 +316,28 @@ class MeasuredClient(HubClient):
                                            "t1": time.time(), "up": len(data or b""), "down": down})  # fmt: skip
         return resp
 
-    def run_state(self, run_id):
-        state = super().run_state(run_id)
-        with self.recorder.lock:
-            self.recorder.requests[-1]["round"] = state.get("round")
-            self.recorder.current_round = int(state.get("round", -1) or 0)
+    def run_state(self, run_id, **kwargs):
+        state = super().run_state(run_id, **kwargs)
+        self.record_state(state)
         return state
+
+    def post_round(self, run_id, round_number, step, body):
+        answer = super().post_round(run_id, round_number, step, body)
+        if isinstance(answer.get("state"), dict):
+            self.record_state(answer["state"], from_post=True)
+        return answer
+
+    def record_state(self, state: dict, *, from_post: bool = False) -> None:
+        """The round a state is about; ``D_r`` when it travels inline (small models)."""
+        inline = state.get("offset")
+        if self.recorder.keep_offsets and isinstance(inline, dict):
+            import base64
+
+            self.recorder.offsets[int(inline["round"])] = base64.b64decode(inline["safetensors"])
+        with self.recorder.lock:
+            if not from_post:
+                self.recorder.requests[-1]["round"] = state.get("round")
+            self.recorder.current_round = int(state.get("round", -1) or 0)
 
     def download_round_offset(self, run_id, round_number, dest, *, max_bytes):
         path = super().download_round_offset(run_id, round_number, dest, max_bytes=max_bytes)

@@ -466,7 +466,7 @@ class SiteParticipant:
 
     def _train(self, rnd: _Round, state: Mapping[str, Any]) -> None:
         assert self.w0 is not None
-        offset = self._download_offset(rnd.number)
+        offset = self._download_offset(rnd.number, state)
         config = self._round_config(state.get("round_config"))
         try:
             result = self.session.run_round(offset, config)
@@ -505,18 +505,21 @@ class SiteParticipant:
             config["dp"] = dict(self.spec.dp or {})
         return config
 
-    def _download_offset(self, number: int) -> dict[str, np.ndarray]:
+    def _download_offset(self, number: int, state: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """``D_r``: inline in the state when the hub put it there (small models), else downloaded."""
         import tempfile
         from pathlib import Path
 
         from safetensors.numpy import load
 
         assert self.w0 is not None and self.layout is not None
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-            dest = Path(tmp) / "offset.safetensors"
-            cap = min(self.max_offset_bytes, 4 * self.layout.size + 64 * 1024 + 100 * len(self.w0))
-            self.client.download_round_offset(self.spec.id, number, dest, max_bytes=cap)
-            data = dest.read_bytes()
+        cap = min(self.max_offset_bytes, 4 * self.layout.size + 64 * 1024 + 100 * len(self.w0))
+        data = _inline_offset(state, number, cap)
+        if data is None:
+            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                dest = Path(tmp) / "offset.safetensors"
+                self.client.download_round_offset(self.spec.id, number, dest, max_bytes=cap)
+                data = dest.read_bytes()
         try:
             tensors = load(data)
         except Exception as exc:
@@ -638,6 +641,24 @@ class SiteParticipant:
             state = answer.get("state") if isinstance(answer, Mapping) else None
             self._next_state = dict(state) if isinstance(state, Mapping) and "status" in state else None
         rnd.done.add(step)
+
+
+def _inline_offset(state: Mapping[str, Any] | None, number: int, cap: int) -> bytes | None:
+    """The safetensors bytes of ``D_r`` the state carries for this round, if any (checked like a
+    download: same cap, then parsed by the caller)."""
+    import base64
+    import binascii
+
+    inline = state.get("offset") if isinstance(state, Mapping) else None
+    if not isinstance(inline, Mapping) or inline.get("round") != number:
+        return None
+    raw = inline.get("safetensors")
+    if not isinstance(raw, str) or len(raw) > 4 * cap // 3 + 4:
+        return None
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _spec_dict(spec: RunSpec) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class RunStateOutput(serializers.Serializer):
     roster = RosterEntryOutput(many=True)
     bundles = BundleOutput(many=True)
     unmask_request = UnmaskRequestOutput(allow_null=True)
+    offset = serializers.DictField(
+        required=False, help_text="Phases keys/update, small models: {round, safetensors (base64)}: D_r inline"
+    )
 
 
 class PostOutput(serializers.Serializer):

@@ -95,6 +95,9 @@ def update_norm_bound(run: FineTuningRun, n: int, k: int = 1) -> float:
     return k * float(run.clip_norm) * (1 + _NORM_TOLERANCE) + math.sqrt(k) * sigma * (math.sqrt(d) + _NOISE_SIGMAS)
 
 
+#: ``D_r`` up to this size travels inside the state (phases keys/update), bigger ones are downloaded.
+INLINE_OFFSET_BYTES = 64 * 1024
+
 #: No site trains on more rows than this in one sandbox; the hub does not know the sites' train
 #: splits (DataShard counts the test rows), so this is the bound on a released ``n_examples``.
 MAX_SITE_TRAIN_ROWS = 100_000_000
@@ -309,6 +312,9 @@ def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
     state["done"] = ProtocolMessage.objects.filter(
         run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
     ).exists()
+    if run.phase in (Phase.KEYS, Phase.UPDATE) and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
+        with run.offset.open("rb") as stored:  # saves each site one request per round
+            state["offset"] = {"round": run.current_round, "safetensors": _b64s(stored.read())}
     if run.phase == Phase.SHARES:
         state["roster"] = [
             {"participant": n, **{k: m.payload[k] for k in ("mask_public", "enc_public")}}

@@ -1,6 +1,7 @@
 """Long polling of the run state over real HTTP, and FedAvg weighted by examples under secure
 aggregation (docs/federated-protocol.md)."""
 
+import base64
 import threading
 import time
 
@@ -88,8 +89,12 @@ def test_secure_aggregation_weights_sites_by_their_examples(owner, vendor, fl_ta
     run_id = _start(owner, vendor, parent, sites, n_examples=counts, rounds=1)
     run = FineTuningRun.objects.get(id=run_id)
     assert run.example_cap == 120
-    cfg = sites[0].state(run_id)["round_config"]
+    state = sites[0].state(run_id)
+    cfg = state["round_config"]
     assert cfg["example_cap"] == 120
+    # D_0 travels inside the state (small model): the same bytes as the offset endpoint.
+    downloaded = b"".join(sites[0].api.get(f"/api/v1/agent/runs/{run_id}/rounds/0/offset").streaming_content)
+    assert state["offset"]["round"] == 0 and base64.b64decode(state["offset"]["safetensors"]) == downloaded
     updates = updates_for(3, seed=5)
     for site in sites:
         site.post_keys(run_id)

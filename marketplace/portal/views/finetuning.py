@@ -219,10 +219,15 @@ def run_stop_owner(request, run_id: int):
 @require_POST
 @owner_required
 def run_decision(request, run_id: int, decision: str):
-    """Approving starts the run with the task's privacy policy as it is now (copied into the run)."""
+    """Approving starts the run with the task's privacy policy as it is now (copied into the run).
+    ``validation_holdout=off`` in the form: every train row trains (default: 20 % held out)."""
     run = access_run_for_owner(request.user, run_id)
     try:
-        (run_approve if decision == "approve" else run_reject)(run=run, actor=request.user)
+        if decision == "approve":
+            holdout = request.POST.get("validation_holdout", "on") != "off"
+            run_approve(run=run, actor=request.user, validation_holdout=holdout)
+        else:
+            run_reject(run=run, actor=request.user)
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
