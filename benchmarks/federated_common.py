@@ -7,18 +7,21 @@ hyperparameters:
   runs (``evaluator.runner.train.TorchScriptTrainer.train``: SGD, cross-entropy on the module's
   probabilities, ``rng.permutation`` batches) on the same TorchScript file; the server keeps the
   model as an offset ``D`` exactly like the hub (float64 update, stored as float32 each round)
-  and averages the sites' deltas with equal weights (what Vaultbench's secure aggregation does).
+  and averages the sites' deltas weighted by their rows (``example_weighted``: what Vaultbench
+  does by default, also under secure aggregation) or with equal weights.
 - ``run_flower``: Flower 1.41 simulation (Ray backend, Message API, ``flwr.serverapp.strategy.
   FedAvg``), the same trainer in the ClientApp, every node sampled every round, each reply
-  weighted 1 (equal weights, as above) and the same per-(round, site) seeds as the plain loop.
+  weighted by ``num-examples`` (the site's rows, or 1) and the same per-(round, site) seeds as
+  the plain loop.
 - ``VaultbenchHub``: the real thing. A hub (SQLite, migrated) served by gunicorn on loopback,
   real agents (``evaluator.agent.Agent``, real ``HubClient`` over HTTP) in threads, each with
   its own data dir, training in the real runner image (one kept-alive sandbox per run and site).
   The owner sets the task's ``fl_*`` fields and approves with the hub's services; the vendor
   uploads over HTTP and asks for the run with ``run_request``.
 
-The rows a site trains on are its train split minus the seeded 20 % validation holdout
-(``evaluator.datasets.validation_holdout``), in the same (sorted) order, for all three.
+The rows a site trains on are its whole train split (a run approved without the validation
+holdout, protocol A) or its train split minus the seeded 20 % holdout (``fit_rows``), in the
+same (sorted) order, for all three.
 
 Measurement lives here only: a ``HubClient`` subclass records each request (time, round, phase,
 body bytes each way) and keeps the offset ``D_r`` the first site downloads each round; the
