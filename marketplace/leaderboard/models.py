@@ -18,13 +18,19 @@ class LeaderboardEntry(models.Model):
     private_n_rows = models.PositiveIntegerField(null=True, blank=True)
     n_rows = models.PositiveIntegerField()
     n_sites = models.PositiveIntegerField()
+    on_public_board = models.BooleanField(
+        default=False, help_text="Ranked on the stored public board (leaderboard.standings' bookkeeping)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at"]
         # The standings' freshness check reads the task's latest entry change from this index.
-        indexes = [models.Index(fields=["task", "updated_at"], name="leaderboard_task_updated")]
+        indexes = [
+            models.Index(fields=["task", "updated_at"], name="leaderboard_task_updated"),
+            models.Index(fields=["task", "on_public_board"], name="leaderboard_task_public"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.submission} on {self.task}"
@@ -59,7 +65,9 @@ class LeaderboardStanding(models.Model):
     )
     task_updated_at = models.DateTimeField(null=True, blank=True, help_text="The task settings the ranks follow")
     entries_updated_at = models.DateTimeField(null=True, blank=True, help_text="The latest entry change seen")
-    entries_count = models.PositiveIntegerField(default=0, help_text="Entries this audience saw at the refresh")
+    released_unlisted = models.PositiveIntegerField(
+        default=0, help_text="Public: released entries not marked on_public_board at the refresh"
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "audience"], name="leaderboard_standing_unique")]

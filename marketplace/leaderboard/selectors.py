@@ -28,7 +28,7 @@ _FIELDS = {
     "id": "id", "submission_id": "submission_id", "metrics": "metrics", "private_metrics": "private_metrics",
     "per_site": "per_site", "ladder_improved": "ladder_improved", "reveal_approved": "reveal_approved",
     "n_rows": "n_rows", "private_n_rows": "private_n_rows", "n_sites": "n_sites", "entry_created_at": "created_at",
-    "entry_updated_at": "updated_at",
+    "entry_updated_at": "updated_at", "on_public_board": "on_public_board",
     "created_at": "submission__created_at", "results_visible_at": "submission__results_visible_at",
     "vendor_id": "submission__vendor_id", "vendor": "submission__vendor__name", "model_name": "submission__name",
     "artifact_format": "submission__artifact_format", "model_size": "submission__size",

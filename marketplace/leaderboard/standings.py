@@ -11,11 +11,13 @@ When they are recomputed (standings_refresh):
 - in the transaction that scores a submission, reveals a private score or approves reveals
   (leaderboard.services, leaderboard.closing), under a row lock, so two scores arriving together
   both land;
-- on a read that finds them stale: a public entry's release time has passed (`next_release_at`:
-  never shown early, shown by the first read after its time), the task's settings changed
-  (decimals, metrics, mode), or an entry changed outside those services (the latest
-  `updated_at`, read from an index). A read that finds another refresh in progress serves the
-  ranks it has (an entry appears a moment later, never earlier).
+- on a read that finds them stale: an entry not yet on the public board has reached its release
+  time (never shown early; shown by the first read after its time: entries on the stored public
+  board are marked `on_public_board`, so the check counts the few unmarked ones), the task's
+  settings changed (decimals, metrics, mode), or an entry changed outside those services (the
+  latest `updated_at`, read from an index). Such a reader stores its own audience's board with a
+  conditional update (a concurrent refresh wins; nothing is lost) and answers from what it
+  computed.
 
 The private (final) board is not stored: it holds only the finals revealed at close.
 """
@@ -55,12 +57,14 @@ def _digest(task: Task, orders: dict, entries: list[dict]) -> str:
 
 
 _FIELDS = ["orders", "digest", "version", "changed_at", "computed_at", "task_updated_at", "entries_updated_at",
-           "entries_count", "next_release_at"]  # fmt: skip
+           "released_unlisted", "next_release_at"]  # fmt: skip
 
 
-def _recompute(row: LeaderboardStanding, *, task: Task, everything: list[dict], now: datetime) -> None:
+def _recompute(
+    row: LeaderboardStanding, *, task: Task, everything: list[dict], now: datetime, changed: bool = False
+) -> None:
     """Sets `row` (one audience) from all the task's entries as of `now`; its version moves only
-    when what the audience sees changed."""
+    when what the audience sees changed (or `changed` says so)."""
     if row.audience == Audience.PUBLIC:
         entries = [e for e in everything if e["results_visible_at"] is not None and e["results_visible_at"] <= now]
         upcoming = [e["results_visible_at"] for e in everything
@@ -70,9 +74,10 @@ def _recompute(row: LeaderboardStanding, *, task: Task, everything: list[dict], 
         entries, row.next_release_at = everything, None
     row.orders = _orders(task, entries)
     digest = _digest(task, row.orders, entries)
-    if digest != row.digest:
+    if changed or digest != row.digest:
         row.digest, row.version, row.changed_at = digest, row.version + 1, now
-    row.computed_at, row.task_updated_at, row.entries_count = now, task.updated_at, len(entries)
+    row.computed_at, row.task_updated_at = now, task.updated_at
+    row.released_unlisted = sum(1 for e in entries if not e["on_public_board"]) if row.audience == Audience.PUBLIC else 0
     row.entries_updated_at = max((e["entry_updated_at"] for e in everything), default=None)
     # Readers take the ranks from the cache (no query); the key of a version that rolls back is
     # never asked for (the next version has another changed_at).
@@ -81,9 +86,11 @@ def _recompute(row: LeaderboardStanding, *, task: Task, everything: list[dict], 
 
 
 @transaction.atomic
-def standings_refresh(*, task_id: int, now: datetime | None = None) -> None:
+def standings_refresh(*, task_id: int, now: datetime | None = None, changed: bool = False) -> None:
     """Recomputes both audiences' stored boards of the task, under their row locks (two scores
-    arriving together both land: the second waits, then reads the first's entry)."""
+    arriving together both land: the second waits, then reads the first's entry). `changed`:
+    the caller changed what a row shows without changing an entry (a submission nominated as
+    final, a vendor renamed): the version moves, so cached answers and ETags do."""
     LeaderboardStanding.objects.bulk_create(
         [LeaderboardStanding(task_id=task_id, audience=a) for a in Audience.values], ignore_conflicts=True
     )
@@ -91,8 +98,18 @@ def standings_refresh(*, task_id: int, now: datetime | None = None) -> None:
     task = Task.objects.get(id=task_id)
     now = now or timezone.now()
     everything = entry_values(LeaderboardEntry.objects.filter(task_id=task_id))
+    # The public board's entries are marked, so a reader's freshness check looks at the few
+    # unmarked ones only (released since: stale).
+    released = {e["id"] for e in everything if e["results_visible_at"] is not None and e["results_visible_at"] <= now}
+    marked = {e["id"] for e in everything if e["on_public_board"]}
+    if released - marked:
+        LeaderboardEntry.objects.filter(id__in=released - marked).update(on_public_board=True)
+    if marked - released:
+        LeaderboardEntry.objects.filter(id__in=marked - released).update(on_public_board=False)
+    for entry in everything:
+        entry["on_public_board"] = entry["id"] in released
     for row in rows:
-        _recompute(row, task=task, everything=everything, now=now)
+        _recompute(row, task=task, everything=everything, now=now, changed=changed)
     LeaderboardStanding.objects.bulk_update(rows, _FIELDS)
 
 
@@ -115,21 +132,20 @@ def standing_order(row: LeaderboardStanding, *, view: str, metric: str) -> list[
 def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> LeaderboardStanding:
     """The audience's stored board of `task` (its ranks: standing_order), one query when fresh.
 
-    When stale (a public entry's release time has passed, the task's settings changed, or the
-    latest entry change or the number of entries the audience sees differ from the stored ones:
-    a write that bypassed the services, an operator's or a test's, cannot leave a stale board),
-    this audience's board is recomputed and stored by the reader, unless a concurrent refresh got
-    there first (a conditional update on the version: nothing is lost). The recomputed row keeps
-    the entries it read in `row.entries` (RankedPage uses them instead of a query)."""
+    When stale (the task's settings changed; an entry changed: the latest `updated_at`, from an
+    index; public: an entry not on the stored board has reached its release time, which a count
+    over those few unmarked entries shows, also when a write bypassed the services, an operator's
+    or a test's), this audience's board is recomputed and stored by the reader, unless a
+    concurrent refresh got there first (a conditional update on the version: nothing is lost).
+    The recomputed row keeps the entries it read in `row.entries` (RankedPage uses them)."""
     now = now or timezone.now()
     entries = LeaderboardEntry.objects.filter(task_id=OuterRef("task_id"))
     latest = entries.order_by("-updated_at").values("updated_at")[:1]
-    if audience == Audience.PUBLIC:
-        entries = entries.filter(submission__results_visible_at__lte=now)
-    count = entries.order_by().values("task_id").annotate(n=Count("id")).values("n")
+    unlisted = entries.filter(on_public_board=False, submission__results_visible_at__lte=now)
+    count = unlisted.order_by().values("task_id").annotate(n=Count("id")).values("n")
     row = (
         LeaderboardStanding.objects.filter(task_id=task.id, audience=audience)
-        .annotate(latest=Subquery(latest), count=Coalesce(Subquery(count), 0))
+        .annotate(latest=Subquery(latest), unlisted=Coalesce(Subquery(count), 0))
         .defer("orders")
         .first()
     )
@@ -139,8 +155,7 @@ def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> Le
     stale = (
         row.task_updated_at != task.updated_at
         or row.entries_updated_at != row.latest
-        or row.entries_count != row.count
-        or (audience == Audience.PUBLIC and row.next_release_at is not None and row.next_release_at <= now)
+        or (audience == Audience.PUBLIC and row.unlisted != row.released_unlisted)
     )
     if stale:
         everything = entry_values(LeaderboardEntry.objects.filter(task_id=task.id))
