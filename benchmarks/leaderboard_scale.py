@@ -18,7 +18,8 @@ figures are latency p50/p99 of the requests completed, throughput, and body byte
 SQL queries per request are counted in this process on the same database (Django's test client and
 CaptureQueriesContext, the same code path; the count does not depend on concurrency).
 
-Request kinds: `api` (GET /api/v1/tasks/{id}/leaderboard, the first page of the default view),
+Request kinds: `healthz` (the probe the first middleware answers, no database: the fastest answer
+this stack gives on the machine at that moment, the run's baseline), `api` (GET /api/v1/tasks/{id}/leaderboard, the first page of the default view),
 `api_deep` (?view=all&page=100), `api_304` (the first page with If-None-Match: an unchanged board),
 `page` (the portal's task page as a visitor) and `poll` (the task page's live poll of an
 unchanged board). Works against older commits (copy this file into an exported tree and run it
@@ -205,9 +206,11 @@ def fetch(port: int, url: str, headers: dict, timeout: float = 300) -> tuple[int
         conn.close()
 
 
-def load(port: int, url: str, headers: dict, *, clients: int, seconds: float) -> dict:
-    """`clients` threads sending requests back to back until `seconds` have passed (each sends at
-    least one): latency percentiles over every completed request, throughput, bytes."""
+def load(port: int, url: str, headers: dict, *, clients: int, seconds: float, think: float = 0.0) -> dict:
+    """`clients` threads sending requests back to back (or `think` seconds apart, the first at a
+    random offset) until `seconds` have passed (each sends at least one): latency percentiles
+    over every completed request, throughput, bytes."""
+    import random
     latencies: list[float] = []
     sizes: list[int] = []
     statuses: dict[int, int] = {}
@@ -218,6 +221,8 @@ def load(port: int, url: str, headers: dict, *, clients: int, seconds: float) ->
 
     def client() -> None:
         start_gate.wait()
+        if think:
+            time.sleep(random.uniform(0, think))
         while True:
             t0 = time.perf_counter()
             try:
@@ -231,8 +236,9 @@ def load(port: int, url: str, headers: dict, *, clients: int, seconds: float) ->
                 latencies.append(elapsed * 1000)
                 sizes.append(size)
                 statuses[status] = statuses.get(status, 0) + 1
-            if time.perf_counter() >= stop_at[0]:
+            if time.perf_counter() + think >= stop_at[0]:
                 return
+            time.sleep(think)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
@@ -260,7 +266,9 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10000)
     parser.add_argument("--vendors", type=int, default=500)
     parser.add_argument("--clients", default="1,10,100")
-    parser.add_argument("--kinds", default="api,api_deep,api_304,page,poll")
+    parser.add_argument("--kinds", default="healthz,api,api_deep,api_304,page,poll")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="seconds each client waits between requests (0: closed loop, back to back)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per kind and client count")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn --workers (docs/running-a-hub.md: 4)")
     parser.add_argument("--json", help="write the figures here")
@@ -287,6 +295,7 @@ def main() -> None:
             poll = f"/tasks/{task.id}/leaderboard/" + (f"?since={version.group(1)}" if version else "")
             etag = first.get("ETag") or first.get("Etag")
             urls = {
+                "healthz": ("/healthz", {}),
                 "api": (api, {}),
                 "api_deep": (api + "?view=all&page=100", {}),
                 "api_304": (api, {"If-None-Match": etag} if etag else {}),
@@ -300,13 +309,14 @@ def main() -> None:
             for name, (url, headers) in urls.items():
                 results[name] = []
                 for clients in levels:
-                    figures = load(port, url, headers, clients=clients, seconds=args.seconds)
+                    figures = load(port, url, headers, clients=clients, seconds=args.seconds, think=args.think)
                     results[name].append(figures)
                     print(f"{name:<9} {clients:>4} clients  p50 {figures['p50_ms']:>9} ms  p99 {figures['p99_ms']:>9} ms"
                           f"  {figures['rps']:>7} req/s  {figures['bytes']:>8} B  {queries[name]['queries']:>3} queries"
                           f"  {figures['statuses']}", flush=True)  # fmt: skip
             report = {
                 "db": args.db, "entries": args.entries, "vendors": args.vendors, "seconds": args.seconds,
+                "think": args.think,
                 "workers": args.workers, "build_s": round(build_s, 1), "python": platform.python_version(),
                 "cpus": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
                 "load_after": [round(x, 2) for x in os.getloadavg()],

@@ -24,7 +24,7 @@ from marketplace.leaderboard.selectors import (
     leaderboard_ranked,
     leaderboard_row,
 )
-from marketplace.leaderboard.standings import RankedPage, audience_of, standing_etag, standing_of
+from marketplace.leaderboard.standings import RankedPage, audience_of, board_etag, standing_of
 
 
 class LeaderboardRowOutput(serializers.Serializer):
@@ -126,7 +126,7 @@ class LeaderboardApi(APIView):
             raise Conflict("The private leaderboard is revealed when the task closes.", code="task_not_closed")
         audience = audience_of(task=task, user=request.user)
         standing = standing_of(task=task, audience=audience)
-        etag = _etag(standing_etag(standing), request)
+        etag = _etag(board_etag(standing, task), request)
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Cookie, Authorization"}
         if standing.changed_at is not None:
             headers["Last-Modified"] = http_date(standing.changed_at.timestamp())

@@ -157,13 +157,24 @@ def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> Le
         or row.entries_updated_at != row.latest
         or (audience == Audience.PUBLIC and row.unlisted != row.released_unlisted)
     )
-    if stale:
-        everything = entry_values(LeaderboardEntry.objects.filter(task_id=task.id))
-        seen = {"version": row.version, "computed_at": row.computed_at}
-        _recompute(row, task=task, everything=everything, now=now)
-        LeaderboardStanding.objects.filter(id=row.id, **seen).update(**{f: getattr(row, f) for f in _FIELDS})
-        row.entries = {e["id"]: e for e in everything}
+    # One reader per process recomputes; the others answer from the ranks they have (an entry
+    # shows a moment after its release time, never before it) instead of all ranking at once.
+    lock = f"leaderboard:refreshing:{row.id}"
+    if stale and cache.add(lock, 1, timeout=30):
+        try:
+            _reader_refresh(row, task=task, now=now)
+        finally:
+            cache.delete(lock)
     return row
+
+
+def _reader_refresh(row: LeaderboardStanding, *, task: Task, now: datetime) -> None:
+    """Recomputes `row` in place and stores it unless a concurrent refresh stored a newer one."""
+    everything = entry_values(LeaderboardEntry.objects.filter(task_id=task.id))
+    seen = {"version": row.version, "computed_at": row.computed_at}
+    _recompute(row, task=task, everything=everything, now=now)
+    LeaderboardStanding.objects.filter(id=row.id, **seen).update(**{f: getattr(row, f) for f in _FIELDS})
+    row.entries = {e["id"]: e for e in everything}
 
 
 def standing_etag(row: LeaderboardStanding) -> str:
@@ -171,6 +182,13 @@ def standing_etag(row: LeaderboardStanding) -> str:
     that reuse ids: the time of the change is in it)."""
     changed = row.changed_at.isoformat() if row.changed_at else ""
     return hashlib.sha256(f"{row.task_id}:{row.audience}:{row.version}:{changed}".encode()).hexdigest()[:20]
+
+
+def board_etag(row: LeaderboardStanding, task: Task) -> str:
+    """The tag of what a reader of `row` gets: its version and the task's settings as read now
+    (a reader that finds a refresh in progress answers from the ranks it has, never from an
+    answer cached under settings that changed: per-site values turned off, fewer decimals)."""
+    return hashlib.sha256(f"{standing_etag(row)}:{task.updated_at.isoformat()}".encode()).hexdigest()[:20]
 
 
 class RankedPage(Sequence):

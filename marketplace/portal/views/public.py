@@ -35,7 +35,7 @@ from marketplace.leaderboard.selectors import (
     leaderboard_row,
     leaderboard_rows,
 )
-from marketplace.leaderboard.standings import RankedPage, audience_of, standing_etag, standing_of
+from marketplace.leaderboard.standings import RankedPage, audience_of, board_etag, standing_of
 from marketplace.portal.charts import best_score_chart
 from marketplace.portal.onboarding import fine_tuning_policy, per_format, sample_name
 from marketplace.portal.views._common import funnelled
@@ -91,7 +91,7 @@ def _leaderboard_context(request, task) -> dict:
         return context
     audience = audience_of(task=task, user=request.user)
     standing = standing_of(task=task, audience=audience)
-    context["version"] = standing_etag(standing)
+    context["version"] = board_etag(standing, task)
     key = f"leaderboard:fragment:{task.id}:{audience}:{context['version']}:{_query(params)}"
     cached = cache.get(key)
     if cached is None:
@@ -161,7 +161,7 @@ def task_leaderboard(request, task_id: int):
     if not leaderboard_visible(task=task, user=request.user):
         return HttpResponse(_leaderboard_context(request, task)["board_html"])
     standing = standing_of(task=task, audience=audience_of(task=task, user=request.user))
-    version = standing_etag(standing)
+    version = board_etag(standing, task)
     etag = f'"{version}-{hashlib.sha256(_query(_board_params(request, task)).encode()).hexdigest()[:12]}"'
     if request.GET.get("since") == version:
         return HttpResponse(status=204, headers={"ETag": etag})
