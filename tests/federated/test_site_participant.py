@@ -387,3 +387,45 @@ def test_a_run_without_secure_aggregation_takes_defaults_for_its_null_settings()
     assert spec.secure_aggregation is False and spec.threshold == RUN["n_participants"] // 2 + 1
     with pytest.raises(SiteRunError):
         parse_run({**RUN, "learning_rate": None})  # a required setting stays required
+
+
+def _one_participant(shards, run, **kwargs):
+    data_dir, data = shards[0]
+    return SiteParticipant(
+        client=FakeHub(run).client(1), spec=parse_run(run), session=FakeSession(data), data=data,
+        ledger=Ledger(data_dir / "one.jsonl"), context=ReleaseContext(1, 1, "7", 1), poll_seconds=0,
+        sleep=lambda s: None, **kwargs,
+    )  # fmt: skip
+
+
+def test_without_the_holdout_every_row_trains_and_no_validation_metric_leaves(shards, tmp_path):
+    data = shards[0][1]
+    work = tmp_path / "work"
+    work.mkdir()
+    data.write_sandbox_inputs(work)  # what the agent wrote, with the holdout
+    assert np.load(work / "train-features.npy").shape[0] == 80
+    part = _one_participant(shards, {**RUN, "validation_holdout": False}, work_dir=work)
+    part._ensure_started()
+    assert len(part.data.fit_rows) == 100 and len(part.data.validation_rows) == 0
+    assert np.load(work / "train-features.npy").shape[0] == 100 and np.load(work / "val-features.npy").shape[0] == 0
+    session = FakeSession(part.data)
+    w0 = session.start()
+    result = session.run_round({n: np.zeros_like(v) for n, v in w0.items()}, {"local_epochs": 1, "learning_rate": 0.5})
+    report = part._round_metrics(result)
+    assert report["validation"] == {} and report["n_validation"] == 0 and report["n_examples"] == 100
+
+
+def test_the_holdout_stays_by_default(shards):
+    part = _one_participant(shards, RUN)
+    part._ensure_started()
+    assert len(part.data.fit_rows) == 80 and len(part.data.validation_rows) == 20
+
+
+def test_example_weight_is_the_sites_rows_over_the_hubs_cap(shards):
+    part = _one_participant(shards, {**RUN, "example_weighting": True})
+    assert part._example_weight({"round_config": {"example_cap": 160}}) == pytest.approx(80 / 160)
+    assert part._example_weight({"round_config": {"example_cap": 40}}) == 1.0  # never above 1: stays within C
+    assert part._example_weight({"round_config": {}}) == 1.0
+    with pytest.raises(SiteRunError):
+        part._example_weight({"round_config": {"example_cap": 0}})
+    assert _one_participant(shards, RUN)._example_weight({"round_config": {"example_cap": 160}}) == 1.0
