@@ -98,9 +98,28 @@ def sigma_for(epsilon: float, *, rounds: int, q: float, local_epochs: int) -> fl
     return hi
 
 
-def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip, secure, seed=0, server_lr=1.0,
-        strategy="fedavg", eta=0.01):
-    """One federated run; returns the test-accuracy curve (after each round)."""
+def run(
+    model,
+    train,
+    test,
+    *,
+    rounds,
+    dp,
+    lr,
+    batch,
+    local_epochs,
+    update_clip,
+    secure,
+    seed=0,
+    server_lr=1.0,
+    strategy="fedavg",
+    eta=0.01,
+    trainable=None,
+    ema=0.9,
+):
+    """One federated run; returns two test-accuracy curves (after each round): of the global model,
+    and of its exponential moving average ``a <- ema a + (1 - ema) w`` over the rounds (a
+    post-processing of the released models: no privacy cost; not what the hub does today)."""
     import torch
 
     from evaluator.federated.client_update import prepare_site_update
@@ -108,7 +127,9 @@ def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip,
     from evaluator.federated.updates import dequantize, quantization_range
     from evaluator.runner.dpsgd import DPConfig, VmapGrads, dp_sgd
 
-    names = sorted(n for n, _ in model.named_parameters())
+    names = sorted(
+        n for n, _ in model.named_parameters() if trainable is None or n.startswith(tuple(trainable))
+    )
     owned = dict(model.named_parameters())
     w = np.concatenate([owned[n].detach().numpy().reshape(-1).astype(np.float64) for n in names])
     shapes = {n: tuple(owned[n].shape) for n in names}
@@ -127,7 +148,8 @@ def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip,
                           **({"eta": eta} if strategy == "fedadam" else {"server_learning_rate": server_lr}))  # fmt: skip
     grads = VmapGrads(model, names)
     rng = np.random.default_rng(seed)
-    curve = []
+    curve, ema_curve = [], []
+    average = w.copy()
     min_rows = min(len(y) for _, y in train)
     for _ in range(rounds):
         old = as_dict(w)
@@ -156,7 +178,9 @@ def run(model, train, test, *, rounds, dp, lr, batch, local_epochs, update_clip,
         w = server.aggregate(w, mean_update(summed, N_SITES), N_SITES)  # the hub's own strategy code
         w = w.astype(np.float32).astype(np.float64)  # the hub stores D as float32
         curve.append(accuracy(model, names, w, *test))
-    return curve
+        average = ema * average + (1 - ema) * w
+        ema_curve.append(accuracy(model, names, average, *test))
+    return curve, ema_curve
 
 
 def plain_sgd(model, names, old, x, y, *, lr, batch, epochs, rng):
@@ -181,29 +205,100 @@ def plain_sgd(model, names, old, x, y, *, lr, batch, epochs, rng):
     return {n: owned[n].detach().numpy().copy() for n in names}
 
 
+def plain_loop(
+    model, train, test, *, rounds, sigma, clip, lr, q, local_epochs, trainable=None, ema=0.9, seed=0
+):
+    """The same federated DP-SGD written plainly, with none of Vaultbench's code: per-example
+    gradients with ``torch.func``, Poisson batches, clip, Gaussian noise, a local SGD step; the
+    server averages the sites' deltas (no update clip, no quantization, no masks). Returns the
+    same two curves as ``run``."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    names = sorted(
+        n for n, _ in model.named_parameters() if trainable is None or n.startswith(tuple(trainable))
+    )
+    w = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    average = {n: v.clone() for n, v in w.items()}
+    gen = torch.Generator().manual_seed(seed)
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.m = inner
+
+        def forward(self, x):
+            return self.m.logits(x)
+
+    wrapped = Logits(model)
+
+    def loss(params, x, y):
+        return torch.nn.functional.cross_entropy(
+            functional_call(wrapped, params, (x.unsqueeze(0),)), y.unsqueeze(0)
+        )
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    steps = local_epochs * int(np.ceil(1 / q - 1e-9))
+    curve, ema_curve = [], []
+    for _ in range(rounds):
+        deltas = []
+        for x, y in train:
+            xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+            local = {n: v.clone() for n, v in w.items()}
+            for _ in range(steps):
+                idx = torch.nonzero(torch.rand(len(y), generator=gen) < q).flatten()
+                g = per_example({"m." + n: v for n, v in local.items()}, xt[idx], yt[idx])
+                flat = torch.cat([g["m." + n].reshape(len(idx), -1) for n in names], 1)
+                flat = flat * torch.clamp(clip / (flat.norm(dim=1, keepdim=True) + 1e-12), max=1.0)
+                noisy = (flat.sum(0) + sigma * clip * torch.randn(flat.shape[1], generator=gen)) / (
+                    q * len(y)
+                )
+                at = 0
+                for n in names:
+                    k = local[n].numel()
+                    local[n] = local[n] - lr * noisy[at : at + k].reshape(local[n].shape)
+                    at += k
+            deltas.append({n: local[n] - w[n] for n in names})
+        w = {n: w[n] + sum(d[n] for d in deltas) / len(deltas) for n in names}
+        average = {n: ema * average[n] + (1 - ema) * w[n] for n in names}
+        for target, out in ((w, curve), (average, ema_curve)):
+            flat = np.concatenate([target[n].numpy().reshape(-1).astype(np.float64) for n in names])
+            out.append(accuracy(model, names, flat, *test))
+    return curve, ema_curve
+
+
 def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
-    parser.add_argument("--lr", type=float, default=2.0)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5.0)
+    parser.add_argument("--batch-size", type=int, default=512, help="expected batch of the smallest site")
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--clip", type=float, default=1.0, help="per-example clip C")
     parser.add_argument("--update-clip", type=float, default=100.0, help="the agent's whole-update bound")
     parser.add_argument("--server-lr", type=float, default=1.0, help="FedAvg's server_learning_rate")
     parser.add_argument("--strategy", choices=["fedavg", "fedadam"], default="fedavg")
     parser.add_argument("--eta", type=float, default=0.01, help="FedAdam's server step")
+    parser.add_argument(
+        "--ema", type=float, default=0.9, help="decay of the reported moving average of the models"
+    )
+    parser.add_argument("--trainable", nargs="+", default=None,
+                        help="train (and release) only parameters with these name prefixes, as a vendor "
+                             "declares by saving the others with requires_grad=False")  # fmt: skip
     parser.add_argument("--parent-rows", type=int, default=1000)
     parser.add_argument("--parent-steps", type=int, default=60)
-    parser.add_argument("--no-secure", action="store_true", help="skip the secure-aggregation runs")
-    parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=["non-private", "vaultbench", "secagg", "plain-loop"],
+                        default=["non-private", "vaultbench", "secagg", "plain-loop"])  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     train, test = sites()
     model = build_parent(args.parent_rows, args.parent_steps)
+    if args.trainable:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(tuple(args.trainable)))
     names = sorted(n for n, _ in model.named_parameters())
     flat0 = np.concatenate([dict(model.named_parameters())[n].detach().numpy().reshape(-1) for n in names])
     parent_acc = accuracy(model, names, flat0.astype(np.float64), *test)
@@ -212,29 +307,44 @@ def main() -> None:
     results: dict = {"config": {**vars(args), "json": None, "sample_rate": q, "site_rows": [len(y) for _, y in train],
                                 "parent_accuracy": parent_acc}, "runs": []}  # fmt: skip
     print(f"parent {parent_acc:.3f}; rows {results['config']['site_rows']}; q {q:.4f}", file=sys.stderr)
-    if not args.skip_plain:
+
+    def record(name, eps, sigma, curves, started):
+        curve, ema_curve = curves
+        results["runs"].append({"name": name, "epsilon": eps, "sigma": sigma, "final": curve[-1], "best": max(curve),
+                                "final_ema": ema_curve[-1], "curve": curve, "ema_curve": ema_curve,
+                                "seconds": time.perf_counter() - started})  # fmt: skip
+        print(f"{name} (sigma {sigma:.3f}): final {curve[-1]:.3f}, best {max(curve):.3f}, "
+              f"final of the moving average {ema_curve[-1]:.3f}", file=sys.stderr)  # fmt: skip
+
+    common = {
+        "rounds": args.rounds,
+        "local_epochs": args.local_epochs,
+        "trainable": args.trainable,
+        "ema": args.ema,
+    }
+    if "non-private" in args.only:
         started = time.perf_counter()
         model.load_state_dict(parent_state)
-        curve = run(model, train, test, rounds=args.rounds, dp=None, lr=0.2, batch=32,
-                    local_epochs=args.local_epochs, update_clip=1e6, secure=False)  # fmt: skip
-        results["runs"].append({"name": "non-private", "epsilon": None, "final": curve[-1], "curve": curve,
-                                "seconds": time.perf_counter() - started})  # fmt: skip
-        print(f"non-private: {curve[-1]:.3f}", file=sys.stderr)
+        curves = run(model, train, test, dp=None, lr=0.2, batch=32, update_clip=1e6, secure=False, **common)
+        record("non-private", None, 0.0, curves, started)
     for eps in args.epsilons:
         sigma = sigma_for(eps, rounds=args.rounds, q=q, local_epochs=args.local_epochs)
-        for secure in (False, True) if not args.no_secure else (False,):
+        for variant in ("vaultbench", "secagg", "plain-loop"):
+            if variant not in args.only:
+                continue
             started = time.perf_counter()
             model.load_state_dict(parent_state)
-            curve = run(model, train, test, rounds=args.rounds, dp={"clip": args.clip, "sigma": sigma}, lr=args.lr,
-                        batch=args.batch_size, local_epochs=args.local_epochs, update_clip=args.update_clip,
-                        secure=secure, server_lr=args.server_lr, strategy=args.strategy, eta=args.eta)  # fmt: skip
-            results["runs"].append({"name": f"record-level eps {eps:g}" + (" + secagg" if secure else ""),
-                                    "epsilon": eps, "sigma": sigma, "secure_aggregation": secure,
-                                    "final": curve[-1], "best": max(curve), "curve": curve,
-                                    "seconds": time.perf_counter() - started})  # fmt: skip
-            print(f"eps {eps:g} sigma {sigma:.3f} secagg {secure}: {curve[-1]:.3f} (best {max(curve):.3f})",
-                  file=sys.stderr)  # fmt: skip
-    print(json.dumps({r["name"]: round(r["final"], 4) for r in results["runs"]}, indent=1))
+            if variant == "plain-loop":
+                curves = plain_loop(
+                    model, train, test, sigma=sigma, clip=args.clip, lr=args.lr, q=q, **common
+                )
+            else:
+                curves = run(model, train, test, dp={"clip": args.clip, "sigma": sigma}, lr=args.lr,
+                             batch=args.batch_size, update_clip=args.update_clip, secure=variant == "secagg",
+                             server_lr=args.server_lr, strategy=args.strategy, eta=args.eta, **common)  # fmt: skip
+            record(f"eps {eps:g} {variant}", eps, sigma, curves, started)
+    table = {r["name"]: [round(r["final"], 4), round(r["final_ema"], 4)] for r in results["runs"]}
+    print(json.dumps({"final [model, moving average]": table}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
