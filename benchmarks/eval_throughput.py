@@ -18,7 +18,8 @@ CPU per job = (sandbox containers + agents + hub workers) CPU in the window / jo
 - containers: every sandbox container (pooled or cold) is created under one cgroup parent for
   the run (a benchmark-side wrapper adds ``cgroup_parent`` to ``containers.create``; cgroup v1
   cpuacct or v2 cpu.stat), so containers removed during the window still count;
-- agents: this process's own CPU (``resource.getrusage``), which holds only the agents then;
+- agents: this process's own CPU (``resource.getrusage``) minus its main thread's (which only
+  polls the hub's database for finished jobs meanwhile);
 - hub: the gunicorn master and workers (``/proc/<pid>/stat``);
 - the engine (dockerd, containerd) is reported beside, not in the sum: other users of the engine
   on a shared machine show up in it; the per-container shims are not measured.
@@ -75,13 +76,13 @@ class ContainerCgroup:
         self.name = f"vbbench-{uuid.uuid4().hex[:12]}"
 
     def wrap(self, client):
-        make_host_config = client.api.create_host_config  # what containers.create builds HostConfig with
+        create_container = client.api.create_container  # what containers.create ends in
 
         def under_parent(*args, **kwargs):
-            kwargs["cgroup_parent"] = f"/{self.name}"
-            return make_host_config(*args, **kwargs)
+            kwargs["host_config"] = {**(kwargs.get("host_config") or {}), "CgroupParent": f"/{self.name}"}
+            return create_container(*args, **kwargs)
 
-        client.api.create_host_config = under_parent
+        client.api.create_container = under_parent
         return client
 
     def cpu_seconds(self) -> float:
@@ -261,12 +262,12 @@ def make_agents(root: Path, url: str, seed: dict, image: str, features: Path, la
     return agents
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
+def wait_until(predicate, timeout: float, what: str, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(every)
 
 
 def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifact: Path, features: Path,
@@ -285,18 +286,19 @@ def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifac
         time.sleep(1.0)  # agents finish the loop they were in
         ids = [upload(url, seed["vendor_token"], seed["task"], artifact, f"{mode}-{i}") for i in range(n_submissions)]
         if mode == "pool":
-            wait_until(lambda: all(a._pool.ready_count() >= 1 for a in agents), 300, "warm pools")
+            wait_until(lambda: all(a._pool.wait_warm(1) for a in agents), 300, "warm pools")
         time.sleep(1.0)
         hub_before = sum(process_cpu(p) for p in process_tree(hub_pid))
         engine_before = sum(process_cpu(p) for p in engine_pids())
-        containers_before, agents_before = cgroup.cpu_seconds(), self_cpu()
+        containers_before, agents_before, main_before = cgroup.cpu_seconds(), self_cpu(), time.thread_time()
         started = time.monotonic()
         go.set()
         n_jobs = n_submissions * n_sites
-        wait_until(lambda: finished_jobs(ids) >= n_jobs, 3600, "the jobs")
+        wait_until(lambda: finished_jobs(ids) >= n_jobs, 3600, "the jobs", every=0.5)
         window = time.monotonic() - started
         containers = cgroup.cpu_seconds() - containers_before
-        agents_cpu = self_cpu() - agents_before
+        # This process minus its main thread (which only polls the hub's database meanwhile).
+        agents_cpu = self_cpu() - agents_before - (time.thread_time() - main_before)
         hub = sum(process_cpu(p) for p in process_tree(hub_pid)) - hub_before
         engine = sum(process_cpu(p) for p in engine_pids()) - engine_before
         go.clear()
