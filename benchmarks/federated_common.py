@@ -438,6 +438,11 @@ class VaultbenchHub:
         env.setdefault("VAULTBENCH_FL_STATE_WAITERS", "3")
         (self.root / "hub").mkdir()
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
+        if os.environ.get("VB_BENCH_SQLITE_WAL"):  # an experiment: the hub's SQLite file in WAL mode
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.root / "hub" / "hub.sqlite3")) as db:
+                print("journal mode:", db.execute("PRAGMA journal_mode=WAL").fetchone()[0], file=sys.stderr)
         os.environ.update(env)
         import django
 
