@@ -35,6 +35,7 @@ engine, runner image, disk or data). ``RETRYABLE_REASONS`` must equal the hub's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -650,15 +651,13 @@ class Agent:
 
         image_id = self.image_id()
         predictions, note = self._predict(job, spec, work, data, Path(model_path), offset_kwargs, image_id)
-        public_rows, private_rows = splits.public_private_split(
-            data.row_count,
-            public_fraction=float(task.get("public_split_fraction", 1.0)),
-            seed=int(task.get("split_seed", 0)),
+        public_rows, private_rows = _split(
+            data.row_count, float(task.get("public_split_fraction", 1.0)), int(task.get("split_seed", 0))
         )
         exact = sufficient_statistics(terms.spec, data.labels[public_rows], predictions[public_rows])
         body: dict[str, Any] = {
             "agent_id": self.client.agent_id,
-            "n_rows": len(public_rows),
+            "n_rows": data.row_count - len(private_rows),
             "statistics": gaussian_release(terms.spec, exact, rho=terms.rho),
             "privacy": terms.privacy(),
             # What this job ran with: the runner image's id and the keyed fingerprint of the data
@@ -836,6 +835,17 @@ FAILURE_TYPES: tuple[type[BaseException], ...] = (
     metrics.InvalidPredictions,
     disclosure.DisclosureError,
 )
+
+
+@functools.lru_cache(maxsize=16)
+def _split(n_rows: int, public_fraction: float, seed: int) -> tuple[Any, np.ndarray]:
+    """``splits.public_private_split``, computed once per shard (a permutation and two sorts:
+    0.1 s at 1M rows). All rows public (the default): a slice, so no copy is indexed out."""
+    if public_fraction >= 1.0:
+        return slice(None), np.empty(0, dtype=np.int64)
+    public, private = splits.public_private_split(n_rows, public_fraction=public_fraction, seed=seed)
+    public.flags.writeable = private.flags.writeable = False  # shared by the jobs that follow
+    return public, private
 
 
 def _failure_reason(exc: BaseException) -> str:
