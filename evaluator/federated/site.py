@@ -297,6 +297,7 @@ class SiteParticipant:
         self._layout_posted = False
         self._round: _Round | None = None
         self._next_state: dict[str, Any] | None = None  # the state a post's answer carried
+        self._ahead: tuple[int, str, SecAggClient] | None = None  # keys advertised for the next round
         # One thread trains while the main loop exchanges keys and shares (secure aggregation).
         self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix=threading.current_thread().name)
         spent = sum(
@@ -422,8 +423,10 @@ class SiteParticipant:
         return True
 
     def _phase_shares(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
-        if "keys" not in rnd.done or rnd.secagg is None:
+        if "keys" not in rnd.done and not self._adopt_ahead_keys(rnd, state):
             return False  # joined late: this round goes on without this site
+        if rnd.secagg is None:
+            return False
         roster = wire.roster_from_json(state.get("roster"))
         bundles = rnd.secagg.share_keys(roster)
         body = {"agent_id": self.client.agent_id, "bundles": [wire.bundle_to_json(b) for b in bundles]}
@@ -442,6 +445,45 @@ class SiteParticipant:
             return False
         masked = rnd.secagg.masked_input(vector, received)
         self._release(rnd, "masked", wire.vector_to_b64(masked, "<u4"))
+        self._advertise_ahead(rnd, state)
+        return True
+
+    def _advertise_ahead(self, rnd: _Round, state: Mapping[str, Any]) -> None:
+        """Fresh keys for the next round, posted now (docs/federated-protocol.md): when the hub
+        opens that round its keys phase is already complete. Used in that round only."""
+        config = state.get("round_config") or {}
+        next_id = config.get("next_secagg_round_id") if isinstance(config, Mapping) else None
+        if not isinstance(next_id, str) or not next_id or self.layout is None:
+            return
+        number = rnd.number + 1
+        if self._ahead is None or self._ahead[:2] != (number, next_id):
+            params = RoundParams(round_id=next_id, threshold=self.spec.threshold, vector_length=self.layout.size)
+            self._ahead = (number, next_id, SecAggClient(self.spec.participant, params))
+        from evaluator.client import HubRejected, LeaseLost
+
+        advertised = wire.keys_to_json(self._ahead[2].advertise())
+        body = {"agent_id": self.client.agent_id, "keys": {k: advertised[k] for k in ("mask_public", "enc_public")}}
+        try:
+            self.client.post_round(self.spec.id, number, "keys", body)
+        except (HubRejected, LeaseLost) as exc:  # e.g. the hub moved on: keys in the keys phase then
+            log.info("run %s: keys for round %s not advertised ahead: %s", self.spec.id, number, exc)
+            self._ahead = None
+
+    def _adopt_ahead_keys(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
+        """Round opened at ``shares`` with the keys this site advertised during the last round."""
+        config = state.get("round_config") or {}
+        round_id = wire.round_id(self.spec.id, rnd.number, config if isinstance(config, Mapping) else None)
+        roster = state.get("roster") or []
+        mine = [r for r in roster if isinstance(r, Mapping) and r.get("participant") == self.spec.participant]
+        if self._ahead is None or self._ahead[:2] != (rnd.number, round_id) or not mine:
+            return False
+        client = self._ahead[2]
+        advertised = wire.keys_to_json(client.advertise())
+        if any(mine[0].get(k) != advertised[k] for k in ("mask_public", "enc_public")):
+            return False  # the roster carries other keys for this site: not ours, do not share
+        rnd.secagg, self._ahead = client, None
+        rnd.done.add("keys")
+        rnd.training = self._training.submit(self._train, rnd, dict(state))
         return True
 
     def _phase_unmask(self, rnd: _Round, state: Mapping[str, Any]) -> bool:

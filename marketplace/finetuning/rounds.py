@@ -144,6 +144,12 @@ def secagg_round_id(run: FineTuningRun) -> str:
     return f"vaultbench-run-{run.id}-round-{run.current_round}-attempt-{run.attempt}"
 
 
+def _next_round_id(run: FineTuningRun) -> str | None:
+    if not run.secure_aggregation or run.current_round + 1 >= run.rounds:
+        return None
+    return f"vaultbench-run-{run.id}-round-{run.current_round + 1}-attempt-0"
+
+
 def quantization_q(run: FineTuningRun, n: int) -> float:
     noise_std = distributed_noise_std(site_noise_multiplier(run), float(run.clip_norm), n)
     return quantization_range(float(run.clip_norm), noise_std)
@@ -212,6 +218,8 @@ def round_config(run: FineTuningRun) -> dict[str, Any]:
         "proximal_mu": proximal_mu(run),
         "epsilon_after_round": epsilon_after,
         "example_cap": example_cap(run),
+        # Fresh keys for the next round may be advertised during this one (used once, like any).
+        "next_secagg_round_id": _next_round_id(run),
     }
 
 
@@ -312,7 +320,7 @@ def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
     state["done"] = ProtocolMessage.objects.filter(
         run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
     ).exists()
-    if run.phase in (Phase.KEYS, Phase.UPDATE) and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
+    if run.phase in (Phase.KEYS, Phase.SHARES, Phase.UPDATE) and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
         with run.offset.open("rb") as stored:  # saves each site one request per round
             state["offset"] = {"round": run.current_round, "safetensors": _b64s(stored.read())}
     if run.phase == Phase.SHARES:
@@ -422,15 +430,54 @@ def run_post_layout(
     return True
 
 
-@transaction.atomic
-def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, keys: Any) -> bool:
-    run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.KEYS,
-                                   round_number=round_number)  # fmt: skip
+def _keys_payload(keys: Any) -> tuple[dict, bytes, bytes]:
     if not isinstance(keys, dict):
         raise DomainError("keys must be an object.", code="invalid_message")
     mask = _b64(keys.get("mask_public"), "keys.mask_public", length=_KEY_BYTES)
     enc = _b64(keys.get("enc_public"), "keys.enc_public", length=_KEY_BYTES)
-    payload = {"mask_public": _b64s(mask), "enc_public": _b64s(enc)}
+    return {"mask_public": _b64s(mask), "enc_public": _b64s(enc)}, mask, enc
+
+
+def _post_next_round_keys(run: FineTuningRun, participant: Participant, keys: Any) -> bool:
+    """Keys for round r+1 (attempt 0), advertised while round r is in its masked or unmask phase.
+    They are fresh keys used in that one round only, exactly as if posted in its keys phase: the
+    hub learns the public keys a little earlier, nothing else. When round r+1 opens and every
+    expected site has advertised, its keys phase closes at once."""
+    payload, mask, enc = _keys_payload(keys)
+    sha = _payload_sha(payload)
+    rows = ProtocolMessage.objects.filter(run=run, round=run.current_round + 1, attempt=0, kind=MessageKind.KEYS)
+    mine = rows.filter(participant=participant).first()
+    if mine is not None:
+        if mine.body_sha256 == sha:
+            return False
+        raise Conflict("This site already advertised different keys for the next round.", code="already_posted")
+    taken = {m.payload[k] for m in rows for k in ("mask_public", "enc_public")}
+    if mask == enc or payload["mask_public"] in taken or payload["enc_public"] in taken:
+        raise Conflict("Public keys must be fresh and distinct.", code="invalid_keys")
+    ProtocolMessage.objects.create(run=run, round=run.current_round + 1, attempt=0, participant=participant,
+                                   kind=MessageKind.KEYS, payload=payload, body_sha256=sha)  # fmt: skip
+    audit_record(action="finetuning.keys_posted", obj=run, actor_site=participant.site,
+                 data={"round": run.current_round + 1, "attempt": 0, "participant": participant.number,
+                       "ahead": True})  # fmt: skip
+    return True
+
+
+@transaction.atomic
+def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, keys: Any) -> bool:
+    run, participant = run_for_site(site=site, run_id=run_id, lock=True)
+    if (
+        run.status == RunStatus.RUNNING
+        and run.secure_aggregation
+        and round_number == run.current_round + 1 < run.rounds
+        and run.phase in (Phase.MASKED, Phase.UNMASK)
+    ):
+        job = participant.job
+        if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
+            raise LeaseLost("This agent does not hold the lease of the site's train job.")
+        return _post_next_round_keys(run, participant, keys)
+    run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.KEYS,
+                                   round_number=round_number)  # fmt: skip
+    payload, mask, enc = _keys_payload(keys)
     sha = _payload_sha(payload)
     if _existing(run, participant, MessageKind.KEYS, sha):
         return False
@@ -799,6 +846,8 @@ def _next_round(run: FineTuningRun, n: int) -> None:
     run.current_round += 1
     run.attempt = 0
     _open_phase(run, _first_phase(run), new_round=True)
+    if run.secure_aggregation:
+        _advance(run, timed_out=False)  # keys advertised ahead by every site: straight to shares
 
 
 def _fail_round(run: FineTuningRun, reason: str) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from evaluator.client import HubClient
+from evaluator.federated.secagg import RoundParams, SecAggClient
 from evaluator.federated.updates import quantization_error_bound
 from marketplace.finetuning.models import FineTuningRun
 from marketplace.finetuning.offsets import layout_of, offset_from_bytes
@@ -136,3 +137,59 @@ def test_example_counts_in_the_layout_post_are_bounded(owner, vendor, fl_task):
     sites[0].claim()
     sites[0].post(f"{run_id}/layout", {"layout": LAYOUT, "n_examples": 0}, expect=400)
     sites[0].post(f"{run_id}/layout", {"layout": LAYOUT, "n_examples": 2**63}, expect=400)
+
+
+def _advertise_ahead(site, run_id: int, expect: int = 200):
+    """The next round's fresh keys, posted during this round's masked/unmask phase."""
+    state = site.state(run_id)
+    cfg = state["round_config"]
+    client = SecAggClient(state["participant"], RoundParams(cfg["next_secagg_round_id"], cfg["threshold"],
+                                                            cfg["vector_length"]))  # fmt: skip
+    keys = client.advertise()
+    body = {"keys": {"mask_public": base64.b64encode(keys.mask_public).decode(),
+                     "enc_public": base64.b64encode(keys.enc_public).decode()}}  # fmt: skip
+    site.post(f"{run_id}/rounds/{state['round'] + 1}/keys", body, expect=expect)
+    return client
+
+
+def test_keys_advertised_during_a_round_open_the_next_one_at_shares(owner, vendor, fl_task):
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    run_id = _start(owner, vendor, parent, sites, rounds=2)
+    assert sites[0].state(run_id)["round_config"]["next_secagg_round_id"] == f"vaultbench-run-{run_id}-round-1-attempt-0"
+    updates = updates_for(3, seed=2)
+    for site in sites:
+        site.post_keys(run_id)
+    # Too early (keys phase of round 0) and too far ahead are refused.
+    sites[0].post(f"{run_id}/rounds/1/keys", {"keys": {"mask_public": "A" * 44, "enc_public": "B" * 44}}, expect=409)
+    for site in sites:
+        site.post_shares(run_id)
+    for i, site in enumerate(sites):
+        assert site.post_masked(run_id, updates[i], seed=3 + i).status_code == 200
+    ahead = [_advertise_ahead(site, run_id) for site in sites]
+    _advertise_ahead(sites[0], run_id, expect=409)  # different keys for the same round: refused
+    for site in sites:
+        site.post_unmask(run_id)
+    run = FineTuningRun.objects.get(id=run_id)
+    assert (run.current_round, run.phase) == (1, "shares")  # no keys phase to wait for
+    roster = sites[0].state(run_id)["roster"]
+    assert [r["mask_public"] for r in roster] == [base64.b64encode(c.advertise().mask_public).decode() for c in ahead]
+    # The round completes with those keys (the hub's unmask uses them).
+    for site, client in zip(sites, ahead, strict=True):
+        site.client_state = client
+    for site in sites:
+        site.post_shares(run_id)
+    for i, site in enumerate(sites):
+        assert site.post_masked(run_id, updates[i], seed=9 + i).status_code == 200
+    for site in sites:
+        site.post_unmask(run_id)
+    run.refresh_from_db()
+    assert run.status == "completed" and run.rounds_completed == 2
+    assert sites[0].state(run_id)["round_config"] is None
+
+
+def test_no_keys_ahead_for_the_last_round(owner, vendor, fl_task):
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    run_id = _start(owner, vendor, parent, sites, rounds=1)
+    assert sites[0].state(run_id)["round_config"]["next_secagg_round_id"] is None
