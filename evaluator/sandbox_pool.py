@@ -82,7 +82,7 @@ MODEL_NAMES: Final = {
 }
 READY_TIMEOUT_SECONDS: Final = 120.0  # imports on a busy machine; a dead container ends it sooner
 READY_POLL_SECONDS: Final = (0.001, 0.025)  # from, growing to: quick when nearly ready, cheap when not
-STATE_CHECK_SECONDS: Final = 0.05
+STATE_CHECK_SECONDS: Final = 0.5  # is a not-yet-ready container still alive (an engine call: not too often)
 
 
 @dataclass(frozen=True)
