@@ -175,6 +175,7 @@ class WarmPool:
         self.runtime = runtime
         self.ready_timeout = ready_timeout
         self._client_factory = client_factory or sandbox.get_client
+        self._job_client: Any = None
         work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.dir = work_root / f"pool-{uuid.uuid4().hex}"
         self.dir.mkdir(mode=0o700)
@@ -202,7 +203,8 @@ class WarmPool:
         client: docker.DockerClient | None = None,
         weights_offset_path: Path | None = None,
     ) -> SandboxRun:
-        client = client or self._client_factory()
+        if client is None:  # one client for the jobs (the agent runs one at a time), one for the refill
+            client = self._job_client = self._job_client or self._client_factory()
         # The agent passes the id it pinned for the job; a tag is resolved here.
         image_id = image if image.startswith("sha256:") else sandbox.resolve_image(client, image)
         key = PoolKey(image_id, model_format, limits, self.runtime)
