@@ -89,7 +89,9 @@ def make_sites(seed: int = 1):
     return sites
 
 
-def one_round(model_path: Path, sites, *, dp: dict | None, clip_norm: float = 1.0, bits: int = 20, seed: int = 2):
+def one_round(
+    model_path: Path, sites, *, dp: dict | None, clip_norm: float = 1.0, bits: int = 20, seed: int = 2
+):
     """The aggregated update of one secure-aggregation round (what the vendor learns as D_1)."""
     from evaluator.federated.client_update import prepare_site_update
     from evaluator.federated.updates import dequantize, quantization_range
@@ -148,7 +150,12 @@ def replay(dp: dict | None, seed: int = 2) -> dict:
         build_model(path)
         sites = make_sites()
         hits, rows = decode(path, one_round(path, sites, dp=dp, seed=seed), sites)
-    return {"recovered": hits, "rows": rows, "chance": rows / K, "p_value_vs_chance": binomial_p_value(hits, rows, 1 / K)}
+    return {
+        "recovered": hits,
+        "rows": rows,
+        "chance": rows / K,
+        "p_value_vs_chance": binomial_p_value(hits, rows, 1 / K),
+    }
 
 
 def calibrated_sigma(epsilon: float, rounds: int) -> float:
@@ -162,7 +169,12 @@ def default_dp(sigma: float) -> dict:
     from evaluator.federated.accounting import record_level_epsilon, steps_per_round
 
     q = min(1.0, 32 / int(min(SITE_ROWS) * 0.8))
-    dp = {"example_clip_norm": 1.0, "noise_multiplier": sigma, "sample_rate": q, "steps": steps_per_round(1, q)}
+    dp = {
+        "example_clip_norm": 1.0,
+        "noise_multiplier": sigma,
+        "sample_rate": q,
+        "steps": steps_per_round(1, q),
+    }
     dp_eps = record_level_epsilon(rounds=1, noise_multiplier=sigma, sample_rate=q, local_epochs=1, delta=1e-5)
     return {**dp, "epsilon_one_round": dp_eps}
 
@@ -170,12 +182,17 @@ def default_dp(sigma: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--sigma", type=float, default=None, help="default: the task default fl_noise_multiplier")
+    parser.add_argument(
+        "--sigma", type=float, default=None, help="default: the task default fl_noise_multiplier"
+    )
     parser.add_argument("--calibrate", type=float, nargs=2, default=[8.0, 50], metavar=("EPS", "ROUNDS"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sigma = args.sigma if args.sigma is not None else DEFAULT_SIGMA
-    settings = {"before (no DP, old defaults)": None, f"after (record-level DP-SGD, sigma {sigma:g})": default_dp(sigma)}
+    settings = {
+        "before (no DP, old defaults)": None,
+        f"after (record-level DP-SGD, sigma {sigma:g})": default_dp(sigma),
+    }
     eps_cap, rounds = args.calibrate[0], int(args.calibrate[1])
     calibrated = calibrated_sigma(eps_cap, rounds)
     name = f"after, calibrated (sigma {calibrated:.3f}: eps {eps_cap:g} over {rounds} rounds)"
