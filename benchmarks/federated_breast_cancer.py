@@ -20,7 +20,8 @@ Vaultbench runs twice: with secure aggregation (threshold 2 of 3, 20-bit quantiz
 without; no DP (the owner's explicit ``none`` privacy unit), clip norm 10 (updates stay below 1.01: never binding).
 Per-round accuracy: the offsets ``D_r`` the first site downloads each round and the final
 ``D_R`` of the fine-tuned submission, applied to the known ``w0`` and evaluated here.
-Reported: the steady round time (median of rounds 2..R: round 1 pays Flower's Ray actors and
+``VB_BENCH_SQLITE_WAL=1`` puts the hub's SQLite file in WAL mode (an experiment; the hub's
+default is SQLite's rollback journal). Reported: the steady round time (median of rounds 2..R: round 1 pays Flower's Ray actors and
 Vaultbench's first sandbox round), approve -> round 0 (Vaultbench: claim, artifact, sandbox
 start, layout), and accuracy per round.
 """
