@@ -24,6 +24,14 @@ accountant the sites and the hub use) is at most the target, at delta 1e-5.
 
 Non-private reference: the same federated loop with plain minibatch SGD (the runner's
 non-DP path, batch 32, lr 0.2, as federated_mnist1d.py), and no clipping.
+
+Side by side (``--only``): ``vaultbench`` (the path above), ``secagg`` (the same with secure
+aggregation's quantization), ``plain-loop`` (``plain_loop``: the same federated DP-SGD written
+with none of Vaultbench's code). Every run also reports its exponential moving average of the
+global model over the rounds (``--ema``, a post-processing of the released models; the hub does not
+do it today). ``--trainable`` trains and releases only some parameters, as a vendor declares by
+saving the others with ``requires_grad=False`` (the runner trains only ``requires_grad`` ones).
+Defaults (batch 512, lr 5) are the best of the grid in BENCHMARKS.md.
 """
 
 from __future__ import annotations
