@@ -299,6 +299,9 @@ def main() -> None:
     parser.add_argument("--parent-steps", type=int, default=60)
     parser.add_argument("--only", nargs="+", choices=["non-private", "vaultbench", "secagg", "plain-loop"],
                         default=["non-private", "vaultbench", "secagg", "plain-loop"])  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds batches, noise and quantization of every run"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -329,6 +332,7 @@ def main() -> None:
         "local_epochs": args.local_epochs,
         "trainable": args.trainable,
         "ema": args.ema,
+        "seed": args.seed,
     }
     if "non-private" in args.only:
         started = time.perf_counter()
