@@ -3,10 +3,10 @@
 A cold prediction run pays, after the job is claimed, for creating and starting a container and
 for importing the runtime in it (about a second for scikit-learn). The pool pays both before:
 per (runner image, model format, resource limits, OCI runtime) it keeps up to ``size``
-containers started with ``python -m runner pooled``, which imports the format's runtime and then
-blocks on a FIFO in its job folder (``evaluator/runner/pooled.py``). A job takes one container,
-places the model and the features in that container's job folder, writes one request into the
-FIFO and watches the container exactly as a cold run is watched; the container then exits and is
+containers started with ``python -m runner pooled``, which imports the format's runtime, says so
+(``/out/.ready``) and waits for a request file in its job folder (``evaluator/runner/pooled.py``).
+A job takes one container, places the model and the features in that container's job folder,
+then the request, and watches the container exactly as a cold run is watched; the container then exits and is
 removed, and a background thread starts its replacement.
 
 Security decisions (SECURITY.md section 1 holds unchanged):
@@ -20,8 +20,8 @@ Security decisions (SECURITY.md section 1 holds unchanged):
 - the job folder is mounted read-only at ``/job``; the host writes the inputs there (hard links
   or copies into a folder only the agent can write) before it signals; ``/out`` is the one
   writable path that survives, read by the host only after the container has exited;
-- the container cannot fake readiness or a request: the FIFO is the host's (mode 0644), and
-  ``/job`` is read-only;
+- the container cannot write a request: ``/job`` is read-only and the host's; ``.ready`` is
+  trusted only before the job is placed, when no vendor code has run in the container;
 - a pooled container that died before its job was signalled never saw a model or a row: it is
   discarded and the job runs cold, so the pool never turns its own trouble into a job failure;
 - a pool folder is locked like a job folder (``evaluator.workdirs``), so the agent's orphan sweep
@@ -34,12 +34,10 @@ give their containers up first.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import shutil
-import stat
 import threading
 import time
 import uuid
@@ -70,7 +68,7 @@ log = logging.getLogger(__name__)
 
 POOL_LABEL: Final = "vaultbench.pool"
 JOB_TARGET: Final = "/job"
-GO_NAME: Final = "go"  # the FIFO the runner waits on (evaluator/runner/pooled.py)
+REQUEST_NAME: Final = "request.json"  # what the runner waits for (evaluator/runner/pooled.py)
 READY_NAME: Final = ".ready"  # the runner's "imports done" marker in /out, removed before the job
 FEATURES_NAME: Final = "features.npy"
 OFFSET_NAME: Final = "weights_offset.safetensors"
@@ -104,10 +102,6 @@ class Slot:
     mount_dir: Path
     job_dir: Path
     out_dir: Path
-
-    @property
-    def go(self) -> Path:
-        return self.job_dir / GO_NAME
 
     @property
     def ready(self) -> bool:
@@ -264,34 +258,17 @@ class WarmPool:
             sandbox.stage_input(offset_path, slot.job_dir / OFFSET_NAME)
 
     def _signal(self, slot: Slot, client: Any, *, batch_size: int, offset: bool) -> None:
-        """Wait until the runner waits on its FIFO, then write the request. Raises
-        ``SlotUnusable`` if the container ended (or never got ready) before that."""
+        """Wait until the runner has its imports done, then place the request. Raises
+        ``SlotUnusable`` if the container ended (or never got ready) before that: no vendor code
+        has run in it yet, so ``.ready`` is the runner's own word."""
         request = json.dumps({"batch_size": batch_size, "weights_offset": offset}).encode()
         deadline = time.monotonic() + self.ready_timeout
-        next_check = 0.0
+        next_check = time.monotonic() + STATE_CHECK_SECONDS
         pause, longest = READY_POLL_SECONDS
         while True:
-            try:
-                fd = os.open(slot.go, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet (still importing)
-                    raise SlotUnusable(f"cannot open the job FIFO: {exc.strerror}") from None
-            else:
-                try:
-                    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                        raise SlotUnusable("the job FIFO is not a FIFO")
-                    (slot.out_dir / READY_NAME).unlink(missing_ok=True)  # the reader made it before
-                    if os.write(fd, request) != len(request):  # below PIPE_BUF: all or nothing
-                        raise SlotUnusable("short write to the job FIFO")
-                except OSError as exc:  # EPIPE: the reader went away
-                    raise SlotUnusable(f"cannot write the job request: {exc.strerror}") from None
-                finally:
-                    os.close(fd)
-                return
+            ready = slot.ready
             now = time.monotonic()
-            if now >= deadline:
-                raise SlotUnusable("the pooled runner did not get ready in time")
-            if now >= next_check:
+            if ready or now >= next_check:  # and once more when ready: it may have died since
                 next_check = now + STATE_CHECK_SECONDS
                 try:
                     running = client.api.inspect_container(slot.container_id)["State"]["Running"]
@@ -299,8 +276,19 @@ class WarmPool:
                     raise SlotUnusable(f"docker engine error: {exc}") from None
                 if not running:
                     raise SlotUnusable("the pooled container ended before its job")
+            if ready:
+                break
+            if now >= deadline:
+                raise SlotUnusable("the pooled runner did not get ready in time")
             time.sleep(pause)
             pause = min(longest, pause * 1.5)
+        (slot.out_dir / READY_NAME).unlink(missing_ok=True)  # /out holds only what the job writes
+        tmp = slot.job_dir / f".{REQUEST_NAME}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(request)
+        os.chmod(tmp, 0o644)  # the sandbox user reads it whatever the umask
+        os.replace(tmp, slot.job_dir / REQUEST_NAME)  # atomic: the runner never reads half of it
 
     def _watch(self, slot: Slot, client: Any, *, limits: Limits, work_dir: Path) -> SandboxRun:
         """Watch the signalled container like a cold run; hand its output folder to the job."""
@@ -416,8 +404,6 @@ class WarmPool:
         job_dir = mount_dir / "job"
         job_dir.mkdir()
         job_dir.chmod(0o755)  # the sandbox user reads the job's inputs; only the agent writes
-        os.mkfifo(job_dir / GO_NAME, 0o644)
-        (job_dir / GO_NAME).chmod(0o644)  # readable, never writable, by the sandbox user
         out_dir = sandbox.make_output_dir(mount_dir)
         config = pooled_container_config(key=key, job_dir=job_dir, out_dir=out_dir)
         container_id = ""

@@ -2,29 +2,29 @@
 
 The site agent's warm pool (``evaluator.sandbox_pool``) starts the container with the same
 hardened profile as any prediction run and ``python -m runner pooled --format F``. The runner
-imports what format ``F`` needs and opens ``/job/go``, a FIFO the host made in the job folder:
-``open`` blocks (no CPU) until the host has placed the model and the features in ``/job`` and
-opens the FIFO for writing. The host then writes one small JSON request (the batch size, whether
-a weights offset is there) and closes it. The runner predicts once, writes ``/out/predictions.npy``
-and the process ends: one container, one job.
+imports what format ``F`` needs, writes ``/out/.ready`` (the host's "imports done"), and waits for
+``/job/request.json``: the host places the model and the features in ``/job`` (mounted read-only),
+removes ``.ready`` and then renames the request into place (atomic: never read half-written). The
+runner predicts once, writes ``/out/predictions.npy`` and the process ends: one container, one job.
 
-The FIFO doubles as the readiness signal: the host's non-blocking open for writing fails
-(ENXIO) until the runner is waiting on it, i.e. until the imports are done. ``/out/.ready``
-says the same to a host that only wants to know (the host removes it before the request).
+A file, not a FIFO, so that it works under gVisor too (a host FIFO on a bind mount does not
+connect to the sandbox's pipe there). Waiting costs a ``stat`` every 10 ms at most.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from .errors import EXIT_INPUT, RunnerError
 from .loaders import warm_imports
 
 JOB_DIR = Path("/job")
-GO_NAME = "go"
+REQUEST_NAME = "request.json"
 READY_NAME = ".ready"
+POLL_SECONDS = (0.001, 0.01)  # from, growing to
 FEATURES_NAME = "features.npy"
 OFFSET_NAME = "weights_offset.safetensors"
 # Where the host places the model in /job, per format (a folder for python_package).
@@ -38,14 +38,23 @@ MAX_REQUEST_BYTES = 4096
 MAX_BATCH_SIZE = 1 << 20
 
 
-def read_request(go: Path) -> dict:
-    """Block until the host writes the job request into the FIFO; return it, checked."""
+def read_request(path: Path) -> dict:
+    """Wait until the host has placed the job request; return it, checked."""
+    pause, longest = POLL_SECONDS
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_REQUEST_BYTES + 1)
+            break
+        except FileNotFoundError:
+            time.sleep(pause)
+            pause = min(longest, pause * 1.5)
+        except OSError as exc:
+            raise RunnerError(EXIT_INPUT, f"cannot read the job request: {type(exc).__name__}") from exc
     try:
-        with open(go, "rb") as fh:  # blocks until the host opens the FIFO for writing
-            raw = fh.read(MAX_REQUEST_BYTES + 1)
         request = json.loads(raw)
-    except (OSError, ValueError) as exc:
-        raise RunnerError(EXIT_INPUT, f"cannot read the job request: {type(exc).__name__}") from exc
+    except ValueError as exc:
+        raise RunnerError(EXIT_INPUT, "the job request is not JSON") from exc
     batch_size = request.get("batch_size") if isinstance(request, dict) else None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise RunnerError(EXIT_INPUT, "the job request has no valid batch_size")
@@ -57,7 +66,7 @@ def serve_one(*, model_format: str, job_dir: Path, output_path: Path) -> None:
     # Tells the host the imports are done (its pool reports ready containers); the host removes
     # it before it signals the job, so the output folder holds only what the job writes.
     os.close(os.open(output_path.parent / READY_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-    request = read_request(job_dir / GO_NAME)
+    request = read_request(job_dir / REQUEST_NAME)
     from .predict import run_predict
 
     run_predict(

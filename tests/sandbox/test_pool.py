@@ -127,7 +127,7 @@ result["interfaces"] = sorted(os.listdir("/sys/class/net"))
 result["write_root"] = _errno(lambda: open("/evil", "w"))
 result["write_job"] = _errno(lambda: open("/job/evil", "w"))
 result["write_model"] = _errno(lambda: open("/job/model/model.py", "a"))
-result["write_fifo"] = _errno(lambda: open("/job/go", "w"))
+result["write_request"] = _errno(lambda: open("/job/request.json", "w"))
 result["write_tmp"] = _errno(lambda: open("/tmp/fine", "w").write("x"))
 """
         )
@@ -142,7 +142,7 @@ result["write_tmp"] = _errno(lambda: open("/tmp/fine", "w").write("x"))
     assert probe["interfaces"] == ["lo"]
     assert probe["write_root"] == EROFS and probe["write_job"] == EROFS
     assert probe["write_model"] in (EROFS, EACCES)  # the staged model: the agent's, and mounted read-only
-    assert probe["write_fifo"] == EACCES  # the host's FIFO (0644): never writable by the sandbox
+    assert probe["write_request"] in (EROFS, EACCES)  # the host's request: never writable by the sandbox
     assert probe["write_tmp"] == 0
     load_valid(site, run)
     wait_gone(site.client, run.container_id)
@@ -283,7 +283,7 @@ result["job"] = sorted(os.listdir("/job"))
         # Its own PID namespace: its init (pid 1) and its runner, not the waiting container's.
         assert probe["pids"][0] == 1 and len(probe["pids"]) == 2, probe["cmdlines"]
         assert sum("pooled" in c for c in probe["cmdlines"]) == 2
-        assert probe["job"] == ["features.npy", "go", "model"]
+        assert probe["job"] == ["features.npy", "model", "request.json"]
         load_valid(site, run)
 
 
@@ -364,3 +364,29 @@ def test_a_dead_agents_pool_is_swept_and_a_live_ones_is_left(site):
         assert live.ready_count(key) == 1
     finally:
         live.close()
+
+
+def test_a_pooled_container_runs_under_gvisor_when_the_site_says_so(site):
+    """``sandbox_runtime = "runsc"`` reaches pooled containers too: the kernel the model sees is
+    gVisor's (positive control: the same probe in a runc pool sees the host's)."""
+    from evaluator.sandbox_runtime import engine_runtimes
+    from tests.sandbox.test_gvisor import KERNEL_PROBE
+
+    if "runsc" not in engine_runtimes(site.client):
+        pytest.skip("the engine has no runsc runtime (.ci/lib/docker-engine.sh registers it)")
+    host = open("/proc/version").read()
+    seen = {}
+    for runtime in ("runsc", "runc"):
+        with WarmPool(work_root=site.work_dir, size=1, memory_mb=4096, runtime=runtime) as pool:
+            key = PoolKey(sandbox.resolve_image(site.client, site.image), "python_package", DEFAULT_LIMITS, runtime)
+            assert pool.wait_ready(key, timeout=180)
+            (container,) = containers_of(site, pool)
+            assert site.client.api.inspect_container(container.id)["HostConfig"]["Runtime"] == runtime
+            run = pool.run_prediction(
+                image=site.image, model_path=site.package(probe_model(KERNEL_PROBE)), model_format="python_package",
+                features_path=site.features_path, work_dir=site.work_dir, limits=DEFAULT_LIMITS, client=site.client,
+            )  # fmt: skip
+            assert run.container_id == container.id
+            seen[runtime] = probe_of(run.logs)["version"]
+            load_valid(site, run)
+    assert seen["runsc"] != host and seen["runc"] == host
