@@ -37,6 +37,8 @@ poll_interval_seconds = 10            # how often an idle agent asks the hub for
 # lease_renew_interval_seconds = 20   # default: a third of the job's lease
 # batch_size = 4096                   # rows per prediction batch inside the sandbox
 # allow_insecure_http = false         # true only on a closed test network
+# pool_size = 1                       # warm sandboxes per (image, format, limits), one job each; 0: off
+# pool_memory_mb = 4096               # bound on the idle pool's summed memory limits
 
 [limits]               # this site's maximums: a job can never loosen them
 max_memory_mb = 4096
