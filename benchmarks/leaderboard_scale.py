@@ -304,6 +304,8 @@ def main() -> None:
             }
             urls = {k: v for k, v in urls.items() if k in args.kinds.split(",")}
             queries = queries_per_request(urls)
+            for url, headers in urls.values():  # every worker warm (imports, templates, its cache)
+                load(port, url, headers, clients=args.workers * 2, seconds=1.0)
             results: dict[str, list[dict]] = {}
             load_before = os.getloadavg()
             for name, (url, headers) in urls.items():

@@ -24,15 +24,14 @@ The private (final) board is not stored: it holds only the finals revealed at cl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime
 
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models import Count, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
 from django.utils import timezone
 
 from marketplace.catalog.models import Task
@@ -139,22 +138,14 @@ def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> Le
     concurrent refresh got there first (a conditional update on the version: nothing is lost).
     The recomputed row keeps the entries it read in `row.entries` (RankedPage uses them)."""
     now = now or timezone.now()
-    entries = LeaderboardEntry.objects.filter(task_id=OuterRef("task_id"))
-    latest = entries.order_by("-updated_at").values("updated_at")[:1]
-    unlisted = entries.filter(on_public_board=False, submission__results_visible_at__lte=now)
-    count = unlisted.order_by().values("task_id").annotate(n=Count("id")).values("n")
-    row = (
-        LeaderboardStanding.objects.filter(task_id=task.id, audience=audience)
-        .annotate(latest=Subquery(latest), unlisted=Coalesce(Subquery(count), 0))
-        .defer("orders")
-        .first()
-    )
+    params = [connection.ops.adapt_datetimefield_value(now), task.id, audience]
+    row = next(iter(LeaderboardStanding.objects.raw(_freshness_sql(), params)), None)
     if row is None:  # a task scored before standings existed, or never scored
         standings_refresh(task_id=task.id, now=now)
         return standing_of(task=task, audience=audience, now=now)
     stale = (
         row.task_updated_at != task.updated_at
-        or row.entries_updated_at != row.latest
+        or not row.entries_seen
         or (audience == Audience.PUBLIC and row.unlisted != row.released_unlisted)
     )
     # One reader per process recomputes; the others answer from the ranks they have (an entry
@@ -166,6 +157,26 @@ def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> Le
         finally:
             cache.delete(lock)
     return row
+
+
+@functools.cache
+def _freshness_sql() -> str:
+    """The standing row (its ranks deferred) with two freshness signals, written out once: the
+    ORM spent more time composing this query than the database answering it (a read's hot path).
+    `entries_seen`: no entry of the task changed after the last one the row saw (index
+    task, updated_at); `unlisted`: released entries not marked on the public board."""
+    standing, entry = LeaderboardStanding._meta.db_table, LeaderboardEntry._meta.db_table
+    submission = LeaderboardEntry._meta.get_field("submission").related_model._meta.db_table
+    fields = ", ".join(f"s.{f}" for f in ["id", "task_id", "audience", *(f for f in _FIELDS if f != "orders")])
+    # Only table and column names from the models are formatted in; the values are parameters.
+    return (
+        f"SELECT {fields}, "  # noqa: S608
+        f"NOT EXISTS (SELECT 1 FROM {entry} e WHERE e.task_id = s.task_id AND (s.entries_updated_at IS NULL"
+        f" OR e.updated_at > s.entries_updated_at)) AS entries_seen, "
+        f"(SELECT COUNT(*) FROM {entry} e INNER JOIN {submission} u ON u.id = e.submission_id"
+        f" WHERE e.task_id = s.task_id AND NOT e.on_public_board AND u.results_visible_at <= %s) AS unlisted "
+        f"FROM {standing} s WHERE s.task_id = %s AND s.audience = %s"
+    )
 
 
 def _reader_refresh(row: LeaderboardStanding, *, task: Task, now: datetime) -> None:

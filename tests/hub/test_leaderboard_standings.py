@@ -125,3 +125,46 @@ def test_a_settings_change_re_ranks_the_board(board, owner, visitor):
     assert visitor.get(url).status_code == 400  # accuracy is gone: the task's settings are read fresh
     after = visitor.get(f"/api/v1/tasks/{board.id}/leaderboard").json()
     assert after["count"] == before["count"] == 4 and after["primary_metric"] == "roc_auc"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scores_arriving_together_all_land_on_the_stored_board(owner, site, monkeypatch):
+    """Each scoring transaction refreshes the standings under their row lock: the one that waits
+    reads the other's entry (PostgreSQL: row locks; SQLite: one writer at a time)."""
+    import threading
+
+    from django.db import connections
+
+    from marketplace.leaderboard.services import leaderboard_aggregate
+
+    monkeypatch.setattr("marketplace.leaderboard.tasks.enqueue_aggregation", lambda submission_id: None)
+    task = make_task(owner, release_delay_seconds=0, quota_per_day=20)
+    register_shard(site, task)
+    submissions = []
+    for i in range(6):
+        persona = _persona(f"racer{i}", f"Racer {i}", "vendor")
+        submission = submit(persona, task, name=f"racer-{i}")
+        job = job_of(submission, site)
+        assert claim(site)["id"] == job.id
+        assert post_result(site, job.id, n_rows=100, correct=0.5 + i / 20).status_code == 200
+        submissions.append(submission)
+    assert not LeaderboardStanding.objects.filter(task=task).exists()  # nothing scored yet
+    barrier, errors = threading.Barrier(len(submissions)), []
+
+    def score(submission_id: int) -> None:
+        try:
+            barrier.wait()
+            leaderboard_aggregate(submission_id=submission_id)
+        except Exception as exc:  # collected: a thread's exception would otherwise vanish
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=score, args=(s.id,)) for s in submissions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    for row in LeaderboardStanding.objects.filter(task=task):
+        assert len(row.orders["all"]["roc_auc"]) == 6, row.audience
