@@ -415,7 +415,11 @@ class SiteParticipant:
             threshold=self.spec.threshold,
             vector_length=self.layout.size,
         )
-        rnd.secagg = SecAggClient(self.spec.participant, params)
+        ahead = self._ahead
+        if ahead is not None and ahead[:2] == (rnd.number, params.round_id):
+            rnd.secagg, self._ahead = ahead[2], None  # the keys advertised ahead (re-posting them is a no-op)
+        else:
+            rnd.secagg = SecAggClient(self.spec.participant, params)
         advertised = wire.keys_to_json(rnd.secagg.advertise())
         keys = {k: advertised[k] for k in ("mask_public", "enc_public")}
         body = {"agent_id": self.client.agent_id, "keys": keys}
@@ -445,7 +449,8 @@ class SiteParticipant:
             return False
         masked = rnd.secagg.masked_input(vector, received)
         self._release(rnd, "masked", wire.vector_to_b64(masked, "<u4"))
-        self._advertise_ahead(rnd, state)
+        # Off the critical path: the unmask answer must not wait for this post.
+        self._training.submit(self._advertise_ahead, rnd, dict(state))
         return True
 
     def _advertise_ahead(self, rnd: _Round, state: Mapping[str, Any]) -> None:
@@ -467,6 +472,9 @@ class SiteParticipant:
             self.client.post_round(self.spec.id, number, "keys", body)
         except (HubRejected, LeaseLost) as exc:  # e.g. the hub moved on: keys in the keys phase then
             log.info("run %s: keys for round %s not advertised ahead: %s", self.spec.id, number, exc)
+            self._ahead = None
+        except Exception:  # in the background thread: never let it end the run; the keys phase remains
+            log.exception("run %s: advertising keys for round %s failed", self.spec.id, number)
             self._ahead = None
 
     def _adopt_ahead_keys(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
