@@ -206,14 +206,13 @@ class WarmPool:
         if slot is not None:
             try:
                 self._place(slot, model_path, features_path, weights_offset_path)
-            except BaseException:
-                self._discard(slot)
-                raise
-            try:
                 self._signal(slot, client, batch_size=batch_size, offset=weights_offset_path is not None)
             except SlotUnusable as exc:
                 log.warning("pooled sandbox unusable (%s); running this job cold", exc)
                 self._discard(slot)
+            except BaseException:
+                self._discard(slot)  # never left in the pool half-placed
+                raise
             else:
                 return self._watch(slot, client, limits=limits, work_dir=work_dir)
         return self._run_cold(
@@ -252,6 +251,8 @@ class WarmPool:
             raise SandboxUnavailable("a python_package model must be a prepared folder")
         if slot.key.model_format != "python_package" and not model_path.is_file():
             raise SandboxUnavailable("the model must be a regular file")
+        if offset_path is not None and slot.key.model_format not in sandbox.TRAINABLE_FORMATS:
+            raise SandboxUnavailable(f"a weights offset cannot apply to {slot.key.model_format}")
         sandbox.stage_input(model_path, slot.job_dir / MODEL_NAMES[slot.key.model_format])
         sandbox.stage_input(features_path, slot.job_dir / FEATURES_NAME)
         if offset_path is not None:
