@@ -38,10 +38,17 @@ _FIELDS = {
 }  # fmt: skip
 
 
-def entry_values(entries: QuerySet[LeaderboardEntry]) -> list[dict]:
-    """`entries` as the plain dicts the board functions take (_FIELDS), one query."""
-    names = {v: k for k, v in _FIELDS.items()}
-    return [{names[k]: v for k, v in row.items()} for row in entries.values(*_FIELDS.values())]
+# What ranking reads (leaderboard_ranked without a search, standings' bookkeeping): no per-site
+# values or private scores, the bulk of a row's JSON.
+RANK_FIELDS = ("id", "submission_id", "metrics", "ladder_improved", "created_at", "vendor_id",
+               "results_visible_at", "entry_updated_at", "on_public_board")  # fmt: skip
+
+
+def entry_values(entries: QuerySet[LeaderboardEntry], fields: tuple[str, ...] | None = None) -> list[dict]:
+    """`entries` as the plain dicts the board functions take (_FIELDS, or those `fields`), one query."""
+    wanted = {k: v for k, v in _FIELDS.items() if fields is None or k in fields}
+    names = {v: k for k, v in wanted.items()}
+    return [{names[k]: v for k, v in row.items()} for row in entries.values(*wanted.values())]
 
 
 def leaderboard_entries(

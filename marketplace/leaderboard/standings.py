@@ -36,16 +36,25 @@ from django.utils import timezone
 
 from marketplace.catalog.models import Task
 from marketplace.leaderboard.models import Audience, LeaderboardEntry, LeaderboardStanding
-from marketplace.leaderboard.selectors import VIEWS, entry_values, leaderboard_ranked
+from marketplace.leaderboard.selectors import (
+    ALL,
+    RANK_FIELDS,
+    VIEWS,
+    _best_per_vendor,
+    entry_values,
+    leaderboard_ranked,
+)
 
 
 def _orders(task: Task, entries: list[dict]) -> dict[str, dict[str, list[int]]]:
-    names = [m["name"] for m in task.metrics]
-    return {
-        view: {metric: [e["id"] for e in leaderboard_ranked(task=task, sort_by=metric, view=view, entries=entries)]
-               for metric in names}
-        for view in VIEWS
-    }  # fmt: skip
+    """Per view and metric, the entry ids in rank order: one sort per metric (the best-per-vendor
+    view is the first entry of each vendor in the full ranking, as leaderboard_ranked does)."""
+    orders: dict[str, dict[str, list[int]]] = {view: {} for view in VIEWS}
+    for metric in (m["name"] for m in task.metrics):
+        ranked = leaderboard_ranked(task=task, sort_by=metric, view=ALL, entries=entries)
+        for view in VIEWS:
+            orders[view][metric] = [e["id"] for e in (ranked if view == ALL else _best_per_vendor(ranked))]
+    return orders
 
 
 def _digest(task: Task, orders: dict, entries: list[dict]) -> str:
@@ -96,7 +105,7 @@ def standings_refresh(*, task_id: int, now: datetime | None = None, changed: boo
     rows = list(LeaderboardStanding.objects.select_for_update().filter(task_id=task_id))
     task = Task.objects.get(id=task_id)
     now = now or timezone.now()
-    everything = entry_values(LeaderboardEntry.objects.filter(task_id=task_id))
+    everything = entry_values(LeaderboardEntry.objects.filter(task_id=task_id), RANK_FIELDS)
     # The public board's entries are marked, so a reader's freshness check looks at the few
     # unmarked ones only (released since: stale).
     released = {e["id"] for e in everything if e["results_visible_at"] is not None and e["results_visible_at"] <= now}
