@@ -34,6 +34,7 @@ give their containers up first.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -80,6 +81,9 @@ MODEL_NAMES: Final = {
 }
 READY_TIMEOUT_SECONDS: Final = 120.0  # imports on a busy machine; a dead container ends it sooner
 READY_POLL_SECONDS: Final = (0.001, 0.025)  # from, growing to: quick when nearly ready, cheap when not
+# A pooled runner exits after IDLE_EXIT_SECONDS (evaluator/runner/pooled.py) without a job, so
+# containers of a dead agent do not wait forever; the pool retires its own well before that.
+RETIRE_SECONDS: Final = 900.0
 STATE_CHECK_SECONDS: Final = 0.5  # is a not-yet-ready container still alive (an engine call: not too often)
 
 
@@ -102,6 +106,7 @@ class Slot:
     mount_dir: Path
     job_dir: Path
     out_dir: Path
+    started: float = 0.0  # time.monotonic() when the container was started
 
     @property
     def ready(self) -> bool:
@@ -181,6 +186,8 @@ class WarmPool:
         self._closed = False
         self._thread = threading.Thread(target=self._refill_loop, name="sandbox-pool", daemon=True)
         self._thread.start()
+        # An agent that exits without close() (its threads are daemons) still removes its pool.
+        atexit.register(self.close)
 
     # -- the job's side -------------------------------------------------------------------------
 
@@ -239,7 +246,12 @@ class WarmPool:
             self._recent.pop(key, None)
             self._recent[key] = None
             idle = self._idle.get(key)
-            slot = idle.popleft() if idle else None
+            slot = None
+            while idle and slot is None:
+                slot = idle.popleft()
+                if time.monotonic() - slot.started > RETIRE_SECONDS:  # near its runner's idle exit
+                    self._trash.append(slot)
+                    slot = None
             self._cond.notify_all()  # refill (or start filling for a new key)
             return slot
 
@@ -416,7 +428,10 @@ class WarmPool:
                 sandbox._remove(client, container_id)
             shutil.rmtree(mount_dir, ignore_errors=True)
             raise
-        return Slot(key=key, container_id=container_id, mount_dir=mount_dir, job_dir=job_dir, out_dir=out_dir)
+        return Slot(
+            key=key, container_id=container_id, mount_dir=mount_dir, job_dir=job_dir, out_dir=out_dir,
+            started=time.monotonic(),
+        )  # fmt: skip
 
     def _remove_slot(self, slot: Slot, client: Any) -> None:
         try:
@@ -461,6 +476,7 @@ class WarmPool:
 
     def close(self, timeout: float = 60.0) -> None:
         """Remove every pooled container and the pool folder. Safe to call twice."""
+        atexit.unregister(self.close)
         with self._cond:
             if self._closed:
                 return

@@ -25,6 +25,10 @@ JOB_DIR = Path("/job")
 REQUEST_NAME = "request.json"
 READY_NAME = ".ready"
 POLL_SECONDS = (0.001, 0.01)  # from, growing to
+# A pooled container whose agent died (killed, or exited without closing its pool) must not wait
+# forever: with no request by then it exits (its agent retires it well before, see sandbox_pool).
+IDLE_EXIT_SECONDS = 1800
+EXIT_IDLE = 9
 FEATURES_NAME = "features.npy"
 OFFSET_NAME = "weights_offset.safetensors"
 # Where the host places the model in /job, per format (a folder for python_package).
@@ -41,12 +45,15 @@ MAX_BATCH_SIZE = 1 << 20
 def read_request(path: Path) -> dict:
     """Wait until the host has placed the job request; return it, checked."""
     pause, longest = POLL_SECONDS
+    give_up = time.monotonic() + IDLE_EXIT_SECONDS
     while True:
         try:
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_REQUEST_BYTES + 1)
             break
         except FileNotFoundError:
+            if time.monotonic() > give_up:
+                raise RunnerError(EXIT_IDLE, "no job came; a pooled runner does not wait forever") from None
             time.sleep(pause)
             pause = min(longest, pause * 1.5)
         except OSError as exc:

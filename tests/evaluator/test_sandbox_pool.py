@@ -105,3 +105,19 @@ def test_an_agent_with_an_injected_sandbox_or_pool_size_zero_starts_no_pool(tmp_
     assert injected.start_pool() is None
     off = Agent(replace(config, pool_size=0), client=None)  # type: ignore[arg-type]
     assert off.start_pool() is None
+
+
+def test_a_pooled_runner_reads_one_checked_request_and_gives_up_when_none_comes(tmp_path, monkeypatch):
+    from evaluator.runner import pooled
+    from evaluator.runner.errors import RunnerError
+
+    request = tmp_path / "request.json"
+    request.write_text('{"batch_size": 512, "weights_offset": false}')
+    assert pooled.read_request(request)["batch_size"] == 512
+    request.write_text('{"batch_size": 0}')
+    with pytest.raises(RunnerError):
+        pooled.read_request(request)
+    monkeypatch.setattr(pooled, "IDLE_EXIT_SECONDS", 0.05)
+    with pytest.raises(RunnerError) as err:
+        pooled.read_request(tmp_path / "never.json")
+    assert err.value.exit_code == pooled.EXIT_IDLE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import docker.errors
 import numpy as np
@@ -390,3 +391,30 @@ def test_a_pooled_container_runs_under_gvisor_when_the_site_says_so(site):
             seen[runtime] = probe_of(run.logs)["version"]
             load_valid(site, run)
     assert seen["runsc"] != host and seen["runc"] == host
+
+
+def test_an_agent_process_that_exits_without_closing_its_pool_leaves_no_container(site):
+    """The pool's threads are daemons; an atexit hook removes its containers anyway."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from pathlib import Path
+from evaluator import sandbox
+from evaluator.sandbox import Limits
+from evaluator.sandbox_pool import PoolKey, WarmPool
+pool = WarmPool(work_root=Path({str(site.work_dir)!r}), size=1, memory_mb=4096)
+client = sandbox.get_client()
+key = PoolKey(sandbox.resolve_image(client, {site.image!r}), "onnx", Limits(**{DEFAULT_LIMITS.__dict__!r}), "runc")
+assert pool.wait_ready(key, timeout=180)
+ids = [s.container_id for q in pool._idle.values() for s in q]
+client.containers.get(ids[0])  # there while the process runs
+print(pool.dir, *ids, flush=True)
+"""  # exits without pool.close()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    folder, *ids = done.stdout.strip().splitlines()[-1].split()
+    assert len(ids) == 1
+    for container_id in ids:
+        assert_gone(site.client, container_id)
+    assert not Path(folder).exists()
