@@ -187,22 +187,6 @@ def leaderboard_rows(
     return [leaderboard_row(entry, task=task, show_per_site=per_site, split=split) for entry in ranked]
 
 
-def leaderboard_version(*, task: Task, user=None, now: datetime | None = None) -> str:
-    """A short tag that changes whenever what `user` sees of the board may have changed (an entry
-    added, revealed or re-scored, a submission nominated, one more entry past its release time,
-    the task's settings): the ETag of the board's answers, one aggregate query."""
-    import hashlib
-
-    from django.db.models import Count, Max
-
-    owner = user is not None and is_task_owner(task=task, org_ids=organization_ids_of(user=user))
-    state = leaderboard_entries_visible_to(task=task, user=user, now=now).aggregate(
-        n=Count("id"), entry=Max("updated_at"), submission=Max("submission__updated_at")
-    )
-    raw = f"{task.id}:{task.updated_at.isoformat()}:{task.status}:{owner}:{state['n']}:{state['entry']}:{state['submission']}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:20]
-
-
 def leaderboard_best_over_time(
     *, task: Task, user=None, metric: str | None = None, now: datetime | None = None,
     entries: list[dict] | None = None,
