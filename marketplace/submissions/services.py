@@ -172,6 +172,10 @@ def submission_nominate(*, submission: Submission, final: bool, actor) -> Submis
         submission.is_final = final
         submission.save(update_fields=["is_final", "updated_at"])
         audit_record(action="submission.nominated" if final else "submission.unnominated", obj=submission, actor_user=actor)
+        # The API's rows show is_final: move the board's version so cached answers and ETags change.
+        from marketplace.leaderboard.standings import standings_refresh
+
+        standings_refresh(task_id=task.id, changed=True)
     return submission
 
 
