@@ -259,6 +259,9 @@ class World:
         if clock_offset:
             argv = ["faketime", "-f", clock_offset, *argv]
         env = _clean_env(**({"VAULTBENCH_FAILPOINTS": failpoints} if failpoints else {}))
+        # Cold sandboxes only: the leak check counts every container and folder, and a SIGKILLed
+        # agent's warm pool is swept by the next agent, not by the kill (tests/sandbox/test_pool.py).
+        env["VAULTBENCH_POOL_SIZE"] = "0"
         if clock_offset:
             # The wall clock is off (what a wrong system clock is); the monotonic clock is not, as
             # on a real machine (libfaketime faking it too would break every timed wait instead).
