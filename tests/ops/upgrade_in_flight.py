@@ -26,6 +26,7 @@ PREVIOUS_RELEASE = {
     "catalog": "0005_release_delay_past_the_timeout",
     "finetuning": "0001_initial",
     "jobs": "0004_result_statistics",
+    "leaderboard": "0003_leaderboardentry_reveal_approved",  # before the stored standings
     "notifications": None,  # the app did not exist
     "sites": "0001_initial",
     "submissions": "0005_backfill_results_visible_at",
