@@ -369,11 +369,11 @@ def _timed_method(cls, name: str, label: str) -> None:
 
 def _instrument() -> None:
     """Timers around the training sandbox and the site's crypto (benchmark-side wrappers)."""
-    from evaluator import sandbox
+    from evaluator import training_sandbox
     from evaluator.federated import secagg, site
 
-    _timed_method(sandbox.TrainingSession, "start", "sandbox start (container + load parent)")
-    _timed_method(sandbox.TrainingSession, "run_round", "sandbox round (train + predict + files)")
+    _timed_method(training_sandbox.TrainingSession, "start", "sandbox start (container + load parent)")
+    _timed_method(training_sandbox.TrainingSession, "run_round", "sandbox round (train + predict + files)")
     _timed_method(secagg.SecAggClient, "advertise", "secagg: keys")
     _timed_method(secagg.SecAggClient, "share_keys", "secagg: Shamir shares + encrypt")
     _timed_method(secagg.SecAggClient, "masked_input", "secagg: masks (PRG)")

@@ -534,7 +534,7 @@ class Agent:
         inputs = data.write_sandbox_inputs(work)
         factory = self._training_session
         if factory is None:
-            from evaluator.sandbox import TrainingSession
+            from evaluator.training_sandbox import TrainingSession
 
             factory = TrainingSession
         session = factory(

@@ -69,7 +69,7 @@ class SiteRunError(Exception):
 
 
 class Session(Protocol):
-    """What the participant needs of a training sandbox (``evaluator.sandbox.TrainingSession``)."""
+    """What the participant needs of a training sandbox (``evaluator.training_sandbox.TrainingSession``)."""
 
     def start(self) -> dict[str, np.ndarray]: ...
 

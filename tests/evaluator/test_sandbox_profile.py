@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluator import sandbox
+from evaluator import sandbox, training_sandbox
 from evaluator.sandbox import RUN_PROFILE, SECCOMP_PROFILE, SECCOMP_PROFILE_PATH, Limits, container_config
 
 LIMITS = Limits(memory_mb=512, cpus=1.5, timeout_seconds=60, max_output_mb=64)
@@ -156,7 +156,7 @@ def test_seccomp_still_allows_what_python_numpy_torch_and_onnx_use():
 
 
 def test_training_sandboxes_carry_the_same_seccomp_profile():
-    config = sandbox.training_container_config(
+    config = training_sandbox.training_container_config(
         image_id="sha256:" + "a" * 64,
         model_path=Path("/w/m/model.pt"),
         model_format="torchscript",
@@ -479,7 +479,7 @@ def test_training_sessions_stage_their_mounts_and_remove_them_on_close(tmp_path)
     model.write_bytes(b"pt")
     model.chmod(0o644)
     client = _RecordingClient()
-    session = sandbox.TrainingSession(
+    session = training_sandbox.TrainingSession(
         image="vaultbench-runner:x", model_path=model, model_format="torchscript",
         train_features_path=features, train_labels_path=features, val_features_path=features,
         work_dir=work, limits=LIMITS, client=client,  # type: ignore[arg-type]

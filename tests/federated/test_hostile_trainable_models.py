@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from evaluator import sandbox
-from evaluator.sandbox import Limits, TrainingSession
+from evaluator.sandbox import Limits
+from evaluator.training_sandbox import TrainingSession
 from tests.sandbox.conftest import docker_client, runner_image  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

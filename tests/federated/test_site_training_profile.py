@@ -10,7 +10,8 @@ import pytest
 
 from evaluator import sandbox
 from evaluator.datasets import InvalidData, load_task_data, load_train_data, register_task_data
-from evaluator.sandbox import RUN_PROFILE, Limits, container_config, training_container_config
+from evaluator.sandbox import RUN_PROFILE, Limits, container_config
+from evaluator.training_sandbox import training_container_config
 
 LIMITS = Limits(memory_mb=512, cpus=1.5, timeout_seconds=60, max_output_mb=64)
 
