@@ -61,6 +61,28 @@ def test_probes_commands_and_the_single_beat_match_the_project():
                 assert line.split("/venv/bin/")[1].split()[0] in scripts, (unit.name, line)
 
 
+def test_every_hub_deployment_runs_threads_and_the_shared_cache():
+    """compose, systemd and Kubernetes run gunicorn with `--threads 8` (federated long polling
+    holds a thread) and set VAULTBENCH_CACHE_URL to Redis (the workers share cached answers)."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    web = next(d for n, d in _documents() if d["metadata"]["name"] == "vaultbench-hub-web")
+    config = next(d for n, d in _documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "vaultbench-hub")
+    commands = {
+        "compose": " ".join(compose["services"]["hub"]["command"]),
+        "systemd": (ROOT / "deploy/systemd/vaultbench-hub.service").read_text(),
+        "kubernetes": " ".join(web["spec"]["template"]["spec"]["containers"][0]["command"]),
+    }
+    for name, command in commands.items():
+        assert re.search(r"gunicorn marketplace\.wsgi .*--threads 8", command), name
+    caches = {
+        "compose": compose["services"]["hub"]["environment"]["VAULTBENCH_CACHE_URL"],
+        "systemd": re.search(r"^VAULTBENCH_CACHE_URL=(.+)$", (ROOT / "deploy/systemd/hub.env.example").read_text(), re.M)[1],
+        "kubernetes": config["data"]["VAULTBENCH_CACHE_URL"],
+    }
+    for name, url in caches.items():
+        assert url.startswith("redis://") and url.endswith("/1"), name  # not the broker's database 0
+
+
 def test_the_hub_docs_list_every_environment_variable_the_hub_reads():
     settings_text = (ROOT / "marketplace/settings.py").read_text()
     names = set(re.findall(r'env_(?:str|int|bool|list)\("([A-Z0-9_]+)"', settings_text))
