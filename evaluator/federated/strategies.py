@@ -96,15 +96,36 @@ def get_strategy(name: str, **params: Any) -> Strategy:
 
 @register_strategy
 class FedAvg(Strategy):
-    """McMahan et al. 2017: ``w <- w + eta_server * mean_delta`` (eta_server = 1 is plain averaging)."""
+    """McMahan et al. 2017: ``w <- w + eta_server * mean_delta`` (eta_server = 1 is plain averaging).
+
+    ``server_momentum`` mu > 0 is FedAvgM (Hsu et al. 2019): ``m <- mu m + mean_delta``,
+    ``w <- w + eta_server m``. With one full-batch DP-SGD step per round (FedSGD) it is server-side
+    heavy-ball SGD on the noisy gradient: post-processing, no privacy cost (issue 10).
+    """
 
     name = "fedavg"
+
+    def __init__(self, *, server_momentum: float = 0.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not 0 <= server_momentum < 1:
+            raise ValueError("server_momentum must be in [0, 1)")
+        self.server_momentum = server_momentum
+        self.m: np.ndarray | None = None
 
     def aggregate(
         self, global_weights: np.ndarray, aggregated_update: np.ndarray, n_sites: int
     ) -> np.ndarray:
         w, d = self._check(global_weights, aggregated_update, n_sites)
+        if self.server_momentum:
+            self.m = d if self.m is None or self.m.shape != d.shape else self.server_momentum * self.m + d
+            d = self.m
         return w + self.server_learning_rate * d
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"m": None if self.m is None else self.m.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.m = None if state.get("m") is None else np.asarray(state["m"], dtype=np.float64)
 
 
 @register_strategy

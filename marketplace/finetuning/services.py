@@ -45,14 +45,14 @@ MAX_FAILED_ROUNDS = 3
 FEDPROX_DEFAULT_MU = 0.01  # FedProx's own default (evaluator.federated.strategies.FedProx)
 #: Each strategy's parameters and their defaults (portal, API and docs show these).
 STRATEGY_DEFAULTS = {
-    StrategyName.FEDAVG: {"server_learning_rate": 1.0},
+    StrategyName.FEDAVG: {"server_learning_rate": 1.0, "server_momentum": 0.0},
     StrategyName.FEDPROX: {"server_learning_rate": 1.0, "proximal_mu": FEDPROX_DEFAULT_MU},
     StrategyName.FEDADAM: {"eta": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
 }
 
 # Which strategy_params each strategy takes (the rest of its constructor comes from the run).
 STRATEGY_PARAMS = {
-    StrategyName.FEDAVG: {"server_learning_rate"},
+    StrategyName.FEDAVG: {"server_learning_rate", "server_momentum"},
     StrategyName.FEDPROX: {"server_learning_rate", "proximal_mu"},
     StrategyName.FEDADAM: {"eta", "beta1", "beta2", "tau"},
 }
