@@ -24,7 +24,14 @@ from marketplace.leaderboard.selectors import (
     leaderboard_ranked,
     leaderboard_row,
 )
-from marketplace.leaderboard.standings import RankedPage, audience_of, board_etag, standing_of
+from marketplace.leaderboard.standings import (
+    RankedPage,
+    audience_of,
+    board_etag,
+    board_tag,
+    standing_of,
+    visitor_standing,
+)
 
 
 class LeaderboardRowOutput(serializers.Serializer):
@@ -94,6 +101,17 @@ def _not_modified_since(request, changed_at) -> bool:
     return parsed is not None and int(changed_at.timestamp()) <= parsed
 
 
+def _headers(etag: str, standing) -> dict[str, str]:
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Cookie, Authorization"}
+    if standing.changed_at is not None:
+        headers["Last-Modified"] = http_date(standing.changed_at.timestamp())
+    return headers
+
+
+def _cache_key(task_id: int, audience: str, etag: str, request) -> str:
+    return f"leaderboard:api:{task_id}:{audience}:{etag}:{request.build_absolute_uri('/')}"
+
+
 class LeaderboardApi(APIView):
     """Public for public tasks; for invite-only tasks, the owner and approved vendors. An entry
     appears to anyone but the owner at its release time (Submission.results_visible_at).
@@ -113,6 +131,13 @@ class LeaderboardApi(APIView):
         tags=["leaderboard"],
     )
     def get(self, request, task_id: int):
+        # A visitor's read of a page already answered at this version: one query, no task access
+        # funnel, no ranking or rendering; anyone logged in (their audience may be the owner's),
+        # a stale board, a page not cached yet or the browsable API take the full path below.
+        if not request.user.is_authenticated and request.accepted_renderer.format == "json":
+            answer = self._visitor_answer(request, task_id)
+            if answer is not None:
+                return answer
         task = access_task_for_leaderboard(request.user, task_id)
         query = LeaderboardQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -125,15 +150,15 @@ class LeaderboardApi(APIView):
         if split == PRIVATE and task.status != TaskStatus.CLOSED:
             raise Conflict("The private leaderboard is revealed when the task closes.", code="task_not_closed")
         audience = audience_of(task=task, user=request.user)
-        standing = standing_of(task=task, audience=audience)
+        standing = getattr(self, "fresh_public_standing", None)
+        if standing is None or audience != Audience.PUBLIC:
+            standing = standing_of(task=task, audience=audience)
         etag = _etag(board_etag(standing, task), request)
-        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Cookie, Authorization"}
-        if standing.changed_at is not None:
-            headers["Last-Modified"] = http_date(standing.changed_at.timestamp())
+        headers = _headers(etag, standing)
         if _matches(request.headers.get("If-None-Match", ""), etag) or _not_modified_since(request, standing.changed_at):
             return Response(status=304, headers=headers)
         as_json = getattr(request.accepted_renderer, "format", "json") == "json"
-        key = f"leaderboard:api:{task.id}:{audience}:{etag}:{request.build_absolute_uri('/')}"
+        key = _cache_key(task.id, audience, etag, request)
         body = cache.get(key) if as_json else None
         if body is None:
             data = self._page(request, task=task, audience=audience, standing=standing, sort=sort, split=split,
@@ -143,6 +168,25 @@ class LeaderboardApi(APIView):
             body = JSONRenderer().render(data)
             cache.set(key, body)
         return HttpResponse(body, content_type="application/json", headers=headers)
+
+    def _visitor_answer(self, request, task_id: int) -> HttpResponse | None:
+        """The public audience's cached answer (or 304) for a visitor (not logged in), where visitor_standing finds
+        the board fresh and readable by visitors. The cached body proves that this query string
+        was valid at this version and settings (its key holds both): 304 or 200 only then, so an
+        invalid query still gets its 400 from the full path."""
+        standing = visitor_standing(task_id=task_id)
+        if standing is None:
+            return None
+        self.fresh_public_standing = standing  # a page not cached yet: the full path reads no other
+        etag = _etag(board_tag(standing, task_updated_at=standing.task_updated_at), request)
+        key = _cache_key(task_id, Audience.PUBLIC, etag, request)
+        headers = _headers(etag, standing)
+        if _matches(request.headers.get("If-None-Match", ""), etag) or _not_modified_since(request, standing.changed_at):
+            response = HttpResponse(status=304, headers=headers) if cache.has_key(key) else None
+        else:
+            body = cache.get(key)
+            response = HttpResponse(body, content_type="application/json", headers=headers) if body else None
+        return response
 
     def _page(self, request, *, task, audience: str, standing, sort: str, split: str, values: dict) -> dict:
         if split == PRIVATE:  # the finals revealed at close: a few rows, ranked as read

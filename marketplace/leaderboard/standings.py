@@ -34,7 +34,8 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
-from marketplace.catalog.models import Task
+from marketplace.catalog.models import Task, Visibility
+from marketplace.catalog.selectors import LISTED_STATUSES
 from marketplace.leaderboard.models import Audience, LeaderboardEntry, LeaderboardStanding
 from marketplace.leaderboard.selectors import (
     ALL,
@@ -169,14 +170,20 @@ def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> Le
 
 
 @functools.cache
-def _freshness_sql() -> str:
+def _freshness_sql(with_task: bool = False) -> str:
     """The standing row (its ranks deferred) with two freshness signals, written out once: the
     ORM spent more time composing this query than the database answering it (a read's hot path).
     `entries_seen`: no entry of the task changed after the last one the row saw (index
-    task, updated_at); `unlisted`: released entries not marked on the public board."""
+    task, updated_at); `unlisted`: released entries not marked on the public board. `with_task`:
+    also the task's visibility and status, and whether the ranks follow its settings (visitor_standing)."""
     standing, entry = LeaderboardStanding._meta.db_table, LeaderboardEntry._meta.db_table
     submission = LeaderboardEntry._meta.get_field("submission").related_model._meta.db_table
     fields = ", ".join(f"s.{f}" for f in ["id", "task_id", "audience", *(f for f in _FIELDS if f != "orders")])
+    if with_task:
+        # Compared here: a raw column outside the model is not converted (SQLite: a string).
+        fields += (", t.visibility AS task_visibility, t.status AS task_status,"
+                   " (s.task_updated_at IS NOT NULL AND t.updated_at = s.task_updated_at) AS settings_seen")  # fmt: skip
+    joined = f" INNER JOIN {Task._meta.db_table} t ON t.id = s.task_id" if with_task else ""
     # Only table and column names from the models are formatted in; the values are parameters.
     return (
         f"SELECT {fields}, "  # noqa: S608
@@ -184,8 +191,23 @@ def _freshness_sql() -> str:
         f" OR e.updated_at > s.entries_updated_at)) AS entries_seen, "
         f"(SELECT COUNT(*) FROM {entry} e INNER JOIN {submission} u ON u.id = e.submission_id"
         f" WHERE e.task_id = s.task_id AND NOT e.on_public_board AND u.results_visible_at <= %s) AS unlisted "
-        f"FROM {standing} s WHERE s.task_id = %s AND s.audience = %s"
+        f"FROM {standing} s{joined} WHERE s.task_id = %s AND s.audience = %s"
     )
+
+
+def visitor_standing(*, task_id: int, now: datetime | None = None) -> LeaderboardStanding | None:
+    """The public board of a task as a visitor (not logged in) reads it, in one query, when the
+    visitor may read it (a public task, open or closed: catalog.selectors.task_list_visible_to)
+    and the stored board is fresh (standing_of's signals). None otherwise: the caller takes the
+    full path, which answers 404, or refreshes the board."""
+    now = now or timezone.now()
+    params = [connection.ops.adapt_datetimefield_value(now), task_id, Audience.PUBLIC]
+    row = next(iter(LeaderboardStanding.objects.raw(_freshness_sql(with_task=True), params)), None)
+    if row is None or row.task_visibility != Visibility.PUBLIC or row.task_status not in LISTED_STATUSES:
+        return None
+    if not row.settings_seen or not row.entries_seen or row.unlisted != row.released_unlisted:
+        return None
+    return row  # its task_updated_at is the task's updated_at (board_tag)
 
 
 def _reader_refresh(row: LeaderboardStanding, *, task: Task, now: datetime) -> None:
@@ -208,7 +230,12 @@ def board_etag(row: LeaderboardStanding, task: Task) -> str:
     """The tag of what a reader of `row` gets: its version and the task's settings as read now
     (a reader that finds a refresh in progress answers from the ranks it has, never from an
     answer cached under settings that changed: per-site values turned off, fewer decimals)."""
-    return hashlib.sha256(f"{standing_etag(row)}:{task.updated_at.isoformat()}".encode()).hexdigest()[:20]
+    return board_tag(row, task_updated_at=task.updated_at)
+
+
+def board_tag(row: LeaderboardStanding, *, task_updated_at: datetime) -> str:
+    """board_etag from the task's settings' time alone (visitor_standing reads no Task)."""
+    return hashlib.sha256(f"{standing_etag(row)}:{task_updated_at.isoformat()}".encode()).hexdigest()[:20]
 
 
 class RankedPage(Sequence):

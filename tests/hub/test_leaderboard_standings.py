@@ -168,3 +168,46 @@ def test_scores_arriving_together_all_land_on_the_stored_board(owner, site, monk
     assert errors == []
     for row in LeaderboardStanding.objects.filter(task=task):
         assert len(row.orders["all"]["roc_auc"]) == 6, row.audience
+
+
+def _answer(response) -> tuple[int, bytes, dict]:
+    return response.status_code, response.content, {k: v for k, v in response.items() if k != "Date"}
+
+
+def test_a_visitor_reads_a_cached_page_in_one_query_with_the_full_paths_answer(
+    board, visitor, django_assert_max_num_queries
+):
+    """The visitor fast path (LeaderboardApi.get, before the access funnel): the same bytes and headers as the answer
+    the full path cached, one query for the answer and for the 304."""
+    url = f"/api/v1/tasks/{board.id}/leaderboard?view=all&page_size=2"
+    full = visitor.get(url)  # the full path: checks access, ranks the page, caches it
+    with django_assert_max_num_queries(1):
+        fast = visitor.get(url)
+    assert _answer(fast) == _answer(full) and fast.json()["count"] == 4
+    with django_assert_max_num_queries(1):
+        assert visitor.get(url, HTTP_IF_NONE_MATCH=full["ETag"]).status_code == 304
+    with django_assert_max_num_queries(1):
+        assert visitor.get(url, HTTP_IF_MODIFIED_SINCE=full["Last-Modified"]).status_code == 304
+
+
+def test_the_visitor_fast_path_keeps_the_full_paths_refusals(board, owner, visitor):
+    """A query never answered at this version (400 stays 400, also with a validator), and a task
+    that stopped being readable by visitors: nothing from the cache."""
+    from marketplace.catalog.models import Task, TaskStatus, Visibility
+
+    url = f"/api/v1/tasks/{board.id}/leaderboard"
+    first = visitor.get(url)
+    assert first.status_code == 200
+    bad = f"{url}?sort=nonsense"
+    assert visitor.get(bad, HTTP_IF_MODIFIED_SINCE=first["Last-Modified"]).status_code == 400
+    assert visitor.get(f"{url}?split=private", HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 409
+    # Changed without touching updated_at (the board stays fresh): the access rule is read anyway.
+    Task.objects.filter(id=board.id).update(visibility=Visibility.INVITE_ONLY)
+    assert visitor.get(url).status_code == 404
+    assert visitor.get(url, HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 404
+    Task.objects.filter(id=board.id).update(visibility=Visibility.PUBLIC, status=TaskStatus.DRAFT)
+    assert visitor.get(url).status_code == 404
+    Task.objects.filter(id=board.id).update(status=TaskStatus.OPEN)
+    assert visitor.get(url).content == first.content
+    # The owner, logged in, never gets the visitors' answer (another audience: all entries at once).
+    assert owner.client.get(url)["ETag"] != first["ETag"]
