@@ -50,6 +50,10 @@ SANDBOX_USER: Final = f"{SANDBOX_UID}:{SANDBOX_UID}"
 SANDBOX_LABEL: Final = "vaultbench.sandbox"
 
 MODEL_FORMATS: Final = frozenset({"torchscript", "sklearn", "onnx", "python_package"})
+# What the runner runs: the vendors' formats, plus the numpy-only form the site's own agent makes
+# of a scikit-learn model (evaluator/compiled_models.py). Never a format a job may ask for.
+RUNNER_FORMATS: Final = MODEL_FORMATS | {"compiled"}
+FOLDER_FORMATS: Final = frozenset({"python_package", "compiled"})  # the model is a folder
 # Fixed in-container names: nothing vendor-chosen ever reaches the argv or a mount target.
 MODEL_TARGETS: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -57,6 +61,7 @@ MODEL_TARGETS: Final[Mapping[str, str]] = MappingProxyType(
         "sklearn": "/model/model.joblib",
         "onnx": "/model/model.onnx",
         "python_package": "/model",
+        "compiled": "/model",
     }
 )
 FEATURES_TARGET: Final = "/data/features.npy"
@@ -68,6 +73,7 @@ REQUESTS_TARGET: Final = "/requests"
 TRAINABLE_FORMATS: Final = frozenset({"torchscript", "python_package"})
 OUTPUT_TARGET: Final = "/out"
 PREDICTIONS_NAME: Final = "predictions.npy"
+COMPILED_NAME: Final = "compiled"  # where a scikit-learn run asked to convert leaves the form
 RUNNER_ENTRYPOINT: Final = ("python3", "-m", "runner")
 MAX_BATCH_SIZE: Final = 1 << 20
 MAX_OUTPUT_ENTRIES: Final = 16  # only one file is valid; the rest is there to stop a flood early
@@ -233,12 +239,14 @@ def container_config(
     batch_size: int = 4096,
     name: str | None = None,
     weights_offset_path: Path | None = None,
+    compile_model: bool = False,
 ) -> dict[str, Any]:
     """The ``containers.create`` kwargs for one prediction run (pure: no Docker calls).
 
     ``weights_offset_path``: a fine-tuned submission's offset ``D`` (safetensors), mounted
-    read-only; the runner adds it to the parent's parameters by name."""
-    if model_format not in MODEL_FORMATS:
+    read-only; the runner adds it to the parent's parameters by name. ``compile_model``: a
+    scikit-learn run also leaves its numpy-only form in ``/out/compiled`` when it has one."""
+    if model_format not in RUNNER_FORMATS:
         raise ValueError(f"unknown model format {model_format!r}")
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError("batch_size out of range")
@@ -270,6 +278,7 @@ def container_config(
             "--batch-size",
             str(batch_size),
             *(["--weights-offset", OFFSET_TARGET] if weights_offset_path is not None else []),
+            *(["--compile-to", f"{OUTPUT_TARGET}/{COMPILED_NAME}"] if compile_model else []),
         ],
         name=name or f"vb-sandbox-{uuid.uuid4().hex[:16]}",
         labels={SANDBOX_LABEL: "1"},
@@ -386,11 +395,9 @@ def prepare_prediction(
     limits: Limits,
     batch_size: int = 4096,
     weights_offset_path: Path | None = None,
+    compile_model: bool = False,
 ) -> PreparedRun:
-    if model_format == "python_package" and not model_path.is_dir():
-        raise SandboxUnavailable("a python_package model must be a prepared folder")
-    if model_format != "python_package" and not model_path.is_file():
-        raise SandboxUnavailable("the model must be a regular file")
+    check_model_path(model_format, model_path)
     _check_readable_by_sandbox(model_path)
     _check_readable_by_sandbox(features_path)
     if weights_offset_path is not None:
@@ -411,8 +418,16 @@ def prepare_prediction(
         limits=limits,
         batch_size=batch_size,
         weights_offset_path=weights_offset_path,
+        compile_model=compile_model,
     )
     return PreparedRun(config=config, out_dir=out_dir, predictions_path=out_dir / PREDICTIONS_NAME)
+
+
+def check_model_path(model_format: str, model_path: Path) -> None:
+    if model_format in FOLDER_FORMATS and not model_path.is_dir():
+        raise SandboxUnavailable(f"a {model_format} model must be a prepared folder")
+    if model_format not in FOLDER_FORMATS and not model_path.is_file():
+        raise SandboxUnavailable("the model must be a regular file")
 
 
 def output_usage(out_dir: Path) -> tuple[int, int]:
@@ -604,35 +619,17 @@ def _kill(client: docker.DockerClient, container_id: str) -> None:
         pass
 
 
-def run_prediction(
-    *,
-    image: str,
-    model_path: Path,
-    model_format: str,
-    features_path: Path,
-    work_dir: Path,
-    limits: Limits,
-    batch_size: int = 4096,
-    client: docker.DockerClient | None = None,
-    weights_offset_path: Path | None = None,
-) -> SandboxRun:
+def run_prediction(*, image: str, limits: Limits, client: docker.DockerClient | None = None, **job: Any) -> SandboxRun:
     """Run the runner image on one prepared model and one features file.
 
-    ``model_path`` is a file for single-file formats and a folder for
-    ``python_package`` (see ``evaluator.artifacts.prepare_model``). The predictions are
-    NOT validated here: read them with ``evaluator.outputs.load_predictions``.
+    ``job``: ``prepare_prediction``'s other keywords (``model_path``, ``model_format``,
+    ``features_path``, ``work_dir``, ``batch_size``, ``weights_offset_path``). ``model_path``
+    is a file for single-file formats and a folder for ``python_package`` (see
+    ``evaluator.artifacts.prepare_model``). The predictions are NOT validated here: read them
+    with ``evaluator.outputs.load_predictions``.
     """
     client = client or get_client()
-    prepared = prepare_prediction(
-        image_id=resolve_image(client, image),
-        model_path=model_path,
-        model_format=model_format,
-        features_path=features_path,
-        work_dir=work_dir,
-        limits=limits,
-        batch_size=batch_size,
-        weights_offset_path=weights_offset_path,
-    )
+    prepared = prepare_prediction(image_id=resolve_image(client, image), limits=limits, **job)
     return execute(prepared, limits=limits, client=client)
 
 

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, type=Path)
     predict.add_argument("--batch-size", type=_positive_int, default=4096)
     predict.add_argument("--weights-offset", type=Path, default=None, help="safetensors D: w = w0 + D")
+    predict.add_argument("--compile-to", type=Path, default=None, help="also write the numpy-only form here")
     predict.set_defaults(handler=_cmd_predict)
 
     train = sub.add_parser("train", help="serve federated training rounds until stopped")
@@ -79,6 +80,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         output_path=args.output,
         batch_size=args.batch_size,
         weights_offset=args.weights_offset,
+        compile_to=args.compile_to,
     )
 
 

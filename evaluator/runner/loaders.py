@@ -120,6 +120,21 @@ def load_python_package(model_dir: Path) -> Predictor:
     return predict
 
 
+def load_compiled(model_dir: Path) -> Predictor:
+    """A numpy-only form the host made from an earlier job's conversion (``compiled.py``)."""
+    from .compiled import predict_compiled, read_compiled
+
+    try:
+        spec, tensors = read_compiled(model_dir)
+    except Exception as exc:
+        raise NotAModel(f"not a compiled model: {type(exc).__name__}") from exc
+
+    def predict(batch: np.ndarray) -> Any:
+        return predict_compiled(spec, tensors, batch)
+
+    return predict
+
+
 # What a pooled runner imports before its job arrives, per format: the runtime the format needs
 # and nothing else (a sandbox pays each import in CPU once per job). For scikit-learn, the
 # modules of the documented example; an estimator from elsewhere imports its own on unpickling.
@@ -128,6 +143,7 @@ WARM_IMPORTS: dict[str, tuple[str, ...]] = {
     "sklearn": ("joblib", "sklearn.base", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.linear_model"),
     "onnx": ("onnxruntime",),
     "python_package": (),
+    "compiled": ("safetensors.numpy",),  # numpy and the safetensors reader: no scikit-learn
 }
 
 
@@ -141,4 +157,5 @@ LOADERS: dict[str, Callable[[Path], Predictor]] = {
     "sklearn": load_sklearn,
     "onnx": load_onnx,
     "python_package": load_python_package,
+    "compiled": load_compiled,  # chosen by the site's agent only, never a vendor's format
 }

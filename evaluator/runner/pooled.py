@@ -8,7 +8,7 @@ removes ``.ready`` and then renames the request into place (atomic: never read h
 runner predicts once, writes ``/out/predictions.npy`` and the process ends: one container, one job.
 
 A file, not a FIFO, so that it works under gVisor too (a host FIFO on a bind mount does not
-connect to the sandbox's pipe there). Waiting costs a ``stat`` every 10 ms at most.
+connect to the sandbox's pipe there). Waiting costs a ``stat`` every 5 ms at most.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .loaders import warm_imports
 JOB_DIR = Path("/job")
 REQUEST_NAME = "request.json"
 READY_NAME = ".ready"
-POLL_SECONDS = (0.001, 0.01)  # from, growing to
+POLL_SECONDS = (0.001, 0.005)  # from, growing to
 # A pooled container whose agent died (killed, or exited without closing its pool) must not wait
 # forever: with no request by then it exits (its agent retires it well before, see sandbox_pool).
 IDLE_EXIT_SECONDS = 1800
@@ -37,7 +37,9 @@ MODEL_NAMES = {
     "sklearn": "model.joblib",
     "onnx": "model.onnx",
     "python_package": "model",
+    "compiled": "model",
 }
+COMPILED_NAME = "compiled"  # the folder in /out a conversion is written to
 MAX_REQUEST_BYTES = 4096
 MAX_BATCH_SIZE = 1 << 20
 
@@ -83,4 +85,5 @@ def serve_one(*, model_format: str, job_dir: Path, output_path: Path) -> None:
         output_path=output_path,
         batch_size=request["batch_size"],
         weights_offset=job_dir / OFFSET_NAME if request.get("weights_offset") else None,
+        compile_to=output_path.parent / COMPILED_NAME if request.get("compile") is True else None,
     )

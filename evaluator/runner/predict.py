@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from .errors import (
 from .loaders import LOADERS, Predictor
 
 MESSAGE_CHARS = 400  # a garbage pickle's error quotes its bytes: keep one readable line
+COMPILED_BATCH_BYTES = 16 << 20  # float64 working copies of a compiled model's batch
 
 
 def _describe(exc: BaseException) -> str:
@@ -146,11 +148,24 @@ def run_predict(
     output_path: Path,
     batch_size: int,
     weights_offset: Path | None = None,
+    compile_to: Path | None = None,
 ) -> None:
+    """``compile_to``: for a scikit-learn model, also write its numpy-only form there when it has
+    one that gives these same predictions (``compiled.py``)."""
     features = read_features(features_path)
     if weights_offset is not None:
         predict = load_with_offset(model_format, model_path, weights_offset)
     else:
         predict = load_model(model_format, model_path)
+    if model_format == "compiled":  # the site's own numpy code: batches by bytes, not the vendor's size
+        batch_size = max(batch_size, COMPILED_BATCH_BYTES // (8 * max(1, features.shape[1])))
     predictions = predict_batches(predict, features, batch_size)
     write_predictions(output_path, predictions)
+    if compile_to is not None and model_format == "sklearn" and weights_offset is None:
+        from .compiled import try_compile
+
+        outcome = try_compile(
+            getattr(predict, "__self__", None), uses_proba=getattr(predict, "__name__", "") == "predict_proba",
+            features=features, predictions=predictions, batch_size=batch_size, folder=compile_to,
+        )  # fmt: skip
+        print(f"runner: {outcome}", file=sys.stderr)

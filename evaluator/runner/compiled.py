@@ -1,0 +1,214 @@
+"""A numpy-only form of common scikit-learn models: converted once, predicted without sklearn.
+
+Importing scikit-learn costs a fresh interpreter about a second of CPU; numpy alone about a
+tenth of that. For the estimators below the prediction is a few numpy operations on a handful
+of arrays, so the first job of an artifact (in its sandbox, where the pickle may be loaded)
+writes those arrays (``weights.safetensors``) and a small spec (``spec.json``); later jobs of
+the same artifact on the same shard run ``predict_compiled`` in a fresh sandbox that imports
+numpy only. The operations are scikit-learn's own, in the same order and dtypes (float32
+features, float64 parameters where sklearn keeps them), so the results are the same up to
+rounding of the logistic function (``TOLERANCE``); every conversion is checked against the
+estimator's own predictions on the job's features before it is written.
+
+Supported (exact classes only: a subclass may change what ``transform`` does):
+``Pipeline`` of ``StandardScaler`` / ``MinMaxScaler`` / ``MaxAbsScaler`` / ``"passthrough"``
+steps ending in ``LogisticRegression`` (binary: expit; multiclass: softmax) or a linear
+regressor (``LinearRegression``, ``Ridge``, ``Lasso``, ``ElasticNet``); or such an estimator
+alone. Anything else is ``Unsupported`` and keeps the normal path.
+
+Nothing here is a security boundary: vendor code may have run in this process before the
+conversion, so the host treats what is written as untrusted data (``evaluator.compiled_models``).
+This module imports only the standard library and numpy at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPEC_NAME = "spec.json"
+WEIGHTS_NAME = "weights.safetensors"
+VERSION = 1
+TOLERANCE = 1e-6  # max |compiled - sklearn| over every output value (float32 outputs)
+MAX_SPEC_BYTES = 64 * 1024
+MAX_WEIGHTS_BYTES = 8 * 1024 * 1024
+
+# op -> (tensor fields, other fields). The host checks a spec against exactly this table.
+STEP_OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "standard_scaler": (("mean", "scale"), ()),  # either tensor may be absent (with_mean/with_std)
+    "minmax_scaler": (("scale", "min"), ("clip", "low", "high")),
+    "maxabs_scaler": (("scale",), ("clip",)),
+}
+HEAD_OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "logistic_binary": (("coef", "intercept"), ()),
+    "logistic_softmax": (("coef", "intercept"), ()),
+    "linear": (("coef", "intercept"), ()),
+}
+LINEAR_REGRESSORS = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
+
+
+class Unsupported(Exception):
+    """The estimator has no compiled form; the job keeps the normal path."""
+
+
+# --- conversion (in the first job's sandbox, where sklearn is imported) --------------------------
+
+
+def _exact(obj: Any, module: str, names: tuple[str, ...]) -> str | None:
+    cls = type(obj)
+    return cls.__name__ if cls.__module__.startswith(module) and cls.__name__ in names else None
+
+
+def _array(value: Any) -> np.ndarray:
+    array = np.array(value, copy=True, order="C")  # safetensors stores C order: a Fortran copy would scramble
+    if array.dtype not in (np.float32, np.float64):
+        raise Unsupported(f"parameter dtype {array.dtype}")
+    return array
+
+
+def _step(index: int, step: Any, tensors: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    if step is None or (isinstance(step, str) and step == "passthrough"):
+        return None
+    kind = _exact(step, "sklearn.preprocessing", ("StandardScaler", "MinMaxScaler", "MaxAbsScaler"))
+    spec: dict[str, Any]
+    if kind == "StandardScaler":
+        spec = {"op": "standard_scaler"}
+        if step.with_mean:
+            tensors[f"{index}.mean"] = _array(step.mean_)
+            spec["mean"] = f"{index}.mean"
+        if step.with_std:
+            tensors[f"{index}.scale"] = _array(step.scale_)
+            spec["scale"] = f"{index}.scale"
+        return spec
+    if kind == "MinMaxScaler":
+        low, high = step.feature_range
+        tensors[f"{index}.scale"], tensors[f"{index}.min"] = _array(step.scale_), _array(step.min_)
+        return {"op": "minmax_scaler", "scale": f"{index}.scale", "min": f"{index}.min",
+                "clip": bool(step.clip), "low": float(low), "high": float(high)}  # fmt: skip
+    if kind == "MaxAbsScaler":
+        tensors[f"{index}.scale"] = _array(step.scale_)
+        return {"op": "maxabs_scaler", "scale": f"{index}.scale", "clip": bool(getattr(step, "clip", False))}
+    raise Unsupported(f"step {type(step).__name__}")
+
+
+def _head(head: Any, uses_proba: bool, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    coef, intercept = "head.coef", "head.intercept"
+    if _exact(head, "sklearn.linear_model", ("LogisticRegression",)) and uses_proba:
+        if getattr(head, "multi_class", "auto") not in ("auto", "multinomial", "deprecated"):
+            raise Unsupported("one-vs-rest logistic regression")
+        tensors[coef], tensors[intercept] = _array(head.coef_), _array(np.atleast_1d(head.intercept_))
+        op = "logistic_binary" if len(head.classes_) <= 2 else "logistic_softmax"
+        return {"op": op, "coef": coef, "intercept": intercept}
+    if _exact(head, "sklearn.linear_model", LINEAR_REGRESSORS) and not uses_proba:
+        tensors[coef], tensors[intercept] = _array(head.coef_), _array(head.intercept_)
+        return {"op": "linear", "coef": coef, "intercept": intercept}
+    raise Unsupported(f"final estimator {type(head).__name__}")
+
+
+def convert(estimator: Any, *, uses_proba: bool, n_features: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(spec, tensors) for ``estimator``'s ``predict_proba`` (``uses_proba``) or ``predict``."""
+    tensors: dict[str, np.ndarray] = {}
+    if _exact(estimator, "sklearn.pipeline", ("Pipeline",)):
+        *transforms, (_, head) = estimator.steps
+    else:
+        transforms, head = [], estimator
+    steps = [s for i, (_, t) in enumerate(transforms) if (s := _step(i, t, tensors)) is not None]
+    spec = {"version": VERSION, "n_features": int(n_features), "steps": steps,
+            "head": _head(head, uses_proba, tensors)}  # fmt: skip
+    return spec, tensors
+
+
+# --- prediction (numpy only) ---------------------------------------------------------------------
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def predict_compiled(spec: dict[str, Any], tensors: dict[str, np.ndarray], batch: np.ndarray) -> np.ndarray:
+    """The estimator's output on ``batch`` (float32 rows), as scikit-learn computes it."""
+    x = np.array(batch, dtype=np.float32, copy=True)
+    for step in spec["steps"]:
+        op = step["op"]
+        if op == "standard_scaler":  # sklearn casts the parameters to the features' dtype first
+            if "mean" in step:
+                x -= tensors[step["mean"]].astype(x.dtype)
+            if "scale" in step:
+                x /= tensors[step["scale"]].astype(x.dtype)
+        elif op == "minmax_scaler":
+            x *= tensors[step["scale"]]
+            x += tensors[step["min"]]
+            if step["clip"]:
+                np.clip(x, np.asarray(step["low"], dtype=x.dtype), np.asarray(step["high"], dtype=x.dtype), out=x)
+        elif op == "maxabs_scaler":
+            x /= tensors[step["scale"]]
+            if step["clip"]:
+                np.clip(x, np.asarray(-1.0, dtype=x.dtype), np.asarray(1.0, dtype=x.dtype), out=x)
+        else:
+            raise ValueError(f"unknown step {op!r}")
+    head = spec["head"]
+    coef, intercept = tensors[head["coef"]], tensors[head["intercept"]]
+    scores = (x @ coef.T if coef.ndim == 2 else x @ coef) + intercept
+    if scores.ndim > 1 and scores.shape[1] == 1 and head["op"] != "linear":
+        scores = scores.reshape(-1)
+    if head["op"] == "logistic_binary":
+        prob = _expit(scores)
+        return np.stack([1 - prob, prob], axis=1)
+    if head["op"] == "logistic_softmax":
+        scores = scores - scores.max(axis=1).reshape(-1, 1)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1).reshape(-1, 1)
+        return scores
+    if head["op"] == "linear":
+        return scores
+    raise ValueError(f"unknown head {head['op']!r}")
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def write_compiled(folder: Path, spec: dict[str, Any], weights: bytes) -> None:
+    folder.mkdir(mode=0o755)
+    for name, data in ((SPEC_NAME, json.dumps(spec, sort_keys=True).encode()), (WEIGHTS_NAME, weights)):
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+
+def read_compiled(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from safetensors.numpy import load
+
+    with open(folder / SPEC_NAME, "rb") as fh:
+        spec = json.loads(fh.read(MAX_SPEC_BYTES + 1))
+    with open(folder / WEIGHTS_NAME, "rb") as fh:
+        tensors = load(fh.read(MAX_WEIGHTS_BYTES + 1))
+    return spec, tensors
+
+
+def try_compile(estimator: Any, *, uses_proba: bool, features: np.ndarray, predictions: np.ndarray,
+                batch_size: int, folder: Path) -> str:  # fmt: skip
+    """Convert, check against ``predictions`` on ``features``, write. Returns what happened
+    (for the log); never raises: a model without a compiled form keeps the normal path."""
+    from safetensors.numpy import load, save
+
+    try:
+        spec, tensors = convert(estimator, uses_proba=uses_proba, n_features=features.shape[1])
+        weights = save(tensors)
+        tensors = load(weights)  # checked as it will be read: what is written is what was checked
+        for start in range(0, features.shape[0], batch_size):
+            batch = np.ascontiguousarray(features[start : start + batch_size], dtype=np.float32)
+            got = predict_compiled(spec, tensors, batch).astype(np.float32)
+            want = predictions[start : start + batch.shape[0]]
+            if got.shape != want.shape or not np.all(np.abs(got - want) <= TOLERANCE):
+                return "compiled form differs from the estimator; not written"
+        write_compiled(folder, spec, weights)
+        return "compiled form written"
+    except Unsupported as exc:
+        return f"no compiled form: {exc}"
+    except Exception as exc:  # anything odd about the estimator: the normal path stays
+        return f"no compiled form: {type(exc).__name__}"
