@@ -94,18 +94,6 @@ def accuracy(model, names, flat, x, y) -> float:
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def sigma_for(epsilon: float, *, rounds: int, q: float, local_epochs: int) -> float:
-    from evaluator.federated.accounting import record_level_epsilon
-
-    lo, hi = 0.3, 50.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        eps = record_level_epsilon(rounds=rounds, noise_multiplier=mid, sample_rate=q, local_epochs=local_epochs,
-                                   delta=DELTA)  # fmt: skip
-        lo, hi = (mid, hi) if eps > epsilon else (lo, mid)
-    return hi
-
-
 def run(
     model,
     train,
@@ -124,6 +112,8 @@ def run(
     eta=0.01,
     trainable=None,
     ema=0.9,
+    fedsgd=False,
+    server_momentum=0.0,
 ):
     """One federated run; returns two test-accuracy curves (after each round): of the global model,
     and of its exponential moving average ``a <- ema a + (1 - ema) w`` over the rounds (a
@@ -152,24 +142,34 @@ def run(
 
     from evaluator.federated.strategies import get_strategy
 
-    server = get_strategy(strategy, learning_rate=lr, local_epochs=local_epochs,
-                          **({"eta": eta} if strategy == "fedadam" else {"server_learning_rate": server_lr}))  # fmt: skip
+    server_params = {"eta": eta} if strategy == "fedadam" else {"server_learning_rate": server_lr}
+    if strategy == "fedavg" and server_momentum:
+        server_params["server_momentum"] = server_momentum
+    server = get_strategy(strategy, learning_rate=lr, local_epochs=local_epochs, **server_params)
     grads = VmapGrads(model, names)
     rng = np.random.default_rng(seed)
     curve, ema_curve = [], []
     average = w.copy()
     min_rows = min(len(y) for _, y in train)
+    # FedSGD rounds: every site weighs its delta by n_k / cap as the agent does under example
+    # weighting, the hub divides the sum by sum(n_k) / cap: the aggregate is
+    # -lr (sum of all sites' clipped gradients + all sites' noise) / sum(n_k), one denominator.
+    cap = max(len(y) for _, y in train)
+    weights = [len(y) / cap if fedsgd else 1.0 for _, y in train]
     for _ in range(rounds):
         old = as_dict(w)
         vectors = []
-        for x, y in train:
+        for (x, y), weight in zip(train, weights, strict=True):
             if dp is not None:
-                q = batch / min_rows
-                config = DPConfig(example_clip_norm=dp["clip"], noise_multiplier=dp["sigma"], sample_rate=q,
+                q = 1.0 if fedsgd else batch / min_rows
+                # distributed noise: under secure aggregation each site adds sigma / sqrt(n) and
+                # the released sum carries sigma (FedSGD only: one linear step per round)
+                site_sigma = dp["sigma"] / np.sqrt(N_SITES) if fedsgd and secure else dp["sigma"]
+                config = DPConfig(example_clip_norm=dp["clip"], noise_multiplier=site_sigma, sample_rate=q,
                                   steps=local_epochs * int(np.ceil(1 / q)))  # fmt: skip
                 new = dp_sgd(grads, {n: torch.from_numpy(v) for n, v in old.items()}, names, x, y, config=config,
                              learning_rate=lr, batch_size=q * len(y), rng=rng)  # fmt: skip
-                new = {n: t.numpy() for n, t in new.items()}
+                new = {n: (old[n] + weight * (t.numpy() - old[n])).astype(np.float32) for n, t in new.items()}
             else:
                 new = plain_sgd(model, names, old, x, y, lr=lr, batch=batch, epochs=local_epochs, rng=rng)
             vector, _ = prepare_site_update(
@@ -183,7 +183,8 @@ def run(
                                 n_summed=N_SITES)  # fmt: skip
         else:
             summed = np.sum(np.stack(vectors), axis=0)
-        w = server.aggregate(w, mean_update(summed, N_SITES), N_SITES)  # the hub's own strategy code
+        divisor = sum(weights) if fedsgd else N_SITES  # the hub's example-weighted mean
+        w = server.aggregate(w, mean_update(summed, 1) / divisor, N_SITES)  # the hub's own strategy code
         w = w.astype(np.float32).astype(np.float64)  # the hub stores D as float32
         curve.append(accuracy(model, names, w, *test))
         average = ema * average + (1 - ema) * w
@@ -275,14 +276,75 @@ def plain_loop(
     return curve, ema_curve
 
 
+def plain_fedsgd(
+    model, train, test, *, rounds, sigma, clip, lr, server_momentum, distributed, ema=0.9, seed=0
+):
+    """FedSGD written plainly, with none of Vaultbench's code: every round each site sums its rows'
+    clipped per-example gradients (``torch.func``) at the global model and adds Gaussian noise
+    (``sigma C / sqrt(n_sites)`` when ``distributed``, else ``sigma C``); the server divides the sum
+    by all sites' rows and takes one heavy-ball step (torch's SGD with momentum)."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    names = sorted(n for n, _ in model.named_parameters())
+    params = [torch.nn.Parameter(dict(model.named_parameters())[n].detach().clone()) for n in names]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=server_momentum)
+    average = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(seed)
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.m = inner
+
+        def forward(self, x):
+            return self.m.logits(x)
+
+    wrapped = Logits(model)
+
+    def loss(p, x, y):
+        return torch.nn.functional.cross_entropy(functional_call(wrapped, p, (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    site_sigma = sigma / np.sqrt(len(train)) if distributed else sigma
+    rows = sum(len(y) for _, y in train)
+    curve, ema_curve = [], []
+    for _ in range(rounds):
+        current = {"m." + n: p.detach() for n, p in zip(names, params, strict=True)}
+        total = 0
+        for x, y in train:
+            g = per_example(current, torch.from_numpy(x), torch.from_numpy(y))
+            flat = torch.cat([g["m." + n].reshape(len(y), -1) for n in names], 1)
+            flat = flat * torch.clamp(clip / (flat.norm(dim=1, keepdim=True) + 1e-12), max=1.0)
+            total = total + flat.sum(0) + site_sigma * clip * torch.randn(flat.shape[1], generator=gen)
+        optimizer.zero_grad()
+        at = 0
+        for p in params:
+            p.grad = (total[at : at + p.numel()] / rows).reshape(p.shape).float()
+            at += p.numel()
+        optimizer.step()
+        for a, p in zip(average, params, strict=True):
+            a.mul_(ema).add_((1 - ema) * p.detach())
+        for target, out in ((params, curve), (average, ema_curve)):
+            flat = np.concatenate([t.detach().numpy().reshape(-1).astype(np.float64) for t in target])
+            out.append(accuracy(model, names, flat, *test))
+    return curve, ema_curve
+
+
 def main() -> None:
     import torch
+
+    from evaluator.privacy.calibration import noise_multiplier_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
-    parser.add_argument("--lr", type=float, default=5.0)
-    parser.add_argument("--batch-size", type=int, default=512, help="expected batch of the smallest site")
+    parser.add_argument("--recipe", choices=["fedsgd", "local"], default="fedsgd",
+                        help="fedsgd: one full-batch DP step per site per round, server momentum, distributed "
+                             "noise under secure aggregation; local: Poisson-sampled local DP-SGD steps (session 4)")  # fmt: skip
+    parser.add_argument("--lr", type=float, default=None, help="site lr (default: fedsgd 3, local 5)")
+    parser.add_argument("--server-momentum", type=float, default=None, help="default: fedsgd 0.9, local 0")
+    parser.add_argument("--batch-size", type=int, default=512, help="local: expected batch of the smallest site")
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--clip", type=float, default=1.0, help="per-example clip C")
     parser.add_argument("--update-clip", type=float, default=100.0, help="the agent's whole-update bound")
@@ -297,13 +359,22 @@ def main() -> None:
                              "declares by saving the others with requires_grad=False")  # fmt: skip
     parser.add_argument("--parent-rows", type=int, default=1000)
     parser.add_argument("--parent-steps", type=int, default=60)
-    parser.add_argument("--only", nargs="+", choices=["non-private", "vaultbench", "secagg", "plain-loop"],
-                        default=["non-private", "vaultbench", "secagg", "plain-loop"])  # fmt: skip
+    variants = ["vaultbench", "secagg", "plain-loop", "plain-loop-distributed"]
+    parser.add_argument("--only", nargs="+", choices=["non-private", *variants], default=["non-private", *variants],
+                        help="plain-loop-distributed: the plain FedSGD loop with sigma / sqrt(n) per site "
+                             "(what secagg does); fedsgd recipe only")  # fmt: skip
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds batches, noise and quantization of every run"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    fedsgd = args.recipe == "fedsgd"
+    if args.lr is None:
+        args.lr = 3.0 if fedsgd else 5.0
+    if args.server_momentum is None:
+        args.server_momentum = 0.9 if fedsgd else 0.0
+    if fedsgd:
+        args.batch_size, args.local_epochs = min(len(y) for _, y in sites()[0]), 1  # full batch, one step
     torch.set_num_threads(1)
     train, test = sites()
     model = build_parent(args.parent_rows, args.parent_steps)
@@ -340,20 +411,26 @@ def main() -> None:
         curves = run(model, train, test, dp=None, lr=0.2, batch=32, update_clip=1e6, secure=False, **common)
         record("non-private", None, 0.0, curves, started)
     for eps in args.epsilons:
-        sigma = sigma_for(eps, rounds=args.rounds, q=q, local_epochs=args.local_epochs)
-        for variant in ("vaultbench", "secagg", "plain-loop"):
-            if variant not in args.only:
+        sigma = noise_multiplier_for(epsilon=eps, rounds=args.rounds, sample_rate=q, local_epochs=args.local_epochs,
+                                     delta=DELTA)  # fmt: skip
+        for variant in variants:
+            if variant not in args.only or (variant == "plain-loop-distributed" and not fedsgd):
                 continue
             started = time.perf_counter()
             model.load_state_dict(parent_state)
-            if variant == "plain-loop":
+            if variant.startswith("plain-loop") and fedsgd:
+                curves = plain_fedsgd(model, train, test, rounds=args.rounds, sigma=sigma, clip=args.clip, lr=args.lr,
+                                      server_momentum=args.server_momentum, distributed=variant.endswith("distributed"),
+                                      ema=args.ema, seed=args.seed)  # fmt: skip
+            elif variant == "plain-loop":
                 curves = plain_loop(
                     model, train, test, sigma=sigma, clip=args.clip, lr=args.lr, q=q, **common
                 )
             else:
                 curves = run(model, train, test, dp={"clip": args.clip, "sigma": sigma}, lr=args.lr,
                              batch=args.batch_size, update_clip=args.update_clip, secure=variant == "secagg",
-                             server_lr=args.server_lr, strategy=args.strategy, eta=args.eta, **common)  # fmt: skip
+                             server_lr=args.server_lr, strategy=args.strategy, eta=args.eta, fedsgd=fedsgd,
+                             server_momentum=args.server_momentum, **common)  # fmt: skip
             record(f"eps {eps:g} {variant}", eps, sigma, curves, started)
     table = {r["name"]: [round(r["final"], 4), round(r["final_ema"], 4)] for r in results["runs"]}
     print(json.dumps({"final [model, moving average]": table}, indent=1))

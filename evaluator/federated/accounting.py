@@ -14,6 +14,14 @@ conversion of Balle et al. 2020 (Theorem 21), as Opacus computes it:
 over the orders in ``ORDERS``. The numbers are Opacus' RDPAccountant's (checked in
 tests/privacy/test_accounting_matches_opacus.py); neither torch nor Opacus is needed. numpy and
 scipy are imported on first use: importing this module stays cheap.
+
+Full-batch record-level rounds (every row in every step, ``sample_rate == 1``, as in FedSGD-style
+rounds) have an exact accountant: T adaptively composed Gaussian mechanisms with multipliers z_t
+are exactly mu-GDP with ``mu = sqrt(sum 1 / z_t^2)`` (Dong, Roth and Su 2019, Corollary 3.3), and
+mu-GDP is exactly the (epsilon, delta) curve ``delta = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)``
+(Balle and Wang 2018). ``record_level_ledger`` names it (``accountant = "gdp"``) for such runs:
+at the benchmark's 50 rounds and epsilon 8 it needs sigma 4.24 where the RDP conversion needs
+4.51 (-6 %). RDP stays the accountant of every Poisson-sampled run and of site-level noise.
 """
 
 from __future__ import annotations
@@ -59,6 +67,51 @@ def _epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float
     return epsilon_from_rdp(ORDERS, rdp, delta)
 
 
+def _epsilon_gdp(history: Iterable[tuple[float, float, int]], delta: float) -> float:
+    """Exact epsilon of full-batch Gaussian steps at ``delta`` (mu-GDP, see the module doc)."""
+    history = [(float(z), float(q), int(steps)) for z, q, steps in history if steps > 0]
+    if not history:
+        return 0.0
+    for z, q, _ in history:
+        _check(z, q)
+        if q != 1.0:
+            raise ValueError("the GDP accountant is exact only for full-batch steps (sample_rate 1)")
+        if z == 0:
+            return math.inf
+    mu = math.sqrt(sum(steps / z**2 for z, _, steps in history))
+    return gdp_epsilon(mu, delta)
+
+
+def gdp_delta(mu: float, epsilon: float) -> float:
+    """delta(epsilon) of mu-GDP: ``Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)``."""
+    from scipy import special
+
+    first = special.log_ndtr(-epsilon / mu + mu / 2)
+    second = epsilon + special.log_ndtr(-epsilon / mu - mu / 2)  # in logs: e^eps overflows
+    return float(math.exp(first) - math.exp(second)) if second < first else 0.0
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """The smallest epsilon with ``gdp_delta(mu, epsilon) <= delta`` (delta falls with epsilon)."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if not mu > 0:
+        return 0.0
+    if gdp_delta(mu, 0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gdp_delta(mu, hi) > delta:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            return math.inf
+    for _ in range(100):  # bisection to float precision: hi always satisfies delta
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if gdp_delta(mu, mid) <= delta else (mid, hi)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return hi
+
+
 @functools.lru_cache(maxsize=256)
 def _rdp_one_step(sample_rate: float, noise_multiplier: float) -> tuple[float, ...]:
     """RDP of one step at every order: ~0.4 s of series per (q, z), and the hub asks for the same
@@ -102,9 +155,15 @@ class PrivacyLedger:
     #: mechanism steps per round: 1 for site-level noise on the update; the DP-SGD steps of one
     #: round (``local_epochs * ceil(1 / q)``) for record-level DP. ``history`` counts steps.
     steps_per_round: int = 1
+    #: "rdp" (every run) or "gdp" (exact, full-batch steps only: ``record_level_ledger`` picks it)
+    accountant: str = "rdp"
 
     def __post_init__(self) -> None:
         _check(self.noise_multiplier, self.sample_rate)
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {self.accountant!r}")
+        if self.accountant == "gdp" and self.sample_rate != 1.0:
+            raise ValueError("the GDP accountant needs sample_rate 1")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not 1 <= self.steps_per_round <= 10_000_000:
@@ -114,9 +173,19 @@ class PrivacyLedger:
     def rounds(self) -> int:
         return sum(steps for _, _, steps in self.history) // self.steps_per_round
 
+    def _spent(self, history: Iterable[tuple[float, float, int]]) -> float:
+        if self.accountant == "gdp":
+            return _epsilon_gdp(history, self.delta)
+        return _epsilon(history, self.delta)
+
     @property
     def epsilon(self) -> float:
-        return _epsilon(self.history, self.delta)
+        return self._spent(self.history)
+
+    @property
+    def accountant_name(self) -> str:
+        """What computes this ledger's epsilon, in words (shown with every epsilon)."""
+        return ACCOUNTANTS[self.accountant]
 
     def _step(self, noise_multiplier: float | None, sample_rate: float | None) -> tuple[float, float]:
         z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
@@ -129,7 +198,7 @@ class PrivacyLedger:
     ) -> float:
         """Epsilon after ``rounds`` more rounds, without recording them."""
         z, q = self._step(noise_multiplier, sample_rate)
-        return _epsilon([*self.history, (z, q, rounds * self.steps_per_round)], self.delta)
+        return self._spent([*self.history, (z, q, rounds * self.steps_per_round)])
 
     def would_exceed(
         self, cap: float, *, noise_multiplier: float | None = None, sample_rate: float | None = None
@@ -174,6 +243,7 @@ class PrivacyLedger:
             "sample_rate": self.sample_rate,
             "history": [list(h) for h in self.history],
             "steps_per_round": self.steps_per_round,
+            "accountant": self.accountant,
         }
 
     @classmethod
@@ -184,6 +254,7 @@ class PrivacyLedger:
             sample_rate=float(data["sample_rate"]),
             history=[(float(z), float(q), int(n)) for z, q, n in data["history"]],
             steps_per_round=int(data.get("steps_per_round", 1)),
+            accountant=str(data.get("accountant", "rdp")),  # ledgers stored before GDP existed: RDP
         )
 
 
@@ -195,6 +266,12 @@ ACCOUNTANT = (
     "without torch), composed over every DP-SGD step of every round, converted to "
     "(epsilon, delta) as in Balle et al. 2020"
 )
+GDP_ACCOUNTANT = (
+    "exact Gaussian DP of full-batch DP-SGD steps (mu-GDP, Dong, Roth and Su 2019: "
+    "mu = sqrt(steps) / sigma), composed over every step of every round, converted to "
+    "(epsilon, delta) exactly (Balle and Wang 2018)"
+)
+ACCOUNTANTS = {"rdp": ACCOUNTANT, "gdp": GDP_ACCOUNTANT}
 
 
 def steps_per_round(local_epochs: int, sample_rate: float) -> int:
@@ -206,10 +283,12 @@ def steps_per_round(local_epochs: int, sample_rate: float) -> int:
 def record_level_ledger(
     *, noise_multiplier: float, sample_rate: float, local_epochs: int, delta: float
 ) -> PrivacyLedger:
-    """The accountant of one site's training rows under record-level DP-SGD."""
+    """The accountant of one site's training rows under record-level DP-SGD: exact GDP for
+    full-batch steps (q = 1), RDP of the subsampled Gaussian otherwise."""
     return PrivacyLedger(
         delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
         steps_per_round=steps_per_round(local_epochs, sample_rate),
+        accountant="gdp" if sample_rate == 1.0 else "rdp",
     )  # fmt: skip
 
 

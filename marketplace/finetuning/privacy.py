@@ -73,8 +73,10 @@ def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
     unit = subject.privacy_unit or PrivacyUnit.SITE
     private = has_noise(subject)
     spent = planned = within = None
+    accountant = ACCOUNTANT
     if private and n:
         ledger = privacy_ledger(subject)
+        accountant = ledger.accountant_name  # exact GDP for full-batch runs, RDP otherwise
         z = round_step_noise(subject, n)
         spent = _finite(ledger.epsilon) if decided else 0.0
         remaining = max(0, run.rounds - (run.rounds_completed if decided else 0))
@@ -92,7 +94,7 @@ def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
         warning = f"The ε cap allows about {within} of the {run.rounds} requested rounds; the run stops there."
     return PrivacySummary(
         unit=unit, unit_label=PrivacyUnit(unit).label, guarantee=GUARANTEES[PrivacyUnit(unit)],
-        accountant=ACCOUNTANT if unit == PrivacyUnit.RECORD else "RDP of the Gaussian mechanism (Opacus), per round",
+        accountant=accountant if unit == PrivacyUnit.RECORD else "RDP of the Gaussian mechanism (Opacus), per round",
         composition=COMPOSITION, delta=subject.dp_delta if private else None,
         epsilon_cap=subject.epsilon_cap if private else None, epsilon_spent=spent, epsilon_planned=planned,
         rounds_within_cap=within, warning=warning,

@@ -101,3 +101,61 @@ def test_effective_noise_multiplier_after_dropouts():
 
 def test_rounds_within_respects_max_rounds():
     assert PrivacyLedger(delta=1e-5, noise_multiplier=50.0).rounds_within(100.0, max_rounds=64) == 64
+
+
+# --- exact Gaussian DP accountant of full-batch record-level rounds (issue 10) ---------------
+
+
+def _hand_gdp_delta(mu, eps):
+    """Balle and Wang 2018, Thm 8, with the normal CDF from math.erf (not scipy)."""
+
+    def phi(t):
+        return 0.5 * (1 + math.erf(t / math.sqrt(2)))
+
+    return phi(-eps / mu + mu / 2) - math.exp(eps) * phi(-eps / mu - mu / 2)
+
+
+@pytest.mark.parametrize(("z", "steps"), [(1.0, 1), (4.244, 50), (26.4, 50), (2.0, 7)])
+def test_full_batch_record_level_epsilon_is_the_exact_gaussian_dp_one(z, steps):
+    from evaluator.federated.accounting import record_level_ledger
+
+    ledger = record_level_ledger(noise_multiplier=z, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    assert ledger.accountant == "gdp" and "Gaussian DP" in ledger.accountant_name
+    eps = ledger.epsilon_if(rounds=steps)
+    mu = math.sqrt(steps) / z
+    assert _hand_gdp_delta(mu, eps) == pytest.approx(1e-5, rel=1e-6)  # spends exactly delta at eps
+    assert _hand_gdp_delta(mu, eps * 0.99) > 1e-5  # and a smaller eps would not hold
+    assert eps < epsilon_after(steps, z, 1.0, 1e-5)  # tighter than the RDP conversion
+
+
+def test_gdp_operating_point_of_the_benchmark_and_opacus_prv_agrees():
+    from evaluator.federated.accounting import record_level_epsilon
+
+    eps = record_level_epsilon(rounds=50, noise_multiplier=4.244, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    assert eps == pytest.approx(8.0, abs=0.01)  # RDP needs sigma 4.51 for the same epsilon
+    assert epsilon_after(50, 4.509, 1.0, 1e-5) == pytest.approx(8.0, abs=0.01)
+    opacus = pytest.importorskip("opacus.accountants")
+    prv = opacus.PRVAccountant()
+    prv.history = [(4.244, 1.0, 50)]
+    assert prv.get_epsilon(delta=1e-5) == pytest.approx(eps, rel=0.01)  # an independent numerical accountant
+
+
+def test_gdp_ledger_round_trips_composes_and_is_refused_for_subsampled_steps():
+    from evaluator.federated.accounting import record_level_ledger
+
+    ledger = record_level_ledger(noise_multiplier=3.0, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    ledger.record_round()
+    ledger.record_round(noise_multiplier=6.0)
+    again = PrivacyLedger.from_dict(ledger.to_dict())
+    assert again.accountant == "gdp" and again.epsilon == ledger.epsilon
+    mu = math.sqrt(1 / 9 + 1 / 36)  # adaptive composition of GDP: mu adds in squares
+    assert _hand_gdp_delta(mu, ledger.epsilon) == pytest.approx(1e-5, rel=1e-6)
+    old = ledger.to_dict()
+    del old["accountant"]  # a ledger stored before the GDP accountant existed keeps RDP
+    assert PrivacyLedger.from_dict(old).accountant == "rdp"
+    assert record_level_ledger(noise_multiplier=3.0, sample_rate=0.5, local_epochs=1, delta=1e-5).accountant == "rdp"
+    with pytest.raises(ValueError):
+        PrivacyLedger(delta=1e-5, noise_multiplier=1.0, sample_rate=0.5, accountant="gdp")
+    with pytest.raises(ValueError):
+        ledger.epsilon_if(sample_rate=0.5)
+    assert PrivacyLedger(delta=1e-5, noise_multiplier=0.0, accountant="gdp").epsilon_if() == math.inf

@@ -1,0 +1,117 @@
+"""FedSGD-style record-level rounds (issue 10): one full-batch DP-SGD step per site, the hub's
+example-weighted mean, server momentum, and distributed noise under secure aggregation.
+
+The aggregate must be ``-lr (sum of every site's clipped gradients + every site's noise) / sum n_k``:
+one more row anywhere moves it by at most ``lr C / sum n_k``, and with each site adding the share
+``sigma / sqrt(n)`` the noise on it has std ``lr sigma C / sum n_k`` -- the central-DP guarantee
+the accountant charges (``evaluator.privacy.distributed``).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from evaluator.federated.strategies import FedAvg, get_strategy
+from evaluator.privacy.distributed import applies, contributed_noise_multiplier, site_noise_share
+from evaluator.runner.dpsgd import DPConfig, VmapGrads, dp_sgd
+
+LR, C = 0.5, 1.0
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def logits(self, x):
+        return self.fc(x)
+
+    def forward(self, x):
+        return torch.softmax(self.logits(x), dim=1)
+
+
+def _sites(seed=0, sizes=(30, 20, 12)):
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(0, 5, (n, 4)).astype(np.float32), rng.integers(0, 3, n)) for n in sizes]
+
+
+def _aggregate(sites, *, sigma, seed):
+    """One FedSGD round as the agent and hub run it: each site's full-batch DP-SGD step
+    (``dp_sgd`` at q 1, one step, its share of the noise), weighted by n_k / cap; the hub divides
+    the sum by sum(n_k) / cap."""
+    torch.manual_seed(0)
+    model = Net()
+    names = sorted(n for n, _ in model.named_parameters())
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = VmapGrads(model, names)
+    cap = max(len(y) for _, y in sites)
+    share = site_noise_share(sigma, len(sites))
+    total = None
+    for k, (x, y) in enumerate(sites):
+        config = DPConfig(example_clip_norm=C, noise_multiplier=share, sample_rate=1.0, steps=1)
+        new = dp_sgd(grads, params, names, x, y, config=config, learning_rate=LR, batch_size=float(len(y)),
+                     rng=np.random.default_rng([seed, k]))  # fmt: skip
+        delta = torch.cat([(new[n] - params[n]).reshape(-1).double() for n in names]) * (len(y) / cap)
+        total = delta if total is None else total + delta
+    return total / (sum(len(y) for _, y in sites) / cap)
+
+
+def test_one_more_row_moves_the_fedsgd_aggregate_by_at_most_lr_c_over_all_rows():
+    sites = _sites()
+    rows = sum(len(y) for _, y in sites)
+    base = _aggregate(sites, sigma=0.0, seed=1)
+    for k in range(len(sites)):
+        x, y = sites[k]
+        extra = (np.concatenate([x, 100 * np.ones((1, 4), np.float32)]), np.concatenate([y, [2]]))
+        # the denominator is the site's public row count: compare at the same counts
+        grown = [extra if j == k else s for j, s in enumerate(sites)]
+        shrunk_rows = rows + 1
+        moved = _aggregate(grown, sigma=0.0, seed=1) - base * rows / shrunk_rows
+        assert float(torch.linalg.vector_norm(moved)) <= LR * C / shrunk_rows * (1 + 1e-6)
+        assert float(torch.linalg.vector_norm(moved)) >= 0.99 * LR * C / shrunk_rows  # clipped to exactly C
+
+
+def test_the_shares_of_all_sites_add_up_to_sigma_on_the_aggregate():
+    sites, sigma = _sites(), 3.0
+    rows = sum(len(y) for _, y in sites)
+    clean = _aggregate(sites, sigma=0.0, seed=0)
+    noise = torch.stack([_aggregate(sites, sigma=sigma, seed=s) - clean for s in range(1, 301)])
+    std = float(noise.std())
+    assert std == pytest.approx(LR * sigma * C / rows, rel=0.05)  # central DP's noise, not sqrt(n) times it
+
+
+def test_distributed_noise_applies_only_to_one_linear_step_under_secure_aggregation():
+    assert applies(secure_aggregation=True, sample_rate=1.0, local_epochs=1)
+    assert not applies(secure_aggregation=False, sample_rate=1.0, local_epochs=1)
+    assert not applies(secure_aggregation=True, sample_rate=0.5, local_epochs=1)  # two steps per round
+    assert not applies(secure_aggregation=True, sample_rate=1.0, local_epochs=2)
+    assert site_noise_share(4.0, 4) == 2.0
+    assert contributed_noise_multiplier(4.0, 4, 4) == 4.0
+    assert contributed_noise_multiplier(4.0, 4, 3) == pytest.approx(4.0 * math.sqrt(3 / 4))  # a dropout
+    with pytest.raises(ValueError):
+        site_noise_share(1.0, 0)
+
+
+def test_server_momentum_is_heavy_ball_on_the_mean_update_and_survives_the_hub_restoring_it():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=5)
+    updates = [rng.normal(size=5) for _ in range(4)]
+    plain = get_strategy("fedavg", learning_rate=1.0, local_epochs=1, server_momentum=0.0)
+    assert np.allclose(plain.aggregate(w, updates[0], 3), w + updates[0])  # default: unchanged FedAvg
+    expected, m = w.copy(), np.zeros(5)
+    got = w.copy()
+    state = None
+    for d in updates:
+        m = 0.9 * m + d
+        expected = expected + 0.5 * m
+        server = FedAvg(server_learning_rate=0.5, server_momentum=0.9)  # the hub builds it afresh per round
+        if state is not None:
+            server.load_state_dict(state)
+        got = server.aggregate(got, d, 3)
+        state = server.state_dict()
+    assert np.allclose(got, expected)
+    with pytest.raises(ValueError):
+        FedAvg(server_momentum=1.0)
