@@ -30,12 +30,14 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from leaderboard_board import build_board  # noqa: E402
 
 
 class _Tags(HTMLParser):
@@ -69,50 +71,6 @@ def setup_django(tmp: Path) -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-
-
-def build_board(*, entries: int, vendors: int):
-    import random
-
-    from django.contrib.auth import get_user_model
-    from django.utils import timezone
-
-    from marketplace.accounts.services import organization_create
-    from marketplace.catalog.services import task_create, task_open
-    from marketplace.leaderboard.models import LeaderboardEntry
-    from marketplace.submissions.models import Submission
-
-    user = get_user_model().objects.create_user(username="olivia", password=None)
-    owner = organization_create(name="St. Mercy Hospitals", kind="data_owner", creator=user)
-    spec = {"title": "Sepsis onset", "description": "Benchmark board.", "task_type": "binary_classification",
-            "input_spec": {"n_features": 30, "dtype": "float32", "n_classes": 2},
-            "metrics": [{"name": "roc_auc", "decimals": 4}, {"name": "log_loss", "decimals": 3}],
-            "primary_metric": "roc_auc", "min_test_rows": 10}  # fmt: skip
-    task = task_open(task=task_create(organization=owner, actor=user, spec=spec), actor=user)
-    orgs = []
-    for i in range(vendors):
-        member = get_user_model().objects.create_user(username=f"vendor{i}", password=None)
-        orgs.append(organization_create(name=f"Vendor organization {i:04d}", kind="vendor", creator=member))
-    rng = random.Random(0)
-    start = timezone.now() - timedelta(days=30)
-    submissions = [
-        Submission(vendor=orgs[i % vendors], task=task, name=f"gradient-boosted-trees-{i:04d}", artifact="artifacts/x/artifact",
-                   artifact_format="sklearn", original_filename="model.joblib", size=2200 + i, sha256=f"{i:064x}",
-                   status="scored", results_visible_at=start + timedelta(minutes=40 * i + 10))
-        for i in range(entries)
-    ]  # fmt: skip
-    Submission.objects.bulk_create(submissions)
-    saved = list(Submission.objects.filter(task=task).order_by("id"))
-    for i, submission in enumerate(saved):  # upload times spread over the month (auto_now_add)
-        Submission.objects.filter(id=submission.id).update(created_at=start + timedelta(minutes=40 * i))
-    LeaderboardEntry.objects.bulk_create(
-        LeaderboardEntry(task=task, submission=s, n_rows=400, n_sites=2,
-                         metrics={"roc_auc": min(1.0, 0.7 + 0.2 * i / entries + rng.gauss(0, 0.02)),
-                                  "log_loss": max(0.0, 0.5 - 0.2 * i / entries + rng.gauss(0, 0.02))},
-                         per_site=[])  # fmt: skip
-        for i, s in enumerate(saved)
-    )
-    return task
 
 
 def measure(client, url: str, *, repeats: int, headers: dict | None = None) -> dict:

@@ -3,27 +3,38 @@ concurrent clients (issue 13, part 4: goal p99 <= 50 ms for the API with 100 rea
 
     python benchmarks/leaderboard_scale.py --db sqlite   [--entries 10000] [--clients 1,10,100]
     python benchmarks/leaderboard_scale.py --db postgres [--seconds 15] [--json out.json]
+    python benchmarks/leaderboard_scale.py --db postgres --generators python,wrk --via hub,nginx
 
 Builds a hub database (SQLite in a temporary folder, or a PostgreSQL database of its own named
 `vb_bench_leaderboard`, created and dropped here, on the server `.ci/lib/services.sh` starts:
-`eval "$(bash .ci/lib/services.sh 2>/dev/null)"` first), migrated, with one owner, one public task
-with two metrics, `--vendors` vendors and `--entries` scored submissions past their release time
-(rows written directly; scoring itself is measured elsewhere). Then starts gunicorn on 127.0.0.1
-(a free port) as docs/running-a-hub.md runs it (`--workers 4`, sync workers), in production mode
-(DEBUG off, collected static files; with --db postgres the cache is Redis, VAULTBENCH_CACHE_URL =
-database 1 of CELERY_BROKER_URL's server, as in production; with sqlite each process's memory), and for each request kind and each client count runs that many
-threads, each sending requests back to back (closed loop, no think time) for `--seconds`; the
-figures are latency p50/p99 of the requests completed, throughput, and body bytes.
+`eval "$(bash .ci/lib/services.sh 2>/dev/null)"` first), migrated, with the board of
+leaderboard_board.py (`--vendors` vendors, `--entries` scored submissions past their release time,
+per-site values shown; its standings stored as a score arriving would). Then starts gunicorn on
+127.0.0.1 (a free port) as docs/running-a-hub.md runs it (`--workers 4 --threads 8`: the gthread
+worker; `--threads 1` for sync workers), in production mode (DEBUG off, collected static files;
+with --db postgres the cache is Redis, VAULTBENCH_CACHE_URL = database 1 of CELERY_BROKER_URL's
+server, as in production; with sqlite each process's memory), and for each request kind, client
+count and load generator runs that many clients, each sending requests back to back (closed loop,
+no think time) for `--seconds`; the figures are latency p50/p99 of the requests completed,
+throughput, and body bytes.
+
+Load generators (`--generators`): `python` (threads in this process, `http.client`, a new
+connection per request; it shares the machine's CPU with the server, which may make it the
+bottleneck) and `wrk` (C, keep-alive connections, 2 threads; `apt-get install wrk` where missing).
+`--via nginx` also runs every kind through nginx in front of gunicorn, with the project's locations
+(deploy/nginx/vaultbench-hub-locations.conf: anonymous leaderboard reads micro-cached for 1 s;
+`apt-get install nginx-light` where missing).
 
 SQL queries per request are counted in this process on the same database (Django's test client and
 CaptureQueriesContext, the same code path; the count does not depend on concurrency).
 
 Request kinds: `healthz` (the probe the first middleware answers, no database: the fastest answer
-this stack gives on the machine at that moment, the run's baseline), `api` (GET /api/v1/tasks/{id}/leaderboard, the first page of the default view),
-`api_deep` (?view=all&page=100), `api_304` (the first page with If-None-Match: an unchanged board),
-`page` (the portal's task page as a visitor) and `poll` (the task page's live poll of an
-unchanged board). Works against older commits (copy this file into an exported tree and run it
-there) for BEFORE figures: their gunicorn and code are that tree's.
+this stack gives on the machine at that moment, the run's baseline), `api` (GET
+/api/v1/tasks/{id}/leaderboard as a visitor, the first page of the default view), `api_deep`
+(?view=all&page=100), `api_304` (the first page with If-None-Match: an unchanged board), `page`
+(the portal's task page as a visitor) and `poll` (the task page's live poll of an unchanged board).
+Works against older commits (copy this file and leaderboard_board.py into an exported tree and run
+it there) for BEFORE figures: their gunicorn and code are that tree's.
 """
 
 from __future__ import annotations
@@ -43,11 +54,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from leaderboard_board import build_board  # noqa: E402
 
 BENCH_DB = "vb_bench_leaderboard"
 
@@ -104,62 +117,6 @@ def setup_django(env: dict[str, str]) -> None:
     call_command("collectstatic", verbosity=0, interactive=False)
 
 
-def build_board(*, entries: int, vendors: int):
-    """One public task, `vendors` vendors, `entries` scored submissions over the last 30 days."""
-    import random
-
-    from django.contrib.auth import get_user_model
-    from django.db import transaction
-    from django.utils import timezone
-
-    from marketplace.accounts.services import organization_create
-    from marketplace.catalog.services import task_create, task_open
-    from marketplace.leaderboard.models import LeaderboardEntry
-    from marketplace.submissions.models import Submission
-
-    user = get_user_model().objects.create_user(username="olivia", password=None)
-    owner = organization_create(name="St. Mercy Hospitals", kind="data_owner", creator=user)
-    spec = {"title": "Sepsis onset", "description": "Benchmark board.", "task_type": "binary_classification",
-            "input_spec": {"n_features": 30, "dtype": "float32", "n_classes": 2},
-            "metrics": [{"name": "roc_auc", "decimals": 4}, {"name": "log_loss", "decimals": 3}],
-            "primary_metric": "roc_auc", "min_test_rows": 10, "show_per_site": True}  # fmt: skip
-    task = task_open(task=task_create(organization=owner, actor=user, spec=spec), actor=user)
-    orgs = []
-    for i in range(vendors):
-        member = get_user_model().objects.create_user(username=f"vendor{i}", password=None)
-        orgs.append(organization_create(name=f"Vendor organization {i:04d}", kind="vendor", creator=member))
-    rng = random.Random(0)
-    start = timezone.now() - timedelta(days=30)
-    step = timedelta(days=29) / entries
-    with transaction.atomic():
-        saved = Submission.objects.bulk_create(
-            Submission(vendor=orgs[i % vendors], task=task, name=f"gradient-boosted-trees-{i:05d}",
-                       artifact="artifacts/x/artifact", artifact_format="sklearn", original_filename="model.joblib",
-                       size=2200 + i, sha256=f"{i:064x}", status="scored",
-                       results_visible_at=start + step * i + timedelta(minutes=10))
-            for i in range(entries)
-        )  # fmt: skip
-        saved = list(Submission.objects.filter(task=task).order_by("id"))
-        for i, submission in enumerate(saved):  # upload times spread over the month (auto_now_add)
-            submission.created_at = start + step * i
-        Submission.objects.bulk_update(saved, ["created_at"], batch_size=1000)
-        sites = [{"site": "north", "n_rows": 200}, {"site": "south", "n_rows": 200}]
-        LeaderboardEntry.objects.bulk_create(
-            LeaderboardEntry(task=task, submission=s, n_rows=400, n_sites=2,
-                             metrics={"roc_auc": min(1.0, 0.7 + 0.2 * i / entries + rng.gauss(0, 0.02)),
-                                      "log_loss": max(0.0, 0.5 - 0.2 * i / entries + rng.gauss(0, 0.02))},
-                             per_site=[{**site, "metrics": {"roc_auc": 0.8, "log_loss": 0.4}} for site in sites])
-            for i, s in enumerate(saved)
-        )  # fmt: skip
-    try:  # the precomputed standings, where this tree has them (as a score arriving would)
-        from marketplace.leaderboard.standings import standings_refresh
-    except ImportError:
-        pass
-    else:
-        standings_refresh(task_id=task.id)
-    return task
-
-
 def queries_per_request(urls: dict[str, tuple[str, dict]]) -> dict[str, dict]:
     """SQL queries and status of each request kind, in this process (twice: the first may fill a cache)."""
     from django.db import connection
@@ -178,21 +135,98 @@ def queries_per_request(urls: dict[str, tuple[str, dict]]) -> dict[str, dict]:
     return out
 
 
-def start_gunicorn(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen:
+def start_gunicorn(env: dict[str, str], port: int, workers: int, log: Path, threads: int = 1) -> subprocess.Popen:
+    """gunicorn as docs/running-a-hub.md runs it; `threads` > 1 is the gthread worker (keeps
+    connections alive), 1 the sync worker (one connection per request)."""
     gunicorn = Path(sys.executable).with_name("gunicorn")
     command = [str(gunicorn), "marketplace.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-               "--timeout", "300"]  # fmt: skip
+               "--threads", str(threads), "--timeout", "300"]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    wait_for(port, process, log)
+    return process
+
+
+def wait_for(port: int, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             status, _, _ = fetch(port, "/healthz", {})
             if status == 200:
-                return process
+                return
         except OSError:
             time.sleep(0.2)
     process.kill()
-    sys.exit(f"gunicorn did not start; see {log}: {log.read_text()[-2000:]}")
+    sys.exit(f"{process.args[0]} did not start; see {log}: {log.read_text()[-2000:]}")
+
+
+def debian_tool(binary: str, package: str) -> str:
+    """The path of `binary`, installing its Debian package first where it is missing (as root)."""
+    found = shutil.which(binary)
+    if found is None:
+        print(f"installing {package} (apt-get) for {binary}", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, env={**os.environ,
+                       "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)  # fmt: skip
+        found = shutil.which(binary) or sys.exit(f"{package} installed no {binary}")
+    return found
+
+
+def start_nginx(tmp: Path, hub_port: int, port: int) -> subprocess.Popen:
+    """nginx in front of the hub with the project's locations (deploy/nginx/vaultbench-hub-locations.conf:
+    the anonymous leaderboard micro-cache), its cache zone as vaultbench-hub.conf declares it,
+    plain HTTP on 127.0.0.1, files in `tmp`."""
+    nginx = debian_tool("nginx", "nginx-light")
+    folder = tmp / "nginx"
+    for sub in ("cache", "temp"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    temp = " ".join(f"{kind}_temp_path {folder / 'temp' / kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                                "uwsgi", "scgi"))  # fmt: skip
+    conf = folder / "nginx.conf"
+    conf.write_text(f"""{"user root;" if os.geteuid() == 0 else ""}
+worker_processes auto;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"} warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    {temp}
+    proxy_cache_path {folder / "cache"} levels=1:2 keys_zone=vaultbench_board:10m max_size=256m inactive=60s
+                     use_temp_path=off;
+    upstream vaultbench_hub {{ server 127.0.0.1:{hub_port}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        include {ROOT / "deploy/nginx/vaultbench-hub-locations.conf"};
+    }}
+}}
+""")
+    log = folder / "nginx.log"
+    process = subprocess.Popen([nginx, "-c", str(conf)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    wait_for(port, process, log)
+    return process
+
+
+def wrk_load(port: int, url: str, headers: dict, *, clients: int, seconds: float) -> dict:
+    """The same closed loop from wrk (C, keep-alive connections, 2 threads at most): its latency
+    percentiles and throughput; a generator that costs little CPU per request."""
+    wrk = debian_tool("wrk", "wrk")
+    command = [wrk, "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{seconds:g}s", "--latency",
+               "--timeout", "60s", "-H", "Host: 127.0.0.1"]  # fmt: skip
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*command, f"http://127.0.0.1:{port}{url}"], capture_output=True, text=True, check=True).stdout
+
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+        return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit], 2)
+
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    return {"clients": clients, "requests": requests, "p50_ms": ms(percentiles["50"]), "p99_ms": ms(percentiles["99"]),
+            "max_ms": ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1)),
+            "rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+            "non_2xx_3xx": int(bad.group(1)) if bad else 0, "errors": [errors.group(1)] if errors else []}  # fmt: skip
 
 
 def fetch(port: int, url: str, headers: dict, timeout: float = 300) -> tuple[int, int, dict]:
@@ -271,6 +305,14 @@ def main() -> None:
                         help="seconds each client waits between requests (0: closed loop, back to back)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per kind and client count")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn --workers (docs/running-a-hub.md: 4)")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="gunicorn --threads (docs/running-a-hub.md: 8, the gthread worker; 1: sync workers)")
+    parser.add_argument("--generators", default="python",
+                        help="load generators, comma-separated: python (threads, a connection per request), "
+                             "wrk (C, keep-alive; apt-get installs it where missing)")
+    parser.add_argument("--via", default="hub",
+                        help="hub (gunicorn directly) and/or nginx (in front, deploy/nginx's locations: the "
+                             "anonymous leaderboard micro-cache; apt-get installs nginx-light where missing)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -279,17 +321,20 @@ def main() -> None:
         env = hub_env(args.db, tmp)
         if args.db == "postgres":
             create_postgres_database(env["DATABASE_URL"])
-        gunicorn = None
+        gunicorn = nginx = None
         try:
             t0 = time.perf_counter()
             setup_django(env)
-            task = build_board(entries=args.entries, vendors=args.vendors)
+            task = build_board(entries=args.entries, vendors=args.vendors, show_per_site=True, refresh=True)
             build_s = time.perf_counter() - t0
             api = f"/api/v1/tasks/{task.id}/leaderboard"
             port = free_port()
-            gunicorn = start_gunicorn(env, port, args.workers, tmp / "gunicorn.log")
+            gunicorn = start_gunicorn(env, port, args.workers, tmp / "gunicorn.log", threads=args.threads)
+            ports = {"hub": port}
+            if "nginx" in args.via.split(","):
+                ports["nginx"] = free_port()
+                nginx = start_nginx(tmp, port, ports["nginx"])
             _, _, first = fetch(port, api, {})
-            status, _, page_headers = fetch(port, f"/tasks/{task.id}/", {})
             page_html = _get_text(port, f"/tasks/{task.id}/")
             version = re.search(r'data-version="([^"]+)"', page_html)
             poll = f"/tasks/{task.id}/leaderboard/" + (f"?since={version.group(1)}" if version else "")
@@ -304,36 +349,49 @@ def main() -> None:
             }
             urls = {k: v for k, v in urls.items() if k in args.kinds.split(",")}
             queries = queries_per_request(urls)
-            for url, headers in urls.values():  # every worker warm (imports, templates, its cache)
-                load(port, url, headers, clients=args.workers * 2, seconds=1.0)
+            for target in ports.values():
+                for url, headers in urls.values():  # every worker warm (imports, templates, its cache)
+                    load(target, url, headers, clients=args.workers * 2, seconds=1.0)
             results: dict[str, list[dict]] = {}
             load_before = os.getloadavg()
-            for name, (url, headers) in urls.items():
-                results[name] = []
-                for clients in levels:
-                    figures = load(port, url, headers, clients=clients, seconds=args.seconds, think=args.think)
-                    results[name].append(figures)
-                    print(f"{name:<9} {clients:>4} clients  p50 {figures['p50_ms']:>9} ms  p99 {figures['p99_ms']:>9} ms"
-                          f"  {figures['rps']:>7} req/s  {figures['bytes']:>8} B  {queries[name]['queries']:>3} queries"
-                          f"  {figures['statuses']}", flush=True)  # fmt: skip
+            for via in args.via.split(","):
+                for name, (url, headers) in urls.items():
+                    for clients in levels:
+                        for generator in args.generators.split(","):
+                            if generator == "wrk":
+                                figures = wrk_load(ports[via], url, headers, clients=clients, seconds=args.seconds)
+                                _, size, _ = fetch(ports[via], url, headers)
+                                figures["bytes"] = size
+                            else:
+                                figures = load(ports[via], url, headers, clients=clients, seconds=args.seconds,
+                                               think=args.think)  # fmt: skip
+                            figures.update({"via": via, "generator": generator})
+                            results.setdefault(name, []).append(figures)
+                            print(f"{via:<5} {generator:<6} {name:<9} {clients:>4} clients  p50 {figures['p50_ms']:>9} ms"
+                                  f"  p99 {figures['p99_ms']:>9} ms  {figures['rps']:>8} req/s  {figures['bytes']:>8} B"
+                                  f"  {queries[name]['queries']:>3} queries"
+                                  f"  {figures.get('statuses') or figures.get('non_2xx_3xx')} {figures['errors'][:1]}",
+                                  flush=True)  # fmt: skip
             report = {
                 "db": args.db, "entries": args.entries, "vendors": args.vendors, "seconds": args.seconds,
                 "think": args.think,
-                "workers": args.workers, "build_s": round(build_s, 1), "python": platform.python_version(),
+                "workers": args.workers, "threads": args.threads, "via": args.via, "generators": args.generators,
+                "build_s": round(build_s, 1), "python": platform.python_version(),
                 "cpus": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
                 "load_after": [round(x, 2) for x in os.getloadavg()],
                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                          text=True).stdout.strip() or "(exported tree)",
                 "queries": queries, "results": results,
             }  # fmt: skip
-            print(json.dumps({k: report[k] for k in ("db", "entries", "workers", "cpus", "load_before", "load_after",
+            print(json.dumps({k: report[k] for k in ("db", "entries", "workers", "threads", "cpus", "load_before", "load_after",
                                                      "build_s", "queries")}))  # fmt: skip
             if args.json:
                 Path(args.json).write_text(json.dumps(report, indent=2))
         finally:
-            if gunicorn is not None:
-                gunicorn.terminate()
-                gunicorn.wait(timeout=30)
+            for process in (nginx, gunicorn):
+                if process is not None:
+                    process.terminate()
+                    process.wait(timeout=30)
             if args.db == "postgres":
                 from django.db import connections
 
