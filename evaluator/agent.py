@@ -532,11 +532,11 @@ class Agent:
         verify_sha256(artifact, spec["sha256"])
         model_path = Path(prepare_model(artifact, model_format=spec["format"], dest=work / "model"))
         inputs = data.write_sandbox_inputs(work)
-        factory = self._training_session
+        factory, warm = self._training_session, {}
         if factory is None:
             from evaluator.training_sandbox import TrainingSession
 
-            factory = TrainingSession
+            factory, warm = TrainingSession, {"pool": self._training_pool()}
         session = factory(
             image=self.image(),
             model_path=model_path,
@@ -546,6 +546,7 @@ class Agent:
             val_features_path=inputs[2],
             work_dir=work,
             limits=spec["limits"],
+            **warm,
         )
         submission = job["submission"]
         try:
@@ -563,6 +564,45 @@ class Agent:
             return participant.run()
         finally:
             session.close()
+
+    # -- warm training sandboxes (evaluator/training_pool.py) ------------------------------------
+
+    _train_pool: Any = None  # the TrainingPool, made at the first use
+
+    def _training_pool(self) -> Any:
+        """Pre-started training sandboxes (``pool_size`` > 0): one per (image, format, limits)
+        a run of which this agent has run or warmed (``warm_training_sandbox``). Like the cold
+        training session it runs under runc. None when the pool is off or cannot start."""
+        if self._train_pool is None and self.config.pool_size > 0:
+            from evaluator.training_pool import TrainingPool
+
+            try:
+                self._train_pool = TrainingPool(
+                    work_root=self.config.work_dir, size=1, memory_mb=self.config.pool_memory_mb, runtime="runc"
+                )
+            except Exception:
+                log.exception("could not start the warm training pool; training sandboxes start cold")
+        return self._train_pool
+
+    def warm_training_sandbox(self, model_format: str, limits: Any) -> None:
+        """Start a training sandbox ahead for runs of ``model_format`` under ``limits`` (e.g.
+        after evaluating a fine-tunable submission: a run of it may follow). Never fatal."""
+        from evaluator.sandbox import TRAINABLE_FORMATS
+        from evaluator.sandbox_pool import PoolKey
+
+        if model_format not in TRAINABLE_FORMATS or self._training_session is not None:
+            return
+        try:
+            pool = self._training_pool()
+            if pool is not None:
+                pool.want(PoolKey(self.image_id(), model_format, limits, pool.runtime))
+        except Exception as exc:
+            log.warning("could not warm a training sandbox: %s", exc)
+
+    def close_training_pool(self) -> None:
+        pool, self._train_pool = self._train_pool, None
+        if pool is not None:
+            pool.close()
 
     def _evaluate(self, job: Mapping[str, Any]) -> Outcome:
         """What to release for one evaluation job (see the module docstring)."""

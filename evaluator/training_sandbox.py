@@ -126,6 +126,15 @@ class TrainingRound:
     duration_seconds: float
 
 
+BEGIN_NAME = "begin"  # evaluator/runner/train.py: the inputs are in place, start
+READY_NAME = ".ready"  # a pre-started runner's "runtime imported" (evaluator/training_pool.py)
+# Waiting for a round's output: the file is checked every 1 ms growing to 5 ms (a round of a
+# small model takes ~20 ms), the container's state and the output folder's size every 0.1 s
+# (an engine call and a directory scan: not at the file's pace).
+FILE_POLL_SECONDS = (0.001, 0.005)
+ENGINE_CHECK_SECONDS = 0.1
+
+
 def _write_request_file(folder: Path, name: str, data: bytes) -> None:
     tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -175,7 +184,8 @@ class TrainingSession:
         work_dir: Path,
         limits: Limits,
         client: docker.DockerClient | None = None,
-        poll_seconds: float = 0.1,
+        poll_seconds: float = ENGINE_CHECK_SECONDS,
+        pool: Any = None,  # evaluator.training_pool.TrainingPool: a pre-started container if one is ready
     ) -> None:
         if model_format not in TRAINABLE_FORMATS:
             raise SandboxUnavailable(f"format {model_format!r} cannot be fine-tuned")
@@ -187,6 +197,9 @@ class TrainingSession:
         self.limits = limits
         self.poll_seconds = poll_seconds
         self._client = client
+        self.pool = pool
+        self.pool_key: Any = None  # the pool's key of this session (set when a pool is given)
+        self.warm = False  # whether the container was pre-started
         self.container_id: str | None = None
         self.w0: dict[str, Any] = {}
         self._seq = 0
@@ -218,6 +231,19 @@ class TrainingSession:
         client = self._client = self._client or get_client()
         for path in (self.model_path, *self.inputs):
             _check_readable_by_sandbox(path)
+        image_id = resolve_image(client, self.image)
+        if not (self.pool is not None and self._start_pooled(client, image_id)):
+            self._start_cold(client, image_id)
+        self._wait_for("layout.json")
+        self.w0 = _parse_safetensors(self._read_and_remove("w0.safetensors"))
+        self._read_and_remove("layout.json")  # the ready marker; the layout comes from w0 itself
+        assert self.out_dir is not None
+        (self.out_dir / READY_NAME).unlink(missing_ok=True)  # a pre-started runner's; never read
+        if not self.w0:
+            raise InvalidOutput("the model has no trainable parameters")
+        return self.w0
+
+    def _start_cold(self, client: docker.DockerClient, image_id: str) -> None:
         mount_dir = self.mount_dir = make_mount_dir(self.work_dir).resolve()
         staged = [
             stage_input(path, mount_dir / name)
@@ -228,9 +254,10 @@ class TrainingSession:
         self.requests_dir = mount_dir / "requests"
         self.requests_dir.mkdir(mode=0o755)
         self.requests_dir.chmod(0o755)  # noqa: S103 - the sandbox user reads requests
+        _write_request_file(self.requests_dir, BEGIN_NAME, b"")  # the inputs are in place already
         self.out_dir = make_output_dir(mount_dir)
         config = training_container_config(
-            image_id=resolve_image(client, self.image),
+            image_id=image_id,
             model_path=stage_input(
                 self.model_path, mount_dir / PurePosixPath(MODEL_TARGETS[self.model_format]).name
             ),
@@ -247,12 +274,34 @@ class TrainingSession:
             client.api.start(self.container_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise SandboxUnavailable(f"cannot start the training sandbox: {exc}") from exc
-        self._wait_for("layout.json")
-        self.w0 = _parse_safetensors(self._read_and_remove("w0.safetensors"))
-        self._read_and_remove("layout.json")  # the ready marker; the layout comes from w0 itself
-        if not self.w0:
-            raise InvalidOutput("the model has no trainable parameters")
-        return self.w0
+
+    def _start_pooled(self, client: docker.DockerClient, image_id: str) -> bool:
+        """Take a pre-started container of this session's kind, place the run's inputs in its
+        job folder and let it begin. False (the caller starts one cold) when none is pooled or
+        the one taken ended before its run: it never saw a model or a row then."""
+        from evaluator.sandbox_pool import PoolKey
+        from evaluator.training_pool import INPUT_NAMES, MODEL_NAMES, REQUESTS_NAME
+
+        self.pool_key = PoolKey(image_id, self.model_format, self.limits, self.pool.runtime)
+        slot = self.pool.take(self.pool_key)
+        if slot is None:
+            return False
+        try:
+            running = client.api.inspect_container(slot.container_id)["State"]["Running"]
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            running = False
+        if not running:
+            self.pool.discard(slot)
+            return False
+        # From here the container is this session's: close() kills and removes it.
+        self.container_id, self.mount_dir, self.out_dir = slot.container_id, slot.mount_dir, slot.out_dir
+        self.requests_dir = slot.job_dir / REQUESTS_NAME
+        stage_input(self.model_path, slot.job_dir / MODEL_NAMES[self.model_format])
+        for path, name in zip(self.inputs, INPUT_NAMES.values(), strict=True):
+            stage_input(path, slot.job_dir / name)
+        _write_request_file(self.requests_dir, BEGIN_NAME, b"")
+        self.warm = True
+        return True
 
     def run_round(self, offset: Mapping[str, Any], config: Mapping[str, Any]) -> TrainingRound:
         """Train one round from ``w0 + offset``; ``config``: local_epochs, batch_size,
@@ -326,27 +375,38 @@ class TrainingSession:
         assert self._client is not None and self.container_id is not None and self.out_dir is not None
         deadline = time.monotonic() + self.limits.timeout_seconds
         target = self.out_dir / name
+        pause, longest = FILE_POLL_SECONDS
+        next_check = time.monotonic() + self.poll_seconds
         while True:
             if os.path.lexists(target):
                 return
-            try:
-                state = self._client.api.inspect_container(self.container_id)["State"]
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise SandboxUnavailable(f"docker engine error: {exc}") from exc
-            if not state["Running"]:
-                if os.path.lexists(target):
-                    return
-                logs = _logs(self._client, self.container_id)
-                code = int(state.get("ExitCode", -1))
-                if state.get("OOMKilled"):
-                    raise SandboxOutOfMemory("the memory limit was hit", logs=logs, exit_code=code)
-                raise SandboxCrashed(f"the training runner exited with {code}", logs=logs, exit_code=code)
-            size, entries = output_usage(self.out_dir)
-            if size > self.max_bytes or entries > MAX_OUTPUT_ENTRIES:
-                raise InvalidOutput("the output folder grew past its cap")
-            if time.monotonic() >= deadline:
-                raise SandboxTimeout(f"no {name} after {self.limits.timeout_seconds} s")
-            time.sleep(self.poll_seconds)
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + self.poll_seconds
+                self._check_alive(target)
+                if now >= deadline:
+                    raise SandboxTimeout(f"no {name} after {self.limits.timeout_seconds} s")
+            time.sleep(pause)
+            pause = min(longest, pause * 1.5)
+
+    def _check_alive(self, target: Path) -> None:
+        """Raise if the container has ended (without ``target``) or flooded its output folder."""
+        assert self._client is not None and self.container_id is not None and self.out_dir is not None
+        try:
+            state = self._client.api.inspect_container(self.container_id)["State"]
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise SandboxUnavailable(f"docker engine error: {exc}") from exc
+        if not state["Running"]:
+            if os.path.lexists(target):
+                return
+            logs = _logs(self._client, self.container_id)
+            code = int(state.get("ExitCode", -1))
+            if state.get("OOMKilled"):
+                raise SandboxOutOfMemory("the memory limit was hit", logs=logs, exit_code=code)
+            raise SandboxCrashed(f"the training runner exited with {code}", logs=logs, exit_code=code)
+        size, entries = output_usage(self.out_dir)
+        if size > self.max_bytes or entries > MAX_OUTPUT_ENTRIES:
+            raise InvalidOutput("the output folder grew past its cap")
 
     def _read_and_remove(self, name: str) -> bytes:
         from evaluator.outputs import _read_capped
@@ -374,6 +434,8 @@ class TrainingSession:
                 pass
         if self.mount_dir is not None:  # the requests, the outputs and the staged inputs
             shutil.rmtree(self.mount_dir, ignore_errors=True)
+        if self.pool is not None and self.pool_key is not None:
+            self.pool.want(self.pool_key)  # the next run of this kind starts warm
 
 
 __all__ = ["TrainingRound", "TrainingSession", "training_container_config"]

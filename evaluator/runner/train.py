@@ -14,6 +14,10 @@
    ``mu > 0``); predict the training rows with the new weights (``train-<seq>.npy``, the host
    computes the training loss from them); write ``weights-<seq>.safetensors`` and, last, ``result-<seq>.json``
    (``train_loss``, ``n_examples``). ``stop`` in the requests folder ends the process.
+0. Nothing is read before ``begin`` is in the requests folder. The host writes it before it
+   starts a cold sandbox; a pre-started (warm) one finds none: it imports the format's runtime,
+   writes ``/out/.ready`` and waits for ``begin``, which the host writes after it placed the
+   run's inputs in the job folder (``evaluator/training_pool.py``). No vendor code runs before.
 3. A request with ``dp`` (``example_clip_norm``, ``noise_multiplier``, ``sample_rate``,
    ``steps``) trains with record-level DP-SGD instead (``dpsgd``: Poisson sampling, per-example
    clipping, Gaussian noise; TorchScript only). A model that changes its own state during an
@@ -34,11 +38,21 @@ from typing import Any
 
 import numpy as np
 
-from .dpsgd import PolicyViolation
+from .dpsgd import PolicyViolation, check_script_ops
 from .errors import EXIT_INPUT, EXIT_LOAD, EXIT_OUTPUT, EXIT_PREDICT, RunnerError
+from .loaders import warm_imports
 from .predict import read_features
 
-POLL_SECONDS = 0.05
+# Waiting for the next request: a ``stat`` every 1 ms growing to 5 ms (a round's request is
+# answered within milliseconds), and to 50 ms once no request came for IDLE_AFTER_SECONDS.
+POLL_SECONDS = (0.001, 0.005)
+IDLE_POLL_SECONDS = 0.05
+IDLE_AFTER_SECONDS = 10.0
+BEGIN_NAME = "begin"  # in the requests folder: the inputs are in place
+READY_NAME = ".ready"  # in the output folder: a pre-started runner has its runtime imported
+# A pre-started runner whose agent died must not wait forever (the agent retires it long before).
+BEGIN_TIMEOUT_SECONDS = 1800
+EXIT_IDLE = 9  # as runner.pooled: no run came
 EXIT_TRAIN = 7  # training raised or produced unusable weights
 EXIT_POLICY = 8  # the model tried to keep state across examples or reach outside its inputs (dpsgd)
 
@@ -132,7 +146,9 @@ class TorchScriptTrainer:
         params = [owned[n] for n in self.names]
         anchor = [p.detach().clone() for p in params]
         mu = float(config.get("proximal_mu", 0.0))
-        optimizer = torch.optim.SGD(params, lr=float(config["learning_rate"]))
+        # Plain SGD by hand: p -= lr * grad is torch.optim.SGD's step without momentum or weight
+        # decay, and constructing an optimizer imports torch._dynamo (1-2 s in a fresh sandbox).
+        learning_rate = float(config["learning_rate"])
         x_all = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         y_all = torch.from_numpy(np.ascontiguousarray(labels)).long()
         batch_size = int(config["batch_size"])
@@ -150,9 +166,13 @@ class TorchScriptTrainer:
                 total = loss
                 if mu > 0:
                     total = total + (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
-                optimizer.zero_grad()
+                for p in params:
+                    p.grad = None
                 total.backward()
-                optimizer.step()
+                with torch.no_grad():
+                    for p in params:
+                        if p.grad is not None:
+                            p.add_(p.grad, alpha=-learning_rate)
                 losses.append(float(loss.detach()))
         module.eval()
         self.weights = {n: p.detach().clone() for n, p in zip(self.names, params, strict=True)}
@@ -271,6 +291,19 @@ def load_trainer(model_format: str, model_path: Path) -> Any:
 # --- the serve loop ---------------------------------------------------------------------------
 
 
+def wait_for_begin(model_format: str, requests_dir: Path, output_dir: Path) -> None:
+    """A pre-started sandbox: import the runtime now, say so, then wait for the run's inputs."""
+    warm_imports(model_format)
+    os.close(os.open(output_dir / READY_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    pause, longest = 0.001, 0.01
+    give_up = time.monotonic() + BEGIN_TIMEOUT_SECONDS
+    while not (requests_dir / BEGIN_NAME).exists():
+        if time.monotonic() > give_up:
+            raise RunnerError(EXIT_IDLE, "no run came; a pre-started training runner does not wait forever")
+        time.sleep(pause)
+        pause = min(longest, pause * 1.5)
+
+
 def serve_training(
     *,
     model_format: str,
@@ -280,8 +313,10 @@ def serve_training(
     val_features_path: Path,
     requests_dir: Path,
     output_dir: Path,
-    poll_seconds: float = POLL_SECONDS,
+    poll_seconds: tuple[float, float] = POLL_SECONDS,
 ) -> None:
+    if not (requests_dir / BEGIN_NAME).exists():
+        wait_for_begin(model_format, requests_dir, output_dir)
     features = np.asarray(read_features(train_features_path), dtype=np.float32)
     labels = _read_labels(train_labels_path, features.shape[0])
     val_features = np.asarray(read_features(val_features_path), dtype=np.float32)
@@ -293,13 +328,18 @@ def serve_training(
     _write_atomic(output_dir, "layout.json", json.dumps(layout_json).encode())
 
     seq = 0
+    first, longest = poll_seconds
+    pause, waiting_since = first, time.monotonic()
     while True:
         request_path = requests_dir / f"request-{seq}.json"
         if (requests_dir / "stop").exists():
             return
         if not request_path.exists():
-            time.sleep(poll_seconds)
+            time.sleep(pause)
+            idle = time.monotonic() - waiting_since > IDLE_AFTER_SECONDS
+            pause = IDLE_POLL_SECONDS if idle else min(longest, pause * 1.5)
             continue
+        pause = first
         try:
             request = json.loads(request_path.read_text(encoding="utf-8"))
             offset_name = str(request["offset"])
@@ -309,8 +349,13 @@ def serve_training(
             raise RunnerError(EXIT_INPUT, f"bad round request: {type(exc).__name__}") from exc
         offset = read_offset(requests_dir / offset_name, layout)
         start = {n: w0[n] + offset[n] if n in offset else w0[n] for n in w0}
-        if request.get("dp") is not None and not isinstance(trainer, TorchScriptTrainer):
-            raise RunnerError(EXIT_POLICY, "record-level DP-SGD needs a TorchScript model")
+        if request.get("dp") is not None:
+            if not isinstance(trainer, TorchScriptTrainer):
+                raise RunnerError(EXIT_POLICY, "record-level DP-SGD needs a TorchScript model")
+            try:  # before any of the model's code runs (the validation predict comes first)
+                check_script_ops(trainer.module)
+            except PolicyViolation as exc:
+                raise RunnerError(EXIT_POLICY, f"policy violation: {exc}") from exc
         try:
             trainer.set_weights(start)
             val_predictions = trainer.predict(val_features)
@@ -339,3 +384,4 @@ def serve_training(
         result = {"seq": seq, "train_loss": loss if np.isfinite(loss) else None, "n_examples": int(features.shape[0])}
         _write_atomic(output_dir, f"result-{seq}.json", json.dumps(result).encode())
         seq += 1
+        waiting_since = time.monotonic()

@@ -3,7 +3,8 @@
 Each hostile model trains one record-level DP-SGD round in a kept-alive training sandbox; the
 runner must end with ``EXIT_POLICY`` (8, which the site reports as ``policy_violation``). The
 positive control, the same architecture without the trick, trains the round and its weights
-move. About 6-10 s per sandbox (torch import), 6 sandboxes.
+move. Each runs twice: in a cold session and in a pre-started (pooled) one
+(``tests/federated/training_pools.py``). About 6-10 s per sandbox (torch import), 12 sandboxes.
 """
 
 from typing import List  # noqa: UP035 - TorchScript needs typing.List
@@ -16,6 +17,7 @@ from torch import nn
 from evaluator import sandbox
 from evaluator.sandbox import Limits
 from evaluator.training_sandbox import TrainingSession
+from tests.federated.training_pools import check_kind, prestart, training_pool  # noqa: F401
 from tests.sandbox.conftest import docker_client, runner_image  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -101,7 +103,7 @@ class ReadsTheTrainingFile(nn.Module):
         return torch.softmax(self.fc(x) + 0.0 * rows.float().sum(), dim=1)
 
 
-def _session(tmp_path, docker_client, runner_image, module):  # noqa: F811 - fixture values
+def _session(tmp_path, docker_client, runner_image, module, pool=None):  # noqa: F811 - fixture values
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).astype(np.float32)
     y = rng.integers(0, 3, size=200).astype(np.int64)
@@ -116,10 +118,12 @@ def _session(tmp_path, docker_client, runner_image, module):  # noqa: F811 - fix
     torch.manual_seed(0)
     torch.jit.save(torch.jit.script(module), str(model_path))
     model_path.chmod(0o644)
+    prestart(pool, docker_client, runner_image, LIMITS)
     return TrainingSession(
         image=runner_image, model_path=model_path, model_format="torchscript",
         train_features_path=paths["train-features"], train_labels_path=paths["train-labels"],
         val_features_path=paths["val-features"], work_dir=work, limits=LIMITS, client=docker_client,
+        pool=pool,
     )  # fmt: skip
 
 
@@ -129,8 +133,9 @@ def _round(session):
     return session.run_round(offset, config)
 
 
-def test_positive_control_trains_a_dp_round(tmp_path, docker_client, runner_image):  # noqa: F811
-    with _session(tmp_path, docker_client, runner_image, Honest()) as session:
+def test_positive_control_trains_a_dp_round(tmp_path, docker_client, runner_image, training_pool):  # noqa: F811
+    with _session(tmp_path, docker_client, runner_image, Honest(), training_pool) as session:
+        check_kind(session, training_pool)
         w0 = {n: v.copy() for n, v in session.w0.items()}
         result = _round(session)
     moved = sum(float(np.abs(result.weights[n] - w0[n]).sum()) for n in w0)
@@ -138,9 +143,12 @@ def test_positive_control_trains_a_dp_round(tmp_path, docker_client, runner_imag
 
 
 @pytest.mark.parametrize("model", [PreviousRow, Remembers, BufferSum, WritesParameters, ReadsTheTrainingFile])
-def test_a_model_that_tries_to_void_per_example_clipping_is_stopped(tmp_path, docker_client, runner_image, model):  # noqa: F811
-    session = _session(tmp_path, docker_client, runner_image, model())
+def test_a_model_that_tries_to_void_per_example_clipping_is_stopped(
+    tmp_path, docker_client, runner_image, model, training_pool  # noqa: F811
+):
+    session = _session(tmp_path, docker_client, runner_image, model(), training_pool)
     with session, pytest.raises(sandbox.SandboxCrashed) as crashed:
+        check_kind(session, training_pool)
         _round(session)
     assert crashed.value.exit_code == EXIT_POLICY
     assert "policy violation" in str(crashed.value.logs)

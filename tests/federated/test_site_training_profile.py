@@ -122,3 +122,42 @@ def test_the_train_split_is_stored_apart_with_a_seeded_validation_holdout(tmp_pa
 def test_an_unknown_split_is_refused(tmp_path):
     with pytest.raises(InvalidData):
         _register(tmp_path, "validation")
+
+
+def _pooled_config(model_format="torchscript", runtime="runc"):
+    from evaluator.sandbox_pool import PoolKey
+    from evaluator.training_pool import pooled_training_config
+
+    key = PoolKey("sha256:" + "a" * 64, model_format, LIMITS, runtime)
+    return pooled_training_config(key=key, job_dir=Path("/site/work/pool-1/m/job"), out_dir=Path("/site/work/pool-1/m/out-1"))
+
+
+def test_a_pre_started_training_sandbox_has_the_cold_profile():
+    pooled, cold = _pooled_config(), make_config()
+    differ = {k for k in set(pooled) | set(cold) if pooled.get(k) != cold.get(k)}
+    assert differ == {"command", "mounts", "name", "labels"}
+    assert pooled["labels"] == {sandbox.SANDBOX_LABEL: "1", "vaultbench.pool": "1"}
+    assert "runtime" not in pooled
+
+
+def test_a_pre_started_training_sandbox_mounts_one_read_only_job_folder():
+    mounts = {m["Target"]: m for m in _pooled_config()["mounts"]}
+    assert set(mounts) == {"/job", "/out"}
+    assert mounts["/job"]["ReadOnly"] is True and mounts["/out"]["ReadOnly"] is False
+    assert mounts["/job"]["Source"] == "/site/work/pool-1/m/job"
+
+
+def test_a_pre_started_training_runner_reads_its_inputs_from_the_job_folder():
+    command = _pooled_config()["command"]
+    cold = make_config()["command"]
+    assert command[0] == cold[0] == "train"
+    assert command[1::2] == cold[1::2]  # the same flags, in the same order
+    values = dict(zip(command[1::2], command[2::2], strict=True))
+    assert values == {
+        "--format": "torchscript", "--model": "/job/model.pt", "--train-features": "/job/train-features.npy",
+        "--train-labels": "/job/train-labels.npy", "--val-features": "/job/val-features.npy",
+        "--requests": "/job/requests", "--output": "/out",
+    }  # fmt: skip
+    assert _pooled_config("python_package")["command"][4] == "/job/model"
+    with pytest.raises(ValueError):
+        _pooled_config("sklearn")

@@ -3,10 +3,12 @@
 One container serves two rounds of a tiny TorchScript classifier under the hardened profile:
 the loss goes down, no network, read-only root, nothing but the train rows mounted; the
 container is gone after ``close()``; a fine-tuned offset applied by ``predict`` gives the same
-model as ``w0 + D``.
+model as ``w0 + D``. Each runs with a cold session and with a pre-started (pooled) one.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from evaluator import sandbox
 from evaluator.outputs import load_predictions
 from evaluator.sandbox import Limits
 from evaluator.training_sandbox import TrainingSession
+from tests.federated.training_pools import check_kind, prestart, training_pool  # noqa: F401
 from tests.sandbox.conftest import docker_client, runner_image  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -56,8 +59,11 @@ def _log_loss(probs, labels):
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1))))
 
 
-def test_kept_alive_sandbox_trains_two_rounds_and_lowers_the_loss(docker_client, runner_image, training_inputs):  # noqa: F811 - fixtures
+def test_kept_alive_sandbox_trains_two_rounds_and_lowers_the_loss(
+    docker_client, runner_image, training_inputs, training_pool  # noqa: F811 - fixtures
+):
     work, model_path, paths, x, y = training_inputs
+    prestart(training_pool, docker_client, runner_image, LIMITS)
     session = TrainingSession(
         image=runner_image,
         model_path=model_path,
@@ -68,19 +74,30 @@ def test_kept_alive_sandbox_trains_two_rounds_and_lowers_the_loss(docker_client,
         work_dir=work,
         limits=LIMITS,
         client=docker_client,
+        pool=training_pool,
     )
     with session:
+        check_kind(session, training_pool)
         w0 = session.w0
         assert sorted(w0) == ["fc.bias", "fc.weight"] and w0["fc.weight"].shape == (3, 4)
         container = docker_client.api.inspect_container(session.container_id)
         assert container["HostConfig"]["NetworkMode"] == "none"
         assert container["HostConfig"]["ReadonlyRootfs"] is True
         assert container["Config"]["User"] == "65534:65534"
-        targets = sorted(m["Destination"] for m in container["Mounts"])
-        assert targets == [
-            "/data/train/features.npy", "/data/train/labels.npy", "/data/validation/features.npy",
-            "/model/model.pt", "/out", "/requests",
-        ]  # fmt: skip
+        assert container["HostConfig"]["CapDrop"] == ["ALL"] and container["HostConfig"]["Privileged"] is False
+        mounts = {m["Destination"]: m for m in container["Mounts"]}
+        if training_pool is None:
+            assert sorted(mounts) == [
+                "/data/train/features.npy", "/data/train/labels.npy", "/data/validation/features.npy",
+                "/model/model.pt", "/out", "/requests",
+            ]  # fmt: skip
+        else:  # one read-only job folder: the model, the training rows, the validation features
+            assert sorted(mounts) == ["/job", "/out"]
+            job = Path(mounts["/job"]["Source"])
+            assert sorted(p.name for p in job.iterdir()) == [
+                "model.pt", "requests", "train-features.npy", "train-labels.npy", "val-features.npy",
+            ]  # fmt: skip
+        assert [t for t, m in mounts.items() if m["RW"]] == ["/out"]
         config = {"local_epochs": 3, "batch_size": 16, "learning_rate": 0.5, "proximal_mu": 0.0, "seed": 1}
         offset = {n: np.zeros_like(v) for n, v in w0.items()}
         first = session.run_round(offset, config)
@@ -123,8 +140,11 @@ def test_kept_alive_sandbox_trains_two_rounds_and_lowers_the_loss(docker_client,
 MiB = 1024 * 1024
 
 
-def test_a_crashing_training_runner_is_reported_and_removed(docker_client, runner_image, training_inputs):  # noqa: F811 - fixtures
+def test_a_crashing_training_runner_is_reported_and_removed(
+    docker_client, runner_image, training_inputs, training_pool  # noqa: F811 - fixtures
+):
     work, model_path, paths, *_ = training_inputs
+    prestart(training_pool, docker_client, runner_image, LIMITS)
     bad_labels = work / "bad-labels.npy"
     np.save(bad_labels, np.zeros(3, dtype=np.int64))  # wrong row count: the runner exits
     bad_labels.chmod(0o644)
@@ -132,10 +152,12 @@ def test_a_crashing_training_runner_is_reported_and_removed(docker_client, runne
         image=runner_image, model_path=model_path, model_format="torchscript",
         train_features_path=paths["train-features"], train_labels_path=bad_labels,
         val_features_path=paths["val-features"], work_dir=work, limits=LIMITS, client=docker_client,
+        pool=training_pool,
     )  # fmt: skip
     with pytest.raises(sandbox.SandboxCrashed):
         session.start()
-    assert session._closed
+    check_kind(session, training_pool)
+    assert session._closed and not session.mount_dir.exists()
     with pytest.raises(docker.errors.NotFound):
         docker_client.api.inspect_container(session.container_id)
 
