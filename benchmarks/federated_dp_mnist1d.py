@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "docs" / "examples"))
 
 N_SITES = 4
+THRESHOLD = N_SITES // 2 + 1  # the secure aggregation threshold the hub sets by default
 DELTA = 1e-5
 
 
@@ -117,12 +118,14 @@ def run(
 ):
     """One federated run; returns two test-accuracy curves (after each round): of the global model,
     and of its exponential moving average ``a <- ema a + (1 - ema) w`` over the rounds (a
-    post-processing of the released models: no privacy cost; not what the hub does today)."""
+    post-processing of the released models: no privacy cost; not what the hub does today); and
+    the largest norm of a site's update before the agent's update bound."""
     import torch
 
     from evaluator.federated.client_update import prepare_site_update
     from evaluator.federated.strategies import mean_update
     from evaluator.federated.updates import dequantize, quantization_range
+    from evaluator.privacy.distributed import site_noise_share
     from evaluator.runner.dpsgd import DPConfig, VmapGrads, dp_sgd
 
     names = sorted(
@@ -150,6 +153,7 @@ def run(
     rng = np.random.default_rng(seed)
     curve, ema_curve = [], []
     average = w.copy()
+    update_norms: list[float] = []  # what an update bound must not cut (distributed noise needs it linear)
     min_rows = min(len(y) for _, y in train)
     # FedSGD rounds: every site weighs its delta by n_k / cap as the agent does under example
     # weighting, the hub divides the sum by sum(n_k) / cap: the aggregate is
@@ -162,9 +166,9 @@ def run(
         for (x, y), weight in zip(train, weights, strict=True):
             if dp is not None:
                 q = 1.0 if fedsgd else batch / min_rows
-                # distributed noise: under secure aggregation each site adds sigma / sqrt(n) and
-                # the released sum carries sigma (FedSGD only: one linear step per round)
-                site_sigma = dp["sigma"] / np.sqrt(N_SITES) if fedsgd and secure else dp["sigma"]
+                # distributed noise: under secure aggregation each site adds sigma / sqrt(t) and any
+                # released sum (of >= t sites) carries >= sigma (FedSGD only: one linear step per round)
+                site_sigma = site_noise_share(dp["sigma"], THRESHOLD) if fedsgd and secure else dp["sigma"]
                 config = DPConfig(example_clip_norm=dp["clip"], noise_multiplier=site_sigma, sample_rate=q,
                                   steps=local_epochs * int(np.ceil(1 / q)))  # fmt: skip
                 new = dp_sgd(grads, {n: torch.from_numpy(v) for n, v in old.items()}, names, x, y, config=config,
@@ -172,11 +176,12 @@ def run(
                 new = {n: (old[n] + weight * (t.numpy() - old[n])).astype(np.float32) for n, t in new.items()}
             else:
                 new = plain_sgd(model, names, old, x, y, lr=lr, batch=batch, epochs=local_epochs, rng=rng)
-            vector, _ = prepare_site_update(
+            vector, report = prepare_site_update(
                 old_weights=old, new_weights=new, clip_norm=update_clip, noise_multiplier=0.0,
                 n_sites=N_SITES, rng=rng, quantization_bits=20 if secure else None,
             )  # fmt: skip
             vectors.append(vector)
+            update_norms.append(report.norm_before_clip)
         if secure:
             total = np.sum(np.stack(vectors).astype(np.uint64), axis=0) % np.uint64(2**32)
             summed = dequantize(total.astype(np.uint32), clip_norm=quantization_range(update_clip, 0.0), bits=20,
@@ -189,7 +194,7 @@ def run(
         curve.append(accuracy(model, names, w, *test))
         average = ema * average + (1 - ema) * w
         ema_curve.append(accuracy(model, names, average, *test))
-    return curve, ema_curve
+    return curve, ema_curve, max(update_norms)
 
 
 def plain_sgd(model, names, old, x, y, *, lr, batch, epochs, rng):
@@ -281,7 +286,7 @@ def plain_fedsgd(
 ):
     """FedSGD written plainly, with none of Vaultbench's code: every round each site sums its rows'
     clipped per-example gradients (``torch.func``) at the global model and adds Gaussian noise
-    (``sigma C / sqrt(n_sites)`` when ``distributed``, else ``sigma C``); the server divides the sum
+    (``sigma C / sqrt(t)``, t the secure aggregation threshold, when ``distributed``, else ``sigma C``); the server divides the sum
     by all sites' rows and takes one heavy-ball step (torch's SGD with momentum)."""
     import torch
     from torch.func import functional_call, grad, vmap
@@ -303,10 +308,12 @@ def plain_fedsgd(
     wrapped = Logits(model)
 
     def loss(p, x, y):
-        return torch.nn.functional.cross_entropy(functional_call(wrapped, p, (x.unsqueeze(0),)), y.unsqueeze(0))
+        return torch.nn.functional.cross_entropy(
+            functional_call(wrapped, p, (x.unsqueeze(0),)), y.unsqueeze(0)
+        )
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))
-    site_sigma = sigma / np.sqrt(len(train)) if distributed else sigma
+    site_sigma = sigma / np.sqrt(THRESHOLD) if distributed else sigma
     rows = sum(len(y) for _, y in train)
     curve, ema_curve = [], []
     for _ in range(rounds):
@@ -342,9 +349,12 @@ def main() -> None:
     parser.add_argument("--recipe", choices=["fedsgd", "local"], default="fedsgd",
                         help="fedsgd: one full-batch DP step per site per round, server momentum, distributed "
                              "noise under secure aggregation; local: Poisson-sampled local DP-SGD steps (session 4)")  # fmt: skip
-    parser.add_argument("--lr", type=float, default=None, help="site lr (default: fedsgd 3, local 5)")
+    parser.add_argument("--lr", type=float, nargs="+", default=None,
+                        help="site lr: one value, or one per epsilon (default: fedsgd 3, local 5)")  # fmt: skip
     parser.add_argument("--server-momentum", type=float, default=None, help="default: fedsgd 0.9, local 0")
-    parser.add_argument("--batch-size", type=int, default=512, help="local: expected batch of the smallest site")
+    parser.add_argument(
+        "--batch-size", type=int, default=512, help="local: expected batch of the smallest site"
+    )
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--clip", type=float, default=1.0, help="per-example clip C")
     parser.add_argument("--update-clip", type=float, default=100.0, help="the agent's whole-update bound")
@@ -361,7 +371,7 @@ def main() -> None:
     parser.add_argument("--parent-steps", type=int, default=60)
     variants = ["vaultbench", "secagg", "plain-loop", "plain-loop-distributed"]
     parser.add_argument("--only", nargs="+", choices=["non-private", *variants], default=["non-private", *variants],
-                        help="plain-loop-distributed: the plain FedSGD loop with sigma / sqrt(n) per site "
+                        help="plain-loop-distributed: the plain FedSGD loop with sigma / sqrt(t) per site "
                              "(what secagg does); fedsgd recipe only")  # fmt: skip
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds batches, noise and quantization of every run"
@@ -369,8 +379,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     fedsgd = args.recipe == "fedsgd"
-    if args.lr is None:
-        args.lr = 3.0 if fedsgd else 5.0
+    lrs = args.lr or [3.0 if fedsgd else 5.0]
+    if len(lrs) not in (1, len(args.epsilons)):
+        parser.error("--lr takes one value or one per epsilon")
+    lr_of = dict(zip(args.epsilons, lrs * len(args.epsilons) if len(lrs) == 1 else lrs, strict=True))
+    args.lr = lrs[0]
     if args.server_momentum is None:
         args.server_momentum = 0.9 if fedsgd else 0.0
     if fedsgd:
@@ -390,10 +403,11 @@ def main() -> None:
                                 "parent_accuracy": parent_acc}, "runs": []}  # fmt: skip
     print(f"parent {parent_acc:.3f}; rows {results['config']['site_rows']}; q {q:.4f}", file=sys.stderr)
 
-    def record(name, eps, sigma, curves, started):
-        curve, ema_curve = curves
-        results["runs"].append({"name": name, "epsilon": eps, "sigma": sigma, "final": curve[-1], "best": max(curve),
+    def record(name, eps, sigma, curves, started, lr=None):
+        curve, ema_curve = curves[:2]
+        results["runs"].append({"name": name, "epsilon": eps, "sigma": sigma, "lr": lr, "final": curve[-1], "best": max(curve),
                                 "final_ema": ema_curve[-1], "curve": curve, "ema_curve": ema_curve,
+                                "max_update_norm": curves[2] if len(curves) > 2 else None,
                                 "seconds": time.perf_counter() - started})  # fmt: skip
         print(f"{name} (sigma {sigma:.3f}): final {curve[-1]:.3f}, best {max(curve):.3f}, "
               f"final of the moving average {ema_curve[-1]:.3f}", file=sys.stderr)  # fmt: skip
@@ -419,19 +433,19 @@ def main() -> None:
             started = time.perf_counter()
             model.load_state_dict(parent_state)
             if variant.startswith("plain-loop") and fedsgd:
-                curves = plain_fedsgd(model, train, test, rounds=args.rounds, sigma=sigma, clip=args.clip, lr=args.lr,
+                curves = plain_fedsgd(model, train, test, rounds=args.rounds, sigma=sigma, clip=args.clip, lr=lr_of[eps],
                                       server_momentum=args.server_momentum, distributed=variant.endswith("distributed"),
                                       ema=args.ema, seed=args.seed)  # fmt: skip
             elif variant == "plain-loop":
                 curves = plain_loop(
-                    model, train, test, sigma=sigma, clip=args.clip, lr=args.lr, q=q, **common
+                    model, train, test, sigma=sigma, clip=args.clip, lr=lr_of[eps], q=q, **common
                 )
             else:
-                curves = run(model, train, test, dp={"clip": args.clip, "sigma": sigma}, lr=args.lr,
+                curves = run(model, train, test, dp={"clip": args.clip, "sigma": sigma}, lr=lr_of[eps],
                              batch=args.batch_size, update_clip=args.update_clip, secure=variant == "secagg",
                              server_lr=args.server_lr, strategy=args.strategy, eta=args.eta, fedsgd=fedsgd,
                              server_momentum=args.server_momentum, **common)  # fmt: skip
-            record(f"eps {eps:g} {variant}", eps, sigma, curves, started)
+            record(f"eps {eps:g} {variant}", eps, sigma, curves, started, lr_of[eps])
     table = {r["name"]: [round(r["final"], 4), round(r["final_ema"], 4)] for r in results["runs"]}
     print(json.dumps({"final [model, moving average]": table}, indent=1))
     if args.json:

@@ -23,6 +23,11 @@ the code the sandbox runs) and the agent's own ``prepare_site_update``.
 - after, calibrated (``--calibrate EPS ROUNDS``, default 8 50): sigma chosen by
   ``evaluator.privacy.calibration.noise_multiplier_for`` so that ROUNDS rounds spend exactly EPS
   (what the accuracy benchmark does), so one round costs less than at the fixed sigma 2.0.
+- after, FedSGD recipe (session 5's accuracy recipe): one full-batch DP-SGD step per site per
+  round (q = 1, the exact Gaussian-DP accountant), sigma calibrated to the same EPS over ROUNDS,
+  and under secure aggregation each site adds only its share ``sigma / sqrt(t)`` (t = 2 of 3, the
+  default threshold; ``evaluator.privacy.distributed``): the released sum carries
+  ``sigma sqrt(3 / 2)``, never less than the sigma that is charged.
 
 Chance is 1/3 of the rows; the table reports recovered labels, chance, and the one-sided binomial
 p-value of doing better than chance, next to the most any decoder can recover under the round's
@@ -165,10 +170,23 @@ def calibrated_sigma(epsilon: float, rounds: int) -> float:
     return noise_multiplier_for(epsilon=epsilon, rounds=rounds, sample_rate=q, local_epochs=1, delta=1e-5)
 
 
-def default_dp(sigma: float) -> dict:
+def fedsgd_dp(epsilon: float, rounds: int) -> dict:
+    """The FedSGD recipe's round: q 1, one step, each site adding its share of the calibrated sigma."""
+    from evaluator.federated.accounting import record_level_epsilon
+    from evaluator.privacy.calibration import noise_multiplier_for
+    from evaluator.privacy.distributed import site_noise_share
+
+    sigma = noise_multiplier_for(epsilon=epsilon, rounds=rounds, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    dp = {"example_clip_norm": 1.0, "noise_multiplier": site_noise_share(sigma, len(SITE_ROWS) // 2 + 1),
+          "sample_rate": 1.0, "steps": 1}  # fmt: skip
+    one = record_level_epsilon(rounds=1, noise_multiplier=sigma, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    return {**dp, "epsilon_one_round": one, "sigma_charged": sigma}
+
+
+def default_dp(sigma: float, q: float | None = None) -> dict:
     from evaluator.federated.accounting import record_level_epsilon, steps_per_round
 
-    q = min(1.0, 32 / int(min(SITE_ROWS) * 0.8))
+    q = min(1.0, 32 / int(min(SITE_ROWS) * 0.8)) if q is None else q
     dp = {
         "example_clip_norm": 1.0,
         "noise_multiplier": sigma,
@@ -197,9 +215,14 @@ def main() -> None:
     calibrated = calibrated_sigma(eps_cap, rounds)
     name = f"after, calibrated (sigma {calibrated:.3f}: eps {eps_cap:g} over {rounds} rounds)"
     settings[name] = default_dp(calibrated)
+    fedsgd = fedsgd_dp(eps_cap, rounds)
+    settings[f"after, FedSGD recipe (sigma {fedsgd['sigma_charged']:.3f} charged, share "
+             f"{fedsgd['noise_multiplier']:.3f} per site; eps {eps_cap:g} over {rounds} rounds)"] = fedsgd  # fmt: skip
     results: dict = {}
     for name, dp in settings.items():
         eps = dp.pop("epsilon_one_round") if dp else math.inf
+        if dp:
+            dp.pop("sigma_charged", None)
         runs = [replay(dp, seed=s) for s in range(args.seeds)]
         bound = label_guess_bound(eps, 1e-5) if dp else 1.0
         results[name] = {"dp": dp, "epsilon_one_round": eps, "bound_fraction": bound, "runs": runs}

@@ -3,8 +3,9 @@ example-weighted mean, server momentum, and distributed noise under secure aggre
 
 The aggregate must be ``-lr (sum of every site's clipped gradients + every site's noise) / sum n_k``:
 one more row anywhere moves it by at most ``lr C / sum n_k``, and with each site adding the share
-``sigma / sqrt(n)`` the noise on it has std ``lr sigma C / sum n_k`` -- the central-DP guarantee
-the accountant charges (``evaluator.privacy.distributed``).
+``sigma / sqrt(t)`` (t the secure aggregation threshold) the noise on a sum of t or more sites has
+std at least ``lr sigma C / sum n_k`` -- the central-DP guarantee the accountant charges
+(``evaluator.privacy.distributed``).
 """
 
 import math
@@ -38,7 +39,7 @@ def _sites(seed=0, sizes=(30, 20, 12)):
     return [(rng.normal(0, 5, (n, 4)).astype(np.float32), rng.integers(0, 3, n)) for n in sizes]
 
 
-def _aggregate(sites, *, sigma, seed):
+def _aggregate(sites, *, sigma, seed, threshold=None):
     """One FedSGD round as the agent and hub run it: each site's full-batch DP-SGD step
     (``dp_sgd`` at q 1, one step, its share of the noise), weighted by n_k / cap; the hub divides
     the sum by sum(n_k) / cap."""
@@ -48,7 +49,7 @@ def _aggregate(sites, *, sigma, seed):
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     grads = VmapGrads(model, names)
     cap = max(len(y) for _, y in sites)
-    share = site_noise_share(sigma, len(sites))
+    share = site_noise_share(sigma, threshold or len(sites))
     total = None
     for k, (x, y) in enumerate(sites):
         config = DPConfig(example_clip_norm=C, noise_multiplier=share, sample_rate=1.0, steps=1)
@@ -74,13 +75,17 @@ def test_one_more_row_moves_the_fedsgd_aggregate_by_at_most_lr_c_over_all_rows()
         assert float(torch.linalg.vector_norm(moved)) >= 0.99 * LR * C / shrunk_rows  # clipped to exactly C
 
 
-def test_the_shares_of_all_sites_add_up_to_sigma_on_the_aggregate():
+@pytest.mark.parametrize("threshold", [3, 2])
+def test_the_shares_of_the_sites_add_up_to_at_least_sigma_on_the_aggregate(threshold):
     sites, sigma = _sites(), 3.0
     rows = sum(len(y) for _, y in sites)
     clean = _aggregate(sites, sigma=0.0, seed=0)
-    noise = torch.stack([_aggregate(sites, sigma=sigma, seed=s) - clean for s in range(1, 301)])
-    std = float(noise.std())
-    assert std == pytest.approx(LR * sigma * C / rows, rel=0.05)  # central DP's noise, not sqrt(n) times it
+    noise = torch.stack(
+        [_aggregate(sites, sigma=sigma, seed=s, threshold=threshold) - clean for s in range(1, 301)]
+    )
+    # central DP's noise (times sqrt(n / t) when all n sites are in), not sqrt(n) times it as with local DP
+    expected = LR * sigma * C / rows * math.sqrt(len(sites) / threshold)
+    assert float(noise.std()) == pytest.approx(expected, rel=0.05)
 
 
 def test_distributed_noise_applies_only_to_one_linear_step_under_secure_aggregation():
@@ -89,8 +94,10 @@ def test_distributed_noise_applies_only_to_one_linear_step_under_secure_aggregat
     assert not applies(secure_aggregation=True, sample_rate=0.5, local_epochs=1)  # two steps per round
     assert not applies(secure_aggregation=True, sample_rate=1.0, local_epochs=2)
     assert site_noise_share(4.0, 4) == 2.0
-    assert contributed_noise_multiplier(4.0, 4, 4) == 4.0
-    assert contributed_noise_multiplier(4.0, 4, 3) == pytest.approx(4.0 * math.sqrt(3 / 4))  # a dropout
+    assert contributed_noise_multiplier(4.0, 3, 4) == pytest.approx(
+        4.0 * math.sqrt(4 / 3)
+    )  # all 4 honest, t 3
+    assert contributed_noise_multiplier(4.0, 3, 2) == pytest.approx(4.0 * math.sqrt(2 / 3))  # only 2 honest
     with pytest.raises(ValueError):
         site_noise_share(1.0, 0)
 
