@@ -246,6 +246,7 @@ class Agent:
             self._pool = WarmPool(
                 work_root=self.config.work_dir, size=self.config.pool_size,
                 memory_mb=self.config.pool_memory_mb, runtime=self.config.sandbox_runtime,
+                compile_models=self.config.compile_models,
             )  # fmt: skip
         return self._pool
 

@@ -19,7 +19,7 @@ Why this gives a hostile vendor nothing new:
   than the pickle itself could compute in that job;
 - the numbers may carry what the first job's model saw: that shard's features (never labels:
   they never enter an evaluation sandbox). A form is therefore used only for the same artifact
-  (sha256), the same verified shard file (its inode, size and times: ``features_identity``) and
+  (sha256), the same verified shard file (its path, inode, size and mtime: ``features_identity``) and
   the same runner image, within one agent's life: it only ever meets features that the same
   artifact sees in every one of its jobs. Nothing crosses tasks, shards, artifacts or sites, and
   nothing of it leaves the site except through the job's usual, accounted release;
@@ -176,9 +176,11 @@ def write(folder: Path, spec: dict[str, Any], tensors: dict[str, np.ndarray]) ->
     folder.chmod(0o755)
 
 
-def features_identity(path: Path) -> tuple[int, ...]:
+def features_identity(path: Path) -> tuple[str | int, ...]:
+    """The shard file as the cache knows it. Not its ctime: staging hard-links it into each job's
+    folder, which changes the ctime (and the link count) of the same, unchanged file."""
     st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def n_features_of(path: Path) -> int:

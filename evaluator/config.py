@@ -14,6 +14,7 @@ two in step); ``vaultbench-site init`` writes a commented file. Example ``site.t
     sandbox_runtime = "runc"    # or "runsc" (gVisor), when the engine has it (docs/sandbox.md)
     pool_size = 1               # warm sandboxes per (image, format, limits); 0: every job cold
     pool_memory_mb = 4096       # the idle pool's memory limits, summed, stay below this
+    compile_models = true       # numpy-only form of linear scikit-learn models for their later jobs
 
     [limits]              # the SITE's maximums; a job spec can never loosen them
     max_memory_mb = 4096
@@ -119,6 +120,9 @@ class AgentConfig:
     # limits), each for one job. 0 turns it off; every job then starts its container cold.
     pool_size: int = 1
     pool_memory_mb: int = 4096  # bound on the sum of the idle pooled containers' memory limits
+    # With the pool: a scikit-learn model's first job on a shard also converts it to a numpy-only
+    # form its later jobs there run (evaluator/compiled_models.py).
+    compile_models: bool = True
     limits: LimitCaps = field(default_factory=LimitCaps)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -238,6 +242,7 @@ _TOP_KEYS = {
     "sandbox_runtime",
     "pool_size",
     "pool_memory_mb",
+    "compile_models",
     "limits",
     "retry",
 }
@@ -257,6 +262,7 @@ _ENV_TOP = {
     "VAULTBENCH_SANDBOX_RUNTIME": "sandbox_runtime",
     "VAULTBENCH_POOL_SIZE": "pool_size",
     "VAULTBENCH_POOL_MEMORY_MB": "pool_memory_mb",
+    "VAULTBENCH_COMPILE_MODELS": "compile_models",
 }
 _ENV_LIMITS = {
     "VAULTBENCH_MAX_MEMORY_MB": "max_memory_mb",
@@ -439,6 +445,7 @@ def load_config(
         sandbox_runtime=_runtime(raw.get("sandbox_runtime", "runc")),
         pool_size=_non_negative_int("pool_size", raw.get("pool_size", AgentConfig.pool_size)),
         pool_memory_mb=_non_negative_int("pool_memory_mb", raw.get("pool_memory_mb", AgentConfig.pool_memory_mb)),
+        compile_models=_bool("compile_models", raw.get("compile_models", AgentConfig.compile_models)),
         limits=caps,
         retry=retry,
     )

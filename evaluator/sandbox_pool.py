@@ -178,6 +178,7 @@ class WarmPool:
         runtime: str = "runc",
         client_factory: Any = None,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
+        compile_models: bool = False,
     ) -> None:
         from evaluator.workdirs import claim_work_dir
 
@@ -187,6 +188,7 @@ class WarmPool:
         self.memory_mb = memory_mb
         self.runtime = runtime
         self.ready_timeout = ready_timeout
+        self.compile_models = compile_models  # the agent turns it on (site setting compile_models)
         self._client_factory = client_factory or sandbox.get_client
         self._job_client: Any = None
         work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -225,7 +227,7 @@ class WarmPool:
         # The agent passes the id it pinned for the job; a tag is resolved here.
         image_id = image if image.startswith("sha256:") else sandbox.resolve_image(client, image)
         convert_key = None
-        if model_format == "sklearn" and weights_offset_path is None:
+        if self.compile_models and model_format == "sklearn" and weights_offset_path is None:
             convert_key = self.compiled.key(model_path=model_path, features_path=features_path, image_id=image_id)
             compiled = self.compiled.get(convert_key)
             if compiled is not None:  # this artifact's checked numpy-only form, for this shard
@@ -236,8 +238,12 @@ class WarmPool:
                 features_path=features_path, weights_offset_path=weights_offset_path,
                 compile_model=convert_key is not None, **job,
             )  # fmt: skip
-        if convert_key is not None:
-            self._keep_compiled(convert_key, run, features_path)
+        if convert_key is not None and self._keep_compiled(convert_key, run, features_path):
+            compiled_key = PoolKey(image_id, "compiled", limits, self.runtime)
+            with self._cond:  # the artifact's next job will want a numpy-only container: start one
+                self._recent.pop(compiled_key, None)
+                self._recent[compiled_key] = None
+                self._cond.notify_all()
         return run
 
     def _run(
@@ -264,17 +270,20 @@ class WarmPool:
             client=client, weights_offset_path=weights_offset_path, compile_model=compile_model,
         )  # fmt: skip
 
-    def _keep_compiled(self, convert_key: str, run: SandboxRun, features_path: Path) -> None:
+    def _keep_compiled(self, convert_key: str, run: SandboxRun, features_path: Path) -> bool:
         """Check and keep what the run left in ``/out/compiled``; the folder is removed either way,
         so the output folder holds the predictions alone, as the job's reader requires."""
         left = Path(run.predictions_path).parent / COMPILED_NAME
         if not os.path.lexists(left):
-            return
+            return False
         try:
-            if self.compiled.store(convert_key, left, n_features=n_features_of(features_path)):
+            kept = self.compiled.store(convert_key, left, n_features=n_features_of(features_path))
+            if kept:
                 log.info("compiled form kept: later jobs of this artifact on this shard import numpy only")
+            return kept
         except Exception as exc:  # the job's own result does not depend on it
             log.warning("compiled form not kept: %s", exc)
+            return False
         finally:
             if os.path.lexists(left):
                 if os.path.isdir(left) and not os.path.islink(left):
