@@ -47,6 +47,8 @@ from evaluator.federated.accounting import (
 from evaluator.federated.client_update import prepare_site_update
 from evaluator.federated.secagg import RoundParams, SecAggClient
 from evaluator.federated.updates import Layout, flatten, max_bits_for_sites
+from evaluator.privacy.distributed import applies as distributed_applies
+from evaluator.privacy.distributed import site_noise_share
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,11 @@ def parse_run(run: Any) -> RunSpec:
             raise refuse("run.dp.steps must be local_epochs * ceil(1 / sample_rate)")
         if spec.noise_multiplier:
             raise refuse("a record-level run adds no site-level noise")
+        if spec.dp.get("distributed") and not distributed_applies(
+            secure_aggregation=spec.secure_aggregation, sample_rate=spec.dp["sample_rate"],
+            local_epochs=spec.local_epochs,
+        ):  # fmt: skip
+            raise refuse("distributed DP noise needs secure aggregation and one full-batch step per round")
     if not 1 <= spec.participant <= n:
         raise refuse("run.participant must be in 1..n_participants")
     if not 1 <= spec.rounds <= 100_000:
@@ -225,11 +232,15 @@ def _parse_dp(raw: Any) -> dict[str, Any] | None:
         raise SiteRunError("policy_violation", f"run.dp: {exc}") from None
     if config.noise_multiplier <= 0:
         raise SiteRunError("policy_violation", "run.dp.noise_multiplier must be > 0")
+    distributed = raw.get("distributed", False) if isinstance(raw, Mapping) else False
+    if not isinstance(distributed, bool):
+        raise SiteRunError("policy_violation", "run.dp.distributed must be a boolean")
     return {
         "example_clip_norm": config.example_clip_norm,
         "noise_multiplier": config.noise_multiplier,
         "sample_rate": config.sample_rate,
         "steps": config.steps,
+        "distributed": distributed,  # noise_multiplier is the sum's; this site adds its share (issue 10)
     }
 
 
@@ -553,6 +564,8 @@ class SiteParticipant:
         if self.spec.privacy_unit == "record":  # the hub's steps are for the run's local_epochs
             config["local_epochs"] = self.spec.local_epochs
             config["dp"] = dict(self.spec.dp or {})
+            if config["dp"].pop("distributed", False):  # any released sum of >= t shares carries sigma
+                config["dp"]["noise_multiplier"] = site_noise_share(config["dp"]["noise_multiplier"], self.spec.threshold)
         return config
 
     def _download_offset(self, number: int, state: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:

@@ -122,3 +122,50 @@ def test_server_momentum_is_heavy_ball_on_the_mean_update_and_survives_the_hub_r
     assert np.allclose(got, expected)
     with pytest.raises(ValueError):
         FedAvg(server_momentum=1.0)
+
+
+# --- the site agent: the hub asks for distributed noise, the site checks it applies -----------
+
+RECORD_RUN = {
+    "id": 4, "participant": 1, "n_participants": 4, "rounds": 50, "local_epochs": 1, "batch_size": 700,
+    "learning_rate": 3.0, "strategy": "fedavg", "proximal_mu": 0.0, "secure_aggregation": True,
+    "threshold": 3, "clip_norm": 10.0, "noise_multiplier": 0.0, "dp_delta": 1e-5, "epsilon_cap": 8.0,
+    "quantization_bits": 20, "round_timeout_seconds": 120, "privacy_unit": "record",
+    "dp": {"example_clip_norm": 1.0, "noise_multiplier": 4.244, "sample_rate": 1.0, "steps": 1, "distributed": True},
+}  # fmt: skip
+
+
+def _runner_dp(run):
+    from types import SimpleNamespace
+
+    from evaluator.federated.site import SiteParticipant, parse_run
+
+    spec = parse_run(run)
+    return spec, SiteParticipant._round_config(SimpleNamespace(spec=spec), None)["dp"]
+
+
+def test_the_site_adds_its_share_and_still_charges_sigma():
+    spec, dp = _runner_dp(RECORD_RUN)
+    assert dp["noise_multiplier"] == pytest.approx(4.244 / math.sqrt(3)) and "distributed" not in dp
+    ledger = spec.new_privacy_ledger(0)  # the site's own accountant charges the sum's sigma
+    assert ledger.noise_multiplier == 4.244 and ledger.accountant == "gdp"
+    assert ledger.epsilon_if(rounds=50) == pytest.approx(8.0, abs=0.01)
+    local = {**RECORD_RUN, "dp": {**RECORD_RUN["dp"], "distributed": False}}
+    assert _runner_dp(local)[1]["noise_multiplier"] == 4.244  # local DP: the whole sigma at every site
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"secure_aggregation": False, "threshold": None},  # the hub would see this site's update alone
+        {"dp": {**RECORD_RUN["dp"], "sample_rate": 0.5, "steps": 2}},  # several steps: not linear
+        {"local_epochs": 2, "dp": {**RECORD_RUN["dp"], "steps": 2}},
+        {"dp": {**RECORD_RUN["dp"], "distributed": "yes"}},
+    ],
+)
+def test_the_site_refuses_distributed_noise_where_it_does_not_hold(change):
+    from evaluator.federated.site import SiteRunError, parse_run
+
+    with pytest.raises(SiteRunError) as caught:
+        parse_run({**RECORD_RUN, **change})
+    assert caught.value.reason == "policy_violation" and "distributed" in str(caught.value)
