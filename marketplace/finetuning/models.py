@@ -84,6 +84,11 @@ class FineTuningRun(models.Model):
     example_clip_norm = models.FloatField(null=True, blank=True, help_text="record: per-row gradient bound C")
     dp_sample_rate = models.FloatField(null=True, blank=True, help_text="record: Poisson sampling rate q")
     dp_steps_per_round = models.PositiveIntegerField(null=True, blank=True, help_text="record: DP-SGD steps")
+    dp_distributed = models.BooleanField(
+        default=False,
+        help_text="record, secure aggregation, one full-batch step per round: each site adds sigma/sqrt(t) "
+        "and any released sum carries sigma (evaluator.privacy.distributed)",
+    )
     clip_norm = models.FloatField(null=True, blank=True)
     noise_multiplier = models.FloatField(null=True, blank=True)
     dp_delta = models.FloatField(null=True, blank=True)

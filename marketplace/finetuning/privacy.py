@@ -31,6 +31,11 @@ GUARANTEES = {
     ),
 }
 COMPOSITION = "composed over all DP-SGD steps of all rounds at each site; parallel across sites (not added)"
+DISTRIBUTED = (
+    " Distributed noise: each round is one full-batch DP-SGD step per site under secure aggregation; "
+    "each site adds only its share σ/√t of the noise and any sum the hub can unmask (of at least t "
+    "sites) carries σ. The ε assumes at least t of the summed sites add their share honestly."
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,14 @@ def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
         warning = "Only site-level DP: individual rows have no separate guarantee."
     elif within is not None and within < run.rounds:
         warning = f"The ε cap allows about {within} of the {run.rounds} requested rounds; the run stops there."
+    guarantee = GUARANTEES[PrivacyUnit(unit)]
+    if decided and unit == PrivacyUnit.RECORD and private:
+        from marketplace.finetuning.rounds import dp_settings
+
+        if (dp_settings(run) or {}).get("distributed"):  # what the sites are actually told
+            guarantee += DISTRIBUTED
     return PrivacySummary(
-        unit=unit, unit_label=PrivacyUnit(unit).label, guarantee=GUARANTEES[PrivacyUnit(unit)],
+        unit=unit, unit_label=PrivacyUnit(unit).label, guarantee=guarantee,
         accountant=accountant if unit == PrivacyUnit.RECORD else "RDP of the Gaussian mechanism (Opacus), per round",
         composition=COMPOSITION, delta=subject.dp_delta if private else None,
         epsilon_cap=subject.epsilon_cap if private else None, epsilon_spent=spent, epsilon_planned=planned,

@@ -24,6 +24,7 @@ from evaluator.federated.accounting import (
 from evaluator.federated.secagg import default_threshold
 from evaluator.federated.strategies import get_strategy
 from evaluator.federated.updates import max_bits_for_sites
+from evaluator.privacy.distributed import applies as distributed_applies
 from marketplace.audit.services import audit_record
 from marketplace.catalog.models import DataShard, Task, TaskStatus
 from marketplace.core.errors import Conflict, DomainError
@@ -323,6 +324,12 @@ def run_approve(*, run: FineTuningRun, actor, validation_holdout: bool = True) -
     run.privacy_ledger = {}
     ledger = privacy_ledger(run)
     run.dp_steps_per_round = ledger.steps_per_round if is_record_level(run) else None
+    # FedSGD-shaped record-level rounds under secure aggregation split the noise across the sites
+    # (evaluator.privacy.distributed: each adds sigma/sqrt(t), the sum carries sigma; issue 10)
+    run.dp_distributed = is_record_level(run) and distributed_applies(
+        secure_aggregation=run.secure_aggregation, sample_rate=float(run.dp_sample_rate or 1.0),
+        local_epochs=run.local_epochs,
+    )  # fmt: skip
     run.privacy_ledger = ledger.to_dict()
     for number, shard in enumerate(shards, start=1):
         job = Job.objects.create(
