@@ -160,6 +160,9 @@ class AgentTaskOutput(serializers.Serializer):
     public_split_fraction = serializers.FloatField()
     split_seed = serializers.IntegerField()
     requires_release_approval = serializers.BooleanField()
+    fine_tuning_allowed = serializers.BooleanField(
+        help_text="The owner lets vendors fine-tune on this task: a site may keep a training sandbox warm for it"
+    )
     privacy = serializers.SerializerMethodField(help_text="The release's differential privacy (docs/disclosure.md)")
 
     @extend_schema_field(AgentPrivacyOutput)

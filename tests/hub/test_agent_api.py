@@ -129,6 +129,7 @@ def test_claim_gives_the_job_contract_and_then_204(vendor, site, open_task):
     }
     assert job["run"] is None  # only train jobs carry a fine-tuning run
     assert job["task"]["metrics"][0] == {"name": "roc_auc", "direction": "higher", "decimals": 4}
+    assert job["task"]["fine_tuning_allowed"] is open_task.fine_tuning_allowed  # a site warms training sandboxes on it
     assert job["attempt"] == 1 and job["lease_seconds"] == 60
     stored = Job.objects.get(id=job["id"])
     assert stored.status == JobStatus.RUNNING and stored.lease_holder == "agent-1"
