@@ -39,6 +39,7 @@ poll_interval_seconds = 10            # how often an idle agent asks the hub for
 # allow_insecure_http = false         # true only on a closed test network
 # pool_size = 1                       # warm sandboxes per (image, format, limits), one job each; 0: off
 # pool_memory_mb = 4096               # bound on the idle pool's summed memory limits
+# compile_models = true               # numpy-only form of linear scikit-learn models for their later jobs
 
 [limits]               # this site's maximums: a job can never loosen them
 max_memory_mb = 4096
