@@ -1,13 +1,19 @@
 """Evaluation throughput: many small jobs over several sites, with and without the warm pool.
 
     python benchmarks/eval_throughput.py [--submissions 50] [--sites 3] [--rows 1000]
-        [--modes cold,pool] [--json out.json]
+        [--modes cold,pool,compiled] [--distinct-artifacts] [--json out.json]
 
 Sets up, in a temporary folder, a hub (SQLite, migrated, gunicorn on loopback: real HTTP,
 Celery tasks inline), one vendor, ``--sites`` sites of one data owner, one task whose shard
 (``--rows`` synthetic breast-cancer rows, as in job_overhead.py) is registered at every site,
 and the vendor's scikit-learn example. One real agent per site (evaluator.agent.Agent, real
 HubClient, real runner image and hardened profile) runs in a thread of this process.
+
+Modes: ``cold`` (pool_size = 0), ``pool`` (pool_size = 1, compile_models = false) and
+``compiled`` (pool_size = 1, compile_models = true, the agent's defaults: after an artifact's
+first job at a site, its later jobs there run the numpy-only form). Every submission uploads the
+same model bytes unless ``--distinct-artifacts``: then each has its own, no compiled form is
+reused, and ``compiled`` measures what converting costs each job.
 
 Per mode (same run, same machine, one after the other): a warm-up submission (one job per site;
 in pool mode it also makes each agent's pool start a container of that key), then the agents are
@@ -47,13 +53,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from job_overhead import (  # noqa: E402
+from eval_common import (  # noqa: E402
     N_FEATURES,
     build_model,
+    close_db,
     free_port,
     hub_env,
     machine,
+    open_task,
     running_hub,
+    seed_people,
     synthetic_rows,
     upload,
 )
@@ -146,40 +155,32 @@ def self_cpu() -> float:
 
 
 def seed_hub(env: dict[str, str], n_sites: int) -> dict:
-    os.environ.update(env)
-    import django
+    people = seed_people(env, n_sites)
+    task = open_task(
+        people, title="Breast cancer, throughput", quota=10000,
+        limits={"memory_mb": 1024, "cpus": 1.0, "timeout_seconds": 600, "max_output_mb": 16},
+        dp_epsilon_per_release=0.05,  # a budget that lasts for a few hundred releases
+    )  # fmt: skip
+    close_db()
+    return {"vendor_token": people["vendor_token"], "site_tokens": people["site_tokens"], "task": task}
 
-    django.setup()
-    from django.contrib.auth import get_user_model
 
-    from marketplace.accounts.services import organization_create, personal_token_create
-    from marketplace.catalog.services import task_create, task_open
-    from marketplace.sites.services import site_create
+def distinct_models(root: Path, n: int) -> list[Path]:
+    """``n`` scikit-learn pipelines of the example's kind, each with other coefficients (other
+    bytes, so no job can reuse another's compiled form)."""
+    import joblib
+    from _common import load_split
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    users = get_user_model().objects
-    owner = users.create_user(username="owner", password="bench-owner-pw-1")
-    vendor = users.create_user(username="vendor", password="bench-vendor-pw-1")
-    owner_org = organization_create(name="Bench Hospital", kind="data_owner", creator=owner)
-    organization_create(name="Bench Vendor", kind="vendor", creator=vendor)
-    _, vendor_token = personal_token_create(user=vendor, name="bench")
-    site_tokens = [site_create(organization=owner_org, name=f"site-{i}", actor=owner)[1] for i in range(n_sites)]
-    spec = {
-        "title": "Breast cancer, throughput",
-        "description": "Synthetic rows with the breast-cancer schema.",
-        "task_type": "binary_classification",
-        "input_spec": {"n_features": N_FEATURES, "dtype": "float32", "n_classes": 2},
-        "metrics": [{"name": "roc_auc", "decimals": 4}, {"name": "accuracy", "decimals": 3}],
-        "primary_metric": "roc_auc",
-        "min_test_rows": 10,
-        "quota_per_day": 10000,
-        "dp_epsilon_per_release": 0.05,  # a budget that lasts for a few hundred releases
-        "resource_limits": {"memory_mb": 1024, "cpus": 1.0, "timeout_seconds": 600, "max_output_mb": 16},
-    }
-    task = task_open(task=task_create(organization=owner_org, actor=owner, spec=spec), actor=owner)
-    from django.db import connections
-
-    connections.close_all()
-    return {"vendor_token": vendor_token, "site_tokens": site_tokens, "task": task.id}
+    x, y, _, _ = load_split()
+    paths = []
+    for i in range(n):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0 + i / 100, max_iter=1000)).fit(x, y)
+        paths.append(root / f"model-{i}.joblib")
+        joblib.dump(model, paths[-1])
+    return paths
 
 
 def finished_jobs(submission_ids: list[int]) -> int:
@@ -242,7 +243,7 @@ def make_agents(root: Path, url: str, seed: dict, image: str, features: Path, la
         (site / "site-token").write_text(token)
         (site / "site.toml").write_text(
             f'hub_url = "{url}"\nsite_token_file = "site-token"\ndata_dir = "data"\nimage = "{image}"\n'
-            f"pool_size = {1 if mode == 'pool' else 0}\n"
+            f"pool_size = {0 if mode == 'cold' else 1}\ncompile_models = {'true' if mode == 'compiled' else 'false'}\n"
             "\n[limits]\nmax_memory_mb = 4096\nmax_cpus = 1.0\nmax_timeout_seconds = 1800\n"
             "max_epsilon_per_release = 2.0\nmax_vendor_epsilon = 1000\nmax_task_epsilon = 1000\n"
         )
@@ -270,7 +271,7 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.1) -> None
         time.sleep(every)
 
 
-def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifact: Path, features: Path,
+def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifacts: list[Path], features: Path,
              labels: Path, n_submissions: int, cgroup: ContainerCgroup, hub_pid: int) -> dict:  # fmt: skip
     go, stop = threading.Event(), threading.Event()
     agents = make_agents(root, url, seed, image, features, labels, mode)
@@ -280,12 +281,15 @@ def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifac
     n_sites = len(agents)
     try:
         go.set()  # warm-up: one job per site (the pool learns its key and starts a container)
-        warm = [upload(url, seed["vendor_token"], seed["task"], artifact, f"{mode}-warm-up")]
+        warm = [upload(url, seed["vendor_token"], seed["task"], artifacts[-1], f"{mode}-warm-up")]
         wait_until(lambda: finished_jobs(warm) == n_sites, 600, "the warm-up jobs")
         go.clear()
         time.sleep(1.0)  # agents finish the loop they were in
-        ids = [upload(url, seed["vendor_token"], seed["task"], artifact, f"{mode}-{i}") for i in range(n_submissions)]
-        if mode == "pool":
+        ids = [
+            upload(url, seed["vendor_token"], seed["task"], artifacts[i % len(artifacts)], f"{mode}-{i}")
+            for i in range(n_submissions)
+        ]
+        if mode != "cold":
             wait_until(lambda: all(a._pool.wait_warm(1) for a in agents), 300, "warm pools")
         time.sleep(1.0)
         hub_before = sum(process_cpu(p) for p in process_tree(hub_pid))
@@ -345,7 +349,11 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=50)
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--modes", default="cold,pool")
+    parser.add_argument("--modes", default="cold,pool,compiled")
+    parser.add_argument(
+        "--distinct-artifacts", action="store_true",
+        help="every submission its own model bytes (the warm-up's too): no compiled form is ever reused",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -363,7 +371,7 @@ def main() -> None:
         (root / "hub").mkdir()
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
         seed = seed_hub(env, args.sites)
-        artifact = build_model(root)
+        artifacts = distinct_models(root, args.submissions + 1) if args.distinct_artifacts else [build_model(root)]
         features, labels = synthetic_rows(args.rows, seed=0)
         np.save(root / "features.npy", features)
         np.save(root / "labels.npy", labels)
@@ -378,7 +386,7 @@ def main() -> None:
             )  # fmt: skip
             for mode in [m for m in args.modes.split(",") if m]:
                 results["modes"][mode] = run_mode(
-                    mode, url=url, seed=seed, root=root, image=image, artifact=artifact,
+                    mode, url=url, seed=seed, root=root, image=image, artifacts=artifacts,
                     features=root / "features.npy", labels=root / "labels.npy",
                     n_submissions=args.submissions, cgroup=cgroup, hub_pid=hub_pid,
                 )  # fmt: skip

@@ -1,7 +1,7 @@
 """What one evaluation job costs end to end, against the bare prediction it wraps.
 
     python benchmarks/job_overhead.py [--sizes 1000,100000,1000000] [--repeats 5] [--json out.json]
-        [--modes cold,pool] [--formats sklearn,torchscript]
+        [--modes cold,pool,compiled] [--formats sklearn,torchscript]
 
 Sets up, in a temporary folder: a hub (SQLite, migrated) served by gunicorn on loopback (real
 HTTP; Celery tasks run inline in the web process), one vendor, one site, one task per size.
@@ -17,10 +17,12 @@ excluded; TorchScript: the module on all N rows under ``inference_mode``). The r
 end-to-end job time / bare predict time, both medians of the same run; the slope ratio is
 (job(N_max) - job(N_min)) / (bare(N_max) - bare(N_min)).
 
-Modes: ``cold`` (the agent without its warm pool: every job creates and starts its container)
-and ``pool`` (``Agent.start_pool()``; before each measured job the benchmark waits until the
-pool holds a ready container, i.e. "pool warm"; the first job of each format runs cold and is a
-warm-up). In pool mode the in-container split is "signal -> exit noticed" (the runtime was
+Modes: ``cold`` (the agent without its warm pool: every job creates and starts its container),
+``pool`` (``Agent.start_pool()`` with ``compile_models = false``; before each measured job the
+benchmark waits until the pool holds a ready container, i.e. "pool warm"; the first job of each
+format runs cold and is a warm-up) and ``compiled`` (the same with ``compile_models = true``, the
+agent's default: the warm-up job converts the scikit-learn model, the measured jobs run its
+numpy-only form; TorchScript is unchanged by it). In pool mode the in-container split is "signal -> exit noticed" (the runtime was
 imported before the job).
 
 The split of the time comes from benchmark-side wrappers only: the agent's injection points
@@ -35,10 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,13 +49,24 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "docs" / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_split  # noqa: E402
+from eval_common import (  # noqa: E402  (re-exported: federated_common.py and attacks/live.py take them from here)
+    N_FEATURES,
+    REPO,
+    build_model,
+    build_torchscript_model,
+    close_db,
+    free_port,
+    hub_env,
+    machine,
+    open_task,
+    running_hub,
+    seed_people,
+    synthetic_rows,
+    upload,
+)
 
 from evaluator import agent as agent_module  # noqa: E402
 from evaluator import datasets, sandbox  # noqa: E402
@@ -65,9 +75,6 @@ from evaluator.artifacts import prepare_model, verify_sha256  # noqa: E402
 from evaluator.client import HubClient  # noqa: E402
 from evaluator.config import load_config  # noqa: E402
 from evaluator.outputs import load_predictions  # noqa: E402
-
-N_FEATURES = 30
-
 
 # --- timing plumbing (benchmark only) -----------------------------------------------------------
 
@@ -168,117 +175,16 @@ def timed_docker_client():
 # --- hub ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def hub_env(var_dir: Path) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("VAULTBENCH_", "DATABASE_URL", "CELERY_"))
-    }
-    env.update(
-        VAULTBENCH_VAR_DIR=str(var_dir),
-        CELERY_TASK_ALWAYS_EAGER="true",  # no worker: checks and aggregation run in the request
-        DJANGO_DEBUG="false",
-        DJANGO_SETTINGS_MODULE="marketplace.settings",
-        VAULTBENCH_LEASE_SECONDS="300",
-    )
-    return env
-
-
 def seed_hub(env: dict[str, str], sizes: list[int]) -> dict:
     """Owner, vendor, site and one open task per size, written straight to the hub's database."""
-    os.environ.update(env)
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-
-    from marketplace.accounts.services import organization_create, personal_token_create
-    from marketplace.catalog.services import task_create, task_open
-    from marketplace.sites.services import site_create
-
-    users = get_user_model().objects
-    owner = users.create_user(username="owner", password="bench-owner-pw-1")
-    vendor = users.create_user(username="vendor", password="bench-vendor-pw-1")
-    owner_org = organization_create(name="Bench Hospital", kind="data_owner", creator=owner)
-    vendor_org = organization_create(name="Bench Vendor", kind="vendor", creator=vendor)
-    _, vendor_token = personal_token_create(user=vendor, name="bench")
-    site, site_token = site_create(organization=owner_org, name="bench-site", actor=owner)
-    tasks = {}
-    for n in sizes:
-        spec = {
-            "title": f"Breast cancer, {n} rows",
-            "description": "Synthetic rows with the breast-cancer schema.",
-            "task_type": "binary_classification",
-            "input_spec": {"n_features": N_FEATURES, "dtype": "float32", "n_classes": 2},
-            "metrics": [{"name": "roc_auc", "decimals": 4}, {"name": "accuracy", "decimals": 3}],
-            "primary_metric": "roc_auc",
-            "min_test_rows": 10,
-            "quota_per_day": 1000,
-            "resource_limits": {"memory_mb": 2048, "cpus": 1.0, "timeout_seconds": 600, "max_output_mb": 64},
-        }
-        task = task_create(organization=owner_org, actor=owner, spec=spec)
-        tasks[n] = task_open(task=task, actor=owner).id
-    del vendor_org
-    from django.db import connections
-
-    connections.close_all()
-    return {"vendor_token": vendor_token, "site_token": site_token, "tasks": tasks}
-
-
-@contextlib.contextmanager
-def running_hub(env: dict[str, str], port: int, log_path: Path):
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "marketplace.wsgi", "--bind", f"127.0.0.1:{port}",
-             "--workers", "2", "--threads", "4", "--timeout", "600"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(120):
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(f"{url}/api/v1/tasks", timeout=2).status_code < 500:
-                        break
-                if proc.poll() is not None:
-                    raise SystemExit(f"gunicorn exited; see {log_path}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    people = seed_people(env, 1)
+    limits = {"memory_mb": 2048, "cpus": 1.0, "timeout_seconds": 600, "max_output_mb": 64}
+    tasks = {n: open_task(people, title=f"Breast cancer, {n} rows", quota=1000, limits=limits) for n in sizes}
+    close_db()
+    return {"vendor_token": people["vendor_token"], "site_token": people["site_tokens"][0], "tasks": tasks}
 
 
 # --- data and model -----------------------------------------------------------------------------
-
-
-def synthetic_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    _, _, features, labels = load_split()  # the held-out rows: the model never saw them
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(labels), size=n)
-    noise = rng.normal(size=(n, features.shape[1])).astype(np.float32) * (0.01 * features.std(axis=0))
-    return (features[pick] + noise).astype(np.float32), labels[pick].astype(np.int64)
-
-
-def build_model(out: Path) -> Path:
-    artifact = out / "model.joblib"
-    subprocess.run(
-        [sys.executable, str(REPO / "docs/examples/make_sklearn_model.py"), str(artifact)],
-        cwd=REPO / "docs/examples", check=True, capture_output=True,
-    )  # fmt: skip
-    return artifact
-
-
-def build_torchscript_model(out: Path) -> Path:
-    artifact = out / "model.pt"
-    subprocess.run(
-        [sys.executable, str(REPO / "docs/examples/make_torchscript_model.py"), str(artifact)],
-        cwd=REPO / "docs/examples", check=True, capture_output=True,
-    )  # fmt: skip
-    return artifact
 
 
 def bare_predict_seconds(artifact: Path, features: np.ndarray, repeats: int, model_format: str = "sklearn") -> float:
@@ -302,19 +208,6 @@ def bare_predict_seconds(artifact: Path, features: np.ndarray, repeats: int, mod
         predict(features)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def upload(url: str, token: str, task_id: int, artifact: Path, name: str, model_format: str = "sklearn") -> int:
-    with artifact.open("rb") as fh:
-        resp = requests.post(
-            f"{url}/api/v1/submissions",
-            headers={"Authorization": f"Bearer {token}"},
-            data={"task": task_id, "name": name, "artifact_format": model_format},
-            files={"artifact": (artifact.name, fh)},
-            timeout=120,
-        )
-    resp.raise_for_status()
-    return int(resp.json()["id"])
 
 
 # --- in-container probes ------------------------------------------------------------------------
@@ -373,7 +266,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the raw measurements here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--modes", default="cold,pool", help="cold, pool or both (comma-separated)")
+    parser.add_argument("--modes", default="cold,pool,compiled", help="cold, pool, compiled (comma-separated)")
     parser.add_argument("--formats", default="sklearn", help="sklearn, torchscript or both")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -461,8 +354,9 @@ def measure(
     per_mode: dict[str, dict] = {}
     for mode in modes:
         agent._sandbox_runner = None  # start_pool() keeps an injected runner
-        pool = agent.start_pool() if mode == "pool" else None
-        if mode == "pool" and pool is None:
+        agent.config = replace(config, compile_models=mode == "compiled")
+        pool = agent.start_pool() if mode in ("pool", "compiled") else None
+        if mode != "cold" and pool is None:
             raise SystemExit("the pool did not start (pool_size = 0?)")
         timed_client = timed_docker_client()
 
@@ -546,24 +440,11 @@ def split_parts(job: dict, probes: dict) -> dict[str, float]:
     return grouped
 
 
-def machine() -> dict:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    docker_version = ""
-    with contextlib.suppress(Exception):
-        docker_version = sandbox.get_client().version().get("Version", "")
-    mem = ""
-    with contextlib.suppress(OSError):
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.0f} GiB"
-    return {
-        "cpus": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
-        "kernel": platform.release(), "docker": docker_version,
-    }  # fmt: skip
+MODE_TITLES = {
+    "cold": "no pool",
+    "pool": "warm pool",
+    "compiled": "warm pool + compiled models: sklearn jobs after the first run the numpy-only form",
+}
 
 
 def report(results: dict) -> str:
@@ -573,7 +454,7 @@ def report(results: dict) -> str:
         for fmt, data in per_format.items():
             sizes = data["sizes"]
             lines += [
-                f"### {mode} ({'warm pool' if mode == 'pool' else 'no pool'}), {fmt}",
+                f"### {mode} ({MODE_TITLES.get(mode, mode)}), {fmt}",
                 "",
                 "| rows | bare predict (median) | end-to-end job (median) | ratio | claim -> result posted (median) "
                 "| sandbox run (median) |",
@@ -610,7 +491,7 @@ def report(results: dict) -> str:
             lines += [header, "| --- |" + " ---: |" * len(breakdown)]
             for part in next(iter(breakdown.values())):
                 label = part
-                if mode == "pool" and part.startswith("in container: unpickle"):
+                if mode != "cold" and part.startswith("in container: unpickle"):
                     label = "in container: signal -> exit noticed (unpickle, read, predict, write)"
                 lines.append(f"| {label} | " + " | ".join(f"{b[part]:.3f}" for b in breakdown.values()) + " |")
             lines.append("")
