@@ -578,34 +578,56 @@ def execute(
     code), ``SandboxCrashed`` on a non-zero exit, ``SandboxUnavailable`` on engine errors.
     """
     client = client or get_client()
-    max_bytes = limits.max_output_mb * MiB
     try:
         container_id = str(client.containers.create(**prepared.config).id)
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise SandboxUnavailable(f"cannot create the sandbox: {exc}") from exc
 
     started = time.monotonic()
-    exited = False
+    stopped = False
     try:
         try:
             client.api.start(container_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise SandboxUnavailable(f"cannot start the sandbox: {exc}") from exc
-        state, failure = watch(
-            client, container_id, prepared.out_dir, deadline=started + limits.timeout_seconds,
-            max_bytes=max_bytes, poll_seconds=poll_seconds,
-        )  # fmt: skip
-        exited = not state.get("Running")
-        return finish(
-            client, container_id, state=state, failure=failure, out_dir=prepared.out_dir,
-            max_bytes=max_bytes, duration=time.monotonic() - started,
-        )  # fmt: skip
+        run = watch_and_finish(
+            client, container_id, prepared.out_dir, limits=limits, started=started, poll_seconds=poll_seconds
+        )
+        stopped = True
+        return run
+    except SandboxError:
+        stopped = True  # finish's verdict on a stopped container, or one that never started
+        raise
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise SandboxUnavailable(f"docker engine error: {exc}") from exc
     finally:
-        if not exited:
+        if not stopped:
             _kill(client, container_id)
         _remove(client, container_id)
+
+
+def watch_and_finish(
+    client: docker.DockerClient,
+    container_id: str,
+    out_dir: Path,
+    *,
+    limits: Limits,
+    started: float,
+    poll_seconds: float = 0.2,
+) -> SandboxRun:
+    """Watch a started container (cold or pooled) until it stops, then its result or failure
+    (``finish``). A container still running after the watch is killed first."""
+    max_bytes = limits.max_output_mb * MiB
+    state, failure = watch(
+        client, container_id, out_dir, deadline=started + limits.timeout_seconds, max_bytes=max_bytes,
+        poll_seconds=poll_seconds,
+    )  # fmt: skip
+    if state.get("Running"):
+        _kill(client, container_id)
+    return finish(
+        client, container_id, state=state, failure=failure, out_dir=out_dir, max_bytes=max_bytes,
+        duration=time.monotonic() - started,
+    )  # fmt: skip
 
 
 def _kill(client: docker.DockerClient, container_id: str) -> None:

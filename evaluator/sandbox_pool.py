@@ -72,7 +72,6 @@ from evaluator.sandbox import (
     RUNNER_FORMATS,
     SANDBOX_LABEL,
     Limits,
-    MiB,
     SandboxError,
     SandboxRun,
     SandboxUnavailable,
@@ -377,19 +376,10 @@ class WarmPool:
 
     def _watch(self, slot: Slot, client: Any, *, limits: Limits, work_dir: Path) -> SandboxRun:
         """Watch the signalled container like a cold run; hand its output folder to the job."""
-        max_bytes = limits.max_output_mb * MiB
-        started = time.monotonic()
         try:
-            state, failure = sandbox.watch(
-                client, slot.container_id, slot.out_dir, deadline=started + limits.timeout_seconds,
-                max_bytes=max_bytes,
-            )  # fmt: skip
-            if state.get("Running"):
-                sandbox._kill(client, slot.container_id)
-            run = sandbox.finish(
-                client, slot.container_id, state=state, failure=failure, out_dir=slot.out_dir,
-                max_bytes=max_bytes, duration=time.monotonic() - started,
-            )  # fmt: skip
+            run = sandbox.watch_and_finish(
+                client, slot.container_id, slot.out_dir, limits=limits, started=time.monotonic()
+            )
             # The container has exited: nothing writes to the folder any more. Into the job's own
             # work folder, which the agent removes with the job.
             out_dir = work_dir / f"out-{uuid.uuid4().hex}"
