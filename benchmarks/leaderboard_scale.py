@@ -117,6 +117,43 @@ def setup_django(env: dict[str, str]) -> None:
     call_command("collectstatic", verbosity=0, interactive=False)
 
 
+def scoring_cost(task, repeats: int) -> dict:
+    """Seconds to store the ranks when one more score arrives, the full recompute
+    (standings_refresh) and the insertion (standings_add) alternating, each on a new released
+    entry of a new vendor's submission; medians."""
+    import random
+
+    from django.utils import timezone
+
+    from marketplace.leaderboard.models import LeaderboardEntry
+    from marketplace.leaderboard.standings import standings_refresh
+    from marketplace.submissions.models import Submission
+
+    try:
+        from marketplace.leaderboard.standings_add import standings_add
+    except ImportError:  # an older tree
+        standings_add = None
+    rng = random.Random(1)
+    vendor = Submission.objects.filter(task=task).first().vendor
+    times: dict[str, list[float]] = {"full_refresh_s": [], "insert_s": []}
+    for i in range(repeats * 2):
+        submission = Submission.objects.create(
+            vendor=vendor, task=task, name=f"late-{i}", artifact="artifacts/x/artifact", artifact_format="sklearn",
+            original_filename="model.joblib", size=1, sha256=f"{10**9 + i:064x}", status="scored",
+            results_visible_at=timezone.now(),
+        )  # fmt: skip
+        entry = LeaderboardEntry.objects.create(task=task, submission=submission, n_rows=400, n_sites=2,
+                                                metrics={"roc_auc": rng.uniform(0.7, 0.9), "log_loss": 0.4})  # fmt: skip
+        full = i % 2 == 0 or standings_add is None
+        t0 = time.perf_counter()
+        if full:
+            standings_refresh(task_id=task.id)
+        else:
+            assert standings_add(task_id=task.id, entry_id=entry.id), "the insertion fell back to a full refresh"
+        times["full_refresh_s" if full else "insert_s"].append(time.perf_counter() - t0)
+    return {k: round(statistics.median(v), 4) if v else None for k, v in times.items()}
+
+
 def queries_per_request(urls: dict[str, tuple[str, dict]]) -> dict[str, dict]:
     """SQL queries and status of each request kind, in this process (twice: the first may fill a cache)."""
     from django.db import connection
@@ -313,6 +350,8 @@ def main() -> None:
     parser.add_argument("--via", default="hub",
                         help="hub (gunicorn directly) and/or nginx (in front, deploy/nginx's locations: the "
                              "anonymous leaderboard micro-cache; apt-get installs nginx-light where missing)")
+    parser.add_argument("--scoring", type=int, default=5,
+                        help="scores added to measure storing the ranks (full recompute vs insertion), each")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -327,6 +366,8 @@ def main() -> None:
             setup_django(env)
             task = build_board(entries=args.entries, vendors=args.vendors, show_per_site=True, refresh=True)
             build_s = time.perf_counter() - t0
+            scoring = scoring_cost(task, args.scoring) if args.scoring else {}
+            print(f"storing the ranks per score at {args.entries} entries: {scoring}", flush=True)
             api = f"/api/v1/tasks/{task.id}/leaderboard"
             port = free_port()
             gunicorn = start_gunicorn(env, port, args.workers, tmp / "gunicorn.log", threads=args.threads)
@@ -381,10 +422,10 @@ def main() -> None:
                 "load_after": [round(x, 2) for x in os.getloadavg()],
                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                          text=True).stdout.strip() or "(exported tree)",
-                "queries": queries, "results": results,
+                "queries": queries, "scoring": scoring, "results": results,
             }  # fmt: skip
             print(json.dumps({k: report[k] for k in ("db", "entries", "workers", "threads", "cpus", "load_before", "load_after",
-                                                     "build_s", "queries")}))  # fmt: skip
+                                                     "build_s", "scoring", "queries")}))  # fmt: skip
             if args.json:
                 Path(args.json).write_text(json.dumps(report, indent=2))
         finally:

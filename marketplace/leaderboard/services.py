@@ -16,6 +16,7 @@ from marketplace.jobs.releases import release_spec
 from marketplace.leaderboard.aggregation import ladder_improves, pooled_metrics
 from marketplace.leaderboard.models import LeaderboardEntry
 from marketplace.leaderboard.standings import standings_refresh
+from marketplace.leaderboard.standings_add import standings_add
 from marketplace.submissions.models import Submission, SubmissionStatus
 from marketplace.submissions.quotas import quota_refund
 from marketplace.submissions.services import submission_mark_visible
@@ -112,8 +113,9 @@ def leaderboard_aggregate(*, submission_id: int) -> LeaderboardEntry | None:
     audit_record(
         action="submission.scored", obj=submission, data={"metrics": entry.metrics, "ladder": ladder}
     )
-    # The ranks are stored with the score, in its transaction: a read never ranks the board.
-    standings_refresh(task_id=task.id)
+    # The ranks are stored with the score, in its transaction: a read never ranks the board. A
+    # new entry is inserted into them (standings_add: a full refresh where that does not apply).
+    standings_add(task_id=task.id, entry_id=entry.id)
     return entry
 
 

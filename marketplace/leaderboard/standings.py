@@ -60,8 +60,11 @@ def _orders(task: Task, entries: list[dict]) -> dict[str, dict[str, list[int]]]:
 
 def _digest(task: Task, orders: dict, entries: list[dict]) -> str:
     """What the audience sees: the ranks, the task's settings and the latest change of its entries."""
-    latest = max((e["entry_updated_at"] for e in entries), default=None)
-    raw = json.dumps([orders, task.updated_at.isoformat(), task.status, latest and latest.isoformat(), len(entries)])
+    return _digest_of(task, orders, max((e["entry_updated_at"] for e in entries), default=None), len(entries))
+
+
+def _digest_of(task: Task, orders: dict, latest: datetime | None, count: int) -> str:
+    raw = json.dumps([orders, task.updated_at.isoformat(), task.status, latest and latest.isoformat(), count])
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -88,6 +91,10 @@ def _recompute(
     row.computed_at, row.task_updated_at = now, task.updated_at
     row.released_unlisted = sum(1 for e in entries if not e["on_public_board"]) if row.audience == Audience.PUBLIC else 0
     row.entries_updated_at = max((e["entry_updated_at"] for e in everything), default=None)
+    _cache_orders(row)
+
+
+def _cache_orders(row: LeaderboardStanding) -> None:
     # Readers take the ranks from the cache (no query); the key of a version that rolls back is
     # never asked for (the next version has another changed_at).
     cache.set_many({_orders_key(row, view, metric): ids
