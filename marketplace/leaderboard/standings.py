@@ -8,7 +8,8 @@ same code as before (selectors.leaderboard_ranked: the TIE_RULE, Ladder mode), s
 position in a stored list and a page is a slice of it.
 
 When they are recomputed (standings_refresh):
-- in the transaction that scores a submission, reveals a private score or approves reveals
+- in the transaction that scores a submission (there a new entry is inserted instead where the
+  tie rule allows: leaderboard.standings_add), reveals a private score or approves reveals
   (leaderboard.services, leaderboard.closing), under a row lock, so two scores arriving together
   both land;
 - on a read that finds them stale: an entry not yet on the public board has reached its release
