@@ -35,6 +35,7 @@ engine, runner image, disk or data). ``RETRYABLE_REASONS`` must equal the hub's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -446,7 +447,9 @@ class Agent:
             log.warning("job %s: this attempt was already posted; not posting again", job_id)
             return
         interval = self.config.lease_renew_interval_seconds or _lease_seconds(job) / 3
-        with LeaseKeeper(self.client, job_id, interval) as keeper:
+        # The warm pool starts the next sandbox once this job is over (result posted), not beside it.
+        quiet = self._pool.job_running() if self._pool is not None else contextlib.nullcontext()
+        with LeaseKeeper(self.client, job_id, interval) as keeper, quiet:
             if job.get("kind") == "train":
                 self._train(job, keeper)
                 return

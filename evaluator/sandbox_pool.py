@@ -34,7 +34,8 @@ imports numpy only. The security argument is in that module.
 
 While a job runs, the pool starts and removes nothing: on two cores, a container being created
 beside the job's doubled the time from the job's exit to the engine noticing it (0.06 -> 0.14 s).
-The job's replacement is started as soon as the job's container has exited.
+The job's replacement is started once the job is over (``job_running``: the agent holds it until
+the result is posted).
 
 The memory bound (``memory_mb``) caps the sum of the memory *limits* of the idle containers: the
 most the idle pool could ever hold (an idle container uses 80-150 MiB). Keys used least recently
@@ -231,7 +232,7 @@ class WarmPool:
             compiled = self.compiled.get(convert_key)
             if compiled is not None:  # this artifact's checked numpy-only form, for this shard
                 model_format, model_path, convert_key = "compiled", compiled, None
-        with self._job_running():
+        with self.job_running():
             run = self._run(
                 PoolKey(image_id, model_format, limits, self.runtime), client=client, model_path=model_path,
                 features_path=features_path, weights_offset_path=weights_offset_path,
@@ -291,8 +292,10 @@ class WarmPool:
                     os.unlink(left)
 
     @contextlib.contextmanager
-    def _job_running(self) -> Iterator[None]:
-        """Holds the refill back while a job's container runs (see the module's docstring)."""
+    def job_running(self) -> Iterator[None]:
+        """Holds the refill back while a job runs (see the module's docstring). ``run_prediction``
+        holds it for the container's run; the agent holds it for the whole job, so the next
+        container starts after the result is posted rather than beside the job's last steps."""
         with self._cond:
             self._running += 1
         try:
