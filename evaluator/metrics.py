@@ -247,6 +247,20 @@ def check_metric_names(task_type: str, metric_names: Iterable[str]) -> list[str]
     return names
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """No NaN or infinity, in two reductions and no temporary (a NaN makes min and max NaN; an
+    infinity is the min or the max): at 1M rows this is a third of ``np.isfinite``'s time."""
+    if array.size == 0 or array.dtype.kind != "f":
+        return True
+    return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
+
+
+def row_sums(array: np.ndarray) -> np.ndarray:
+    """``array.sum(axis=1)``; for two columns the same values as one vectorised add (numpy's
+    reduction over a short axis is several times slower)."""
+    return array[:, 0] + array[:, 1] if array.shape[1] == 2 else array.sum(axis=1)
+
+
 def class_probabilities(predictions: Any, *, n_rows: int, n_classes: int) -> np.ndarray:
     """An ``(n_rows, n_classes)`` float64 probability matrix from the model's output.
 
@@ -258,12 +272,12 @@ def class_probabilities(predictions: Any, *, n_rows: int, n_classes: int) -> np.
         p = np.stack([1.0 - p1, p1], axis=1)
     if p.shape != (n_rows, n_classes):
         raise InvalidPredictions(f"expected probabilities of shape ({n_rows}, {n_classes}), got {p.shape}")
-    if not np.all(np.isfinite(p)):
+    if not all_finite(p):
         raise InvalidPredictions("probabilities must be finite")
     if p.min(initial=0.0) < -1e-6 or p.max(initial=0.0) > 1 + 1e-6:
         raise InvalidPredictions("probabilities must lie in [0, 1]")
     p = np.clip(p, 0.0, 1.0)
-    sums = p.sum(axis=1)
+    sums = row_sums(p)
     if n_rows and not np.all(np.abs(sums - 1.0) <= PROBABILITY_SUM_TOLERANCE):
         raise InvalidPredictions("each row of class probabilities must sum to 1")
     return p / sums[:, None]

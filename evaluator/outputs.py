@@ -19,6 +19,7 @@ from typing import Final
 
 import numpy as np
 
+from evaluator.metrics import all_finite, row_sums
 from evaluator.sandbox import PREDICTIONS_NAME, InvalidOutput
 
 PROBABILITY_TOLERANCE: Final = 1e-4
@@ -99,7 +100,7 @@ def validate_predictions(
         raise ValueError(f"unknown task type {task_type!r}")
     if array.ndim == 0 or array.shape[0] != n_rows:
         raise InvalidOutput(f"expected {n_rows} rows, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
+    if not all_finite(array):
         raise InvalidOutput("the predictions contain NaN or infinite values")
     if task_type == "regression":
         if not (array.ndim == 1 or array.shape[1] == 1):
@@ -118,7 +119,7 @@ def validate_predictions(
     if array.size and (array.min() < -PROBABILITY_TOLERANCE or array.max() > 1 + PROBABILITY_TOLERANCE):
         raise InvalidOutput("probabilities must lie in [0, 1]")
     if array.ndim == 2 and array.shape[1] >= 2:
-        if not np.all(np.abs(array.sum(axis=1) - 1.0) <= PROBABILITY_SUM_TOLERANCE):
+        if not np.all(np.abs(row_sums(array) - 1.0) <= PROBABILITY_SUM_TOLERANCE):
             raise InvalidOutput("each row of class probabilities must sum to 1")
     return array
 

@@ -269,3 +269,22 @@ def test_out_dir_that_is_a_symlink(tmp_path):
     link.symlink_to(real)
     with pytest.raises(InvalidOutput):
         load(link)
+
+
+def test_the_fast_finiteness_and_row_sum_checks_agree_with_numpys_plain_ones():
+    from evaluator.metrics import all_finite, row_sums
+
+    rng = np.random.default_rng(3)
+    for shape in [(0,), (0, 2), (5,), (7, 1), (1000, 2), (100, 3)]:
+        base = rng.random(shape)
+        cases = [base]
+        if base.size:
+            for bad in (np.nan, np.inf, -np.inf):
+                broken = base.copy()
+                broken.flat[rng.integers(base.size)] = bad
+                cases.append(broken)
+        for array in cases + [c.astype(np.float32) for c in cases]:
+            assert all_finite(array) == bool(np.all(np.isfinite(array)))
+            if array.ndim == 2 and array.shape[1] >= 2:
+                np.testing.assert_array_equal(row_sums(array), array.sum(axis=1))
+    assert all_finite(np.arange(5))
