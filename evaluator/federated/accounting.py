@@ -281,14 +281,15 @@ def steps_per_round(local_epochs: int, sample_rate: float) -> int:
 
 
 def record_level_ledger(
-    *, noise_multiplier: float, sample_rate: float, local_epochs: int, delta: float
+    *, noise_multiplier: float, sample_rate: float, local_epochs: int, delta: float, accountant: str | None = None
 ) -> PrivacyLedger:
     """The accountant of one site's training rows under record-level DP-SGD: exact GDP for
-    full-batch steps (q = 1), RDP of the subsampled Gaussian otherwise."""
+    full-batch steps (q = 1), RDP of the subsampled Gaussian otherwise. ``accountant`` overrides
+    it: a run approved before GDP existed keeps the RDP its hub ledger was started with."""
     return PrivacyLedger(
         delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
         steps_per_round=steps_per_round(local_epochs, sample_rate),
-        accountant="gdp" if sample_rate == 1.0 else "rdp",
+        accountant=accountant or ("gdp" if sample_rate == 1.0 else "rdp"),
     )  # fmt: skip
 
 

@@ -120,7 +120,7 @@ class RunSpec:
         if self.privacy_unit == "record" and self.dp:
             ledger = record_level_ledger(
                 noise_multiplier=float(self.dp["noise_multiplier"]), sample_rate=float(self.dp["sample_rate"]),
-                local_epochs=self.local_epochs, delta=self.dp_delta,
+                local_epochs=self.local_epochs, delta=self.dp_delta, accountant=self.dp.get("accountant"),
             )  # fmt: skip
         else:
             ledger = PrivacyLedger(delta=self.dp_delta, noise_multiplier=self.accounted_noise_multiplier)
@@ -235,12 +235,16 @@ def _parse_dp(raw: Any) -> dict[str, Any] | None:
     distributed = raw.get("distributed", False) if isinstance(raw, Mapping) else False
     if not isinstance(distributed, bool):
         raise SiteRunError("policy_violation", "run.dp.distributed must be a boolean")
+    accountant = raw.get("accountant") if isinstance(raw, Mapping) else None  # the hub ledger's, if named
+    if accountant not in (None, "rdp", "gdp") or (accountant == "gdp" and config.sample_rate != 1.0):
+        raise SiteRunError("policy_violation", "run.dp.accountant must be rdp, or gdp with sample_rate 1")
     return {
         "example_clip_norm": config.example_clip_norm,
         "noise_multiplier": config.noise_multiplier,
         "sample_rate": config.sample_rate,
         "steps": config.steps,
         "distributed": distributed,  # noise_multiplier is the sum's; this site adds its share (issue 10)
+        "accountant": accountant,  # None: gdp for q = 1, else rdp (record_level_ledger)
     }
 
 
@@ -257,6 +261,7 @@ class _Round:
     report: dict[str, Any] = field(default_factory=dict)  # train_loss, n_examples, validation, ...
     secagg: SecAggClient | None = None
     training: Future | None = None  # the round's training, started when the keys are posted
+    ahead_bundles: list[dict[str, Any]] | None = None  # this round's shares, sent with the last round's unmask
 
     def furthest(self) -> int:
         return max((_ORDER[p] for p in self.done if p in _ORDER), default=-1)
@@ -309,6 +314,7 @@ class SiteParticipant:
         self._round: _Round | None = None
         self._next_state: dict[str, Any] | None = None  # the state a post's answer carried
         self._ahead: tuple[int, str, SecAggClient] | None = None  # keys advertised for the next round
+        self._ahead_shares: tuple[int, str, list[dict[str, Any]]] | None = None  # its shares, once made
         # One thread trains while the main loop exchanges keys and shares (secure aggregation).
         self._training = ThreadPoolExecutor(max_workers=1, thread_name_prefix=threading.current_thread().name)
         spent = sum(
@@ -442,14 +448,19 @@ class SiteParticipant:
             return False  # joined late: this round goes on without this site
         if rnd.secagg is None:
             return False
-        roster = wire.roster_from_json(state.get("roster"))
-        bundles = rnd.secagg.share_keys(roster)
-        body = {"agent_id": self.client.agent_id, "bundles": [wire.bundle_to_json(b) for b in bundles]}
+        if rnd.ahead_bundles is not None:  # made for the same roster: the hub has them (or takes them now)
+            bundles_json = rnd.ahead_bundles
+        else:
+            roster = wire.roster_from_json(state.get("roster"))
+            bundles_json = [wire.bundle_to_json(b) for b in rnd.secagg.share_keys(roster)]
+        body = {"agent_id": self.client.agent_id, "bundles": bundles_json}
         self._post(rnd, "shares", body)
         return True
 
     def _phase_masked(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
-        if "shares" not in rnd.done or rnd.secagg is None:
+        if "shares" not in rnd.done and not self._adopt_ahead_shares(rnd, state):
+            return False  # this site's shares are not in this round: it goes on without it
+        if rnd.secagg is None:
             return False
         received = wire.bundles_from_json(state.get("bundles"))
         if rnd.training is not None:
@@ -459,34 +470,65 @@ class SiteParticipant:
             rnd.done.add("masked")
             return False
         masked = rnd.secagg.masked_input(vector, received)
-        self._release(rnd, "masked", wire.vector_to_b64(masked, "<u4"))
-        # Off the critical path: the unmask answer must not wait for this post.
-        self._training.submit(self._advertise_ahead, rnd, dict(state))
+        next_keys = self._next_round_keys(rnd, state)
+        extra = {"next_keys": next_keys} if next_keys else None
+        self._release(rnd, "masked", wire.vector_to_b64(masked, "<u4"), extra=extra)
         return True
 
-    def _advertise_ahead(self, rnd: _Round, state: Mapping[str, Any]) -> None:
-        """Fresh keys for the next round, posted now (docs/federated-protocol.md): when the hub
-        opens that round its keys phase is already complete. Used in that round only."""
+    def _next_round_keys(self, rnd: _Round, state: Mapping[str, Any]) -> dict[str, str] | None:
+        """Fresh keys for the next round, sent with this round's masked input
+        (docs/federated-protocol.md, "Two phases per round"): used in that round only."""
         config = state.get("round_config") or {}
         next_id = config.get("next_secagg_round_id") if isinstance(config, Mapping) else None
         if not isinstance(next_id, str) or not next_id or self.layout is None:
-            return
+            return None
         number = rnd.number + 1
         if self._ahead is None or self._ahead[:2] != (number, next_id):
             params = RoundParams(round_id=next_id, threshold=self.spec.threshold, vector_length=self.layout.size)
             self._ahead = (number, next_id, SecAggClient(self.spec.participant, params))
-        from evaluator.client import HubRejected, LeaseLost
-
         advertised = wire.keys_to_json(self._ahead[2].advertise())
-        body = {"agent_id": self.client.agent_id, "keys": {k: advertised[k] for k in ("mask_public", "enc_public")}}
+        return {k: advertised[k] for k in ("mask_public", "enc_public")}
+
+    def _next_round_shares(self, rnd: _Round, state: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        """The next round's encrypted shares, sent with this round's unmask answer, when the
+        state carries that round's complete roster and it holds this site's keys as advertised."""
+        config = state.get("round_config") or {}
+        next_id = config.get("next_secagg_round_id") if isinstance(config, Mapping) else None
+        number = rnd.number + 1
+        if not state.get("next_roster") or self._ahead is None or self._ahead[:2] != (number, next_id):
+            return None
+        if self._ahead_shares is not None and self._ahead_shares[:2] == (number, next_id):
+            return self._ahead_shares[2]
+        client = self._ahead[2]
         try:
-            self.client.post_round(self.spec.id, number, "keys", body)
-        except (HubRejected, LeaseLost) as exc:  # e.g. the hub moved on: keys in the keys phase then
-            log.info("run %s: keys for round %s not advertised ahead: %s", self.spec.id, number, exc)
-            self._ahead = None
-        except Exception:  # in the background thread: never let it end the run; the keys phase remains
-            log.exception("run %s: advertising keys for round %s failed", self.spec.id, number)
-            self._ahead = None
+            roster = wire.roster_from_json(state.get("next_roster"))
+            advertised = wire.keys_to_json(client.advertise())
+            mine = [r for r in roster if r.site_id == self.spec.participant]
+            if len(mine) != 1 or wire.keys_to_json(mine[0]) != advertised:
+                return None  # the roster carries other keys for this site: not ours, do not share
+            bundles = [wire.bundle_to_json(b) for b in client.share_keys(roster)]
+        except Exception as exc:  # a malformed or too small roster: the shares phase remains
+            log.warning("run %s: no shares ahead for round %s: %s", self.spec.id, number, exc)
+            return None
+        self._ahead_shares = (number, str(next_id), bundles)
+        return bundles
+
+    def _adopt_ahead_shares(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
+        """Round opened at ``masked``: its keys and shares went with the last round's masked and
+        unmask posts. True when the hub holds them (a bundle from this site to itself is there)."""
+        config = state.get("round_config") or {}
+        round_id = wire.round_id(self.spec.id, rnd.number, config if isinstance(config, Mapping) else None)
+        ahead, shares = self._ahead, self._ahead_shares
+        if ahead is None or shares is None or ahead[:2] != (rnd.number, round_id) or shares[:2] != ahead[:2]:
+            return False
+        bundles = state.get("bundles") or []
+        if not any(isinstance(b, Mapping) and b.get("sender") == self.spec.participant for b in bundles):
+            return False
+        rnd.secagg, rnd.ahead_bundles = ahead[2], shares[2]
+        self._ahead = self._ahead_shares = None
+        rnd.done.update(("keys", "shares"))
+        rnd.training = self._training.submit(self._train, rnd, dict(state))
+        return True
 
     def _adopt_ahead_keys(self, rnd: _Round, state: Mapping[str, Any]) -> bool:
         """Round opened at ``shares`` with the keys this site advertised during the last round."""
@@ -501,6 +543,9 @@ class SiteParticipant:
         if any(mine[0].get(k) != advertised[k] for k in ("mask_public", "enc_public")):
             return False  # the roster carries other keys for this site: not ours, do not share
         rnd.secagg, self._ahead = client, None
+        shares, self._ahead_shares = self._ahead_shares, None
+        if shares is not None and shares[:2] == (rnd.number, round_id):
+            rnd.ahead_bundles = shares[2]  # share_keys ran for this roster already: send the same bundles
         rnd.done.add("keys")
         rnd.training = self._training.submit(self._train, rnd, dict(state))
         return True
@@ -510,7 +555,10 @@ class SiteParticipant:
             return False
         request = wire.unmask_request_from_json(state.get("unmask_request"))
         response = rnd.secagg.unmask_shares(request)
-        body = {"agent_id": self.client.agent_id, "response": wire.unmask_response_to_json(response)}
+        body: dict[str, Any] = {"agent_id": self.client.agent_id, "response": wire.unmask_response_to_json(response)}
+        next_shares = self._next_round_shares(rnd, state)
+        if next_shares is not None:
+            body["next_shares"] = next_shares
         self._post(rnd, "unmask", body)
         return True
 
@@ -564,6 +612,7 @@ class SiteParticipant:
         if self.spec.privacy_unit == "record":  # the hub's steps are for the run's local_epochs
             config["local_epochs"] = self.spec.local_epochs
             config["dp"] = dict(self.spec.dp or {})
+            config["dp"].pop("accountant", None)  # the site's business, not the runner's
             if config["dp"].pop("distributed", False):  # any released sum of >= t shares carries sigma
                 config["dp"]["noise_multiplier"] = site_noise_share(config["dp"]["noise_multiplier"], self.spec.threshold)
         return config
@@ -665,7 +714,7 @@ class SiteParticipant:
         )  # fmt: skip
         return vector
 
-    def _release(self, rnd: _Round, step: str, vector_b64: str) -> None:
+    def _release(self, rnd: _Round, step: str, vector_b64: str, extra: Mapping[str, Any] | None = None) -> None:
         """Ledger first (kind ``update``, epsilon), then the post with its receipt."""
         from evaluator.client import canonical_json
 
@@ -678,6 +727,7 @@ class SiteParticipant:
             "validation": rnd.report["validation"],
             "n_validation": rnd.report["n_validation"],
             "epsilon": epsilon if math.isfinite(epsilon) else None,
+            **(extra or {}),  # e.g. the next round's public keys: released with it, in the ledger too
         }
         entry = self.ledger.append(
             job_id=self.context.job_id,

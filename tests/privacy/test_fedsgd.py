@@ -169,3 +169,14 @@ def test_the_site_refuses_distributed_noise_where_it_does_not_hold(change):
     with pytest.raises(SiteRunError) as caught:
         parse_run({**RECORD_RUN, **change})
     assert caught.value.reason == "policy_violation" and "distributed" in str(caught.value)
+
+
+def test_the_site_uses_the_accountant_the_hub_names_so_runs_approved_before_gdp_keep_rdp():
+    spec, dp = _runner_dp({**RECORD_RUN, "dp": {**RECORD_RUN["dp"], "accountant": "rdp"}})
+    assert spec.new_privacy_ledger(0).accountant == "rdp" and "accountant" not in dp
+    assert _runner_dp(RECORD_RUN)[0].new_privacy_ledger(0).accountant == "gdp"  # not named: gdp at q 1
+    from evaluator.federated.site import SiteRunError, parse_run
+
+    subsampled = {"example_clip_norm": 1.0, "noise_multiplier": 4.0, "sample_rate": 0.5, "steps": 2}
+    with pytest.raises(SiteRunError):
+        parse_run({**RECORD_RUN, "dp": {**subsampled, "accountant": "gdp"}})
