@@ -1,6 +1,6 @@
 """Record-level DP-SGD federated fine-tuning on MNIST-1D: accuracy against epsilon.
 
-    python benchmarks/federated_dp_mnist1d.py [--rounds 50] [--epsilons 1 2 4 8] [--json out.json]
+    python benchmarks/federated_dp_mnist1d.py [--rounds 50] [--epsilons 1 2 4 8] [--lr 0.3 1 3 3] [--json out.json]
 
 Data and sites as ``federated_mnist1d.py``: MNIST-1D (``mnist1d.data.make_dataset(
 get_dataset_args())``, offline), 4 label-skewed sites (label groups {0,1,2}, {3,4,5}, {6,7},
@@ -11,27 +11,36 @@ Parent: ``CNN1D`` of docs/examples/make_mnist1d_torchscript.py built as that scr
 Adam lr 3e-3) on ``--parent-rows`` public rows for ``--parent-steps`` steps (defaults 1,000 and
 60: test accuracy 0.397, close to the issue's 0.424 parent; the script's own 400/60 gives 0.288).
 
-Each site's local training is the runner's own DP-SGD loop (``evaluator.runner.dpsgd.dp_sgd``:
-Poisson sampling at rate q, per-example clipping to C, noise sigma*C per step, the expected
-batch q*n as the denominator, as the runner passes it) with per-example gradients from ``torch.func`` on the
-``nn.Module`` -- the sandbox computes the same weights by microbatches of one on the TorchScript
-module (tests/federated/test_dpsgd.py::test_the_torchscript_path_gives_the_same_weights_as_torch_func).
-The agent's side is the real ``prepare_site_update`` (whole-update clip to ``--update-clip``,
-no site-level noise, 20-bit stochastic quantization with secure aggregation); the hub's is the
-real ``dequantize`` + ``mean_update`` + FedAvg. sigma is the smallest whose record-level epsilon
-after ``--rounds`` rounds (``evaluator.federated.accounting.record_level_epsilon``, the same
-accountant the sites and the hub use) is at most the target, at delta 1e-5.
+``--recipe fedsgd`` (default, session 5): every round each site takes ONE full-batch step of the
+runner's own DP-SGD loop (``evaluator.runner.dpsgd.dp_sgd`` at q = 1: per-example clipping to C,
+Gaussian noise on the sum, divided by the site's rows), weighs its delta by n_k / cap as the agent
+does under example weighting, and the hub divides the sum by sum(n_k) / cap and applies FedAvg
+with server momentum (``--server-momentum`` 0.9; the hub's own strategy code). Under secure
+aggregation each site adds only its share sigma / sqrt(t) (``evaluator.privacy.distributed``,
+t = 3 of 4, the hub's default threshold); without it every site adds sigma (local DP).
+``--recipe local`` (session 4): ``local_epochs * ceil(1/q)`` Poisson-sampled steps per round at
+the expected batch ``--batch-size`` of the smallest site, noise sigma at every site, FedAvg.
+
+With per-example gradients from ``torch.func`` on the ``nn.Module`` -- the sandbox computes the
+same weights by microbatches of one on the TorchScript module
+(tests/federated/test_dpsgd.py::test_the_torchscript_path_gives_the_same_weights_as_torch_func).
+The agent's side is the real ``prepare_site_update`` (whole-update bound ``--update-clip``, never
+binding at 100; 20-bit stochastic quantization with secure aggregation); the hub's is the real
+``dequantize`` + FedAvg. sigma is the smallest whose record-level epsilon after ``--rounds``
+rounds is at most the target at delta 1e-5 (``evaluator.privacy.calibration.noise_multiplier_for``:
+the accountant the sites and the hub use -- exact Gaussian DP for q = 1, RDP otherwise).
 
 Non-private reference: the same federated loop with plain minibatch SGD (the runner's
 non-DP path, batch 32, lr 0.2, as federated_mnist1d.py), and no clipping.
 
-Side by side (``--only``): ``vaultbench`` (the path above), ``secagg`` (the same with secure
-aggregation's quantization), ``plain-loop`` (``plain_loop``: the same federated DP-SGD written
-with none of Vaultbench's code). Every run also reports its exponential moving average of the
-global model over the rounds (``--ema``, a post-processing of the released models; the hub does not
-do it today). ``--trainable`` trains and releases only some parameters, as a vendor declares by
-saving the others with ``requires_grad=False`` (the runner trains only ``requires_grad`` ones).
-Defaults (batch 512, lr 5) are the best of the grid in BENCHMARKS.md.
+Side by side (``--only``): ``vaultbench`` (the path above, no secure aggregation), ``secagg``
+(with secure aggregation's quantization, and distributed noise in the fedsgd recipe),
+``plain-loop`` / ``plain-loop-distributed`` (the same federated DP-SGD written with none of
+Vaultbench's code, with the noise of the column before). Every run also reports its exponential
+moving average of the global model over the rounds (``--ema``) and the largest site update norm
+before the agent's bound. ``--trainable`` trains and releases only some parameters, as a vendor
+declares by saving the others with ``requires_grad=False``. ``--lr`` takes one value or one per
+epsilon (lower epsilon needs a lower lr; see BENCHMARKS.md for the grid).
 """
 
 from __future__ import annotations

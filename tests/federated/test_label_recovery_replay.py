@@ -29,3 +29,14 @@ def test_label_recovery_before_and_after_the_private_defaults():
     sd = math.sqrt(after["rows"] * (1 / 3) * (2 / 3))
     assert after["recovered"] <= after["chance"] + 5 * sd
     assert after["recovered"] < before["recovered"] / 2
+
+
+def test_label_recovery_under_the_fedsgd_recipe_with_distributed_noise():
+    """One full-batch step per site at sigma calibrated to eps 8 over 50 rounds, each site adding
+    only its share sigma/sqrt(t) under secure aggregation (session 5: 134-144 of 365 over 5 seeds)."""
+    dp = replay.fedsgd_dp(8.0, 50)
+    assert dp.pop("epsilon_one_round") < 0.9 and dp.pop("sigma_charged") == pytest.approx(4.244, rel=1e-3)
+    assert dp["noise_multiplier"] == pytest.approx(4.244 / math.sqrt(2), rel=1e-3)  # t = 2 of 3 sites
+    after = replay.replay(dp, seed=0)
+    sd = math.sqrt(after["rows"] * (1 / 3) * (2 / 3))
+    assert after["recovered"] <= after["chance"] + 5 * sd
