@@ -150,9 +150,8 @@ class LeaderboardApi(APIView):
         if split == PRIVATE and task.status != TaskStatus.CLOSED:
             raise Conflict("The private leaderboard is revealed when the task closes.", code="task_not_closed")
         audience = audience_of(task=task, user=request.user)
-        standing = getattr(self, "fresh_public_standing", None)
-        if standing is None or audience != Audience.PUBLIC:
-            standing = standing_of(task=task, audience=audience)
+        row = getattr(self, "public_standing", None) if audience == Audience.PUBLIC else None
+        standing = standing_of(task=task, audience=audience, row=row)
         etag = _etag(board_etag(standing, task), request)
         headers = _headers(etag, standing)
         if _matches(request.headers.get("If-None-Match", ""), etag) or _not_modified_since(request, standing.changed_at):
@@ -177,7 +176,9 @@ class LeaderboardApi(APIView):
         standing = visitor_standing(task_id=task_id)
         if standing is None:
             return None
-        self.fresh_public_standing = standing  # a page not cached yet: the full path reads no other
+        self.public_standing = standing  # the full path (stale, or a page not cached yet) reuses it
+        if not standing.fresh:
+            return None
         etag = _etag(board_tag(standing, task_updated_at=standing.task_updated_at), request)
         key = _cache_key(task_id, Audience.PUBLIC, etag, request)
         headers = _headers(etag, standing)

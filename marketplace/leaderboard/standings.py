@@ -146,7 +146,9 @@ def standing_order(row: LeaderboardStanding, *, view: str, metric: str) -> list[
     return ids
 
 
-def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> LeaderboardStanding:
+def standing_of(
+    *, task: Task, audience: str, now: datetime | None = None, row: LeaderboardStanding | None = None
+) -> LeaderboardStanding:
     """The audience's stored board of `task` (its ranks: standing_order), one query when fresh.
 
     When stale (the task's settings changed; an entry changed: the latest `updated_at`, from an
@@ -154,10 +156,12 @@ def standing_of(*, task: Task, audience: str, now: datetime | None = None) -> Le
     over those few unmarked entries shows, also when a write bypassed the services, an operator's
     or a test's), this audience's board is recomputed and stored by the reader, unless a
     concurrent refresh got there first (a conditional update on the version: nothing is lost).
-    The recomputed row keeps the entries it read in `row.entries` (RankedPage uses them)."""
+    The recomputed row keeps the entries it read in `row.entries` (RankedPage uses them). `row`:
+    this audience's row as visitor_standing read it this request (not read again)."""
     now = now or timezone.now()
-    params = [connection.ops.adapt_datetimefield_value(now), task.id, audience]
-    row = next(iter(LeaderboardStanding.objects.raw(_freshness_sql(), params)), None)
+    if row is None:
+        params = [connection.ops.adapt_datetimefield_value(now), task.id, audience]
+        row = next(iter(LeaderboardStanding.objects.raw(_freshness_sql(), params)), None)
     if row is None:  # a task scored before standings existed, or never scored
         standings_refresh(task_id=task.id, now=now)
         return standing_of(task=task, audience=audience, now=now)
@@ -205,17 +209,17 @@ def _freshness_sql(with_task: bool = False) -> str:
 
 def visitor_standing(*, task_id: int, now: datetime | None = None) -> LeaderboardStanding | None:
     """The public board of a task as a visitor (not logged in) reads it, in one query, when the
-    visitor may read it (a public task, open or closed: catalog.selectors.task_list_visible_to)
-    and the stored board is fresh (standing_of's signals). None otherwise: the caller takes the
-    full path, which answers 404, or refreshes the board."""
+    visitor may read it (a public task, open or closed: catalog.selectors.task_list_visible_to);
+    None otherwise (the caller takes the full path, which answers 404). `row.fresh`: the stored
+    board is fresh (standing_of's signals); where it is not, standing_of(row=) refreshes it."""
     now = now or timezone.now()
     params = [connection.ops.adapt_datetimefield_value(now), task_id, Audience.PUBLIC]
     row = next(iter(LeaderboardStanding.objects.raw(_freshness_sql(with_task=True), params)), None)
     if row is None or row.task_visibility != Visibility.PUBLIC or row.task_status not in LISTED_STATUSES:
         return None
-    if not row.settings_seen or not row.entries_seen or row.unlisted != row.released_unlisted:
-        return None
-    return row  # its task_updated_at is the task's updated_at (board_tag)
+    # Fresh: its task_updated_at is the task's updated_at (board_tag).
+    row.fresh = bool(row.settings_seen and row.entries_seen and row.unlisted == row.released_unlisted)
+    return row
 
 
 def _reader_refresh(row: LeaderboardStanding, *, task: Task, now: datetime) -> None:
