@@ -20,6 +20,10 @@ Vaultbench runs twice: with secure aggregation (threshold 2 of 3, 20-bit quantiz
 without; no DP (the owner's explicit ``none`` privacy unit), clip norm 10 (updates stay below 1.01: never binding).
 Per-round accuracy: the offsets ``D_r`` the first site downloads each round and the final
 ``D_R`` of the fine-tuned submission, applied to the known ``w0`` and evaluated here.
+After the parent is scored the benchmark asks each agent for a training sandbox started ahead
+(``Agent.warm_training_sandbox``, what the agent does after evaluating a trainable model) and
+waits until they are ready before each approval; ``--no-warm-after-eval``: every run's sandboxes
+start cold unless the previous run's replacement is ready by then.
 ``VB_BENCH_SQLITE_WAL=1`` puts the hub's SQLite file in WAL mode (an experiment; the hub's
 default is SQLite's rollback journal). Reported: the steady round time (median of rounds 2..R: round 1 pays Flower's Ray actors and
 Vaultbench's first sandbox round), approve -> round 0 (Vaultbench: claim, artifact, sandbox
@@ -42,6 +46,7 @@ import federated_common as fc  # noqa: E402
 BOUNDS = [(0, 151), (151, 302), (302, 455)]
 TEST = (455, 569)
 SEED_BASE = 11
+TASK_LIMITS = {"memory_mb": 2048, "cpus": 1.0, "timeout_seconds": 900, "max_output_mb": 64}
 
 
 def build_data():
@@ -82,6 +87,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--skip-flower", action="store_true")
+    parser.add_argument(
+        "--no-warm-after-eval", action="store_true",
+        help="do not start a training sandbox ahead after the parent is scored (the first run starts cold)",
+    )  # fmt: skip
     args = parser.parse_args()
     rounds_list = [int(r) for r in args.rounds.split(",")]
     cfg = {"local_epochs": 1, "batch_size": args.batch_size, "learning_rate": args.lr}
@@ -119,7 +128,7 @@ def main() -> None:
             "task_type": "binary_classification", "input_spec": {"n_features": 30, "dtype": "float32", "n_classes": 2},
             "metrics": [{"name": "accuracy", "decimals": 4}, {"name": "roc_auc", "decimals": 4}],
             "primary_metric": "accuracy", "min_test_rows": 10, "quota_per_day": 1000,
-            "resource_limits": {"memory_mb": 2048, "cpus": 1.0, "timeout_seconds": 900, "max_output_mb": 64},
+            "resource_limits": TASK_LIMITS,
             "fine_tuning_allowed": True, "release_delay_seconds": 0,
         })  # fmt: skip
         hub.set_fl_policy(task_id, fl_privacy_unit="none", fl_secure_aggregation=True, fl_clip_norm=10.0, fl_noise_multiplier=0.0,
@@ -134,6 +143,8 @@ def main() -> None:
             hub.set_fl_policy(task_id, fl_secure_aggregation=secure)
             for rounds in rounds_list:
                 key = f"vaultbench{'' if secure else '_nosecagg'}_{rounds}"
+                if not args.no_warm_after_eval:  # what the agent asks for after evaluating a trainable model
+                    hub.warm_training_sandboxes(TASK_LIMITS)  # (and after each run): ready before the approval
                 out = hub.finetune(parent_id, rounds=rounds, learning_rate=args.lr, local_epochs=1,
                                    batch_size=args.batch_size, validation_holdout=False)  # fmt: skip
                 layout = out["layout"]

@@ -372,7 +372,21 @@ def _instrument() -> None:
     from evaluator import training_sandbox
     from evaluator.federated import secagg, site
 
-    _timed_method(training_sandbox.TrainingSession, "start", "sandbox start (container + load parent)")
+    start = training_sandbox.TrainingSession.start
+    if not getattr(start, "_vb_timed", False):
+
+        def timed_start(self, *args, **kwargs):  # labelled by the kind of container the session got
+            began = time.time()
+            try:
+                return start(self, *args, **kwargs)
+            finally:
+                rec = _recorder()
+                if rec is not None:
+                    kind = "warm container" if getattr(self, "warm", False) else "cold container"
+                    rec.add_work(f"sandbox start ({kind} + load parent)", began, time.time())
+
+        timed_start._vb_timed = True  # type: ignore[attr-defined]
+        training_sandbox.TrainingSession.start = timed_start
     _timed_method(training_sandbox.TrainingSession, "run_round", "sandbox round (train + predict + files)")
     _timed_method(secagg.SecAggClient, "advertise", "secagg: keys")
     _timed_method(secagg.SecAggClient, "share_keys", "secagg: Shamir shares + encrypt")
@@ -495,6 +509,21 @@ class VaultbenchHub:
             self.agents.append(agent)
             self.recorders.append(rec)
             self.threads.append(thread)
+
+    def warm_training_sandboxes(self, limits: dict, model_format: str = "torchscript", timeout: float = 300) -> None:
+        """Each agent starts a training sandbox ahead for runs under the task's ``limits``, and
+        this waits until they are ready (runs then start warm: evaluator/training_pool.py)."""
+        from evaluator.sandbox import Limits
+        from evaluator.sandbox_pool import PoolKey
+
+        lim = Limits(memory_mb=limits["memory_mb"], cpus=limits["cpus"], timeout_seconds=limits["timeout_seconds"],
+                     max_output_mb=limits["max_output_mb"])  # fmt: skip
+        for agent in self.agents:
+            agent.warm_training_sandbox(model_format, lim)
+            pool = agent._training_pool()
+            if pool is not None and not pool.wait_ready(PoolKey(agent.image_id(), model_format, lim, pool.runtime),
+                                                        timeout=timeout):  # fmt: skip
+                print("warning: a training sandbox did not get ready; the run may start cold", file=sys.stderr)
 
     # -- owner and vendor actions --------------------------------------------------------------
 
@@ -703,6 +732,12 @@ def analyse_run(hub: VaultbenchHub, result: dict) -> dict:
             http[key] += list(by_round.values())
         bytes_site.append({k: {"up": up[k] / n_rounds, "down": down[k] / n_rounds} for k in up})
     polls = [sum(1 for q in rec.requests if q["step"] == "state") / max(1, n_rounds) for rec in hub.recorders]
+    post_counts: dict[str, int] = defaultdict(int)  # protocol posts in the aggregated rounds, by step
+    for rec in hub.recorders:
+        for q in rec.requests:
+            if q["method"] == "POST" and q["step"] in ("keys", "shares", "masked", "unmask", "update"):
+                post_counts[q["step"]] += 1
+    per_site_round = max(1, n_rounds * len(hub.recorders))
     return {
         "secure_aggregation": secure,
         "rounds": n_rounds,
@@ -714,9 +749,11 @@ def analyse_run(hub: VaultbenchHub, result: dict) -> dict:
         "phase_walls_median": {k: statistics.median(v) for k, v in phase_walls.items()},
         "site_work_median": {k: statistics.median(v) for k, v in work.items()},
         "once_per_run_median": {k: statistics.median(v) for k, v in once.items()},
+        "once_per_run_count": {k: len(v) for k, v in once.items()},
         "http_seconds_per_round_median": {k: statistics.median(v) for k, v in http.items()},
         "bytes_per_site_round": bytes_site,
         "state_polls_per_site_round": statistics.fmean(polls),
+        "posts_per_site_round": {k: v / per_site_round for k, v in sorted(post_counts.items())},
         "epsilon_hub": run.epsilon_spent,
         "threshold": run.threshold,
         "quantization_bits": run.quantization_bits,
@@ -788,6 +825,12 @@ def where_time_goes_table(analyses: dict[str, dict]) -> list[str]:
             + " |"
         )
     lines.append(
+        "| protocol posts per site per round (keys/shares/masked/unmask/update) | "
+        + " | ".join("/".join(f"{analyses[x].get('posts_per_site_round', {}).get(k, 0):.2f}"
+                              for k in ("keys", "shares", "masked", "unmask", "update")) for x in labels)
+        + " |"
+    )  # fmt: skip
+    lines.append(
         "| state polls per site per round | "
         + " | ".join(f"{analyses[x]['state_polls_per_site_round']:.1f}" for x in labels)
         + " |"
@@ -797,6 +840,17 @@ def where_time_goes_table(analyses: dict[str, dict]) -> list[str]:
         + " | ".join(f"{analyses[x]['setup_seconds']:.2f}" for x in labels)
         + " |"
     )
+    starts = sorted({k for a in analyses.values() for k in a.get("once_per_run_median", {})})
+    for k in starts:
+        lines.append(
+            f"| once per run, per site: {k} (median; sites) | "
+            + " | ".join(
+                f"{analyses[x]['once_per_run_median'][k]:.2f} ({analyses[x]['once_per_run_count'][k]})"
+                if k in analyses[x].get("once_per_run_median", {}) else "–"
+                for x in labels
+            )
+            + " |"
+        )  # fmt: skip
     return lines
 
 

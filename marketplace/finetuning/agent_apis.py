@@ -56,8 +56,13 @@ class RunStateOutput(serializers.Serializer):
     bundles = BundleOutput(many=True)
     unmask_request = UnmaskRequestOutput(allow_null=True)
     offset = serializers.DictField(
-        required=False, help_text="Phases keys/update, small models: {round, safetensors (base64)}: D_r inline"
+        required=False, help_text="Phases keys/shares/masked/update, small models: {round, safetensors (base64)}: D_r inline"
     )
+    next_roster = RosterEntryOutput(
+        many=True, required=False,
+        help_text="Phase unmask, secure aggregation: round r+1's roster once every site advertised its keys; "
+        "the unmask post may carry the shares for it (next_shares)",
+    )  # fmt: skip
 
 
 class PostOutput(serializers.Serializer):
@@ -169,6 +174,9 @@ class ReleaseInput(serializers.Serializer):
     validation = serializers.DictField(child=serializers.FloatField(), required=False, default=dict)
     n_validation = serializers.IntegerField(min_value=0, required=False, default=0)
     epsilon = serializers.FloatField(allow_null=True, required=False, default=None)
+    next_keys = PublicKeysInput(
+        required=False, help_text="Masked posts: fresh keys for round r+1 (its next_secagg_round_id), used there once"
+    )
     ledger = LedgerReceiptInput()
 
 
@@ -178,6 +186,8 @@ def _release(api: AgentApi, request, run_id: int, round_number: int, service) ->
     values = dict(data.validated_data)
     ledger = values.pop("ledger")
     agent_id, vector = values.pop("agent_id"), values.pop("vector")
+    if "next_keys" in values:
+        values["next_keys"] = dict(values["next_keys"])
     created = service(
         site=api.site, run_id=run_id, round_number=round_number, agent_id=agent_id, vector=vector, values=values,
         released=dict(request.data), ledger_sha256=ledger["sha256"], ledger_bytes=ledger["bytes"],
@@ -209,6 +219,9 @@ class UnmaskResponseInput(serializers.Serializer):
 class UnmaskInput(serializers.Serializer):
     agent_id = AGENT_ID
     response = UnmaskResponseInput()
+    next_shares = BundleInput(
+        many=True, required=False, help_text="Round r+1's encrypted shares for the state's next_roster"
+    )
 
 
 class RunUnmaskApi(AgentApi):
@@ -217,6 +230,8 @@ class RunUnmaskApi(AgentApi):
         data = UnmaskInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
+        next_shares = values.get("next_shares")
         created = run_post_unmask(site=self.site, run_id=run_id, round_number=round_number,
-                                  agent_id=values["agent_id"], response=dict(values["response"]))  # fmt: skip
+                                  agent_id=values["agent_id"], response=dict(values["response"]),
+                                  next_shares=None if next_shares is None else [dict(b) for b in next_shares])  # fmt: skip
         return _answer(self, run_id, created)

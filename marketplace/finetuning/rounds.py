@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import math
 from datetime import datetime, timedelta
@@ -257,7 +258,7 @@ def _open_phase(run: FineTuningRun, phase: str, data: dict | None = None, *, new
     if new_round or not carried["round_started_at"]:
         carried["round_started_at"] = now.isoformat()
     run.phase, run.phase_started_at, run.phase_data = phase, now, {**carried, **(data or {})}
-    transaction.on_commit(notify_changed)  # held state requests in this process answer at once
+    transaction.on_commit(functools.partial(notify_changed, run.id))  # held state requests answer at once
     run.save(update_fields=["phase", "phase_started_at", "phase_data", "current_round", "attempt", "layout",
                             "example_cap",
                             "offset", "strategy_state", "privacy_ledger", "epsilon_spent", "rounds_completed",
@@ -320,7 +321,8 @@ def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
     state["done"] = ProtocolMessage.objects.filter(
         run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
     ).exists()
-    if run.phase in (Phase.KEYS, Phase.SHARES, Phase.UPDATE) and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
+    inline_phases = (Phase.KEYS, Phase.SHARES, Phase.MASKED, Phase.UPDATE)  # a round may open at masked
+    if run.phase in inline_phases and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
         with run.offset.open("rb") as stored:  # saves each site one request per round
             state["offset"] = {"round": run.current_round, "safetensors": _b64s(stored.read())}
     if run.phase == Phase.SHARES:
@@ -339,6 +341,9 @@ def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
         request = run.phase_data.get("unmask_request", {})
         if number in request.get("survivors", []):
             state["unmask_request"] = request
+            next_roster = _next_roster(run)
+            if next_roster and any(entry["participant"] == number for entry in next_roster):
+                state["next_roster"] = next_roster  # the unmask post may carry round r+1's shares
     return state
 
 
@@ -462,6 +467,62 @@ def _post_next_round_keys(run: FineTuningRun, participant: Participant, keys: An
     return True
 
 
+def _next_roster(run: FineTuningRun) -> list[dict] | None:
+    """Round r+1's roster, once every active site advertised its keys for it (with its masked
+    post): the keys phase of r+1 will close at once with exactly these keys, so its shares can
+    be made now (docs/federated-protocol.md, "Two phases per round")."""
+    if not run.secure_aggregation or _next_round_id(run) is None:
+        return None
+    rows = {m.participant.number: m for m in ProtocolMessage.objects.filter(
+        run=run, round=run.current_round + 1, attempt=0, kind=MessageKind.KEYS).select_related("participant")}  # fmt: skip
+    if len(rows) < max(min_contributors(run), 3) or not _active_numbers(run) <= set(rows):
+        return None
+    return [
+        {"participant": n, **{k: m.payload[k] for k in ("mask_public", "enc_public")}} for n, m in sorted(rows.items())
+    ]
+
+
+def _clean_bundles(bundles: Any, sender: int, roster: list[int]) -> dict:
+    if not isinstance(bundles, list) or not all(isinstance(b, dict) for b in bundles):
+        raise DomainError("bundles must be a list of objects.", code="invalid_message")
+    cleaned = []
+    for bundle in bundles:
+        if bundle.get("sender", sender) != sender:
+            raise DomainError("A site sends only its own share bundles.", code="invalid_message")
+        recipient = bundle.get("recipient")
+        if isinstance(recipient, bool) or not isinstance(recipient, int):
+            raise DomainError("Each bundle names its recipient.", code="invalid_message")
+        nonce = _b64(bundle.get("nonce"), "nonce", length=_NONCE_BYTES)
+        ciphertext = _b64(bundle.get("ciphertext"), "ciphertext", length=_BUNDLE_BYTES)
+        cleaned.append({"recipient": recipient, "nonce": _b64s(nonce), "ciphertext": _b64s(ciphertext)})
+    cleaned.sort(key=lambda b: b["recipient"])
+    if [b["recipient"] for b in cleaned] != sorted(roster):
+        raise DomainError("Send exactly one bundle to every site of the roster.", code="invalid_message")
+    return {"bundles": cleaned}
+
+
+def _post_next_round_shares(run: FineTuningRun, participant: Participant, bundles: Any) -> None:
+    """Round r+1's encrypted shares, carried by this site's unmask post of round r. Accepted only
+    against the complete next roster (every active site advertised): they are exactly the shares
+    r+1's shares phase would collect, encrypted under r+1's fresh keys and bound to its round id."""
+    roster = _next_roster(run)
+    if roster is None or participant.number not in {e["participant"] for e in roster}:
+        raise Conflict("The next round's roster is not complete.", code="wrong_phase")
+    payload = _clean_bundles(bundles, participant.number, [e["participant"] for e in roster])
+    sha = _payload_sha(payload)
+    previous = ProtocolMessage.objects.filter(run=run, round=run.current_round + 1, attempt=0,
+                                              kind=MessageKind.SHARES, participant=participant).first()  # fmt: skip
+    if previous is not None:
+        if previous.body_sha256 != sha:
+            raise Conflict("This site already sent different shares for the next round.", code="already_posted")
+        return
+    ProtocolMessage.objects.create(run=run, round=run.current_round + 1, attempt=0, participant=participant,
+                                   kind=MessageKind.SHARES, payload=payload, body_sha256=sha)  # fmt: skip
+    audit_record(action="finetuning.shares_posted", obj=run, actor_site=participant.site,
+                 data={"round": run.current_round + 1, "attempt": 0, "participant": participant.number,
+                       "ahead": True})  # fmt: skip
+
+
 @transaction.atomic
 def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, keys: Any) -> bool:
     run, participant = run_for_site(site=site, run_id=run_id, lock=True)
@@ -496,24 +557,7 @@ def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, 
 def run_post_shares(*, site: Site, run_id: int, round_number: int, agent_id: str, bundles: Any) -> bool:
     run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.SHARES,
                                    round_number=round_number)  # fmt: skip
-    roster = sorted(run.phase_data.get("roster", []))
-    if not isinstance(bundles, list) or not all(isinstance(b, dict) for b in bundles):
-        raise DomainError("bundles must be a list of objects.", code="invalid_message")
-    cleaned = []
-    for bundle in bundles:
-        sender = bundle.get("sender", participant.number)
-        if sender != participant.number:
-            raise DomainError("A site sends only its own share bundles.", code="invalid_message")
-        recipient = bundle.get("recipient")
-        if isinstance(recipient, bool) or not isinstance(recipient, int):
-            raise DomainError("Each bundle names its recipient.", code="invalid_message")
-        nonce = _b64(bundle.get("nonce"), "nonce", length=_NONCE_BYTES)
-        ciphertext = _b64(bundle.get("ciphertext"), "ciphertext", length=_BUNDLE_BYTES)
-        cleaned.append({"recipient": recipient, "nonce": _b64s(nonce), "ciphertext": _b64s(ciphertext)})
-    cleaned.sort(key=lambda b: b["recipient"])
-    if [b["recipient"] for b in cleaned] != roster:
-        raise DomainError("Send exactly one bundle to every site of the roster.", code="invalid_message")
-    payload = {"bundles": cleaned}
+    payload = _clean_bundles(bundles, participant.number, run.phase_data.get("roster", []))
     sha = _payload_sha(payload)
     if _existing(run, participant, MessageKind.SHARES, sha):
         return False
@@ -573,10 +617,15 @@ def _post_release(
             f"n_examples {metrics['n_examples']} is above {bound:,} rows (the largest train split of round 0).",
             code="invalid_message",
         )
+    next_keys = values.get("next_keys")
+    if next_keys is not None and (kind != MessageKind.MASKED or _next_round_id(run) is None):
+        raise DomainError("next_keys only travel with a masked post before the last round.", code="invalid_message")
     egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
     egress_record_create(job=participant.job, kind=EgressKind.UPDATE, sha256=ledger_sha256, size=ledger_bytes,
                          epsilon=metrics["epsilon"], delta=run.dp_delta)  # fmt: skip
     _store(run, participant, kind, metrics, ledger_sha256, vector=data)
+    if next_keys is not None:  # round r+1's fresh keys, in the same request (see _post_next_round_keys)
+        _post_next_round_keys(run, participant, next_keys)
     _advance(run, timed_out=False)
     return True
 
@@ -613,7 +662,9 @@ def _shares(raw: Any, expected: set[int], field: str) -> dict[int, int]:
 
 
 @transaction.atomic
-def run_post_unmask(*, site: Site, run_id: int, round_number: int, agent_id: str, response: Any) -> bool:
+def run_post_unmask(
+    *, site: Site, run_id: int, round_number: int, agent_id: str, response: Any, next_shares: Any = None
+) -> bool:
     run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.UNMASK,
                                    round_number=round_number)  # fmt: skip
     request = run.phase_data["unmask_request"]
@@ -630,6 +681,12 @@ def run_post_unmask(*, site: Site, run_id: int, round_number: int, agent_id: str
         return False
     _require_expected(run, participant)
     _store(run, participant, MessageKind.UNMASK, payload, sha)
+    if next_shares is not None:  # before _advance: the next round may open (and close its shares) now
+        try:
+            _post_next_round_shares(run, participant, next_shares)
+        except DomainError as exc:  # the unmask answer stands; the next round's shares phase remains
+            audit_record(action="finetuning.next_shares_refused", obj=run, actor_site=participant.site,
+                         data={"round": run.current_round + 1, "participant": participant.number, "code": exc.code})  # fmt: skip
     _advance(run, timed_out=False)
     return True
 
@@ -835,6 +892,7 @@ def _spend(run: FineTuningRun, noise_multiplier: float) -> None:
 
 
 def _next_round(run: FineTuningRun, n: int) -> None:
+    transaction.on_commit(functools.partial(notify_changed, run.id))  # also when the run ends here
     if run.current_round + 1 >= run.rounds:
         run.save()
         run_finish(run=run)
@@ -846,8 +904,10 @@ def _next_round(run: FineTuningRun, n: int) -> None:
     run.current_round += 1
     run.attempt = 0
     _open_phase(run, _first_phase(run), new_round=True)
-    if run.secure_aggregation:
-        _advance(run, timed_out=False)  # keys advertised ahead by every site: straight to shares
+    if run.secure_aggregation:  # keys (and shares) sent ahead by every site: straight to shares or masked
+        _advance(run, timed_out=False)
+        if run.phase == Phase.SHARES:
+            _advance(run, timed_out=False)
 
 
 def _fail_round(run: FineTuningRun, reason: str) -> None:
