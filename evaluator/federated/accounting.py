@@ -281,7 +281,12 @@ def steps_per_round(local_epochs: int, sample_rate: float) -> int:
 
 
 def record_level_ledger(
-    *, noise_multiplier: float, sample_rate: float, local_epochs: int, delta: float, accountant: str | None = None
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    local_epochs: int,
+    delta: float,
+    accountant: str | None = None,
 ) -> PrivacyLedger:
     """The accountant of one site's training rows under record-level DP-SGD: exact GDP for
     full-batch steps (q = 1), RDP of the subsampled Gaussian otherwise. ``accountant`` overrides
