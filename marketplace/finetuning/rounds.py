@@ -288,7 +288,7 @@ def run_for_site(*, site: Site, run_id: int, lock: bool = False) -> tuple[FineTu
         queryset = queryset.select_for_update()
     run = queryset.first()
     participant = (
-        Participant.objects.select_related("job").filter(run_id=run_id, site=site).first() if run else None
+        Participant.objects.select_related("job", "site").filter(run_id=run_id, site=site).first() if run else None
     )
     if run is None or participant is None:
         raise NotFound("Run not found.")
