@@ -256,7 +256,9 @@ def wrk_load(port: int, url: str, headers: dict, *, clients: int, seconds: float
         value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
         return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit], 2)
 
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    percentiles = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if set(percentiles) != {"50", "99"}:
+        raise RuntimeError(f"unexpected wrk output: {out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)$", out, re.M)
