@@ -128,14 +128,14 @@ def run(
     """One federated run; returns two test-accuracy curves (after each round): of the global model,
     and of its exponential moving average ``a <- ema a + (1 - ema) w`` over the rounds (a
     post-processing of the released models: no privacy cost; not what the hub does today); and
-    the largest norm of a site's update before the agent's update bound."""
+    the largest norm of a site's update before the agent's update bound; and the epsilon in the
+    site's own ledger after the rounds (what every site and the hub show)."""
     import torch
 
     from evaluator.federated.client_update import prepare_site_update
     from evaluator.federated.strategies import mean_update
     from evaluator.federated.updates import dequantize, quantization_range
-    from evaluator.privacy.distributed import site_noise_share
-    from evaluator.runner.dpsgd import DPConfig, VmapGrads, dp_sgd
+    from evaluator.runner.dpsgd import VmapGrads, dp_sgd
 
     names = sorted(
         n for n, _ in model.named_parameters() if trainable is None or n.startswith(tuple(trainable))
@@ -169,17 +169,20 @@ def run(
     # -lr (sum of all sites' clipped gradients + all sites' noise) / sum(n_k), one denominator.
     cap = max(len(y) for _, y in train)
     weights = [len(y) / cap if fedsgd else 1.0 for _, y in train]
+    config = site_ledger = None
+    if dp is not None:
+        # the run as the hub sends it; the site agent's own parse_run / _round_config turn it into
+        # the runner's DP settings: under secure aggregation with FedSGD rounds each site adds only
+        # sigma / sqrt(t) (distributed noise), and the site's ledger charges sigma
+        q = 1.0 if fedsgd else batch / min_rows
+        spec, config = site_runner_dp(dp, q=q, local_epochs=local_epochs, lr=lr, secure=secure,
+                                      distributed=fedsgd and secure)  # fmt: skip
+        site_ledger = spec.new_privacy_ledger(0)
     for _ in range(rounds):
         old = as_dict(w)
         vectors = []
         for (x, y), weight in zip(train, weights, strict=True):
-            if dp is not None:
-                q = 1.0 if fedsgd else batch / min_rows
-                # distributed noise: under secure aggregation each site adds sigma / sqrt(t) and any
-                # released sum (of >= t sites) carries >= sigma (FedSGD only: one linear step per round)
-                site_sigma = site_noise_share(dp["sigma"], THRESHOLD) if fedsgd and secure else dp["sigma"]
-                config = DPConfig(example_clip_norm=dp["clip"], noise_multiplier=site_sigma, sample_rate=q,
-                                  steps=local_epochs * int(np.ceil(1 / q)))  # fmt: skip
+            if config is not None:
                 new = dp_sgd(grads, {n: torch.from_numpy(v) for n, v in old.items()}, names, x, y, config=config,
                              learning_rate=lr, batch_size=q * len(y), rng=rng)  # fmt: skip
                 new = {n: (old[n] + weight * (t.numpy() - old[n])).astype(np.float32) for n, t in new.items()}
@@ -200,10 +203,31 @@ def run(
         divisor = sum(weights) if fedsgd else N_SITES  # the hub's example-weighted mean
         w = server.aggregate(w, mean_update(summed, 1) / divisor, N_SITES)  # the hub's own strategy code
         w = w.astype(np.float32).astype(np.float64)  # the hub stores D as float32
+        if site_ledger is not None:
+            site_ledger.record_round()
         curve.append(accuracy(model, names, w, *test))
         average = ema * average + (1 - ema) * w
         ema_curve.append(accuracy(model, names, average, *test))
-    return curve, ema_curve, max(update_norms)
+    return curve, ema_curve, max(update_norms), (site_ledger.epsilon if site_ledger is not None else None)
+
+
+def site_runner_dp(dp, *, q, local_epochs, lr, secure, distributed):
+    """The runner's ``DPConfig`` as the site agent derives it from the hub's run (its ``parse_run``
+    checks and its ``_round_config``), and the parsed spec (whose ledger the site keeps)."""
+    from types import SimpleNamespace
+
+    from evaluator.federated.accounting import steps_per_round
+    from evaluator.federated.site import SiteParticipant, parse_run
+    from evaluator.runner.dpsgd import DPConfig
+
+    run = {"id": 1, "participant": 1, "n_participants": N_SITES, "rounds": 50, "local_epochs": local_epochs,
+           "batch_size": 32, "learning_rate": lr, "secure_aggregation": secure,
+           "threshold": THRESHOLD if secure else None, "clip_norm": 100.0, "noise_multiplier": 0.0,
+           "dp_delta": DELTA, "privacy_unit": "record", "quantization_bits": 20 if secure else None,
+           "dp": {"example_clip_norm": dp["clip"], "noise_multiplier": dp["sigma"], "sample_rate": q,
+                  "steps": steps_per_round(local_epochs, q), "distributed": distributed}}  # fmt: skip
+    spec = parse_run(run)
+    return spec, DPConfig.parse(SiteParticipant._round_config(SimpleNamespace(spec=spec), None)["dp"])
 
 
 def plain_sgd(model, names, old, x, y, *, lr, batch, epochs, rng):
@@ -417,9 +441,12 @@ def main() -> None:
         results["runs"].append({"name": name, "epsilon": eps, "sigma": sigma, "lr": lr, "final": curve[-1], "best": max(curve),
                                 "final_ema": ema_curve[-1], "curve": curve, "ema_curve": ema_curve,
                                 "max_update_norm": curves[2] if len(curves) > 2 else None,
+                                "site_ledger_epsilon": curves[3] if len(curves) > 3 else None,
                                 "seconds": time.perf_counter() - started})  # fmt: skip
+        site_eps = results["runs"][-1]["site_ledger_epsilon"]
         print(f"{name} (sigma {sigma:.3f}): final {curve[-1]:.3f}, best {max(curve):.3f}, "
-              f"final of the moving average {ema_curve[-1]:.3f}", file=sys.stderr)  # fmt: skip
+              f"final of the moving average {ema_curve[-1]:.3f}"
+              + (f", site ledger epsilon {site_eps:.3f}" if site_eps is not None else ""), file=sys.stderr)  # fmt: skip
 
     common = {
         "rounds": args.rounds,
