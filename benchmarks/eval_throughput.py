@@ -1,7 +1,7 @@
 """Evaluation throughput: many small jobs over several sites, with and without the warm pool.
 
     python benchmarks/eval_throughput.py [--submissions 50] [--sites 3] [--rows 1000]
-        [--modes cold,pool,compiled] [--distinct-artifacts] [--json out.json]
+        [--modes cold,pool,compiled] [--distinct-artifacts] [--pool-size 1] [--json out.json]
 
 Sets up, in a temporary folder, a hub (SQLite, migrated, gunicorn on loopback: real HTTP,
 Celery tasks inline), one vendor, ``--sites`` sites of one data owner, one task whose shard
@@ -235,7 +235,9 @@ class AgentThread:
                 time.sleep(0.5)  # the queue is empty (the end of the window): poll gently
 
 
-def make_agents(root: Path, url: str, seed: dict, image: str, features: Path, labels: Path, mode: str) -> list[Agent]:
+def make_agents(
+    root: Path, url: str, seed: dict, image: str, features: Path, labels: Path, mode: str, pool_size: int = 1
+) -> list[Agent]:
     agents = []
     for i, token in enumerate(seed["site_tokens"]):
         site = root / f"{mode}-site-{i}"
@@ -243,7 +245,7 @@ def make_agents(root: Path, url: str, seed: dict, image: str, features: Path, la
         (site / "site-token").write_text(token)
         (site / "site.toml").write_text(
             f'hub_url = "{url}"\nsite_token_file = "site-token"\ndata_dir = "data"\nimage = "{image}"\n'
-            f"pool_size = {0 if mode == 'cold' else 1}\ncompile_models = {'true' if mode == 'compiled' else 'false'}\n"
+            f"pool_size = {0 if mode == 'cold' else pool_size}\ncompile_models = {'true' if mode == 'compiled' else 'false'}\n"
             "\n[limits]\nmax_memory_mb = 4096\nmax_cpus = 1.0\nmax_timeout_seconds = 1800\n"
             "max_epsilon_per_release = 2.0\nmax_vendor_epsilon = 1000\nmax_task_epsilon = 1000\n"
         )
@@ -272,9 +274,9 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.1) -> None
 
 
 def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifacts: list[Path], features: Path,
-             labels: Path, n_submissions: int, cgroup: ContainerCgroup, hub_pid: int) -> dict:  # fmt: skip
+             labels: Path, n_submissions: int, cgroup: ContainerCgroup, hub_pid: int, pool_size: int = 1) -> dict:  # fmt: skip
     go, stop = threading.Event(), threading.Event()
-    agents = make_agents(root, url, seed, image, features, labels, mode)
+    agents = make_agents(root, url, seed, image, features, labels, mode, pool_size)
     threads = [AgentThread(a, go, stop) for a in agents]
     for t in threads:
         t.thread.start()
@@ -350,6 +352,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--modes", default="cold,pool,compiled")
+    parser.add_argument("--pool-size", type=int, default=1, help="pool_size of every agent in the pool modes")
     parser.add_argument(
         "--distinct-artifacts", action="store_true",
         help="every submission its own model bytes (the warm-up's too): no compiled form is ever reused",
@@ -388,7 +391,7 @@ def main() -> None:
                 results["modes"][mode] = run_mode(
                     mode, url=url, seed=seed, root=root, image=image, artifacts=artifacts,
                     features=root / "features.npy", labels=root / "labels.npy",
-                    n_submissions=args.submissions, cgroup=cgroup, hub_pid=hub_pid,
+                    n_submissions=args.submissions, cgroup=cgroup, hub_pid=hub_pid, pool_size=args.pool_size,
                 )  # fmt: skip
                 print(json.dumps({mode: results["modes"][mode]}), file=sys.stderr)
         results["machine"] = machine()
