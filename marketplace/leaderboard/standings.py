@@ -193,7 +193,8 @@ def _freshness_sql(with_task: bool = False) -> str:
     fields = ", ".join(f"s.{f}" for f in ["id", "task_id", "audience", *(f for f in _FIELDS if f != "orders")])
     if with_task:
         # Compared here: a raw column outside the model is not converted (SQLite: a string).
-        fields += (", t.visibility AS task_visibility, t.status AS task_status,"
+        fields += (", t.visibility AS task_visibility, t.status AS task_status, t.metrics AS task_metrics,"
+                   " t.primary_metric AS task_primary_metric,"
                    " (s.task_updated_at IS NOT NULL AND t.updated_at = s.task_updated_at) AS settings_seen")  # fmt: skip
     joined = f" INNER JOIN {Task._meta.db_table} t ON t.id = s.task_id" if with_task else ""
     # Only table and column names from the models are formatted in; the values are parameters.
@@ -219,6 +220,8 @@ def visitor_standing(*, task_id: int, now: datetime | None = None) -> Leaderboar
         return None
     # Fresh: its task_updated_at is the task's updated_at (board_tag).
     row.fresh = bool(row.settings_seen and row.entries_seen and row.unlisted == row.released_unlisted)
+    if isinstance(row.task_metrics, str):  # SQLite: a raw JSON column comes as text
+        row.task_metrics = json.loads(row.task_metrics)
     return row
 
 

@@ -211,3 +211,35 @@ def test_the_visitor_fast_path_keeps_the_full_paths_refusals(board, owner, visit
     assert visitor.get(url).content == first.content
     # The owner, logged in, never gets the visitors' answer (another audience: all entries at once).
     assert owner.client.get(url)["ETag"] != first["ETag"]
+
+
+def test_a_visitors_poll_of_an_unchanged_board_is_one_query_with_the_full_paths_etag(
+    board, vendor, visitor, site, django_assert_max_num_queries, django_capture_on_commit_callbacks
+):
+    """The task page's poll (?since=<version>: 204 while unchanged): a visitor's is answered from
+    visitor_standing alone; its ETag is the one the full path gives (a logged-in reader of the
+    same public board)."""
+    import re
+
+    from django.test import Client
+
+    from marketplace.catalog.models import Task, Visibility
+
+    logged_in = Client()
+    logged_in.force_login(vendor.user)  # a session: the portal's full path
+    page = visitor.get(f"/tasks/{board.id}/").content.decode()
+    version = re.search(r'data-version="([^"]+)"', page).group(1)
+    for query in ("", "&sort=accuracy&view=all", "&sort=nonsense&page=2"):
+        url = f"/tasks/{board.id}/leaderboard/?since={version}{query}"
+        with django_assert_max_num_queries(1):
+            fast = visitor.get(url)
+        with django_assert_max_num_queries(20) as full_path:
+            full = logged_in.get(url)
+        assert len(full_path.captured_queries) > 1  # it did take the full path
+        assert (fast.status_code, full.status_code) == (204, 204) and fast["ETag"] == full["ETag"], query
+    newcomer = _persona("newcomer", "Newcomer", "vendor")
+    _score(site, submit(newcomer, board, name="the-best"), django_capture_on_commit_callbacks, 0.99)
+    changed = visitor.get(f"/tasks/{board.id}/leaderboard/?since={version}")
+    assert changed.status_code == 200 and "the-best" in changed.content.decode()
+    Task.objects.filter(id=board.id).update(visibility=Visibility.INVITE_ONLY)
+    assert visitor.get(f"/tasks/{board.id}/leaderboard/?since={version}").status_code == 404

@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+from types import SimpleNamespace
 from urllib.parse import urlencode
 
 from django.core.cache import cache
@@ -35,7 +36,14 @@ from marketplace.leaderboard.selectors import (
     leaderboard_row,
     leaderboard_rows,
 )
-from marketplace.leaderboard.standings import RankedPage, audience_of, board_etag, standing_of
+from marketplace.leaderboard.standings import (
+    RankedPage,
+    audience_of,
+    board_etag,
+    board_tag,
+    standing_of,
+    visitor_standing,
+)
 from marketplace.portal.charts import best_score_chart
 from marketplace.portal.onboarding import fine_tuning_policy, per_format, sample_name
 from marketplace.portal.views._common import funnelled
@@ -152,17 +160,30 @@ def task_detail(request, task_id: int):
     return render(request, "portal/task_detail.html", context)
 
 
+def _poll_etag(version: str, request, task) -> str:
+    """The partial's ETag: the board's version and the query (`task`: its metrics and primary metric)."""
+    return f'"{version}-{hashlib.sha256(_query(_board_params(request, task)).encode()).hexdigest()[:12]}"'
+
+
 @funnelled
 def task_leaderboard(request, task_id: int):
     """The leaderboard and chart alone, for htmx polling on the task page. Sends only what changed:
     a poll carrying the version it shows (?since=) answers 204 (htmx keeps the page) while the
-    board is the same, and any client gets an ETag (If-None-Match: 304)."""
+    board is the same, and any client gets an ETag (If-None-Match: 304). A visitor's poll of a
+    fresh, unchanged board is answered from one query (leaderboard.standings.visitor_standing)."""
+    if not request.user.is_authenticated and "since" in request.GET:
+        standing = visitor_standing(task_id=task_id)
+        if standing is not None and standing.fresh:
+            version = board_tag(standing, task_updated_at=standing.task_updated_at)
+            if request.GET["since"] == version:
+                board = SimpleNamespace(metrics=standing.task_metrics, primary_metric=standing.task_primary_metric)
+                return HttpResponse(status=204, headers={"ETag": _poll_etag(version, request, board)})
     task = access_task_by_id(request.user, task_id)
     if not leaderboard_visible(task=task, user=request.user):
         return HttpResponse(_leaderboard_context(request, task)["board_html"])
     standing = standing_of(task=task, audience=audience_of(task=task, user=request.user))
     version = board_etag(standing, task)
-    etag = f'"{version}-{hashlib.sha256(_query(_board_params(request, task)).encode()).hexdigest()[:12]}"'
+    etag = _poll_etag(version, request, task)
     if request.GET.get("since") == version:
         return HttpResponse(status=204, headers={"ETag": etag})
     if etag in {t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")}:
