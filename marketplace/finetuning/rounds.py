@@ -183,6 +183,8 @@ def dp_settings(run: FineTuningRun) -> dict[str, Any] | None:
         "noise_multiplier": float(run.noise_multiplier),
         "sample_rate": float(run.dp_sample_rate or 1.0),
         "steps": int(run.dp_steps_per_round or 1),
+        "distributed": bool(run.dp_distributed),  # sites add sigma/sqrt(t); refused where it does not hold
+        "accountant": privacy_ledger(run).accountant,  # one epsilon also for runs approved before GDP
     }
 
 
@@ -831,7 +833,7 @@ def _strategy(run: FineTuningRun) -> Strategy:
     strategy = get_strategy(
         run.strategy, learning_rate=run.learning_rate, local_epochs=run.local_epochs, **run.strategy_params
     )
-    if run.strategy == StrategyName.FEDADAM and run.strategy_state:
+    if run.strategy_state:  # FedAdam's m and v, FedAvg's server momentum m
         with run.strategy_state.open("rb") as stored:
             strategy.load_state_dict(state_from_bytes(stored.read()))
     return strategy
