@@ -447,8 +447,10 @@ class Agent:
             log.warning("job %s: this attempt was already posted; not posting again", job_id)
             return
         interval = self.config.lease_renew_interval_seconds or _lease_seconds(job) / 3
-        # The warm pool starts the next sandbox once this job is over (result posted), not beside it.
-        quiet = self._pool.job_running() if self._pool is not None else contextlib.nullcontext()
+        # The warm pool starts the next sandbox once this evaluation is over (result posted), not
+        # beside it. A training run (long, no pooled sandbox) does not hold the pool back.
+        evaluating = self._pool is not None and job.get("kind") != "train"
+        quiet = self._pool.job_running() if evaluating else contextlib.nullcontext()
         with LeaseKeeper(self.client, job_id, interval) as keeper, quiet:
             if job.get("kind") == "train":
                 self._train(job, keeper)
