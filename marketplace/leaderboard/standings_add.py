@@ -65,7 +65,11 @@ def standings_add(*, task_id: int, entry_id: int, now: datetime | None = None) -
             latest=Max("updated_at")
         )["latest"],
     }
+    names = [m["name"] for m in task.metrics]
     for row in rows.values():
+        # In the order standings_refresh builds them (PostgreSQL's jsonb returns its keys sorted):
+        # the digest is of their JSON.
+        row.orders = {view: {name: row.orders[view][name] for name in names} for view in VIEWS}
         count = len(row.orders[ALL][task.primary_metric])
         digest = _digest_of(task, row.orders, latest[row.audience], count)
         if digest != row.digest:
