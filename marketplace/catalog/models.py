@@ -96,7 +96,7 @@ class Task(models.Model):
         help_text="The task's rules, in the owner's words; a vendor accepts them before its first upload",
     )  # fmt: skip
     # Federated fine-tuning privacy policy (docs/federated-protocol.md), copied into a run at approval.
-    # Private by default: record-level DP-SGD at every site (sigma 2), epsilon capped at 8 (delta 1e-5);
+    # Private by default: record-level DP-SGD at every site, sigma calibrated to the epsilon cap 8 (delta 1e-5);
     # why these values: docs/federated-protocol.md and BENCHMARKS.md.
     fl_privacy_unit = models.CharField(
         max_length=8, default="record",
@@ -108,8 +108,10 @@ class Task(models.Model):
         default=1.0, help_text="L2 bound of each site's whole update (site unit: the sensitivity; record: a bound)"
     )
     fl_noise_multiplier = models.FloatField(
-        default=2.0, help_text="record: sigma of each DP-SGD step; site: the aggregate carries noise z * clip"
-    )
+        null=True, blank=True, default=None,
+        help_text="record: sigma of each DP-SGD step; site: the aggregate carries noise z * clip; empty: "
+        "calibrated to the epsilon cap over a run's planned rounds (marketplace.finetuning.defaults)",
+    )  # fmt: skip
     fl_dp_delta = models.FloatField(default=1e-5)
     fl_epsilon_cap = models.FloatField(null=True, blank=True, default=8.0, help_text="A run stops before passing it")
     fl_secure_aggregation = models.BooleanField(default=True, help_text="Needs at least 3 sites")

@@ -106,8 +106,9 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
     )
     # Private by default (docs/federated-protocol.md): record-level DP-SGD, epsilon capped at 8. A task
     # whose owner sets no noise, or opts out (unit "none"), gets no default cap.
-    unit, noise = values.get("fl_privacy_unit", "record"), values.get("fl_noise_multiplier", 2.0)
-    if "fl_epsilon_cap" not in values and (unit == "none" or not noise):
+    # Empty sigma (the default): calibrated to the cap over each run's planned rounds at approval.
+    unit, noise = values.get("fl_privacy_unit", "record"), values.get("fl_noise_multiplier")
+    if "fl_epsilon_cap" not in values and (unit == "none" or noise == 0):
         values["fl_epsilon_cap"] = None
     validate_fl_policy(
         clip_norm=values.get("fl_clip_norm", 1.0),

@@ -169,7 +169,7 @@ FL_PRIVACY_UNITS = {"record", "site", "none"}
 def validate_fl_policy(
     *,
     clip_norm: float,
-    noise_multiplier: float,
+    noise_multiplier: float | None,
     dp_delta: float,
     epsilon_cap: float | None,
     secure_aggregation: bool,
@@ -185,8 +185,12 @@ def validate_fl_policy(
         _fail("fl_example_clip_norm", "fl_example_clip_norm must be positive.")
     if not 0 < clip_norm <= 1e6:
         _fail("fl_clip_norm", "fl_clip_norm must be positive.")
-    if not 0 <= noise_multiplier <= 1e3:
-        _fail("fl_noise_multiplier", "fl_noise_multiplier must be between 0 and 1000.")
+    if noise_multiplier is not None and not 0 <= noise_multiplier <= 1e3:
+        _fail("fl_noise_multiplier", "fl_noise_multiplier must be between 0 and 1000 (empty: from the epsilon cap).")
+    if noise_multiplier is None and privacy_unit == "site":
+        _fail("fl_noise_multiplier", "Site-level DP needs a noise multiplier (only record-level sigma is calibrated).")
+    if noise_multiplier is None and epsilon_cap is None and privacy_unit == "record":
+        _fail("fl_noise_multiplier", "Set a noise multiplier, or an epsilon cap to calibrate it from.")
     if not 0 < dp_delta < 1:
         _fail("fl_dp_delta", "fl_dp_delta must be in (0, 1).")
     if epsilon_cap is not None:

@@ -79,6 +79,10 @@ class FineTuningRun(models.Model):
     strategy_params = models.JSONField(default=dict, blank=True)
     min_sites = models.PositiveSmallIntegerField(default=1)
     round_timeout_seconds = models.PositiveIntegerField(default=600)
+    hub_defaults = models.JSONField(
+        default=dict, blank=True,
+        help_text="What the hub filled in and why: {field: {value, reason}} (finetuning.defaults)",
+    )  # fmt: skip
     # The task's privacy policy, copied at approval: later edits of the task do not change a run.
     privacy_unit = models.CharField(max_length=8, blank=True, help_text="record, site or none (no DP)")
     example_clip_norm = models.FloatField(null=True, blank=True, help_text="record: per-row gradient bound C")

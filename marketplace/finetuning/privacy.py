@@ -74,7 +74,7 @@ def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
         subject, n = run, run.participants.count()
     else:  # an estimate from the task's policy as approval would copy it
         shards = _data_sites(run.task)
-        subject, n = _probe(run.task, shards, run.min_sites, run.batch_size, run.local_epochs), len(shards)
+        subject, n = _probe(run.task, shards, run.min_sites, run.batch_size, run.local_epochs, run.rounds), len(shards)
     unit = subject.privacy_unit or PrivacyUnit.SITE
     private = has_noise(subject)
     spent = planned = within = None

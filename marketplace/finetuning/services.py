@@ -25,9 +25,12 @@ from evaluator.federated.secagg import default_threshold
 from evaluator.federated.strategies import get_strategy
 from evaluator.federated.updates import max_bits_for_sites
 from evaluator.privacy.distributed import applies as distributed_applies
+from evaluator.privacy.distributed import site_noise_share
+from evaluator.privacy.update_bound import record_level_update_bound
 from marketplace.audit.services import audit_record
 from marketplace.catalog.models import DataShard, Task, TaskStatus
 from marketplace.core.errors import Conflict, DomainError
+from marketplace.finetuning.defaults import run_settings, smallest_fit_rows, task_noise_multiplier
 from marketplace.finetuning.models import (
     FineTuningRun,
     Participant,
@@ -185,22 +188,30 @@ def _data_sites(task: Task) -> list[DataShard]:
     return list(DataShard.objects.filter(task=task).select_related("site").order_by("site_id"))
 
 
-def _probe(task: Task, shards: list[DataShard], min_sites: int, batch_size: int, local_epochs: int) -> FineTuningRun:
-    """An unsaved run with the task's privacy settings, as approval would copy them."""
+def _probe(
+    task: Task, shards: list[DataShard], min_sites: int, batch_size: int, local_epochs: int, rounds: int
+) -> FineTuningRun:
+    """An unsaved run with the task's privacy settings, as approval would copy them (sigma left
+    empty by the owner: calibrated to the epsilon cap over ``rounds``)."""
     n = len(shards)
     unit = task.fl_privacy_unit
+    q = dp_sample_rate(batch_size, shards) if unit == PrivacyUnit.RECORD else 1.0
+    sigma = None
+    if unit != PrivacyUnit.NONE and n:
+        sigma = task_noise_multiplier(task, rounds=rounds, sample_rate=q, local_epochs=local_epochs)
     return FineTuningRun(
-        privacy_unit=unit, noise_multiplier=task.fl_noise_multiplier, dp_delta=task.fl_dp_delta,
+        privacy_unit=unit, noise_multiplier=sigma, dp_delta=task.fl_dp_delta, rounds=rounds,
         epsilon_cap=task.fl_epsilon_cap, secure_aggregation=task.fl_secure_aggregation, min_sites=min_sites,
         threshold=default_threshold(n) if task.fl_secure_aggregation else None, local_epochs=local_epochs,
         batch_size=batch_size, example_clip_norm=task.fl_example_clip_norm if unit == PrivacyUnit.RECORD else None,
-        dp_sample_rate=dp_sample_rate(batch_size, shards) if unit == PrivacyUnit.RECORD else None,
+        dp_sample_rate=q if unit == PrivacyUnit.RECORD else None,
     )  # fmt: skip
 
 
 def _check_task_policy(
-    task: Task, shards: list[DataShard], min_sites: int, *, batch_size: int, local_epochs: int, artifact_format: str
-) -> None:
+    task: Task, shards: list[DataShard], min_sites: int, *, batch_size: int, local_epochs: int, rounds: int,
+    artifact_format: str,
+) -> None:  # fmt: skip
     """Refuses what the task's privacy policy cannot support with the sites it has."""
     n_sites = len(shards)
     if not task.fine_tuning_allowed:
@@ -228,14 +239,14 @@ def _check_task_policy(
             "training loop, which the sites cannot hold to per-example clipping.",
             code="not_trainable",
         )
-    if unit != PrivacyUnit.NONE and not task.fl_noise_multiplier:
+    probe = _probe(task, shards, min_sites, batch_size, local_epochs, rounds)
+    if unit != PrivacyUnit.NONE and not probe.noise_multiplier:
         raise Conflict(
             "The task asks for DP but adds no noise; set a noise multiplier, or opt out of DP explicitly "
             "(privacy unit 'none').",
             code="epsilon_cap_without_noise",
         )
     if unit != PrivacyUnit.NONE and task.fl_epsilon_cap is not None:
-        probe = _probe(task, shards, min_sites, batch_size, local_epochs)
         if not next_round_allowed(probe, n_sites):
             raise Conflict(
                 "The task's epsilon cap does not allow a single round.", code="epsilon_cap_too_low"
@@ -248,15 +259,16 @@ def run_request(
     parent: Submission,
     actor,
     rounds: int,
-    learning_rate: float,
-    local_epochs: int = 1,
-    batch_size: int = 32,
+    learning_rate: float | None = None,
+    local_epochs: int | None = None,
+    batch_size: int | None = None,
     strategy: str = StrategyName.FEDAVG,
     strategy_params: dict | None = None,
     min_sites: int = 1,
     round_timeout_seconds: int = 600,
 ) -> FineTuningRun:
-    """A vendor asks to fine-tune one of its scored, trainable submissions on the task's sites."""
+    """A vendor asks to fine-tune one of its scored, trainable submissions on the task's sites.
+    What it leaves empty (None) the hub fills in (``finetuning.defaults``; FedSGD for record-level)."""
     task = Task.objects.get(id=parent.task_id)
     if parent.is_fine_tuned:
         raise DomainError("Fine-tune the original submission, not a fine-tuned one.", code="not_trainable")
@@ -268,18 +280,27 @@ def run_request(
     if parent.status != SubmissionStatus.SCORED or not results_are_visible(parent, now=timezone.now()):
         raise Conflict("Only a scored submission can be fine-tuned.", code="not_scored")
     rounds = int(_number(rounds, "rounds", low=1, high=1000, integer=True))
-    local_epochs = int(_number(local_epochs, "local_epochs", low=1, high=100, integer=True))
-    batch_size = int(_number(batch_size, "batch_size", low=1, high=65536, integer=True))
-    learning_rate = float(_number(learning_rate, "learning_rate", low=1e-9, high=10.0))
+    if local_epochs is not None:
+        local_epochs = int(_number(local_epochs, "local_epochs", low=1, high=100, integer=True))
+    if batch_size is not None:
+        batch_size = int(_number(batch_size, "batch_size", low=1, high=65536, integer=True))
+    if learning_rate is not None:
+        learning_rate = float(_number(learning_rate, "learning_rate", low=1e-9, high=10.0))
     min_sites = int(_number(min_sites, "min_sites", low=1, high=1000, integer=True))
     timeout = int(_number(round_timeout_seconds, "round_timeout_seconds", low=10, high=86400, integer=True))
-    params = _check_strategy(strategy, strategy_params or {}, learning_rate, local_epochs)
-    _check_task_policy(task, _data_sites(task), min_sites, batch_size=batch_size, local_epochs=local_epochs,
-                       artifact_format=parent.artifact_format)  # fmt: skip
+    if not isinstance(strategy_params or {}, dict):
+        raise DomainError("strategy_params must be an object.", code="invalid_run")
+    shards = _data_sites(task)
+    chosen = run_settings(task, shards, rounds=rounds, batch_size=batch_size, local_epochs=local_epochs,
+                          learning_rate=learning_rate, strategy=strategy, strategy_params=strategy_params or {})  # fmt: skip
+    params = _check_strategy(strategy, chosen.strategy_params, chosen.learning_rate, chosen.local_epochs)
+    _check_task_policy(task, shards, min_sites, batch_size=chosen.batch_size, local_epochs=chosen.local_epochs,
+                       rounds=rounds, artifact_format=parent.artifact_format)  # fmt: skip
     run = FineTuningRun.objects.create(
         task=task, parent=parent, vendor_id=parent.vendor_id, requested_by=actor, rounds=rounds,
-        local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, strategy=strategy,
-        strategy_params=params, min_sites=min_sites, round_timeout_seconds=timeout,
+        local_epochs=chosen.local_epochs, batch_size=chosen.batch_size, learning_rate=chosen.learning_rate,
+        strategy=strategy, strategy_params=params, min_sites=min_sites, round_timeout_seconds=timeout,
+        hub_defaults=chosen.defaults,
     )  # fmt: skip
     audit_record(action="finetuning.requested", obj=run, actor_user=actor,
                  data={"parent": parent.id, "rounds": rounds, "strategy": strategy})  # fmt: skip
@@ -302,14 +323,19 @@ def run_approve(*, run: FineTuningRun, actor, validation_holdout: bool = True) -
     shards = _data_sites(task)
     parent = Submission.objects.get(id=run.parent_id)
     _check_task_policy(task, shards, run.min_sites, batch_size=run.batch_size, local_epochs=run.local_epochs,
-                       artifact_format=parent.artifact_format)  # fmt: skip
+                       rounds=run.rounds, artifact_format=parent.artifact_format)  # fmt: skip
     n = len(shards)
-    probe = _probe(task, shards, run.min_sites, run.batch_size, run.local_epochs)
+    probe = _probe(task, shards, run.min_sites, run.batch_size, run.local_epochs, run.rounds)
     run.privacy_unit = probe.privacy_unit
     run.example_clip_norm = probe.example_clip_norm
     run.dp_sample_rate = probe.dp_sample_rate
     run.clip_norm = task.fl_clip_norm
-    run.noise_multiplier = task.fl_noise_multiplier if run.privacy_unit != PrivacyUnit.NONE else 0.0
+    run.noise_multiplier = float(probe.noise_multiplier or 0.0)  # none: no sigma; empty: calibrated
+    if run.privacy_unit != PrivacyUnit.NONE and task.fl_noise_multiplier is None:
+        run.hub_defaults = {**run.hub_defaults, "noise_multiplier": {
+            "value": run.noise_multiplier,
+            "reason": f"calibrated: {run.rounds} rounds spend exactly the ε cap {task.fl_epsilon_cap:g} "
+            f"(δ {task.fl_dp_delta:g})"}}  # fmt: skip
     run.dp_delta = task.fl_dp_delta
     run.epsilon_cap = task.fl_epsilon_cap if run.privacy_unit != PrivacyUnit.NONE else None
     run.secure_aggregation = task.fl_secure_aggregation
@@ -331,6 +357,8 @@ def run_approve(*, run: FineTuningRun, actor, validation_holdout: bool = True) -
         local_epochs=run.local_epochs,
     )  # fmt: skip
     run.privacy_ledger = ledger.to_dict()
+    if is_record_level(run) and run.noise_multiplier:
+        _record_level_clip_norm(run, shards, float(task.fl_clip_norm))
     for number, shard in enumerate(shards, start=1):
         job = Job.objects.create(
             kind=JobKind.TRAIN, submission_id=run.parent_id, site=shard.site, status=JobStatus.QUEUED
@@ -346,6 +374,29 @@ def run_approve(*, run: FineTuningRun, actor, validation_holdout: bool = True) -
     audit_record(action="finetuning.approved", obj=run, actor_user=actor,
                  data={"sites": n, "secure_aggregation": run.secure_aggregation, "threshold": run.threshold})  # fmt: skip
     return run
+
+
+def _record_level_clip_norm(run: FineTuningRun, shards: list[DataShard], task_bound: float) -> None:
+    """The update bound DP-SGD itself guarantees (``evaluator.privacy.update_bound``), so the agent's
+    clip never cuts an honest record-level update; the task's bound where it is larger."""
+    from django.conf import settings
+
+    sigma = float(run.noise_multiplier)
+    if run.dp_distributed:
+        sigma = site_noise_share(sigma, int(run.threshold or 1))
+    bound = record_level_update_bound(
+        learning_rate=float(run.learning_rate), steps=int(run.dp_steps_per_round or 1),
+        sample_rate=float(run.dp_sample_rate or 1.0), example_clip_norm=float(run.example_clip_norm or 1.0),
+        noise_multiplier=sigma, min_rows=smallest_fit_rows(shards),
+        n_parameters=int(settings.VAULTBENCH_FL_MAX_PARAMETERS),
+    )  # fmt: skip
+    if bound > task_bound:
+        run.clip_norm = round(bound, 6)
+        run.hub_defaults = {**run.hub_defaults, "clip_norm": {
+            "value": run.clip_norm,
+            "reason": f"record-level: the most a DP-SGD round can move the weights (lr × steps × C × "
+            f"(1 + σ_site (√d + 8) / n_min) / q, d ≤ {settings.VAULTBENCH_FL_MAX_PARAMETERS}), above the "
+            f"task's {task_bound:g}, so the sites' clip never cuts an update"}}  # fmt: skip
 
 
 @transaction.atomic
