@@ -28,13 +28,15 @@ from marketplace.finetuning.services import run_approve, run_reject, run_request
 
 
 class RunInput(serializers.Serializer):
-    """Parses only; the rules live in finetuning/services.py."""
+    """Parses only; the rules live in finetuning/services.py. Empty (null or left out) local_epochs,
+    batch_size and learning_rate are the hub's defaults (finetuning/defaults.py; record-level: the
+    FedSGD recipe), listed with their reasons in the run's ``hub_defaults``."""
 
     submission = serializers.IntegerField()
     rounds = serializers.IntegerField(min_value=1, max_value=1000)
-    local_epochs = serializers.IntegerField(min_value=1, max_value=100, default=1)
-    batch_size = serializers.IntegerField(min_value=1, max_value=65536, default=32)
-    learning_rate = serializers.FloatField()
+    local_epochs = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True, default=None)
+    batch_size = serializers.IntegerField(min_value=1, max_value=65536, required=False, allow_null=True, default=None)
+    learning_rate = serializers.FloatField(required=False, allow_null=True, default=None)
     strategy = serializers.ChoiceField(choices=StrategyName.choices, default=StrategyName.FEDAVG)
     strategy_params = serializers.DictField(child=serializers.FloatField(), required=False, default=dict)
     min_sites = serializers.IntegerField(min_value=1, max_value=1000, default=1)
@@ -53,7 +55,8 @@ class RunOutput(serializers.ModelSerializer):
         model = FineTuningRun
         fields = [
             "id", "task_id", "parent_id", "vendor", "status", "status_reason", "rounds", "local_epochs",
-            "batch_size", "learning_rate", "strategy", "strategy_params", "strategy_defaults", "min_sites",
+            "batch_size", "learning_rate", "strategy", "strategy_params", "strategy_defaults", "hub_defaults",
+            "min_sites",
             "round_timeout_seconds", "privacy_unit", "example_clip_norm", "dp_sample_rate",
             "dp_steps_per_round", "clip_norm", "noise_multiplier", "dp_delta", "epsilon_cap", "secure_aggregation",
             "validation_holdout", "example_weighting", "robust_rule",
