@@ -276,9 +276,10 @@ def test_task_edits_after_approval_do_not_change_a_run(owner, vendor, fl_task):
     parent = make_parent(vendor, fl_task)
     sites = sites_for(owner, fl_task, 3)
     run_id = start_run(owner, vendor, parent, sites, rounds=1)
-    task_update(task=fl_task, actor=owner.user, changes={"fl_clip_norm": 5.0})
-    assert FineTuningRun.objects.get(id=run_id).clip_norm == 1.0
-    assert sites[0].state(run_id)["round_config"]["clip_norm"] == 1.0
+    before = FineTuningRun.objects.get(id=run_id).clip_norm  # record-level: derived from the DP settings
+    task_update(task=fl_task, actor=owner.user, changes={"fl_clip_norm": before + 5.0})
+    assert FineTuningRun.objects.get(id=run_id).clip_norm == before
+    assert sites[0].state(run_id)["round_config"]["clip_norm"] == before
 
 
 def test_the_beat_schedule_runs_the_advance_task(owner, vendor, fl_task, settings):
@@ -315,7 +316,9 @@ def test_an_update_above_the_clip_bound_is_refused(owner, vendor, value):
     task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False)
     sites = sites_for(owner, task, 3)
     run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=1)
-    response = sites[0].post_update(run_id, np.full(12, value, dtype=np.float32))  # norm 1e39 or 3.46 > C = 1
+    clip = FineTuningRun.objects.get(id=run_id).clip_norm
+    update = np.full(12, min(value * clip, 3e38), dtype=np.float32)  # norm 1e39 or 3.46 C > C
+    response = sites[0].post_update(run_id, update)
     assert response.status_code == 400 and error_code(response) == "update_out_of_bounds"
     assert not ProtocolMessage.objects.filter(kind="update").exists()
 
@@ -333,8 +336,9 @@ def test_an_absurd_example_count_is_refused(owner, vendor, n_examples):
 def test_a_secure_sum_above_n_times_the_clip_bound_fails_the_round(owner, vendor, fl_task):
     sites = sites_for(owner, fl_task, 3)
     run_id = start_run(owner, vendor, make_parent(vendor, fl_task), sites, rounds=2)
-    hostile = np.full(12, 1.0)  # norm 3.46: its site skipped the clip; the hub cannot see it alone
-    secagg_round(run_id, sites, [np.full(12, 0.2), np.full(12, 0.2), hostile])
+    clip = FineTuningRun.objects.get(id=run_id).clip_norm
+    hostile = np.full(12, clip)  # norm 3.46 C: its site skipped the clip; the hub cannot see it alone
+    secagg_round(run_id, sites, [np.full(12, 0.2 * clip), np.full(12, 0.2 * clip), hostile])  # sum 4.8 C > 3 C
     record = RoundRecord.objects.get(run_id=run_id, round=0, attempt=0)
     assert record.status == "failed" and record.failure_reason == "sum_out_of_bounds"
     assert np.allclose(offset_of(FineTuningRun.objects.get(id=run_id)), 0.0)
@@ -347,7 +351,11 @@ def test_record_level_run_is_the_default_and_hub_and_sites_share_one_epsilon(own
     sites = sites_for(owner, fl_task, 3)
     run_id = start_run(owner, vendor, make_parent(vendor, fl_task), sites, rounds=3)
     run = FineTuningRun.objects.get(id=run_id)
-    assert run.privacy_unit == "record" and run.epsilon_cap == 8.0 and run.noise_multiplier == 2.0
+    from evaluator.privacy.calibration import noise_multiplier_for
+
+    sigma = noise_multiplier_for(epsilon=8.0, rounds=3, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    assert run.privacy_unit == "record" and run.epsilon_cap == 8.0 and run.noise_multiplier == sigma  # calibrated
+    assert run.dp_sample_rate == 1.0 and run.hub_defaults["batch_size"]["value"] == 80  # smallest fit rows
     from marketplace.finetuning.selectors import run_payload_for_job
 
     spec = parse_run(run_payload_for_job(job=Job.objects.get(fl_participant__run=run, fl_participant__number=1)))
@@ -367,13 +375,13 @@ def test_the_api_names_the_guarantee_and_the_same_epsilon_estimate_the_owner_see
     sites_for(owner, fl_task, 3)
     run_id = request_run(vendor, make_parent(vendor, fl_task), rounds=5).json()["id"]
     privacy = vendor.client.get(f"/api/v1/finetuning-runs/{run_id}").json()["privacy"]
-    assert privacy["unit"] == "record" and "Opacus RDPAccountant" in privacy["accountant"]
+    assert privacy["unit"] == "record" and "exact Gaussian DP" in privacy["accountant"]  # q = 1 by default
     assert "not added" in privacy["composition"] and privacy["epsilon_cap"] == 8.0
-    run = FineTuningRun.objects.get(id=run_id)
     from evaluator.federated.accounting import record_level_epsilon
+    from evaluator.privacy.calibration import noise_multiplier_for
 
-    expected = record_level_epsilon(rounds=5, noise_multiplier=run.task.fl_noise_multiplier,
-                                    sample_rate=min(1.0, 32 / 80), local_epochs=1, delta=1e-5)  # fmt: skip
+    sigma = noise_multiplier_for(epsilon=8.0, rounds=5, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    expected = record_level_epsilon(rounds=5, noise_multiplier=sigma, sample_rate=1.0, local_epochs=1, delta=1e-5)
     assert privacy["epsilon_planned"] == pytest.approx(expected, abs=1e-4)
     page = _browser(owner).get(reverse("portal:approvals")).content.decode()
     assert f"{expected:.2f} per site" in page and 'data-dp-unit="record"' in page
