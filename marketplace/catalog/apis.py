@@ -101,7 +101,7 @@ class TaskInput(serializers.Serializer):
     fl_privacy_unit = serializers.ChoiceField(choices=["record", "site", "none"], required=False)
     fl_example_clip_norm = serializers.FloatField(required=False)
     fl_clip_norm = serializers.FloatField(required=False)
-    fl_noise_multiplier = serializers.FloatField(required=False)
+    fl_noise_multiplier = serializers.FloatField(required=False, allow_null=True)  # empty: calibrated to the cap
     fl_dp_delta = serializers.FloatField(required=False)
     fl_epsilon_cap = serializers.FloatField(required=False, allow_null=True)
     fl_secure_aggregation = serializers.BooleanField(required=False)

@@ -329,11 +329,12 @@ class TaskForm(forms.Form):
         "much one site's data can move the model in a round.",
     )  # fmt: skip
     fl_noise_multiplier = forms.FloatField(
-        label="Noise multiplier (σ)", required=False, min_value=0.0, max_value=1e3, initial=2.0,
-        help_text="Record-level: the noise of each DP-SGD step is σ × the per-row clip norm (default 2: one round "
-        "of batch 32 on ~100-row sites costs ε 1.8; the cap of 8 allows 80-200 rounds on sites of 400-1,000 "
-        "rows). Site-level: the aggregate carries noise σ × C; with 4 sites even σ = 3.3 over 20 rounds is "
-        "ε 8 and destroys the model. The approvals page shows each request's ε before you approve it.",
+        label="Noise multiplier (σ)", required=False, min_value=0.0, max_value=1e3,
+        help_text="Record-level: the noise of each DP-SGD step is σ × the per-row clip norm. Empty (the default): "
+        "the hub calibrates σ so each run's planned rounds spend exactly the ε cap (e.g. σ 4.24 for ε 8 over 50 "
+        "full-batch rounds). Site-level: required; the aggregate carries noise σ × C; with 4 sites even σ = 3.3 "
+        "over 20 rounds is ε 8 and destroys the model. The approvals page shows each request's ε before you "
+        "approve it.",
     )  # fmt: skip
     fl_dp_delta = forms.FloatField(
         label="Delta (δ)", required=False, min_value=1e-12, max_value=0.999999, initial=1e-5,
@@ -456,7 +457,8 @@ class TaskForm(forms.Form):
             **{k: data[k] for k in DP_FIELDS if data.get(k) is not None},
             "fine_tuning_allowed": data["fine_tuning_allowed"],
             # An FL field left out keeps the task's value (or the default); an empty cap means "no cap".
-            **{k: data[k] for k in FL_FIELDS if data.get(k) not in (None, "") or k == "fl_epsilon_cap"},
+            **{k: data[k] for k in FL_FIELDS
+               if data.get(k) not in (None, "") or k in ("fl_epsilon_cap", "fl_noise_multiplier")},  # fmt: skip
         }
 
 
@@ -465,11 +467,20 @@ class FineTuneForm(forms.Form):
 
     rounds = forms.IntegerField(min_value=1, max_value=1000, initial=10, help_text="Federated rounds to run.")
     local_epochs = forms.IntegerField(
-        label="Local epochs", min_value=1, max_value=100, initial=1,
-        help_text="Passes over a site's training rows per round.",
+        label="Local epochs", min_value=1, max_value=100, required=False,
+        help_text="Passes over a site's training rows per round. Empty: 1.",
     )  # fmt: skip
-    batch_size = forms.IntegerField(label="Batch size", min_value=1, max_value=65536, initial=32)
-    learning_rate = forms.FloatField(label="Learning rate", min_value=1e-9, max_value=10.0, initial=0.01)
+    batch_size = forms.IntegerField(
+        label="Batch size", min_value=1, max_value=65536, required=False,
+        help_text="Empty: record-level tasks use the smallest site's training rows (one full-batch DP-SGD step per "
+        "round: exact accountant, distributed noise under secure aggregation, the best accuracy measured); "
+        "others 32.",
+    )  # fmt: skip
+    learning_rate = forms.FloatField(
+        label="Learning rate", min_value=1e-9, max_value=10.0, required=False,
+        help_text="Empty: record-level tasks use min(3, 270 / σ_sum²), σ_sum the noise of the sites' sum (3 at "
+        "ε 4-8); required otherwise.",
+    )  # fmt: skip
     strategy = forms.ChoiceField(
         choices=StrategyName.choices, initial=StrategyName.FEDAVG,
         help_text="FedAvg averages the sites' updates; FedProx adds a proximal term that keeps local training near "
@@ -498,7 +509,7 @@ class FineTuneForm(forms.Form):
         mu, eta = data.pop("proximal_mu"), data.pop("eta")
         data["strategy_params"] = (
             {"proximal_mu": mu} if data["strategy"] == StrategyName.FEDPROX and mu is not None else {}
-        )
+        )  # FedAvg on a record-level task: the hub adds server momentum 0.9 (finetuning.defaults)
         if data["strategy"] == StrategyName.FEDADAM and eta is not None:
             data["strategy_params"] = {"eta": eta}
         return data
