@@ -31,7 +31,8 @@ def test_three_site_secure_run_matches_fedavg_and_creates_the_fine_tuned_submiss
 ):
     parent = make_parent(vendor, fl_task)
     sites = sites_for(owner, fl_task, 3)
-    run_id = start_run(owner, vendor, parent, sites, rounds=2)
+    # plain FedAvg (record-level runs default to server momentum 0.9: FedSGD recipe, issue 10)
+    run_id = start_run(owner, vendor, parent, sites, rounds=2, strategy_params={"server_momentum": 0.0})
     run = FineTuningRun.objects.get(id=run_id)
     assert run.layout == LAYOUT and run.phase == "keys" and run.threshold == 2
     assert np.all(offset_of(run) == 0)
