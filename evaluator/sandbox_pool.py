@@ -98,6 +98,7 @@ READY_POLL_SECONDS: Final = (0.001, 0.025)  # from, growing to: quick when nearl
 # A pooled runner exits after IDLE_EXIT_SECONDS (evaluator/runner/pooled.py) without a job, so
 # containers of a dead agent do not wait forever; the pool retires its own well before that.
 RETIRE_SECONDS: Final = 900.0
+MAX_COMPILE_BYTES: Final = 64 * 1024 * 1024  # a bigger scikit-learn artifact is never converted
 STATE_CHECK_SECONDS: Final = 0.5  # is a not-yet-ready container still alive (an engine call: not too often)
 
 
@@ -227,7 +228,10 @@ class WarmPool:
         # The agent passes the id it pinned for the job; a tag is resolved here.
         image_id = image if image.startswith("sha256:") else sandbox.resolve_image(client, image)
         convert_key = None
-        if self.compile_models and model_format == "sklearn" and weights_offset_path is None:
+        if (
+            self.compile_models and model_format == "sklearn" and weights_offset_path is None
+            and model_path.stat().st_size <= MAX_COMPILE_BYTES  # hashed per job; linear models are small
+        ):  # fmt: skip
             convert_key = self.compiled.key(model_path=model_path, features_path=features_path, image_id=image_id)
             compiled = self.compiled.get(convert_key)
             if compiled is not None:  # this artifact's checked numpy-only form, for this shard
