@@ -456,9 +456,10 @@ class TaskForm(forms.Form):
             # A privacy field left empty keeps the task's value (or the default).
             **{k: data[k] for k in DP_FIELDS if data.get(k) is not None},
             "fine_tuning_allowed": data["fine_tuning_allowed"],
-            # An FL field left out keeps the task's value (or the default); an empty cap means "no cap".
-            **{k: data[k] for k in FL_FIELDS
-               if data.get(k) not in (None, "") or k in ("fl_epsilon_cap", "fl_noise_multiplier")},  # fmt: skip
+            # An FL field left out keeps the task's value (or the default); a cap submitted empty means
+            # "no cap", a sigma submitted empty "calibrated to the cap".
+            **{k: data[k] for k in FL_FIELDS if data.get(k) not in (None, "") or (
+                k in ("fl_epsilon_cap", "fl_noise_multiplier") and k in self.data)},  # fmt: skip
         }
 
 
