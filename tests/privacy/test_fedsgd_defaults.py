@@ -70,7 +70,10 @@ def test_an_empty_request_on_a_default_task_gets_the_fedsgd_recipe(owner, vendor
     sigma = noise_multiplier_for(epsilon=8.0, rounds=50, sample_rate=1.0, local_epochs=1, delta=1e-5)
     assert sigma == pytest.approx(4.24, abs=0.01)  # exact GDP (RDP would need 4.51)
     assert (body["batch_size"], body["local_epochs"], body["learning_rate"]) == (640, 1, 3.0)
-    assert body["strategy_params"] == {"server_momentum": 0.9} and body["strategy_defaults"]["server_momentum"] == 0.9
+    assert (
+        body["strategy_params"] == {"server_momentum": 0.9}
+        and body["strategy_defaults"]["server_momentum"] == 0.9
+    )
     defaults = body["hub_defaults"]
     assert set(defaults) == {"batch_size", "local_epochs", "learning_rate", "strategy_params.server_momentum"}
     assert "q = 1" in defaults["batch_size"]["reason"] and "270" in defaults["learning_rate"]["reason"]
@@ -94,7 +97,9 @@ def test_an_empty_request_on_a_default_task_gets_the_fedsgd_recipe(owner, vendor
     payload = run_payload_for_job(job=Job.objects.get(fl_participant__run=run, fl_participant__number=1))
     spec = parse_run(payload)  # the site accepts it: distributed noise holds for this shape
     assert spec.dp["distributed"] and spec.clip_norm == run.clip_norm and spec.learning_rate == 3.0
-    assert spec.new_privacy_ledger(0).epsilon_if(rounds=50) == pytest.approx(run.privacy.epsilon_planned, abs=1e-3)
+    assert spec.new_privacy_ledger(0).epsilon_if(rounds=50) == pytest.approx(
+        run.privacy.epsilon_planned, abs=1e-3
+    )
 
 
 def test_explicit_settings_win_over_the_defaults(owner, vendor):
