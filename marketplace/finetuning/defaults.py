@@ -32,6 +32,7 @@ from marketplace.core.errors import Conflict, DomainError
 from marketplace.finetuning.models import PrivacyUnit, StrategyName
 
 NON_PRIVATE_BATCH_SIZE = 32
+MAX_BATCH_SIZE = 1 << 16  # what the sites accept (evaluator.federated.site); above it q < 1
 LOCAL_EPOCHS = 1
 MAX_LEARNING_RATE = 3.0  # the best site lr at epsilon 4 and 8 (BENCHMARKS, issue 10)
 LR_NOISE_SCALE = 270.0  # lr ~ 270 / sigma_sum^2 below that (1 at epsilon 2, 0.3 at epsilon 1)
@@ -110,7 +111,7 @@ def run_settings(
     if batch_size is None:
         if record and shards:
             batch_size = settings.use(
-                "batch_size", smallest_fit_rows(shards),
+                "batch_size", min(smallest_fit_rows(shards), MAX_BATCH_SIZE),
                 "record-level: the smallest site's fit rows, so q = 1 and each round is one full-batch DP-SGD "
                 "step (exact GDP accountant; distributed noise under secure aggregation)",
             )  # fmt: skip

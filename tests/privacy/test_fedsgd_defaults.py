@@ -157,3 +157,16 @@ def test_the_portal_form_left_empty_requests_the_recipe_and_the_run_page_says_wh
     assert (run.batch_size, run.local_epochs, run.strategy_params) == (80, 1, {"server_momentum": 0.9})
     page = browser.get(reverse("portal:run", args=[run.id])).content.decode()
     assert "data-hub-defaults" in page and "smallest site&#x27;s fit rows" in page
+
+
+def test_the_default_batch_stays_within_what_sites_accept(owner):
+    from evaluator.federated.site import MAX_BATCH_SIZE
+    from marketplace.catalog.models import DataShard
+    from marketplace.finetuning.defaults import run_settings
+
+    task = make_task(owner, fine_tuning_allowed=True)
+    _sites(owner, task, [200_000, 300_000, 250_000])
+    shards = list(DataShard.objects.filter(task=task))
+    chosen = run_settings(task, shards, rounds=10, batch_size=None, local_epochs=None, learning_rate=None,
+                          strategy="fedavg", strategy_params={})  # fmt: skip
+    assert chosen.batch_size == MAX_BATCH_SIZE and "server_momentum" not in chosen.strategy_params  # q < 1 here
