@@ -297,7 +297,7 @@ def run_for_site(*, site: Site, run_id: int, lock: bool = False) -> tuple[FineTu
     return run, participant
 
 
-def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
+def run_state_for_site(*, site: Site, run_id: int, _retried: bool = False) -> dict[str, Any]:
     """What the site must do now: the phase, the round's config, and the messages addressed to it."""
     run, participant = run_for_site(site=site, run_id=run_id)
     number = participant.number
@@ -324,9 +324,16 @@ def run_state_for_site(*, site: Site, run_id: int) -> dict[str, Any]:
         run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
     ).exists()
     inline_phases = (Phase.KEYS, Phase.SHARES, Phase.MASKED, Phase.UPDATE)  # a round may open at masked
-    if run.phase in inline_phases and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
-        with run.offset.open("rb") as stored:  # saves each site one request per round
-            state["offset"] = {"round": run.current_round, "safetensors": _b64s(stored.read())}
+    try:
+        if run.phase in inline_phases and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
+            with run.offset.open("rb") as stored:  # saves each site one request per round
+                state["offset"] = {"round": run.current_round, "safetensors": _b64s(stored.read())}
+    except FileNotFoundError:
+        if _retried:
+            raise
+        # The round closed since this row was read and its old D was removed on commit: the
+        # state read above is stale; read it again (once).
+        return run_state_for_site(site=site, run_id=run_id, _retried=True)
     if run.phase == Phase.SHARES:
         state["roster"] = [
             {"participant": n, **{k: m.payload[k] for k in ("mask_public", "enc_public")}}
