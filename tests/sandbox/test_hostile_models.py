@@ -440,7 +440,9 @@ os.unlink("/out/too-big")
 """
         )
     )
-    limits = Limits(memory_mb=1024, cpus=1, timeout_seconds=60, max_output_mb=8, scratch_mb=16)
+    # The output cap equals the file cap, so the EFBIG probe's file in /out never exceeds the cap
+    # the host watches (a larger file would be a legitimate kill, caught or not by its poll).
+    limits = Limits(memory_mb=1024, cpus=1, timeout_seconds=60, max_output_mb=16, scratch_mb=16)
     probe = probe_of(site.run(model, "python_package", limits=limits).logs)
     assert probe["small"] == 0
     assert probe["big"] == ENOSPC
