@@ -252,6 +252,7 @@ class Agent:
         return self._pool
 
     def close_pool(self) -> None:
+        self.close_training_pool()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -477,6 +478,19 @@ class Agent:
                 log.info("job %s: result held at the site for the owner's release decision", job_id)
                 return
             self._release(job, outcome.kind, outcome.body, terms=outcome.terms, split="public", note=outcome.note)
+        if outcome.kind == "metrics" and not outcome.note:  # scored, not a fallback; after the post
+            self._warm_training_for(job)
+
+    def _warm_training_for(self, job: Mapping[str, Any]) -> None:
+        """A scored submission on a task that allows fine-tuning: a run of it may follow, so a
+        training sandbox of its kind is started ahead (approve -> round 0 then skips the start)."""
+        if not job["task"].get("fine_tuning_allowed") or self.config.pool_size <= 0:
+            return
+        try:
+            spec = check_job(job, self.config)
+        except Exception:  # the job was checked before it ran; nothing to warm if that changed
+            return
+        self.warm_training_sandbox(spec["format"], spec["limits"])
 
     # -- federated fine-tuning ------------------------------------------------------------------
 

@@ -705,3 +705,28 @@ def test_a_runner_image_removed_before_the_job_is_the_sites_failure(hub, data_di
     client = HubClient.from_config(config, agent_id="agent-1", sleep=lambda s: None)
     Agent(config, client, sandbox_runner=FakeSandbox(), resolve_image=gone).run_once()
     assert json.loads(hub.failures[0][1])["reason"] == "internal_error" and hub.results == []
+
+
+@pytest.mark.parametrize(
+    ("fine_tuning_allowed", "pool_size", "warmed"), [(True, 1, True), (False, 1, False), (True, 0, False)]
+)
+def test_a_scored_job_on_a_fine_tunable_task_warms_a_training_sandbox(
+    hub, data_dir, fine_tuning_allowed, pool_size, warmed
+):
+    hub.add_job(fine_tuning_allowed=fine_tuning_allowed)
+    agent = make_agent(hub, data_dir, FakeSandbox(), pool_size=pool_size)
+    calls = []
+    agent.warm_training_sandbox = lambda fmt, limits: calls.append((fmt, limits.memory_mb))  # type: ignore[method-assign]
+    agent.run_once()
+    assert len(hub.results) == 1  # warmed after the result was posted, never instead of it
+    assert calls == ([("onnx", 1024)] if warmed else [])
+
+
+@pytest.mark.parametrize("error", [SandboxUnavailable("engine down"), SandboxCrashed("the runner exited with 1")])
+def test_a_job_that_did_not_score_warms_nothing(hub, data_dir, error):
+    hub.add_job(fine_tuning_allowed=True)  # a crash is released as the fallback prediction: no run follows it
+    agent = make_agent(hub, data_dir, FakeSandbox(raises=error))
+    calls = []
+    agent.warm_training_sandbox = lambda fmt, limits: calls.append(fmt)  # type: ignore[method-assign]
+    agent.run_once()
+    assert calls == []
