@@ -200,8 +200,11 @@ def _freshness_sql(with_task: bool = False) -> str:
     # Only table and column names from the models are formatted in; the values are parameters.
     return (
         f"SELECT {fields}, "  # noqa: S608
-        f"NOT EXISTS (SELECT 1 FROM {entry} e WHERE e.task_id = s.task_id AND (s.entries_updated_at IS NULL"
-        f" OR e.updated_at > s.entries_updated_at)) AS entries_seen, "
+        # Two branches, not one OR: with the OR PostgreSQL scanned every entry of the task (15 ms
+        # at 10,000) instead of the (task, updated_at) index range.
+        f"CASE WHEN s.entries_updated_at IS NULL THEN NOT EXISTS (SELECT 1 FROM {entry} e WHERE e.task_id = s.task_id)"
+        f" ELSE NOT EXISTS (SELECT 1 FROM {entry} e WHERE e.task_id = s.task_id"
+        f" AND e.updated_at > s.entries_updated_at) END AS entries_seen, "
         f"(SELECT COUNT(*) FROM {entry} e INNER JOIN {submission} u ON u.id = e.submission_id"
         f" WHERE e.task_id = s.task_id AND NOT e.on_public_board AND u.results_visible_at <= %s) AS unlisted "
         f"FROM {standing} s{joined} WHERE s.task_id = %s AND s.audience = %s"
