@@ -13,6 +13,7 @@ from marketplace.catalog.access import access_task_for_leaderboard
 from marketplace.catalog.models import TaskStatus
 from marketplace.core.errors import Conflict, DomainError
 from marketplace.core.pagination import StandardPagination
+from marketplace.core.parsers import INT64_MAX
 from marketplace.leaderboard.models import Audience
 from marketplace.leaderboard.selectors import (
     BEST,
@@ -134,7 +135,9 @@ class LeaderboardApi(APIView):
         # A visitor's read of a page already answered at this version: one query, no task access
         # funnel, no ranking or rendering; anyone logged in (their audience may be the owner's),
         # a stale board, a page not cached yet or the browsable API take the full path below.
-        if not request.user.is_authenticated and request.accepted_renderer.format == "json":
+        # (An id past 64 bits takes the full path, whose lookup answers 404: the raw query would overflow.)
+        visitor = not request.user.is_authenticated and request.accepted_renderer.format == "json"
+        if visitor and 0 < task_id <= INT64_MAX:
             answer = self._visitor_answer(request, task_id)
             if answer is not None:
                 return answer
