@@ -37,6 +37,7 @@ from django.utils import timezone
 
 from marketplace.catalog.models import Task, Visibility
 from marketplace.catalog.selectors import LISTED_STATUSES
+from marketplace.core.parsers import INT64_MAX
 from marketplace.leaderboard.models import Audience, LeaderboardEntry, LeaderboardStanding
 from marketplace.leaderboard.selectors import (
     ALL,
@@ -216,6 +217,8 @@ def visitor_standing(*, task_id: int, now: datetime | None = None) -> Leaderboar
     visitor may read it (a public task, open or closed: catalog.selectors.task_list_visible_to);
     None otherwise (the caller takes the full path, which answers 404). `row.fresh`: the stored
     board is fresh (standing_of's signals); where it is not, standing_of(row=) refreshes it."""
+    if not 0 < task_id <= INT64_MAX:  # no such task; the raw query would overflow (SQLite)
+        return None
     now = now or timezone.now()
     params = [connection.ops.adapt_datetimefield_value(now), task_id, Audience.PUBLIC]
     row = next(iter(LeaderboardStanding.objects.raw(_freshness_sql(with_task=True), params)), None)

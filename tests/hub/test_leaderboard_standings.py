@@ -243,3 +243,4 @@ def test_a_visitors_poll_of_an_unchanged_board_is_one_query_with_the_full_paths_
     assert changed.status_code == 200 and "the-best" in changed.content.decode()
     Task.objects.filter(id=board.id).update(visibility=Visibility.INVITE_ONLY)
     assert visitor.get(f"/tasks/{board.id}/leaderboard/?since={version}").status_code == 404
+    assert visitor.get(f"/tasks/{2**70}/leaderboard/?since={version}").status_code == 404  # no overflow
