@@ -1,11 +1,10 @@
 """Bearer-token authentication for people (REST, CLI). Site tokens are handled in sites/."""
 
-from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from marketplace.accounts.models import PersonalToken
-from marketplace.core.tokens import PERSONAL_PREFIX, token_hash
+from marketplace.core.tokens import PERSONAL_PREFIX, token_hash, token_touch
 
 
 def bearer_token_from(request) -> str | None:
@@ -31,7 +30,7 @@ class PersonalTokenAuthentication(authentication.BaseAuthentication):
         )
         if token is None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
-        PersonalToken.objects.filter(id=token.id).update(last_used_at=timezone.now())
+        token_touch(token)
         return token.user, token
 
     def authenticate_header(self, request):

@@ -2,13 +2,12 @@
 
 from dataclasses import dataclass
 
-from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from evaluator.jsonlog import bind
 from marketplace.accounts.authentication import bearer_token_from
-from marketplace.core.tokens import SITE_PREFIX, token_hash
+from marketplace.core.tokens import SITE_PREFIX, token_hash, token_touch
 from marketplace.sites.models import Site, SiteToken
 
 
@@ -36,7 +35,7 @@ class SiteTokenAuthentication(authentication.BaseAuthentication):
         )
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked site token.")
-        SiteToken.objects.filter(id=token.id).update(last_used_at=timezone.now())
+        token_touch(token)
         bind(site=token.site_id)  # the request's log lines carry the site (reset by OpsMiddleware)
         return SitePrincipal(site=token.site), token
 

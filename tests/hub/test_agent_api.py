@@ -450,3 +450,18 @@ def test_claims_go_to_the_oldest_job_first(vendor, site, owner):
     first, second = submit(vendor, task, name="a"), submit(vendor, task, name="b")
     assert claim(site)["submission"]["id"] == first.id
     assert claim(site, "agent-2")["submission"]["id"] == second.id
+
+
+def test_a_site_token_records_its_use_once_a_minute_not_on_every_request(site):
+    from datetime import timedelta
+
+    token = SiteToken.objects.get(site=site.site)
+    heartbeat = {"agent_id": "pod-7", "capabilities": {}}
+    assert site.client.post("/api/v1/agent/heartbeat", heartbeat, format="json").status_code == 200
+    first = SiteToken.objects.get(id=token.id).last_used_at
+    assert first is not None
+    assert site.client.post("/api/v1/agent/heartbeat", heartbeat, format="json").status_code == 200
+    assert SiteToken.objects.get(id=token.id).last_used_at == first  # within the minute: no write
+    SiteToken.objects.filter(id=token.id).update(last_used_at=first - timedelta(seconds=61))
+    assert site.client.post("/api/v1/agent/heartbeat", heartbeat, format="json").status_code == 200
+    assert SiteToken.objects.get(id=token.id).last_used_at > first  # a minute later: recorded again
