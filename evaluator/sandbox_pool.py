@@ -481,13 +481,17 @@ class WarmPool:
             while idle and self._idle_memory() + key.limits.memory_mb > self.memory_mb:
                 self._trash.append(idle.pop())
 
+    def _container_config(self, *, key: PoolKey, job_dir: Path, out_dir: Path) -> dict[str, Any]:
+        """The ``containers.create`` kwargs of one pooled container (a subclass's own kind)."""
+        return pooled_container_config(key=key, job_dir=job_dir, out_dir=out_dir)
+
     def _start_slot(self, key: PoolKey, client: Any) -> Slot:
         mount_dir = sandbox.make_mount_dir(self.dir).resolve()
         job_dir = mount_dir / "job"
         job_dir.mkdir()
         job_dir.chmod(0o755)  # the sandbox user reads the job's inputs; only the agent writes
         out_dir = sandbox.make_output_dir(mount_dir)
-        config = pooled_container_config(key=key, job_dir=job_dir, out_dir=out_dir)
+        config = self._container_config(key=key, job_dir=job_dir, out_dir=out_dir)
         container_id = ""
         try:
             container_id = str(client.containers.create(**config).id)

@@ -30,7 +30,6 @@ Security decisions (the training sandbox's, unchanged):
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -38,7 +37,6 @@ from typing import Any, Final
 
 from docker.types import Mount
 
-from evaluator import sandbox
 from evaluator.sandbox import OUTPUT_TARGET, SANDBOX_LABEL
 from evaluator.sandbox_pool import JOB_TARGET, POOL_LABEL, RETIRE_SECONDS, PoolKey, Slot, WarmPool
 
@@ -120,29 +118,11 @@ class TrainingPool(WarmPool):
         """A taken container that will not run (it died before its run): removed in the background."""
         self._discard(slot)
 
-    def _start_slot(self, key: PoolKey, client: Any) -> Slot:
-        mount_dir = sandbox.make_mount_dir(self.dir).resolve()
-        job_dir = mount_dir / "job"
-        job_dir.mkdir()
-        job_dir.chmod(0o755)  # the sandbox user reads the run's inputs; only the agent writes
-        requests_dir = job_dir / REQUESTS_NAME
+    def _container_config(self, *, key: PoolKey, job_dir: Path, out_dir: Path) -> dict[str, Any]:
+        requests_dir = job_dir / REQUESTS_NAME  # the run's round requests, written by the agent
         requests_dir.mkdir()
         requests_dir.chmod(0o755)
-        out_dir = sandbox.make_output_dir(mount_dir)
-        config = pooled_training_config(key=key, job_dir=job_dir, out_dir=out_dir)
-        container_id = ""
-        try:
-            container_id = str(client.containers.create(**config).id)
-            client.api.start(container_id)
-        except BaseException:
-            if container_id:
-                sandbox._remove(client, container_id)
-            shutil.rmtree(mount_dir, ignore_errors=True)
-            raise
-        return Slot(
-            key=key, container_id=container_id, mount_dir=mount_dir, job_dir=job_dir, out_dir=out_dir,
-            started=time.monotonic(),
-        )  # fmt: skip
+        return pooled_training_config(key=key, job_dir=job_dir, out_dir=out_dir)
 
 
 __all__ = ["INPUT_NAMES", "MODEL_NAMES", "REQUESTS_NAME", "TrainingPool", "pooled_training_config"]
