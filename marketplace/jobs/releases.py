@@ -24,7 +24,7 @@ from evaluator.privacy.statistics import (
     check_statistics,
     metrics_from_statistics,
 )
-from evaluator.splits import public_private_split
+from evaluator.splits import split_sizes
 from marketplace.budgets.costs import release_cost
 from marketplace.catalog.models import DataShard, Task
 from marketplace.core.errors import DomainError
@@ -83,10 +83,7 @@ def release_spec(task: Task) -> ReleaseSpec:
 def split_rows(*, task: Task, shard: DataShard) -> tuple[int, int]:
     """(public, private) row counts of the shard, as its sites split them."""
     n = (shard.split_sizes or {}).get("test") or shard.row_count
-    public, private = public_private_split(
-        int(n), public_fraction=task.public_split_fraction, seed=task.split_seed
-    )
-    return len(public), len(private)
+    return split_sizes(int(n), public_fraction=task.public_split_fraction)
 
 
 def _is_number(value: Any) -> bool:
