@@ -25,21 +25,22 @@ def egress_record_create(
     rho: float | None = None,
     epsilon: float | None = None,
     delta: float | None = None,
-) -> EgressRecord:
+    site_id: int | None = None,
+    task_id: int | None = None,
+    vendor_id: int | None = None,
+) -> None:
     """Mirrors one ledger entry of a site, with the release's privacy cost (None: a constant
-    release, which carries nothing)."""
-    record, _ = EgressRecord.objects.get_or_create(
-        site=job.site,
-        job=job,
-        sha256=sha256,
-        defaults={
-            "task_id": job.submission.task_id,
-            "vendor_id": job.submission.vendor_id,
-            "kind": kind,
-            "bytes": size,
-            "rho": rho,
-            "epsilon": epsilon,
-            "delta": delta,
-        },
-    )
-    return record
+    release, which carries nothing). A repeat of a recorded release (same site, job and hash)
+    adds nothing. ``site_id``/``task_id``/``vendor_id``: the job's site and its submission's
+    task and vendor, when the caller has them (saves reading the job's site and submission).
+
+    One ``INSERT ... ON CONFLICT DO NOTHING`` on the ``one_record_per_release`` constraint (was a
+    read, then an insert in a savepoint): the same outcome on PostgreSQL and SQLite, also when two
+    requests record the same release at once."""
+    if task_id is None or vendor_id is None:
+        task_id, vendor_id = job.submission.task_id, job.submission.vendor_id
+    record = EgressRecord(
+        site_id=job.site_id if site_id is None else site_id, job_id=job.id, task_id=task_id, vendor_id=vendor_id,
+        kind=kind, bytes=size, sha256=sha256, rho=rho, epsilon=epsilon, delta=delta,
+    )  # fmt: skip
+    EgressRecord.objects.bulk_create([record], ignore_conflicts=True)

@@ -11,6 +11,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from marketplace.finetuning.rounds import (
+    Posted,
     run_offset_for_site,
     run_post_keys,
     run_post_layout,
@@ -18,6 +19,7 @@ from marketplace.finetuning.rounds import (
     run_post_shares,
     run_post_unmask,
     run_post_update,
+    run_state_after_post,
     run_state_for_site,
 )
 from marketplace.finetuning.waiting import wait_for_change
@@ -70,8 +72,9 @@ class PostOutput(serializers.Serializer):
     state = RunStateOutput()
 
 
-def _answer(api: AgentApi, run_id: int, created: bool) -> Response:
-    return Response({"created": created, "state": run_state_for_site(site=api.site, run_id=run_id)})
+def _answer(api: AgentApi, posted: Posted) -> Response:
+    """The state after the post, from the run the post left behind (not read again)."""
+    return Response({"created": posted.created, "state": run_state_after_post(site=api.site, posted=posted)})
 
 
 class RunStateQuery(serializers.Serializer):
@@ -118,9 +121,9 @@ class RunLayoutApi(AgentApi):
         data = LayoutInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        created = run_post_layout(site=self.site, run_id=run_id, agent_id=values["agent_id"], layout=values["layout"],
+        posted = run_post_layout(site=self.site, run_id=run_id, agent_id=values["agent_id"], layout=values["layout"],
                                   n_examples=values.get("n_examples"))  # fmt: skip
-        return _answer(self, run_id, created)
+        return _answer(self, posted)
 
 
 class PublicKeysInput(serializers.Serializer):
@@ -139,9 +142,9 @@ class RunKeysApi(AgentApi):
         data = KeysInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        created = run_post_keys(site=self.site, run_id=run_id, round_number=round_number,
+        posted = run_post_keys(site=self.site, run_id=run_id, round_number=round_number,
                                 agent_id=values["agent_id"], keys=dict(values["keys"]))  # fmt: skip
-        return _answer(self, run_id, created)
+        return _answer(self, posted)
 
 
 class BundleInput(serializers.Serializer):
@@ -161,9 +164,9 @@ class RunSharesApi(AgentApi):
         data = SharesInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        created = run_post_shares(site=self.site, run_id=run_id, round_number=round_number,
+        posted = run_post_shares(site=self.site, run_id=run_id, round_number=round_number,
                                   agent_id=values["agent_id"], bundles=[dict(b) for b in values["bundles"]])  # fmt: skip
-        return _answer(self, run_id, created)
+        return _answer(self, posted)
 
 
 class ReleaseInput(serializers.Serializer):
@@ -188,11 +191,11 @@ def _release(api: AgentApi, request, run_id: int, round_number: int, service) ->
     agent_id, vector = values.pop("agent_id"), values.pop("vector")
     if "next_keys" in values:
         values["next_keys"] = dict(values["next_keys"])
-    created = service(
+    posted = service(
         site=api.site, run_id=run_id, round_number=round_number, agent_id=agent_id, vector=vector, values=values,
         released=dict(request.data), ledger_sha256=ledger["sha256"], ledger_bytes=ledger["bytes"],
     )  # fmt: skip
-    return _answer(api, run_id, created)
+    return _answer(api, posted)
 
 
 class RunMaskedApi(AgentApi):
@@ -231,7 +234,7 @@ class RunUnmaskApi(AgentApi):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         next_shares = values.get("next_shares")
-        created = run_post_unmask(site=self.site, run_id=run_id, round_number=round_number,
+        posted = run_post_unmask(site=self.site, run_id=run_id, round_number=round_number,
                                   agent_id=values["agent_id"], response=dict(values["response"]),
                                   next_shares=None if next_shares is None else [dict(b) for b in next_shares])  # fmt: skip
-        return _answer(self, run_id, created)
+        return _answer(self, posted)

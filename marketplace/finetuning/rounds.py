@@ -18,6 +18,7 @@ import binascii
 import functools
 import hashlib
 import math
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -136,8 +137,22 @@ def _finite(value: Any, field: str, *, low: float = -math.inf, allow_null: bool 
     return float(value)
 
 
+def participants_of(run: FineTuningRun) -> list[Participant]:
+    """Every participant of the run with its job's status and its site's name, read once per
+    request (one query): the set never changes after approval, and a job that ends mid-request
+    ends the run anyway. Each post used to count, list and join them four to six times."""
+    cached = getattr(run, "_participants_read", None)
+    if cached is None:
+        cached = list(
+            Participant.objects.filter(run_id=run.id).select_related("job", "site").order_by("number")
+            .only("id", "run_id", "site_id", "number", "job_id", "job__status", "job__lease_holder", "site__name")
+        )  # fmt: skip
+        run._participants_read = cached
+    return cached
+
+
 def n_participants(run: FineTuningRun) -> int:
-    return run.participants.count()
+    return len(participants_of(run))
 
 
 def secagg_round_id(run: FineTuningRun) -> str:
@@ -226,16 +241,33 @@ def round_config(run: FineTuningRun) -> dict[str, Any]:
     }
 
 
-def _messages(run: FineTuningRun, kind: str) -> dict[int, ProtocolMessage]:
+def _numbers(run: FineTuningRun) -> dict[int, int]:
+    """Participant id -> number."""
+    return {p.id: p.number for p in participants_of(run)}
+
+
+def _messages(run: FineTuningRun, kind: str, *, round_number: int | None = None, attempt: int | None = None,
+              ) -> dict[int, ProtocolMessage]:  # fmt: skip
+    """This phase's messages (or another round's) by participant number, with their payloads."""
+    round_number = run.current_round if round_number is None else round_number
+    attempt = run.attempt if attempt is None else attempt
+    numbers = _numbers(run)
+    rows = ProtocolMessage.objects.filter(run=run, round=round_number, attempt=attempt, kind=kind)
+    return {numbers[m.participant_id]: m for m in rows}
+
+
+def _posted(run: FineTuningRun, kind: str) -> dict[int, str]:
+    """Who posted in this phase, and the hash of what: number -> body_sha256 (no payloads)."""
+    numbers = _numbers(run)
     rows = ProtocolMessage.objects.filter(
         run=run, round=run.current_round, attempt=run.attempt, kind=kind
-    ).select_related("participant")
-    return {m.participant.number: m for m in rows}
+    ).values_list("participant_id", "body_sha256")
+    return {numbers[pid]: sha for pid, sha in rows}
 
 
 def _active_numbers(run: FineTuningRun) -> set[int]:
     """Participants whose train job is still alive (a site that gave up is not waited on)."""
-    return set(run.participants.exclude(job__status__in=TERMINAL_STATUSES).values_list("number", flat=True))
+    return {p.number for p in participants_of(run) if p.job.status not in TERMINAL_STATUSES}
 
 
 def _expected(run: FineTuningRun) -> set[int]:
@@ -261,10 +293,16 @@ def _open_phase(run: FineTuningRun, phase: str, data: dict | None = None, *, new
         carried["round_started_at"] = now.isoformat()
     run.phase, run.phase_started_at, run.phase_data = phase, now, {**carried, **(data or {})}
     transaction.on_commit(functools.partial(notify_changed, run.id))  # held state requests answer at once
-    run.save(update_fields=["phase", "phase_started_at", "phase_data", "current_round", "attempt", "layout",
-                            "example_cap",
-                            "offset", "strategy_state", "privacy_ledger", "epsilon_spent", "rounds_completed",
-                            "failed_rounds", "updated_at"])  # fmt: skip
+    run._phase_unsaved = True  # saved once by _advance, however many phases this request opened
+
+
+def _save_phase(run: FineTuningRun) -> None:
+    if getattr(run, "_phase_unsaved", False):
+        run.save(update_fields=["phase", "phase_started_at", "phase_data", "current_round", "attempt", "layout",
+                                "example_cap",
+                                "offset", "strategy_state", "privacy_ledger", "epsilon_spent", "rounds_completed",
+                                "failed_rounds", "updated_at"])  # fmt: skip
+        run._phase_unsaved = False
 
 
 def _round_started_at(run: FineTuningRun) -> datetime:
@@ -285,13 +323,13 @@ def _replace_file(field, name: str, data: bytes) -> None:
 
 def run_for_site(*, site: Site, run_id: int, lock: bool = False) -> tuple[FineTuningRun, Participant]:
     """The run and this site's participation; a site that does not take part gets 404."""
-    queryset = FineTuningRun.objects.filter(id=run_id)
+    queryset = FineTuningRun.objects.filter(id=run_id).order_by()
     if lock:
         queryset = queryset.select_for_update()
-    run = queryset.first()
-    participant = (
-        Participant.objects.select_related("job", "site").filter(run_id=run_id, site=site).first() if run else None
-    )
+    run = next(iter(queryset), None)
+    participant = None
+    if run is not None:
+        participant = next((p for p in participants_of(run) if p.site_id == site.id), None)
     if run is None or participant is None:
         raise NotFound("Run not found.")
     return run, participant
@@ -300,6 +338,28 @@ def run_for_site(*, site: Site, run_id: int, lock: bool = False) -> tuple[FineTu
 def run_state_for_site(*, site: Site, run_id: int, _retried: bool = False) -> dict[str, Any]:
     """What the site must do now: the phase, the round's config, and the messages addressed to it."""
     run, participant = run_for_site(site=site, run_id=run_id)
+    try:
+        return state_of(run, participant)
+    except FileNotFoundError:
+        if _retried:
+            raise
+        # The round closed since this row was read and its old D was removed on commit: the
+        # state read above is stale; read it again (once).
+        return run_state_for_site(site=site, run_id=run_id, _retried=True)
+
+
+def run_state_after_post(*, site: Site, posted: Posted) -> dict[str, Any]:
+    """The state a post answers with, from the run as the post left it (no second read of the
+    run and its participants). A newer state reaches the site by its next long poll."""
+    try:
+        return state_of(posted.run, posted.participant, done=posted.done)
+    except FileNotFoundError:  # another request closed the round since: read it afresh
+        return run_state_for_site(site=site, run_id=posted.run.id)
+
+
+def state_of(run: FineTuningRun, participant: Participant, *, done: bool | None = None) -> dict[str, Any]:
+    """The state of ``run`` for ``participant``; ``done`` when the caller knows it (else a query).
+    Raises FileNotFoundError when ``D_r``'s file is gone (``run`` was read before a round closed)."""
     number = participant.number
     running = run.status == RunStatus.RUNNING
     state: dict[str, Any] = {
@@ -319,21 +379,16 @@ def run_state_for_site(*, site: Site, run_id: int, _retried: bool = False) -> di
     }
     if not running:
         return state
-    kind = run.phase
-    state["done"] = ProtocolMessage.objects.filter(
-        run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
-    ).exists()
+    if done is None:
+        done = ProtocolMessage.objects.filter(
+            run=run, round=run.current_round, attempt=run.attempt, kind=run.phase, participant_id=participant.id
+        ).exists()
+    state["done"] = done
     inline_phases = (Phase.KEYS, Phase.SHARES, Phase.MASKED, Phase.UPDATE)  # a round may open at masked
-    try:
-        if run.phase in inline_phases and run.offset and run.offset.size <= INLINE_OFFSET_BYTES:
-            with run.offset.open("rb") as stored:  # saves each site one request per round
-                state["offset"] = {"round": run.current_round, "safetensors": _b64s(stored.read())}
-    except FileNotFoundError:
-        if _retried:
-            raise
-        # The round closed since this row was read and its old D was removed on commit: the
-        # state read above is stale; read it again (once).
-        return run_state_for_site(site=site, run_id=run_id, _retried=True)
+    if run.phase in inline_phases and run.offset:
+        offset = _inline_offset(run)
+        if offset is not None:  # saves each site one request per round
+            state["offset"] = {"round": run.current_round, "safetensors": offset}
     if run.phase == Phase.SHARES:
         state["roster"] = [
             {"participant": n, **{k: m.payload[k] for k in ("mask_public", "enc_public")}}
@@ -356,6 +411,13 @@ def run_state_for_site(*, site: Site, run_id: int, _retried: bool = False) -> di
     return state
 
 
+def _inline_offset(run: FineTuningRun) -> str | None:
+    """``D_r`` as base64 when it is small enough to travel inside the state."""
+    with run.offset.open("rb") as stored:
+        data = stored.read(INLINE_OFFSET_BYTES + 1)
+    return _b64s(data) if len(data) <= INLINE_OFFSET_BYTES else None
+
+
 def run_offset_for_site(*, site: Site, run_id: int, round_number: int) -> FineTuningRun:
     """``D_r`` for the round in progress (only that one: older offsets are gone)."""
     run, _ = run_for_site(site=site, run_id=run_id)
@@ -367,13 +429,19 @@ def run_offset_for_site(*, site: Site, run_id: int, round_number: int) -> FineTu
 # --------------------------------------------------------------------------- posts
 
 
-def _begin_post(
-    *, site: Site, run_id: int, agent_id: str, kind: str, round_number: int | None
-) -> tuple[FineTuningRun, Participant]:
-    run, participant = run_for_site(site=site, run_id=run_id, lock=True)
+def _check_lease(participant: Participant, agent_id: str) -> None:
     job = participant.job
     if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
         raise LeaseLost("This agent does not hold the lease of the site's train job.")
+
+
+def _begin_post(
+    *, site: Site, run_id: int, agent_id: str, kind: str, round_number: int | None,
+    read: tuple[FineTuningRun, Participant] | None = None,
+) -> tuple[FineTuningRun, Participant]:  # fmt: skip
+    """The locked run and this site's participation, checked for the post (``read``: already locked)."""
+    run, participant = read or run_for_site(site=site, run_id=run_id, lock=True)
+    _check_lease(participant, agent_id)
     if run.status != RunStatus.RUNNING:
         raise Conflict("The run is not running.", code="run_not_running")
     if run.phase != kind or (round_number is not None and round_number != run.current_round):
@@ -385,14 +453,34 @@ def _begin_post(
     return run, participant
 
 
-def _existing(run: FineTuningRun, participant: Participant, kind: str, body_sha256: str) -> bool:
-    """True for an exact repeat of this site's post in this phase; a different one is refused."""
-    previous = ProtocolMessage.objects.filter(
-        run=run, round=run.current_round, attempt=run.attempt, kind=kind, participant=participant
-    ).first()
+@dataclass
+class Posted:
+    """What a post did, and the run as it left it (its answer's state is built from these)."""
+
+    created: bool
+    run: FineTuningRun
+    participant: Participant
+    done: bool | None = None  # the site posted in the run's current phase (None: not known here)
+
+
+def _outcome(created: bool, run: FineTuningRun, participant: Participant, where: tuple[int, int, str]) -> Posted:
+    """``where`` is (round, attempt, phase) the post was made in: while the run is still there,
+    the site is done in it."""
+    if run.status != RunStatus.RUNNING or (run.current_round, run.attempt, run.phase) == where:
+        return Posted(created, run, participant, done=True)
+    # The post opened a new phase. Only keys and shares can be posted before their phase opens
+    # (sent ahead with the last round's posts); nobody has posted in any other phase yet.
+    opened_fresh = run.phase not in (Phase.KEYS, Phase.SHARES)
+    return Posted(created, run, participant, done=False if opened_fresh else None)
+
+
+def _existing(participant: Participant, body_sha256: str, posted: dict[int, str]) -> bool:
+    """True for an exact repeat of this site's post in this phase; a different one is refused.
+    ``posted``: this phase's posts (``_posted``), read under the run's lock."""
+    previous = posted.get(participant.number)
     if previous is None:
         return False
-    if previous.body_sha256 == body_sha256:
+    if previous == body_sha256:
         return True
     raise Conflict("This site already posted a different message in this phase.", code="already_posted")
 
@@ -408,40 +496,50 @@ def _payload_sha(payload: dict) -> str:
 
 def _store(
     run: FineTuningRun, participant: Participant, kind: str, payload: dict, body_sha256: str,
-    vector: bytes | None = None,
+    vector: bytes | None = None, posted: dict[int, str] | None = None,
 ) -> None:  # fmt: skip
     ProtocolMessage.objects.create(
         run=run, round=run.current_round, attempt=run.attempt, participant=participant, kind=kind,
         payload=payload, vector=vector, body_sha256=body_sha256,
     )  # fmt: skip
-    audit_record(action=f"finetuning.{kind}_posted", obj=run, actor_site=participant.site,
-                 data={"round": run.current_round, "attempt": run.attempt, "participant": participant.number})  # fmt: skip
+    if posted is not None:
+        posted[participant.number] = body_sha256
+
+
+def _audit_post(run: FineTuningRun, participant: Participant, kind: str, **carried: bool) -> None:
+    """One audit row per post; what else it carried (the next round's keys or shares) is named in it."""
+    data = {"round": run.current_round, "attempt": run.attempt, "participant": participant.number}
+    audit_record(action=f"finetuning.{kind}_posted", obj=run, actor_site_id=participant.site_id,
+                 data={**data, **{name: True for name, value in carried.items() if value}})  # fmt: skip
 
 
 @transaction.atomic
 def run_post_layout(
     *, site: Site, run_id: int, agent_id: str, layout: Any, n_examples: int | None = None
-) -> bool:
+) -> Posted:
     """Round 0: the parameter layout of the parent, as the site's sandbox found it, and the
     number of rows it trains on (released in the clear every round anyway: ``n_examples``)."""
     run, participant = _begin_post(
         site=site, run_id=run_id, agent_id=agent_id, kind=Phase.LAYOUT, round_number=None
     )
+    where = (run.current_round, run.attempt, run.phase)
     cleaned = layout_clean(layout, max_parameters=settings.VAULTBENCH_FL_MAX_PARAMETERS)
     payload: dict[str, Any] = {"layout": cleaned}
     layout_sha = _payload_sha(payload)
     if n_examples is not None:
         payload["n_examples"] = _example_count(n_examples)
     sha = _payload_sha(payload)
-    if _existing(run, participant, MessageKind.LAYOUT, sha):
-        return False
+    posted = _posted(run, MessageKind.LAYOUT)
+    if _existing(participant, sha, posted):
+        return _outcome(False, run, participant, where)
     _require_expected(run, participant)
     others = {_payload_sha({"layout": m.payload["layout"]}) for m in _messages(run, MessageKind.LAYOUT).values()}
     if others and layout_sha not in others:
         raise Conflict("This layout differs from the one other sites reported.", code="layout_mismatch")
-    _store(run, participant, MessageKind.LAYOUT, payload, sha)
-    _advance(run, timed_out=False)
-    return True
+    _store(run, participant, MessageKind.LAYOUT, payload, sha, posted=posted)
+    _audit_post(run, participant, MessageKind.LAYOUT)
+    _advance(run, timed_out=False, posted=set(posted))
+    return _outcome(True, run, participant, where)
 
 
 def _keys_payload(keys: Any) -> tuple[dict, bytes, bytes]:
@@ -452,38 +550,40 @@ def _keys_payload(keys: Any) -> tuple[dict, bytes, bytes]:
     return {"mask_public": _b64s(mask), "enc_public": _b64s(enc)}, mask, enc
 
 
-def _post_next_round_keys(run: FineTuningRun, participant: Participant, keys: Any) -> bool:
+def _post_next_round_keys(run: FineTuningRun, participant: Participant, keys: Any, *, audit: bool = True) -> bool:
     """Keys for round r+1 (attempt 0), advertised while round r is in its masked or unmask phase.
     They are fresh keys used in that one round only, exactly as if posted in its keys phase: the
     hub learns the public keys a little earlier, nothing else. When round r+1 opens and every
-    expected site has advertised, its keys phase closes at once."""
+    expected site has advertised, its keys phase closes at once. ``audit``: False when the
+    carrying post's own audit row names them."""
     payload, mask, enc = _keys_payload(keys)
     sha = _payload_sha(payload)
-    rows = ProtocolMessage.objects.filter(run=run, round=run.current_round + 1, attempt=0, kind=MessageKind.KEYS)
-    mine = rows.filter(participant=participant).first()
+    rows = _messages(run, MessageKind.KEYS, round_number=run.current_round + 1, attempt=0)
+    mine = rows.get(participant.number)
     if mine is not None:
         if mine.body_sha256 == sha:
             return False
         raise Conflict("This site already advertised different keys for the next round.", code="already_posted")
-    taken = {m.payload[k] for m in rows for k in ("mask_public", "enc_public")}
+    taken = {m.payload[k] for m in rows.values() for k in ("mask_public", "enc_public")}
     if mask == enc or payload["mask_public"] in taken or payload["enc_public"] in taken:
         raise Conflict("Public keys must be fresh and distinct.", code="invalid_keys")
     ProtocolMessage.objects.create(run=run, round=run.current_round + 1, attempt=0, participant=participant,
                                    kind=MessageKind.KEYS, payload=payload, body_sha256=sha)  # fmt: skip
-    audit_record(action="finetuning.keys_posted", obj=run, actor_site=participant.site,
-                 data={"round": run.current_round + 1, "attempt": 0, "participant": participant.number,
-                       "ahead": True})  # fmt: skip
+    if audit:
+        audit_record(action="finetuning.keys_posted", obj=run, actor_site_id=participant.site_id,
+                     data={"round": run.current_round + 1, "attempt": 0, "participant": participant.number,
+                           "ahead": True})  # fmt: skip
     return True
 
 
-def _next_roster(run: FineTuningRun) -> list[dict] | None:
+def _next_roster(run: FineTuningRun, keys: dict[int, ProtocolMessage] | None = None) -> list[dict] | None:
     """Round r+1's roster, once every active site advertised its keys for it (with its masked
     post): the keys phase of r+1 will close at once with exactly these keys, so its shares can
-    be made now (docs/federated-protocol.md, "Two phases per round")."""
+    be made now (docs/federated-protocol.md, "Two phases per round"). ``keys``: round r+1's
+    keys messages when the caller has read them."""
     if not run.secure_aggregation or _next_round_id(run) is None:
         return None
-    rows = {m.participant.number: m for m in ProtocolMessage.objects.filter(
-        run=run, round=run.current_round + 1, attempt=0, kind=MessageKind.KEYS).select_related("participant")}  # fmt: skip
+    rows = _messages(run, MessageKind.KEYS, round_number=run.current_round + 1, attempt=0) if keys is None else keys
     if len(rows) < max(min_contributors(run), 3) or not _active_numbers(run) <= set(rows):
         return None
     return [
@@ -510,30 +610,32 @@ def _clean_bundles(bundles: Any, sender: int, roster: list[int]) -> dict:
     return {"bundles": cleaned}
 
 
-def _post_next_round_shares(run: FineTuningRun, participant: Participant, bundles: Any) -> None:
+def _post_next_round_shares(run: FineTuningRun, participant: Participant, bundles: Any) -> bool:
     """Round r+1's encrypted shares, carried by this site's unmask post of round r. Accepted only
     against the complete next roster (every active site advertised): they are exactly the shares
-    r+1's shares phase would collect, encrypted under r+1's fresh keys and bound to its round id."""
-    roster = _next_roster(run)
+    r+1's shares phase would collect, encrypted under r+1's fresh keys and bound to its round id.
+    True when stored now (the unmask post's audit row names them)."""
+    ahead = ProtocolMessage.objects.filter(run=run, round=run.current_round + 1, attempt=0,
+                                           kind__in=(MessageKind.KEYS, MessageKind.SHARES))  # fmt: skip
+    numbers = _numbers(run)
+    keys = {numbers[m.participant_id]: m for m in ahead if m.kind == MessageKind.KEYS}
+    previous = next((m for m in ahead if m.kind == MessageKind.SHARES and m.participant_id == participant.id), None)
+    roster = _next_roster(run, keys)
     if roster is None or participant.number not in {e["participant"] for e in roster}:
         raise Conflict("The next round's roster is not complete.", code="wrong_phase")
     payload = _clean_bundles(bundles, participant.number, [e["participant"] for e in roster])
     sha = _payload_sha(payload)
-    previous = ProtocolMessage.objects.filter(run=run, round=run.current_round + 1, attempt=0,
-                                              kind=MessageKind.SHARES, participant=participant).first()  # fmt: skip
     if previous is not None:
         if previous.body_sha256 != sha:
             raise Conflict("This site already sent different shares for the next round.", code="already_posted")
-        return
+        return False
     ProtocolMessage.objects.create(run=run, round=run.current_round + 1, attempt=0, participant=participant,
                                    kind=MessageKind.SHARES, payload=payload, body_sha256=sha)  # fmt: skip
-    audit_record(action="finetuning.shares_posted", obj=run, actor_site=participant.site,
-                 data={"round": run.current_round + 1, "attempt": 0, "participant": participant.number,
-                       "ahead": True})  # fmt: skip
+    return True
 
 
 @transaction.atomic
-def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, keys: Any) -> bool:
+def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, keys: Any) -> Posted:
     run, participant = run_for_site(site=site, run_id=run_id, lock=True)
     if (
         run.status == RunStatus.RUNNING
@@ -541,39 +643,44 @@ def run_post_keys(*, site: Site, run_id: int, round_number: int, agent_id: str, 
         and round_number == run.current_round + 1 < run.rounds
         and run.phase in (Phase.MASKED, Phase.UNMASK)
     ):
-        job = participant.job
-        if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
-            raise LeaseLost("This agent does not hold the lease of the site's train job.")
-        return _post_next_round_keys(run, participant, keys)
+        _check_lease(participant, agent_id)
+        created = _post_next_round_keys(run, participant, keys)
+        return Posted(created, run, participant)  # posted ahead: not in the current phase
     run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.KEYS,
-                                   round_number=round_number)  # fmt: skip
+                                   round_number=round_number, read=(run, participant))  # fmt: skip
+    where = (run.current_round, run.attempt, run.phase)
     payload, mask, enc = _keys_payload(keys)
     sha = _payload_sha(payload)
-    if _existing(run, participant, MessageKind.KEYS, sha):
-        return False
+    posted = _posted(run, MessageKind.KEYS)
+    if _existing(participant, sha, posted):
+        return _outcome(False, run, participant, where)
     _require_expected(run, participant)
     taken = {
         m.payload[k] for m in _messages(run, MessageKind.KEYS).values() for k in ("mask_public", "enc_public")
     }
     if mask == enc or payload["mask_public"] in taken or payload["enc_public"] in taken:
         raise Conflict("Public keys must be fresh and distinct.", code="invalid_keys")
-    _store(run, participant, MessageKind.KEYS, payload, sha)
-    _advance(run, timed_out=False)
-    return True
+    _store(run, participant, MessageKind.KEYS, payload, sha, posted=posted)
+    _audit_post(run, participant, MessageKind.KEYS)
+    _advance(run, timed_out=False, posted=set(posted))
+    return _outcome(True, run, participant, where)
 
 
 @transaction.atomic
-def run_post_shares(*, site: Site, run_id: int, round_number: int, agent_id: str, bundles: Any) -> bool:
+def run_post_shares(*, site: Site, run_id: int, round_number: int, agent_id: str, bundles: Any) -> Posted:
     run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.SHARES,
                                    round_number=round_number)  # fmt: skip
+    where = (run.current_round, run.attempt, run.phase)
     payload = _clean_bundles(bundles, participant.number, run.phase_data.get("roster", []))
     sha = _payload_sha(payload)
-    if _existing(run, participant, MessageKind.SHARES, sha):
-        return False
+    posted = _posted(run, MessageKind.SHARES)
+    if _existing(participant, sha, posted):
+        return _outcome(False, run, participant, where)
     _require_expected(run, participant)
-    _store(run, participant, MessageKind.SHARES, payload, sha)
-    _advance(run, timed_out=False)
-    return True
+    _store(run, participant, MessageKind.SHARES, payload, sha, posted=posted)
+    _audit_post(run, participant, MessageKind.SHARES)
+    _advance(run, timed_out=False, posted=set(posted))
+    return _outcome(True, run, participant, where)
 
 
 def _example_count(value: Any) -> int:
@@ -599,13 +706,15 @@ def _round_metrics(values: dict) -> dict:
 def _post_release(
     *, site: Site, run_id: int, round_number: int, agent_id: str, kind: str, vector: Any, values: dict,
     released: dict, ledger_sha256: str, ledger_bytes: int,
-) -> bool:  # fmt: skip
+) -> Posted:  # fmt: skip
     """A masked vector or a plain update: a release the site logged; the hub mirrors it."""
     run, participant = _begin_post(
         site=site, run_id=run_id, agent_id=agent_id, kind=kind, round_number=round_number
     )
-    if _existing(run, participant, kind, ledger_sha256):
-        return False
+    where = (run.current_round, run.attempt, run.phase)
+    posted = _posted(run, kind)
+    if _existing(participant, ledger_sha256, posted):
+        return _outcome(False, run, participant, where)
     _require_expected(run, participant)
     length = _vector_length(run)
     data = _b64(vector, "vector", length=4 * length)
@@ -630,22 +739,26 @@ def _post_release(
     if next_keys is not None and (kind != MessageKind.MASKED or _next_round_id(run) is None):
         raise DomainError("next_keys only travel with a masked post before the last round.", code="invalid_message")
     egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
+    # The run's task and vendor are its parent's, which is the train job's submission.
     egress_record_create(job=participant.job, kind=EgressKind.UPDATE, sha256=ledger_sha256, size=ledger_bytes,
-                         epsilon=metrics["epsilon"], delta=run.dp_delta)  # fmt: skip
-    _store(run, participant, kind, metrics, ledger_sha256, vector=data)
+                         epsilon=metrics["epsilon"], delta=run.dp_delta, site_id=participant.site_id,
+                         task_id=run.task_id, vendor_id=run.vendor_id)  # fmt: skip
+    _store(run, participant, kind, metrics, ledger_sha256, vector=data, posted=posted)
+    ahead = False
     if next_keys is not None:  # round r+1's fresh keys, in the same request (see _post_next_round_keys)
-        _post_next_round_keys(run, participant, next_keys)
-    _advance(run, timed_out=False)
-    return True
+        ahead = _post_next_round_keys(run, participant, next_keys, audit=False)
+    _audit_post(run, participant, kind, next_keys=ahead)
+    _advance(run, timed_out=False, posted=set(posted))
+    return _outcome(True, run, participant, where)
 
 
 @transaction.atomic
-def run_post_masked(**kwargs) -> bool:
+def run_post_masked(**kwargs) -> Posted:
     return _post_release(kind=MessageKind.MASKED, **kwargs)
 
 
 @transaction.atomic
-def run_post_update(**kwargs) -> bool:
+def run_post_update(**kwargs) -> Posted:
     return _post_release(kind=MessageKind.UPDATE, **kwargs)
 
 
@@ -673,9 +786,10 @@ def _shares(raw: Any, expected: set[int], field: str) -> dict[int, int]:
 @transaction.atomic
 def run_post_unmask(
     *, site: Site, run_id: int, round_number: int, agent_id: str, response: Any, next_shares: Any = None
-) -> bool:
+) -> Posted:
     run, participant = _begin_post(site=site, run_id=run_id, agent_id=agent_id, kind=Phase.UNMASK,
                                    round_number=round_number)  # fmt: skip
+    where = (run.current_round, run.attempt, run.phase)
     request = run.phase_data["unmask_request"]
     if not isinstance(response, dict):
         raise DomainError("response must be an object.", code="invalid_message")
@@ -686,28 +800,39 @@ def run_post_unmask(
         "mask_key_shares": {str(k): str(v) for k, v in sorted(key_shares.items())},
     }
     sha = _payload_sha(payload)
-    if _existing(run, participant, MessageKind.UNMASK, sha):
-        return False
+    posted = _posted(run, MessageKind.UNMASK)
+    if _existing(participant, sha, posted):
+        return _outcome(False, run, participant, where)
     _require_expected(run, participant)
-    _store(run, participant, MessageKind.UNMASK, payload, sha)
+    _store(run, participant, MessageKind.UNMASK, payload, sha, posted=posted)
+    ahead = False
     if next_shares is not None:  # before _advance: the next round may open (and close its shares) now
         try:
-            _post_next_round_shares(run, participant, next_shares)
+            ahead = _post_next_round_shares(run, participant, next_shares)  # refuses before it writes
         except DomainError as exc:  # the unmask answer stands; the next round's shares phase remains
-            audit_record(action="finetuning.next_shares_refused", obj=run, actor_site=participant.site,
+            audit_record(action="finetuning.next_shares_refused", obj=run, actor_site_id=participant.site_id,
                          data={"round": run.current_round + 1, "participant": participant.number, "code": exc.code})  # fmt: skip
-    _advance(run, timed_out=False)
-    return True
+    _audit_post(run, participant, MessageKind.UNMASK, next_shares=ahead)
+    _advance(run, timed_out=False, posted=set(posted))
+    return _outcome(True, run, participant, where)
 
 
 # --------------------------------------------------------------------------- advancement
 
 
-def _advance(run: FineTuningRun, *, timed_out: bool) -> None:
-    """Closes the current phase of a locked run if every expected site posted, or if it timed out."""
+def _advance(run: FineTuningRun, *, timed_out: bool, posted: set[int] | None = None) -> None:
+    """Closes the current phase of a locked run if every expected site posted, or if it timed out
+    (``posted``: who posted in it, when the caller read that under the lock). Whatever phases
+    open here are written in one save."""
+    _advance_phase(run, timed_out=timed_out, posted=posted)
+    _save_phase(run)
+
+
+def _advance_phase(run: FineTuningRun, *, timed_out: bool, posted: set[int] | None = None) -> None:
     if run.status != RunStatus.RUNNING:
         return
-    posted = set(_messages(run, run.phase))
+    if posted is None:
+        posted = set(_posted(run, run.phase))
     if not timed_out and not _expected(run) <= posted:
         return
     {
@@ -760,14 +885,22 @@ def _close_unmask(run: FineTuningRun, posted: set[int]) -> None:
     if len(posted) < int(run.threshold or 0):
         return _fail_round(run, "too_few_unmask_answers")
     n = n_participants(run)
-    keys = _messages(run, MessageKind.KEYS)
+    numbers = _numbers(run)
+    by_kind: dict[str, dict[int, ProtocolMessage]] = {
+        MessageKind.KEYS: {}, MessageKind.MASKED: {}, MessageKind.UNMASK: {}
+    }  # fmt: skip
+    rows = ProtocolMessage.objects.filter(run=run, round=run.current_round, attempt=run.attempt,
+                                          kind__in=list(by_kind))  # fmt: skip
+    for m in rows:  # the round's three kinds in one read
+        by_kind[m.kind][numbers[m.participant_id]] = m
+    keys = by_kind[MessageKind.KEYS]
     roster = [
         AdvertisedKeys(
             num, base64.b64decode(m.payload["mask_public"]), base64.b64decode(m.payload["enc_public"])
         )
         for num, m in sorted(keys.items())
     ]
-    masked_rows = _messages(run, MessageKind.MASKED)
+    masked_rows = by_kind[MessageKind.MASKED]
     masked = {
         num: np.frombuffer(bytes(m.vector), dtype="<u4").astype(np.uint32) for num, m in masked_rows.items()
     }
@@ -778,7 +911,7 @@ def _close_unmask(run: FineTuningRun, posted: set[int]) -> None:
             self_mask_shares={int(k): int(v) for k, v in m.payload["self_mask_shares"].items()},
             mask_key_shares={int(k): int(v) for k, v in m.payload["mask_key_shares"].items()},
         )
-        for num, m in _messages(run, MessageKind.UNMASK).items()
+        for num, m in by_kind[MessageKind.UNMASK].items()
     ]
     params = RoundParams(
         round_id=secagg_round_id(run), threshold=int(run.threshold), vector_length=_vector_length(run)
@@ -876,7 +1009,7 @@ def _apply_round(run: FineTuningRun, mean: np.ndarray, rows: dict[int, ProtocolM
     if any(v is not None for v in state.values()):
         _replace_file(run.strategy_state, "strategy_state.safetensors", state_to_bytes(state))
     _spend(run, round_step_noise(run, n))  # the sites' own (worst-case) charge: one epsilon
-    sites = dict(run.participants.values_list("number", "site__name"))
+    sites = {p.number: p.site.name for p in participants_of(run)}
     per_site = [{"participant": num, "site": sites[num], **m.payload} for num, m in sorted(rows.items())]
     RoundRecord.objects.create(
         run=run, round=run.current_round, attempt=run.attempt, status=RoundStatus.AGGREGATED,
@@ -914,9 +1047,9 @@ def _next_round(run: FineTuningRun, n: int) -> None:
     run.attempt = 0
     _open_phase(run, _first_phase(run), new_round=True)
     if run.secure_aggregation:  # keys (and shares) sent ahead by every site: straight to shares or masked
-        _advance(run, timed_out=False)
+        _advance_phase(run, timed_out=False)
         if run.phase == Phase.SHARES:
-            _advance(run, timed_out=False)
+            _advance_phase(run, timed_out=False)
 
 
 def _fail_round(run: FineTuningRun, reason: str) -> None:
