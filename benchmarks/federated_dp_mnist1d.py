@@ -128,11 +128,16 @@ def run(
     """One federated run; returns two test-accuracy curves (after each round): of the global model,
     and of its exponential moving average ``a <- ema a + (1 - ema) w`` over the rounds (a
     post-processing of the released models: no privacy cost; not what the hub does today); and
-    the largest norm of a site's update before the agent's update bound; and the epsilon in the
-    site's own ledger after the rounds (what every site and the hub show)."""
+    the largest norm of a site's update before the agent's update bound; the epsilon in the
+    site's own ledger after the rounds (what every site and the hub show); and the final global
+    weights (name -> float32 array; tests/e2e/test_dp_recipe_e2e.py compares them with the hub's).
+
+    The number of sites is ``len(train)`` and the secure aggregation threshold the hub's default
+    for it (t = 3 of 4 in the benchmark)."""
     import torch
 
     from evaluator.federated.client_update import prepare_site_update
+    from evaluator.federated.secagg import default_threshold
     from evaluator.federated.strategies import mean_update
     from evaluator.federated.updates import dequantize, quantization_range
     from evaluator.runner.dpsgd import VmapGrads, dp_sgd
@@ -160,6 +165,7 @@ def run(
     server = get_strategy(strategy, learning_rate=lr, local_epochs=local_epochs, **server_params)
     grads = VmapGrads(model, names)
     rng = np.random.default_rng(seed)
+    n_sites = len(train)
     curve, ema_curve = [], []
     average = w.copy()
     update_norms: list[float] = []  # what an update bound must not cut (distributed noise needs it linear)
@@ -170,13 +176,21 @@ def run(
     cap = max(len(y) for _, y in train)
     weights = [len(y) / cap if fedsgd else 1.0 for _, y in train]
     config = site_ledger = None
-    if dp is not None:
+    q = 1.0 if fedsgd else batch / min_rows
+    if dp is not None and not dp["sigma"]:  # the noise-free reference (tests): nothing to account
+        from evaluator.federated.accounting import steps_per_round
+        from evaluator.runner.dpsgd import DPConfig
+
+        config = DPConfig(example_clip_norm=dp["clip"], noise_multiplier=0.0, sample_rate=q,
+                          steps=steps_per_round(local_epochs, q))  # fmt: skip
+    elif dp is not None:
         # the run as the hub sends it; the site agent's own parse_run / _round_config turn it into
         # the runner's DP settings: under secure aggregation with FedSGD rounds each site adds only
         # sigma / sqrt(t) (distributed noise), and the site's ledger charges sigma
-        q = 1.0 if fedsgd else batch / min_rows
         spec, config = site_runner_dp(dp, q=q, local_epochs=local_epochs, lr=lr, secure=secure,
-                                      distributed=fedsgd and secure)  # fmt: skip
+                                      distributed=fedsgd and secure, n_sites=n_sites,
+                                      threshold=default_threshold(n_sites), rounds=rounds,
+                                      delta=dp.get("delta", DELTA))  # fmt: skip
         site_ledger = spec.new_privacy_ledger(0)
     for _ in range(rounds):
         old = as_dict(w)
@@ -190,28 +204,30 @@ def run(
                 new = plain_sgd(model, names, old, x, y, lr=lr, batch=batch, epochs=local_epochs, rng=rng)
             vector, report = prepare_site_update(
                 old_weights=old, new_weights=new, clip_norm=update_clip, noise_multiplier=0.0,
-                n_sites=N_SITES, rng=rng, quantization_bits=20 if secure else None,
+                n_sites=n_sites, rng=rng, quantization_bits=20 if secure else None,
             )  # fmt: skip
             vectors.append(vector)
             update_norms.append(report.norm_before_clip)
         if secure:
             total = np.sum(np.stack(vectors).astype(np.uint64), axis=0) % np.uint64(2**32)
             summed = dequantize(total.astype(np.uint32), clip_norm=quantization_range(update_clip, 0.0), bits=20,
-                                n_summed=N_SITES)  # fmt: skip
+                                n_summed=n_sites)  # fmt: skip
         else:
             summed = np.sum(np.stack(vectors), axis=0)
-        divisor = sum(weights) if fedsgd else N_SITES  # the hub's example-weighted mean
-        w = server.aggregate(w, mean_update(summed, 1) / divisor, N_SITES)  # the hub's own strategy code
+        divisor = sum(weights) if fedsgd else n_sites  # the hub's example-weighted mean
+        w = server.aggregate(w, mean_update(summed, 1) / divisor, n_sites)  # the hub's own strategy code
         w = w.astype(np.float32).astype(np.float64)  # the hub stores D as float32
         if site_ledger is not None:
             site_ledger.record_round()
         curve.append(accuracy(model, names, w, *test))
         average = ema * average + (1 - ema) * w
         ema_curve.append(accuracy(model, names, average, *test))
-    return curve, ema_curve, max(update_norms), (site_ledger.epsilon if site_ledger is not None else None)
+    epsilon = site_ledger.epsilon if site_ledger is not None else None
+    return curve, ema_curve, max(update_norms), epsilon, as_dict(w)
 
 
-def site_runner_dp(dp, *, q, local_epochs, lr, secure, distributed):
+def site_runner_dp(dp, *, q, local_epochs, lr, secure, distributed, n_sites=N_SITES, threshold=THRESHOLD, rounds=50,
+                   delta=DELTA):  # fmt: skip
     """The runner's ``DPConfig`` as the site agent derives it from the hub's run (its ``parse_run``
     checks and its ``_round_config``), and the parsed spec (whose ledger the site keeps)."""
     from types import SimpleNamespace
@@ -220,10 +236,10 @@ def site_runner_dp(dp, *, q, local_epochs, lr, secure, distributed):
     from evaluator.federated.site import SiteParticipant, parse_run
     from evaluator.runner.dpsgd import DPConfig
 
-    run = {"id": 1, "participant": 1, "n_participants": N_SITES, "rounds": 50, "local_epochs": local_epochs,
+    run = {"id": 1, "participant": 1, "n_participants": n_sites, "rounds": rounds, "local_epochs": local_epochs,
            "batch_size": 32, "learning_rate": lr, "secure_aggregation": secure,
-           "threshold": THRESHOLD if secure else None, "clip_norm": 100.0, "noise_multiplier": 0.0,
-           "dp_delta": DELTA, "privacy_unit": "record", "quantization_bits": 20 if secure else None,
+           "threshold": threshold if secure else None, "clip_norm": 100.0, "noise_multiplier": 0.0,
+           "dp_delta": delta, "privacy_unit": "record", "quantization_bits": 20 if secure else None,
            "dp": {"example_clip_norm": dp["clip"], "noise_multiplier": dp["sigma"], "sample_rate": q,
                   "steps": steps_per_round(local_epochs, q), "distributed": distributed}}  # fmt: skip
     spec = parse_run(run)
