@@ -272,11 +272,15 @@ def class_probabilities(predictions: Any, *, n_rows: int, n_classes: int) -> np.
         p = np.stack([1.0 - p1, p1], axis=1)
     if p.shape != (n_rows, n_classes):
         raise InvalidPredictions(f"expected probabilities of shape ({n_rows}, {n_classes}), got {p.shape}")
-    if not all_finite(p):
+    # The smallest and the largest value, once (a NaN makes both NaN, an infinity is one of
+    # them); clipping to [0, 1] changes nothing when they already lie there, so it is skipped.
+    low, high = (float(p.min()), float(p.max())) if p.size else (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise InvalidPredictions("probabilities must be finite")
-    if p.min(initial=0.0) < -1e-6 or p.max(initial=0.0) > 1 + 1e-6:
+    if min(low, 0.0) < -1e-6 or max(high, 0.0) > 1 + 1e-6:
         raise InvalidPredictions("probabilities must lie in [0, 1]")
-    p = np.clip(p, 0.0, 1.0)
+    if low < 0.0 or high > 1.0:
+        p = np.clip(p, 0.0, 1.0)
     sums = row_sums(p)
     if n_rows and not np.all(np.abs(sums - 1.0) <= PROBABILITY_SUM_TOLERANCE):
         raise InvalidPredictions("each row of class probabilities must sum to 1")

@@ -12,14 +12,15 @@ finite values, probabilities within [0, 1].
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import numpy as np
 
-from evaluator.metrics import all_finite, row_sums
+from evaluator.metrics import row_sums
 from evaluator.sandbox import PREDICTIONS_NAME, InvalidOutput
 
 PROBABILITY_TOLERANCE: Final = 1e-4
@@ -28,7 +29,8 @@ NUMERIC_KINDS: Final = frozenset("fiu")
 TASK_TYPES: Final = frozenset({"binary_classification", "multiclass_classification", "regression"})
 
 
-def _read_capped(path: Path, max_bytes: int, what: str = "the predictions") -> bytes:
+def _open_checked(path: Path, max_bytes: int, what: str) -> tuple[io.FileIO, int]:
+    """The file opened for reading after the checks above, and its size."""
     try:
         before = os.lstat(path)
     except FileNotFoundError as exc:
@@ -43,26 +45,46 @@ def _read_capped(path: Path, max_bytes: int, what: str = "the predictions") -> b
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise InvalidOutput(f"{what}: cannot be opened") from exc
-    with os.fdopen(fd, "rb") as fh:
+    fh = io.FileIO(fd, "rb")  # unbuffered: the payload is read straight into its array
+    try:
         st = os.fstat(fh.fileno())
         # Same inode as the one checked, and still a plain single-link file.
         if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
             raise InvalidOutput(f"{what}: changed while being read")
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > max_bytes:
             raise InvalidOutput(f"{what}: changed while being read")
-        data = fh.read(max_bytes + 1)
+    except BaseException:
+        fh.close()
+        raise
+    return fh, st.st_size
+
+
+def _read_capped(path: Path, max_bytes: int, what: str = "the predictions") -> bytes:
+    fh, _ = _open_checked(path, max_bytes, what)
+    with fh:
+        data = _read_up_to(fh, max_bytes + 1)
     if len(data) > max_bytes:
         raise InvalidOutput(f"{what}: too large")
     return data
 
 
+def _read_up_to(fh: BinaryIO, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        chunk = fh.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 read_capped = _read_capped  # for the other files a sandbox leaves (evaluator/compiled_models.py)
 
 
-def parse_npy(data: bytes) -> np.ndarray:
-    """A numeric array from ``.npy`` bytes, without pickle and without trusting the
-    header's shape for an allocation (it must match the bytes that are there)."""
-    fh = io.BytesIO(data)
+def _npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, element count) of a ``.npy`` header, checked: a plain
+    numeric array of 1 or 2 dimensions (never an object dtype: nothing is unpickled)."""
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -84,12 +106,45 @@ def parse_npy(data: bytes) -> np.ndarray:
     count = 1
     for d in shape:
         count *= d
-    payload = data[fh.tell() :]
-    if len(payload) != count * dtype.itemsize:
-        raise InvalidOutput("the predictions file size does not match its header")
-    flat = np.frombuffer(payload, dtype=dtype, count=count)
+    return shape, fortran, dtype, count
+
+
+def _as_float64(flat: np.ndarray, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
     array = flat.reshape(shape, order="F" if fortran else "C")
     return np.array(array, dtype=np.float64)  # a native, writable copy
+
+
+def parse_npy(data: bytes) -> np.ndarray:
+    """A numeric array from ``.npy`` bytes, without pickle and without trusting the
+    header's shape for an allocation (it must match the bytes that are there)."""
+    fh = io.BytesIO(data)
+    shape, fortran, dtype, count = _npy_header(fh)
+    if len(data) - fh.tell() != count * dtype.itemsize:
+        raise InvalidOutput("the predictions file size does not match its header")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=fh.tell())
+    return _as_float64(flat, shape, fortran)
+
+
+def read_npy(path: Path, max_bytes: int) -> np.ndarray:
+    """``parse_npy`` of the file at ``path`` (opened and checked as ``_read_capped`` does), read
+    straight into the array's own memory: the header is checked against the file's size before
+    the allocation, and the payload is copied once, not through an intermediate ``bytes``."""
+    fh, size = _open_checked(path, max_bytes, "the predictions")
+    with fh:
+        shape, fortran, dtype, count = _npy_header(fh)
+        if size - fh.tell() != count * dtype.itemsize:
+            raise InvalidOutput("the predictions file size does not match its header")
+        flat = np.empty(count, dtype=dtype)
+        view = flat.data.cast("B")
+        done = 0
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise InvalidOutput("the predictions file size does not match its header")
+            done += got
+        if fh.read(1):  # grew since it was checked: not the file whose size was checked
+            raise InvalidOutput("the predictions: changed while being read")
+    return _as_float64(flat, shape, fortran)
 
 
 def validate_predictions(
@@ -100,7 +155,10 @@ def validate_predictions(
         raise ValueError(f"unknown task type {task_type!r}")
     if array.ndim == 0 or array.shape[0] != n_rows:
         raise InvalidOutput(f"expected {n_rows} rows, got shape {array.shape}")
-    if not all_finite(array):
+    # The smallest and the largest value, once: a NaN makes both NaN, an infinity is one of them;
+    # the probability range below reads the same two values.
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise InvalidOutput("the predictions contain NaN or infinite values")
     if task_type == "regression":
         if not (array.ndim == 1 or array.shape[1] == 1):
@@ -116,7 +174,7 @@ def validate_predictions(
             raise ValueError("a multiclass task needs n_classes >= 2")
         if array.ndim != 2 or array.shape[1] != n_classes:
             raise InvalidOutput(f"multiclass needs shape (n, {n_classes}), got {array.shape}")
-    if array.size and (array.min() < -PROBABILITY_TOLERANCE or array.max() > 1 + PROBABILITY_TOLERANCE):
+    if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
         raise InvalidOutput("probabilities must lie in [0, 1]")
     if array.ndim == 2 and array.shape[1] >= 2:
         if not np.all(np.abs(row_sums(array) - 1.0) <= PROBABILITY_SUM_TOLERANCE):
@@ -140,6 +198,5 @@ def load_predictions(
         raise InvalidOutput("the output folder is not a folder")
     if names != [PREDICTIONS_NAME]:
         raise InvalidOutput("no predictions were written" if not names else "unexpected files in the output")
-    data = _read_capped(out_dir / PREDICTIONS_NAME, max_bytes)
-    array = parse_npy(data)
+    array = read_npy(out_dir / PREDICTIONS_NAME, max_bytes)
     return validate_predictions(array, n_rows=n_rows, task_type=task_type, n_classes=n_classes)

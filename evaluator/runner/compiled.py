@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,18 @@ def convert(estimator: Any, *, uses_proba: bool, n_features: int) -> tuple[dict[
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-x))`` in place: the same operations, without four temporaries."""
+    np.negative(x, out=x)
     with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
+        np.exp(x, out=x)
+    x += 1.0
+    return np.divide(1.0, x, out=x)
 
 
 def predict_compiled(spec: dict[str, Any], tensors: dict[str, np.ndarray], batch: np.ndarray) -> np.ndarray:
-    """The estimator's output on ``batch`` (float32 rows), as scikit-learn computes it."""
+    """The estimator's output on ``batch`` (float32 rows), as scikit-learn computes it: the same
+    operations in the same dtypes (float32 scaling, the product with float64 coefficients in
+    float64), each written into an array this function owns rather than into a new temporary."""
     x = np.array(batch, dtype=np.float32, copy=True)
     for step in spec["steps"]:
         op = step["op"]
@@ -153,14 +160,21 @@ def predict_compiled(spec: dict[str, Any], tensors: dict[str, np.ndarray], batch
             raise ValueError(f"unknown step {op!r}")
     head = spec["head"]
     coef, intercept = tensors[head["coef"]], tensors[head["intercept"]]
-    scores = (x @ coef.T if coef.ndim == 2 else x @ coef) + intercept
+    scores = x @ coef.T if coef.ndim == 2 else x @ coef
+    if scores.dtype == np.result_type(scores, intercept) and np.broadcast_shapes(scores.shape, intercept.shape) == scores.shape:
+        scores += intercept  # the sum sklearn forms, written in place
+    else:
+        scores = scores + intercept
     if scores.ndim > 1 and scores.shape[1] == 1 and head["op"] != "linear":
         scores = scores.reshape(-1)
     if head["op"] == "logistic_binary":
         prob = _expit(scores)
-        return np.stack([1 - prob, prob], axis=1)
+        out = np.empty((prob.shape[0], 2), dtype=prob.dtype)
+        np.subtract(1, prob, out=out[:, 0])
+        out[:, 1] = prob
+        return out
     if head["op"] == "logistic_softmax":
-        scores = scores - scores.max(axis=1).reshape(-1, 1)
+        scores -= scores.max(axis=1).reshape(-1, 1)
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=1).reshape(-1, 1)
         return scores
@@ -190,18 +204,18 @@ def read_compiled(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return spec, tensors
 
 
-def try_compile(estimator: Any, *, uses_proba: bool, features: np.ndarray, predictions: np.ndarray,
-                batch_size: int, folder: Path) -> str:  # fmt: skip
-    """Convert, check against ``predictions`` on ``features``, write. Returns what happened
-    (for the log); never raises: a model without a compiled form keeps the normal path."""
+def try_compile(estimator: Any, *, uses_proba: bool, batches: Iterable[tuple[int, np.ndarray]], n_features: int,
+                predictions: np.ndarray, folder: Path) -> str:  # fmt: skip
+    """Convert, check against ``predictions`` on every batch of the job's features (``batches``:
+    (first row, float32 rows), as the runner read them), write. Returns what happened (for the
+    log); never raises: a model without a compiled form keeps the normal path."""
     from safetensors.numpy import load, save
 
     try:
-        spec, tensors = convert(estimator, uses_proba=uses_proba, n_features=features.shape[1])
+        spec, tensors = convert(estimator, uses_proba=uses_proba, n_features=n_features)
         weights = save(tensors)
         tensors = load(weights)  # checked as it will be read: what is written is what was checked
-        for start in range(0, features.shape[0], batch_size):
-            batch = np.ascontiguousarray(features[start : start + batch_size], dtype=np.float32)
+        for start, batch in batches:
             got = predict_compiled(spec, tensors, batch).astype(np.float32)
             want = predictions[start : start + batch.shape[0]]
             if got.shape != want.shape or not np.all(np.abs(got - want) <= TOLERANCE):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,8 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
 
 
-# Read the features into memory when they take at most this share of the container's memory
-# limit; memory-map them otherwise. A model reading its batches from a mapped file pays page
+# Training (``train.py``) reads its features whole: into memory when they take at most this share
+# of the container's memory limit; memory-mapped otherwise (prediction streams them: FeatureFile). A model reading its batches from a mapped file pays page
 # faults on a bind mount (TorchScript at 1M rows: 22.9 s mapped, 15.2 s in memory).
 IN_MEMORY_SHARE = 0.25
 CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -72,6 +74,73 @@ def read_features(path: Path) -> np.ndarray:
     return features
 
 
+class FeatureFile:
+    """A 2-D ``.npy`` of numbers read one batch of rows at a time into a single reused buffer.
+
+    The features never sit in memory whole (any size fits the container's limit), are never
+    memory-mapped (a model reading a mapped bind mount pays page faults per batch), and each
+    batch is read just before the model reads it, while it is still in the CPU's cache. The
+    header is checked against the file's size before anything is read."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise RunnerError(EXIT_INPUT, f"cannot read features: {type(exc).__name__}") from exc
+        try:
+            shape, fortran, dtype = _npy_header(self._file)
+            self._offset = self._file.tell()
+            size = os.fstat(self._file.fileno()).st_size
+        except Exception as exc:
+            self._file.close()
+            raise RunnerError(EXIT_INPUT, f"cannot read features: {type(exc).__name__}") from exc
+        if len(shape) != 2:
+            self._file.close()
+            raise RunnerError(EXIT_INPUT, "features must be a 2-D array")
+        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
+            self._file.close()
+            raise RunnerError(EXIT_INPUT, f"cannot read features: dtype {dtype.str} is not numeric")
+        if size - self._offset != shape[0] * shape[1] * dtype.itemsize:
+            self._file.close()
+            raise RunnerError(EXIT_INPUT, "cannot read features: the file's size does not match its header")
+        self.n_rows, self.n_features = int(shape[0]), int(shape[1])
+        self._dtype, self._fortran = dtype, fortran
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 C-contiguous rows) per batch; each batch reuses the last one's memory."""
+        if self._fortran:  # columns first in the file: rows are not contiguous, map and copy out
+            mapped = np.load(self._file.name, allow_pickle=False, mmap_mode="r")
+            for start in range(0, self.n_rows, batch_size):
+                yield start, np.ascontiguousarray(mapped[start : start + batch_size], dtype=np.float32)
+            return
+        buffer = np.empty((min(batch_size, self.n_rows), self.n_features), dtype=self._dtype)
+        self._file.seek(self._offset)
+        for start in range(0, self.n_rows, batch_size):
+            batch = buffer[: min(batch_size, self.n_rows - start)]
+            _read_exactly(self._file, batch)
+            yield start, np.ascontiguousarray(batch, dtype=np.float32)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _npy_header(fh: io.FileIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
+def _read_exactly(fh: io.FileIO, into: np.ndarray) -> None:
+    view = into.reshape(-1).data.cast("B")  # into is C-contiguous: a view, no copy
+    done = 0
+    while done < len(view):
+        got = fh.readinto(view[done:])
+        if not got:
+            raise RunnerError(EXIT_INPUT, "cannot read features: the file ended early")
+        done += got
+
+
 def load_model(model_format: str, model_path: Path) -> Predictor:
     loader = LOADERS.get(model_format)
     if loader is None:
@@ -102,21 +171,26 @@ def _as_float32(value: object, n_expected: int) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def predict_batches(predict: Predictor, features: np.ndarray, batch_size: int) -> np.ndarray:
-    parts: list[np.ndarray] = []
-    for start in range(0, features.shape[0], batch_size):
-        batch = np.ascontiguousarray(features[start : start + batch_size], dtype=np.float32)
+def predict_batches(predict: Predictor, batches: Iterable[tuple[int, np.ndarray]], n_rows: int) -> np.ndarray:
+    """The predictions of every batch, placed into one float32 array of ``n_rows`` rows (no
+    list of parts to concatenate: one copy of each batch's output)."""
+    out: np.ndarray | None = None
+    for start, batch in batches:
         try:
             raw = predict(batch)
         except Exception as exc:
             raise RunnerError(EXIT_PREDICT, f"predict failed: the model's code raised {_describe(exc)}") from exc
-        parts.append(_as_float32(raw, batch.shape[0]))
-    if not parts:
+        values = _as_float32(raw, batch.shape[0])
+        if out is None:
+            out = np.empty((n_rows, *values.shape[1:]), dtype=np.float32)
+        elif values.shape[1:] != out.shape[1:]:
+            shapes = sorted({out.shape[1:], values.shape[1:]})
+            raise RunnerError(EXIT_CONTRACT, f"batches gave predictions of different shapes per row: {shapes}")
+        # Copied out before the next batch is read into the same buffer (a model may return its input).
+        out[start : start + batch.shape[0]] = values
+    if out is None:
         raise RunnerError(EXIT_INPUT, "features have no rows")
-    if len({p.shape[1:] for p in parts}) != 1:
-        shapes = sorted({p.shape[1:] for p in parts})
-        raise RunnerError(EXIT_CONTRACT, f"batches gave predictions of different shapes per row: {shapes}")
-    return np.concatenate(parts, axis=0)
+    return out
 
 
 def write_predictions(path: Path, predictions: np.ndarray) -> None:
@@ -152,20 +226,24 @@ def run_predict(
 ) -> None:
     """``compile_to``: for a scikit-learn model, also write its numpy-only form there when it has
     one that gives these same predictions (``compiled.py``)."""
-    features = read_features(features_path)
-    if weights_offset is not None:
-        predict = load_with_offset(model_format, model_path, weights_offset)
-    else:
-        predict = load_model(model_format, model_path)
-    if model_format == "compiled":  # the site's own numpy code: batches by bytes, not the vendor's size
-        batch_size = max(batch_size, COMPILED_BATCH_BYTES // (8 * max(1, features.shape[1])))
-    predictions = predict_batches(predict, features, batch_size)
-    write_predictions(output_path, predictions)
-    if compile_to is not None and model_format == "sklearn" and weights_offset is None:
-        from .compiled import try_compile
+    features = FeatureFile(features_path)
+    try:
+        if weights_offset is not None:
+            predict = load_with_offset(model_format, model_path, weights_offset)
+        else:
+            predict = load_model(model_format, model_path)
+        if model_format == "compiled":  # the site's own numpy code: batches by bytes, not the vendor's size
+            batch_size = max(batch_size, COMPILED_BATCH_BYTES // (8 * max(1, features.n_features)))
+        predictions = predict_batches(predict, features.batches(batch_size), features.n_rows)
+        write_predictions(output_path, predictions)
+        if compile_to is not None and model_format == "sklearn" and weights_offset is None:
+            from .compiled import try_compile
 
-        outcome = try_compile(
-            getattr(predict, "__self__", None), uses_proba=getattr(predict, "__name__", "") == "predict_proba",
-            features=features, predictions=predictions, batch_size=batch_size, folder=compile_to,
-        )  # fmt: skip
-        print(f"runner: {outcome}", file=sys.stderr)
+            outcome = try_compile(
+                getattr(predict, "__self__", None), uses_proba=getattr(predict, "__name__", "") == "predict_proba",
+                batches=features.batches(batch_size), n_features=features.n_features, predictions=predictions,
+                folder=compile_to,
+            )  # fmt: skip
+            print(f"runner: {outcome}", file=sys.stderr)
+    finally:
+        features.close()

@@ -76,16 +76,23 @@ def test_the_compiled_form_predicts_what_sklearn_predicts(name):
 def test_other_estimators_have_no_compiled_form(estimator, tmp_path):
     with pytest.raises(Unsupported):
         convert(estimator, uses_proba=True, n_features=N_FEATURES)
-    outcome = try_compile(estimator, uses_proba=True, features=X, predictions=estimator.predict_proba(X).astype(np.float32),
-                          batch_size=512, folder=tmp_path / "c")  # fmt: skip
+    outcome = try_compile(estimator, uses_proba=True, batches=batches(X, 512), n_features=N_FEATURES,
+                          predictions=estimator.predict_proba(X).astype(np.float32), folder=tmp_path / "c")  # fmt: skip
     assert outcome.startswith("no compiled form") and not (tmp_path / "c").exists()
+
+
+def batches(features: np.ndarray, size: int):
+    """(first row, float32 rows), as the runner's FeatureFile gives them."""
+    for start in range(0, len(features), size):
+        yield start, np.ascontiguousarray(features[start : start + size], dtype=np.float32)
 
 
 def test_a_conversion_that_disagrees_with_the_estimator_is_not_written(tmp_path):
     estimator, _ = fitted("scaler + logistic, binary (the example)")
     wrong = estimator.predict_proba(X).astype(np.float32)
     wrong[17, 0] += 0.01
-    outcome = try_compile(estimator, uses_proba=True, features=X, predictions=wrong, batch_size=512, folder=tmp_path / "c")
+    outcome = try_compile(estimator, uses_proba=True, batches=batches(X, 512), n_features=N_FEATURES, predictions=wrong,
+                          folder=tmp_path / "c")  # fmt: skip
     assert "differs" in outcome and not (tmp_path / "c").exists()
 
 
@@ -94,8 +101,8 @@ def converted(tmp_path: Path, name: str = "minmax(clip) + logistic, 3 classes") 
     predictions = (estimator.predict_proba(X) if proba else estimator.predict(X)).astype(np.float32)
     folder = tmp_path / "out" / "compiled"
     folder.parent.mkdir(parents=True)
-    assert try_compile(estimator, uses_proba=proba, features=X, predictions=predictions, batch_size=1000,
-                       folder=folder) == "compiled form written"  # fmt: skip
+    assert try_compile(estimator, uses_proba=proba, batches=batches(X, 1000), n_features=N_FEATURES,
+                       predictions=predictions, folder=folder) == "compiled form written"  # fmt: skip
     return folder
 
 
