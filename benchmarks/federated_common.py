@@ -324,8 +324,8 @@ class MeasuredClient(HubClient):
         self.record_state(state)
         return state
 
-    def post_round(self, run_id, round_number, step, body):
-        answer = super().post_round(run_id, round_number, step, body)
+    def post_round(self, run_id, round_number, step, body, **kwargs):
+        answer = super().post_round(run_id, round_number, step, body, **kwargs)
         if isinstance(answer.get("state"), dict):
             self.record_state(answer["state"], from_post=True)
         return answer

@@ -228,12 +228,19 @@ class HubClient:
             body["n_examples"] = int(n_examples)
         return self._json("POST", f"/runs/{run_id}/layout", body)
 
-    def post_round(self, run_id: int | str, round_number: int, step: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def post_round(
+        self, run_id: int | str, round_number: int, step: str, body: Mapping[str, Any], *, wait: float = 0.0
+    ) -> dict[str, Any]:
         """POST ``/runs/{run}/rounds/{r}/{step}``; ``step``: keys, shares, masked, unmask, update.
-        ``body`` is sent as given (masked/update bodies carry their ledger receipt)."""
+        ``body`` is sent as given (masked/update bodies carry their ledger receipt). With ``wait``
+        > 0 the hub may hold the answer until the phase changes (like ``run_state``'s long poll),
+        so its state is the next phase's."""
         if step not in ROUND_STEPS:
             raise ValueError(f"unknown round step {step!r}")
-        return self._json("POST", f"/runs/{run_id}/rounds/{round_number}/{step}", body)
+        path = f"/runs/{run_id}/rounds/{round_number}/{step}"
+        if wait > 0:
+            path += "?" + urlencode({"wait": f"{min(wait, max(0.0, self.timeout - 5.0)):.3f}"})
+        return self._json("POST", path, body)
 
     # --- plumbing -------------------------------------------------------------------------
 

@@ -747,7 +747,8 @@ class SiteParticipant:
         from evaluator.client import HubRejected, LeaseLost
 
         try:
-            answer = self.client.post_round(self.spec.id, rnd.number, step, body)
+            # Held by the hub until the phase changes: the answer is the next phase (no long poll after it).
+            answer = self.client.post_round(self.spec.id, rnd.number, step, body, wait=self.long_poll_seconds)
         except (HubRejected, LeaseLost) as exc:  # the phase closed without us: wait for the next
             log.warning("run %s round %s: the hub refused our %s: %s", self.spec.id, rnd.number, step, exc)
         else:  # the answer carries the state after our post: no extra request to learn it

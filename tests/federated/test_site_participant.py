@@ -194,7 +194,7 @@ class FakeClient:
         Path(dest).write_bytes(data)
         return Path(dest)
 
-    def post_round(self, run_id, number, step, body):
+    def post_round(self, run_id, number, step, body, *, wait=0.0):
         assert number == self.hub.round
         json.dumps(body, allow_nan=False)  # what a real client sends must be plain JSON
         self.hub.receive(self.site, step, body)

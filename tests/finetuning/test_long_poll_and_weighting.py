@@ -193,3 +193,54 @@ def test_no_keys_ahead_for_the_last_round(owner, vendor, fl_task):
     sites = sites_for(owner, fl_task, 3)
     run_id = _start(owner, vendor, parent, sites, rounds=1)
     assert sites[0].state(run_id)["round_config"]["next_secagg_round_id"] is None
+
+
+def _keys_body(site, run_id: int) -> tuple[int, dict]:
+    state = site.state(run_id)
+    cfg = state["round_config"]
+    site.client_state = SecAggClient(state["participant"], RoundParams(cfg["secagg_round_id"], cfg["threshold"],
+                                                                       cfg["vector_length"]))  # fmt: skip
+    keys = site.client_state.advertise()
+    return state["round"], {"agent_id": site.agent_id, "keys": {"mask_public": base64.b64encode(keys.mask_public).decode(),
+                                                                 "enc_public": base64.b64encode(keys.enc_public).decode()}}  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_held_post_answers_with_the_next_phase(owner, vendor, fl_task, live_server):
+    """``POST ...?wait=``: a site done in the phase gets the next phase's state in the post's own
+    answer once the last site posts (one request per site and phase fewer than post + long poll)."""
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    run_id = _start(owner, vendor, parent, sites)
+    client = HubClient(live_server.url, sites[0].handle.token, agent_id="agent-1", max_attempts=1)
+    round_number, body = _keys_body(sites[0], run_id)
+    answer: dict = {}
+
+    def post():
+        answer["body"] = client.post_round(run_id, round_number, "keys", body, wait=20.0)
+        answer["at"] = time.monotonic()
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    time.sleep(0.5)
+    assert "body" not in answer  # held: sites 2 and 3 have not posted
+    for site in sites[1:]:
+        site.post_keys(run_id)  # the last one opens "shares"
+    changed_at = time.monotonic()
+    thread.join(30)
+    assert answer["body"]["created"] is True
+    state = answer["body"]["state"]
+    assert state["phase"] == "shares" and state["done"] is False and len(state["roster"]) == 3
+    assert answer["at"] - changed_at < 1.0  # generous for a loaded CI machine
+
+
+def test_a_single_threaded_server_answers_a_post_at_once(owner, vendor, fl_task):
+    parent = make_parent(vendor, fl_task)
+    sites = sites_for(owner, fl_task, 3)
+    run_id = _start(owner, vendor, parent, sites)
+    round_number, body = _keys_body(sites[0], run_id)
+    start = time.monotonic()
+    response = sites[0].api.post(f"/api/v1/agent/runs/{run_id}/rounds/{round_number}/keys?wait=10", body,
+                                 format="json")  # fmt: skip
+    assert response.status_code == 200 and response.json()["state"]["done"] is True
+    assert response.json()["state"]["phase"] == "keys" and time.monotonic() - start < 5

@@ -26,9 +26,9 @@ class RecordingClient(HubClient):
         super().__init__(*args, **kwargs)
         self.posts: list[tuple[int, str]] = []
 
-    def post_round(self, run_id, round_number, step, body):
+    def post_round(self, run_id, round_number, step, body, **kwargs):
         self.posts.append((int(round_number), step))
-        return super().post_round(run_id, round_number, step, body)
+        return super().post_round(run_id, round_number, step, body, **kwargs)
 
 
 def _site_data(tmp_path, site: int):
