@@ -110,3 +110,33 @@ def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
         epsilon_cap=subject.epsilon_cap if private else None, epsilon_spent=spent, epsilon_planned=planned,
         rounds_within_cap=within, warning=warning,
     )  # fmt: skip
+
+
+def record_level_norm_bound(run: FineTuningRun, *, k: int = 1) -> float | None:
+    """Once the model's size is known (``run.layout``, fixed in round 0): the largest norm an
+    honest record-level update, or an unmasked sum of ``k`` of them, can have with the real
+    parameter count (``evaluator.privacy.update_bound``). None where it does not apply (no layout
+    yet, not record-level DP-SGD). Never above the run's ``clip_norm`` (the sites clip at that), so
+    the hub's check may use ``min(k clip_norm, this)``."""
+    from evaluator.privacy.distributed import site_noise_share
+    from evaluator.privacy.update_bound import record_level_update_bound
+    from marketplace.finetuning.defaults import smallest_fit_rows
+    from marketplace.finetuning.offsets import layout_of
+    from marketplace.finetuning.services import _data_sites, is_record_level
+
+    if not run.layout or not is_record_level(run) or not run.noise_multiplier or not run.learning_rate:
+        return None
+    sigma = float(run.noise_multiplier)
+    if run.dp_distributed:
+        sigma = site_noise_share(sigma, int(run.threshold or 1))
+    if run.example_weighting and run.example_cap:
+        # a site releases (n_k / cap) x its update, whose noise is divided by q n_k: by q cap in all
+        rows = int(run.example_cap)
+    else:
+        rows = smallest_fit_rows(_data_sites(run.task))
+    bound = record_level_update_bound(
+        learning_rate=float(run.learning_rate), steps=int(run.dp_steps_per_round or 1),
+        sample_rate=float(run.dp_sample_rate or 1.0), example_clip_norm=float(run.example_clip_norm or 1.0),
+        noise_multiplier=sigma, min_rows=rows, n_parameters=layout_of(run.layout).size, n_sites=k,
+    )  # fmt: skip
+    return min(bound, k * float(run.clip_norm))
