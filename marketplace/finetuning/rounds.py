@@ -215,6 +215,8 @@ def round_config(run: FineTuningRun) -> dict[str, Any]:
     epsilon_after = None
     if has_noise(run):
         epsilon_after = privacy_ledger(run).epsilon_if(noise_multiplier=round_step_noise(run, n))
+        if not math.isfinite(epsilon_after):
+            epsilon_after = None  # a vanishing sigma: no finite guarantee, and JSON has no inf
     return {
         "round": run.current_round,
         "attempt": run.attempt,
