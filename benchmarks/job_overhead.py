@@ -13,9 +13,13 @@ HubClient) runs one ``run_once()`` per job: heartbeat, claim, download + sha256,
 sandbox (the real runner image), validation, sufficient statistics + noise, ledger, result post.
 
 Baseline, in this process, same data, same model: ``predict_proba`` on all N rows (joblib.load
-excluded; TorchScript: the module on all N rows under ``inference_mode``). The ratio is
-end-to-end job time / bare predict time, both medians of the same run; the slope ratio is
-(job(N_max) - job(N_min)) / (bare(N_max) - bare(N_min)).
+excluded; TorchScript: the module on all N rows under ``inference_mode``), with as many BLAS /
+OpenMP / torch threads as the sandbox gets (1: the tasks' ``cpus`` is 1.0), measured right before
+and right after each size's jobs (the median of both; the same with this process's default
+threads is reported beside). The ratio is end-to-end job time / bare predict time, both medians
+of the same run; the slope ratio is (job(N_max) - job(N_min)) / (bare(N_max) - bare(N_min)).
+After the jobs, ``STAGE_PROBE`` times the runner's own stages (imports, model load, features
+read, read + predict, write) inside the runner image at N_max (``--no-stages`` skips it).
 
 Modes: ``cold`` (the agent without its warm pool: every job creates and starts its container),
 ``pool`` (``Agent.start_pool()`` with ``compile_models = false``; before each measured job the
@@ -187,7 +191,17 @@ def seed_hub(env: dict[str, str], sizes: list[int]) -> dict:
 # --- data and model -----------------------------------------------------------------------------
 
 
-def bare_predict_seconds(artifact: Path, features: np.ndarray, repeats: int, model_format: str = "sklearn") -> float:
+SANDBOX_THREADS = 1  # the sandbox's BLAS/OpenMP/torch threads: ceil(cpus) of seed_hub's limits (1.0)
+
+
+def bare_predict_times(
+    artifact: Path, features: np.ndarray, repeats: int, model_format: str = "sklearn", threads: int | None = None
+) -> list[float]:
+    """Seconds of each of ``repeats`` predicts on all rows in this process. ``threads``: as many
+    BLAS/OpenMP (scikit-learn) or intra-op (torch) threads as the sandbox gets, so that the
+    baseline computes with what the job computes with; None: this process's default."""
+    from threadpoolctl import threadpool_limits
+
     if model_format == "torchscript":
         import torch
 
@@ -201,32 +215,91 @@ def bare_predict_seconds(artifact: Path, features: np.ndarray, repeats: int, mod
         import joblib
 
         predict = joblib.load(artifact).predict_proba  # our own example: trusted
-    predict(features[:100])  # warm
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predict(features)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    torch_threads = None
+    if model_format == "torchscript" and threads is not None:
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            predict(features[:100])  # warm
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                predict(features)
+                times.append(time.perf_counter() - start)
+    finally:
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+    return times
+
+
+def bare_predict_seconds(artifact: Path, features: np.ndarray, repeats: int, model_format: str = "sklearn") -> float:
+    """Median of ``bare_predict_times`` with the sandbox's threads."""
+    return statistics.median(bare_predict_times(artifact, features, repeats, model_format, SANDBOX_THREADS))
+
+
+# The runner's stages at one size, inside the runner image under the job's profile (the same
+# functions the runner calls, timed one after the other): where the container's time goes.
+STAGE_PROBE = """
+import json, time
+from pathlib import Path
+clock = time.perf_counter
+t, start = {}, clock()
+from runner.loaders import warm_imports
+from runner.predict import FeatureFile, load_model, predict_batches, write_predictions
+warm_imports(FORMAT)
+t["imports"] = clock() - start; start = clock()
+predict = load_model(FORMAT, Path(MODEL))
+t["load model"] = clock() - start; start = clock()
+features = FeatureFile(Path("/data/features.npy"))
+for _ in features.batches(BATCH):
+    pass
+t["read features alone"] = clock() - start; start = clock()
+predictions = predict_batches(predict, features.batches(BATCH), features.n_rows)
+t["read + predict"] = clock() - start; start = clock()
+write_predictions(Path("/out/predictions.npy"), predictions)
+t["write predictions"] = clock() - start
+print("STAGES " + json.dumps(t))
+"""
 
 
 # --- in-container probes ------------------------------------------------------------------------
 
 
-def probe_container(image: str, code: str, work: Path, model: Path, features: Path) -> float:
-    """In-container seconds (StartedAt→FinishedAt) of ``python3 -c code`` under the job profile."""
+def probe_container(
+    image: str, code: str, work: Path, model: Path, features: Path, model_format: str = "sklearn"
+) -> tuple[float, str]:
+    """In-container seconds (StartedAt→FinishedAt) of ``python3 -c code`` under the job profile,
+    and its output."""
     client = timed_docker_client()
     limits = sandbox.Limits(memory_mb=2048, cpus=1.0, timeout_seconds=120, max_output_mb=64)
     prepared = sandbox.prepare_prediction(
-        image_id=sandbox.resolve_image(client, image), model_path=model, model_format="sklearn",
+        image_id=sandbox.resolve_image(client, image), model_path=model, model_format=model_format,
         features_path=features, work_dir=work, limits=limits,
     )  # fmt: skip
     config = dict(prepared.config)
     config["entrypoint"] = ["python3"]
     config["command"] = ["-c", code]
     TIMELINE.reset()
-    sandbox.execute(replace(prepared, config=config), limits=limits, client=client)
-    return TIMELINE.facts["in-container"]
+    run = sandbox.execute(replace(prepared, config=config), limits=limits, client=client)
+    return TIMELINE.facts["in-container"], run.logs
+
+
+def stage_probe(image: str, work: Path, artifact: Path, features: Path, model_format: str, batch_size: int) -> dict:
+    """``STAGE_PROBE`` in the runner image: seconds per runner stage on ``features``."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700, parents=True)
+    model = prepare_model(artifact, model_format=model_format, dest=work / "model")
+    header = (
+        f"FORMAT = {model_format!r}\nMODEL = {sandbox.MODEL_TARGETS[model_format]!r}\nBATCH = {batch_size}\n"
+    )
+    _, logs = probe_container(image, header + STAGE_PROBE, work, model, features, model_format)
+    line = next(x for x in logs.splitlines() if x.startswith("STAGES "))
+    return json.loads(line[len("STAGES ") :])
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -245,6 +318,7 @@ PART_GROUPS = {
     "in container: unpickle + read features + predict + write": ["~model work"],
     "exit detection, logs, kill + remove": ["~sandbox other"],
     "predictions read + validate": ["predictions read"],
+    "probabilities normalised (class_probabilities)": ["probabilities"],
     "statistics + noise (the DP release)": ["statistics", "noise"],
     "ledger + local state (fsync)": ["ledger", "state"],
 }
@@ -268,6 +342,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--modes", default="cold,pool,compiled", help="cold, pool, compiled (comma-separated)")
     parser.add_argument("--formats", default="sklearn", help="sklearn, torchscript or both")
+    parser.add_argument(
+        "--no-stages", action="store_true", help="skip the in-container stage probe (a runner older than FeatureFile)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     modes = [m for m in args.modes.split(",") if m]
@@ -288,7 +365,10 @@ def main() -> None:
             artifacts["torchscript"] = build_torchscript_model(root)
         port = free_port()
         with running_hub(env, port, root / "gunicorn.log") as url:
-            results = measure(url, seed, sizes, args.repeats, artifacts, image, root, modes=modes, formats=formats)
+            results = measure(
+                url, seed, sizes, args.repeats, artifacts, image, root, modes=modes, formats=formats,
+                stages=not args.no_stages,
+            )  # fmt: skip
         results["machine"] = machine()
         results["command"] = " ".join([Path(sys.executable).name, *sys.argv])
         print(report(results))
@@ -301,7 +381,7 @@ def main() -> None:
 
 def measure(
     url: str, seed: dict, sizes: list[int], repeats: int, artifacts: dict[str, Path], image: str, root: Path,
-    *, modes: list[str], formats: list[str],
+    *, modes: list[str], formats: list[str], stages: bool = True,
 ) -> dict:
     site = root / "site"
     site.mkdir()
@@ -328,6 +408,7 @@ def measure(
     datasets.load_task_data = TIMELINE.wrap("data load", datasets.load_task_data)
     agent_module.sufficient_statistics = TIMELINE.wrap("statistics", agent_module.sufficient_statistics)
     agent_module.gaussian_release = TIMELINE.wrap("noise", agent_module.gaussian_release)
+    agent_module.metrics.class_probabilities = TIMELINE.wrap("probabilities", agent_module.metrics.class_probabilities)
 
     features_of: dict[int, np.ndarray] = {}
     probe_features = None
@@ -377,7 +458,7 @@ def measure(
                 per_size = {}
                 for i, n in enumerate(sizes):
                     task_id = seed["tasks"][n]
-                    bare = bare_predict_seconds(artifacts[fmt], features_of[n], repeats, fmt)
+                    bare_times = bare_predict_times(artifacts[fmt], features_of[n], repeats, fmt, SANDBOX_THREADS)
                     if i == 0:  # warm-up: the format's first container; in pool mode it asks for the next
                         upload(url, seed["vendor_token"], task_id, artifacts[fmt], f"{mode}-{fmt}-warm-up", fmt)
                         run_job(agent)
@@ -390,10 +471,17 @@ def measure(
                         jobs.append({"total": total, "parts": parts, "facts": facts})
                         print(
                             f"{mode:>4} {fmt:>11} {n:>9} rows  repeat {r + 1}/{repeats}: job {total:.3f}s, "
-                            f"bare predict {bare:.4f}s",
+                            f"bare predict {statistics.median(bare_times):.4f}s",
                             file=sys.stderr,
                         )
-                    per_size[n] = {"bare_predict": bare, "jobs": jobs}
+                    # The baseline again after the jobs (same process, same data): drift shows, and the
+                    # median of both halves is the run's figure. Unpinned threads: reported beside.
+                    bare_times += bare_predict_times(artifacts[fmt], features_of[n], repeats, fmt, SANDBOX_THREADS)
+                    default = bare_predict_times(artifacts[fmt], features_of[n], repeats, fmt, None)
+                    per_size[n] = {
+                        "bare_predict": statistics.median(bare_times), "bare_predict_times": bare_times,
+                        "bare_predict_default_threads": statistics.median(default), "jobs": jobs,
+                    }  # fmt: skip
                 per_format[fmt] = {"sizes": {str(n): v for n, v in per_size.items()}}
         finally:
             if pool is not None:
@@ -405,15 +493,24 @@ def measure(
     work.mkdir(mode=0o700)
     model_copy = prepare_model(artifacts["sklearn"], model_format="sklearn", dest=work / "model")
     python_start = statistics.median(
-        probe_container(image, "pass", work, model_copy, probe_features) for _ in range(repeats)
+        probe_container(image, "pass", work, model_copy, probe_features)[0] for _ in range(repeats)
     )
     imports = statistics.median(
         probe_container(image, "import numpy, joblib, sklearn.pipeline, sklearn.linear_model, sklearn.preprocessing",
-                        work, model_copy, probe_features)
+                        work, model_copy, probe_features)[0]
         for _ in range(repeats)
     )  # fmt: skip
+    per_stage = {}
+    largest = datasets.task_dir(config.data_dir, seed["tasks"][max(sizes)]) / "features" / "features.npy"
+    for fmt in formats if stages else []:
+        runs = [
+            stage_probe(image, root / f"stages-{fmt}", artifacts[fmt], largest, fmt, config.batch_size)
+            for _ in range(repeats)
+        ]
+        per_stage[fmt] = {"rows": max(sizes), **{k: statistics.median(r[k] for r in runs) for k in runs[0]}}
     return {
         "modes": per_mode,
+        "stages": per_stage,
         "probes": {"python_start": python_start, "python_start_plus_imports": imports},
         "repeats": repeats,
     }
@@ -456,9 +553,9 @@ def report(results: dict) -> str:
             lines += [
                 f"### {mode} ({MODE_TITLES.get(mode, mode)}), {fmt}",
                 "",
-                "| rows | bare predict (median) | end-to-end job (median) | ratio | claim -> result posted (median) "
-                "| sandbox run (median) |",
-                "| ---: | ---: | ---: | ---: | ---: | ---: |",
+                "| rows | bare predict, sandbox's threads (median) | bare, default threads | end-to-end job (median) "
+                "| ratio | claim -> result posted (median) | sandbox run (median) |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             ]
             breakdown = {}
             medians = {}
@@ -471,7 +568,8 @@ def report(results: dict) -> str:
                 )
                 bare = row["bare_predict"]
                 lines.append(
-                    f"| {int(n):,} | {bare * 1000:.1f} ms | {job:.3f} s | {job / bare:,.0f}x | {claim_to_result:.3f} s "
+                    f"| {int(n):,} | {bare * 1000:.1f} ms | {row.get('bare_predict_default_threads', 0.0) * 1000:.1f} ms "
+                    f"| {job:.3f} s | {job / bare:,.0f}x | {claim_to_result:.3f} s "
                     f"| {statistics.median(sandbox_runs):.3f} s |"
                 )
                 split = [split_parts(j, probes) for j in row["jobs"]]
@@ -486,6 +584,12 @@ def report(results: dict) -> str:
                     f"slope {int(lo):,} -> {int(hi):,} rows: job {job_slope * per_row:.3f} us/row, bare "
                     f"{bare_slope * per_row:.3f} us/row: **{job_slope / bare_slope:.2f}x** the bare predict's",
                 ]
+                if "bare_predict_default_threads" in sizes[hi]:
+                    default_slope = sizes[hi]["bare_predict_default_threads"] - sizes[lo]["bare_predict_default_threads"]
+                    lines.append(
+                        f"(against the bare predict with this process's default threads, "
+                        f"{default_slope * per_row:.3f} us/row: {job_slope / default_slope:.2f}x)"
+                    )
             lines += ["", "Where the time goes (median seconds per part):", ""]
             header = "| part | " + " | ".join(f"{int(n):,} rows" for n in breakdown) + " |"
             lines += [header, "| --- |" + " ---: |" * len(breakdown)]
@@ -495,6 +599,13 @@ def report(results: dict) -> str:
                     label = "in container: signal -> exit noticed (unpickle, read, predict, write)"
                 lines.append(f"| {label} | " + " | ".join(f"{b[part]:.3f}" for b in breakdown.values()) + " |")
             lines.append("")
+    for fmt, stages in results.get("stages", {}).items():
+        rows = stages.pop("rows", 0)
+        lines += [
+            f"runner stages in the runner image, {fmt}, {rows:,} rows (median seconds): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()),
+            "",
+        ]
     lines += [
         f"probe containers (in-container seconds): interpreter start {probes['python_start']:.3f}, "
         f"with numpy + joblib + sklearn imports {probes['python_start_plus_imports']:.3f}",

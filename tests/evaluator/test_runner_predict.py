@@ -9,17 +9,28 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+import sklearn
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from evaluator.runner.errors import EXIT_CONTRACT, EXIT_INPUT, RunnerError
+from evaluator.runner.loaders import load_sklearn
 from evaluator.runner.predict import FeatureFile, predict_batches, run_predict
 
 RNG = np.random.default_rng(3)
 X = (RNG.normal(size=(1000, 6)) * 2 + 1).astype(np.float32)
 Y = (X[:, 0] - X[:, 3] > 0).astype(int)
 MODEL = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, Y)
+
+
+@pytest.fixture(autouse=True)
+def _sklearn_config():
+    """load_sklearn sets scikit-learn's assume_finite for the (one-job) runner process: undo it
+    here so that the other tests of this process see scikit-learn's defaults."""
+    saved = sklearn.get_config()
+    yield
+    sklearn.set_config(**saved)
 
 
 def reference(predict, features: np.ndarray, batch_size: int) -> np.ndarray:
@@ -138,3 +149,11 @@ def test_run_predict_writes_the_reference_predictions_of_a_joblib_model(tmp_path
     run_predict(model_format="sklearn", model_path=model, features_path=features, output_path=out, batch_size=333)
     written = np.load(out, allow_pickle=False)
     assert written.dtype == np.float32 and np.array_equal(written, reference(MODEL.predict_proba, X, 333))
+
+
+def test_the_loaded_sklearn_model_skips_only_the_repeated_finiteness_scan(tmp_path):
+    model = tmp_path / "model.joblib"
+    joblib.dump(MODEL, model)
+    predict = load_sklearn(model)
+    assert sklearn.get_config()["assume_finite"] is True
+    assert np.array_equal(predict(X), MODEL.predict_proba(X))  # finite rows: the same predictions
