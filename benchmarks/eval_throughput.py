@@ -1,7 +1,8 @@
 """Evaluation throughput: many small jobs over several sites, with and without the warm pool.
 
     python benchmarks/eval_throughput.py [--submissions 50] [--sites 3] [--rows 1000]
-        [--modes cold,pool,compiled] [--distinct-artifacts] [--pool-size 1] [--json out.json]
+        [--modes cold,pool,compiled] [--distinct-artifacts] [--pool-size 1] [--compare-plain-imports]
+        [--json out.json]
 
 Sets up, in a temporary folder, a hub (SQLite, migrated, gunicorn on loopback: real HTTP,
 Celery tasks inline), one vendor, ``--sites`` sites of one data owner, one task whose shard
@@ -14,6 +15,11 @@ Modes: ``cold`` (pool_size = 0), ``pool`` (pool_size = 1, compile_models = false
 first job at a site, its later jobs there run the numpy-only form). Every submission uploads the
 same model bytes unless ``--distinct-artifacts``: then each has its own, no compiled form is
 reused, and ``compiled`` measures what converting costs each job.
+
+``--compare-plain-imports``: each mode runs twice, first as ``<mode>, plain imports`` in a copy of
+the runner image whose ``python -m runner`` does not install the lighter imports
+(``evaluator/runner/light_imports.py``), then as ``<mode>`` in the image itself: the before/after
+of that change in one run.
 
 Per mode (same run, same machine, one after the other): a warm-up submission (one job per site;
 in pool mode it also makes each agent's pool start a container of that key), then the agents are
@@ -236,11 +242,12 @@ class AgentThread:
 
 
 def make_agents(
-    root: Path, url: str, seed: dict, image: str, features: Path, labels: Path, mode: str, pool_size: int = 1
-) -> list[Agent]:
+    root: Path, url: str, seed: dict, image: str, features: Path, labels: Path, mode: str, pool_size: int = 1,
+    label: str = "",
+) -> list[Agent]:  # fmt: skip
     agents = []
     for i, token in enumerate(seed["site_tokens"]):
-        site = root / f"{mode}-site-{i}"
+        site = root / f"{label or mode}-site-{i}"
         site.mkdir()
         (site / "site-token").write_text(token)
         (site / "site.toml").write_text(
@@ -274,21 +281,24 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.1) -> None
 
 
 def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifacts: list[Path], features: Path,
-             labels: Path, n_submissions: int, cgroup: ContainerCgroup, hub_pid: int, pool_size: int = 1) -> dict:  # fmt: skip
+             labels: Path, n_submissions: int, cgroup: ContainerCgroup, hub_pid: int, pool_size: int = 1,
+             label: str = "") -> dict:  # fmt: skip
+    """``label``: names this run's site folders and submissions (default: the mode)."""
+    label = label or mode
     go, stop = threading.Event(), threading.Event()
-    agents = make_agents(root, url, seed, image, features, labels, mode, pool_size)
+    agents = make_agents(root, url, seed, image, features, labels, mode, pool_size, label)
     threads = [AgentThread(a, go, stop) for a in agents]
     for t in threads:
         t.thread.start()
     n_sites = len(agents)
     try:
         go.set()  # warm-up: one job per site (the pool learns its key and starts a container)
-        warm = [upload(url, seed["vendor_token"], seed["task"], artifacts[-1], f"{mode}-warm-up")]
+        warm = [upload(url, seed["vendor_token"], seed["task"], artifacts[-1], f"{label}-warm-up")]
         wait_until(lambda: finished_jobs(warm) == n_sites, 600, "the warm-up jobs")
         go.clear()
         time.sleep(1.0)  # agents finish the loop they were in
         ids = [
-            upload(url, seed["vendor_token"], seed["task"], artifacts[i % len(artifacts)], f"{mode}-{i}")
+            upload(url, seed["vendor_token"], seed["task"], artifacts[i % len(artifacts)], f"{label}-{i}")
             for i in range(n_submissions)
         ]
         if mode != "cold":
@@ -327,6 +337,34 @@ def run_mode(mode: str, *, url: str, seed: dict, root: Path, image: str, artifac
     }
 
 
+# `python -m runner` as it was before evaluator/runner/light_imports.py (the baseline's entry point).
+PLAIN_MAIN = """import os
+import sys
+
+from .cli import main
+
+code = main()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
+"""
+
+
+def plain_imports_image(image: str, root: Path) -> str:
+    """The runner image with the plain ``__main__.py``: everything else the same layers."""
+    context = root / "plain-imports-image"
+    context.mkdir()
+    (context / "__main__.py").write_text(PLAIN_MAIN)
+    (context / "Dockerfile").write_text(
+        f"FROM {image}\nUSER root\nCOPY __main__.py /opt/vaultbench/runner/__main__.py\n"
+        "RUN python3 -m compileall -q /opt/vaultbench/runner\nUSER 65534:65534\n"
+    )
+    ref = f"vb-bench-plain-imports:{image.rsplit(':', 1)[-1]}"
+    subprocess.run(["docker", "build", "-q", "--network", "none", "-t", ref, str(context)], check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    return ref
+
+
 def report(results: dict) -> str:
     lines = [
         "| mode | jobs | window | jobs/min | CPU-s per job (containers + agents + hub) | containers | agents | hub "
@@ -356,6 +394,10 @@ def main() -> None:
     parser.add_argument(
         "--distinct-artifacts", action="store_true",
         help="every submission its own model bytes (the warm-up's too): no compiled form is ever reused",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare-plain-imports", action="store_true",
+        help="run each mode first in a copy of the runner image without the lighter imports (the baseline)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true")
@@ -387,13 +429,19 @@ def main() -> None:
                 and b"gunicorn" in (p / "cmdline").read_bytes()
                 and process_tree(int(p.name))[1:]  # the master: it has the workers as children
             )  # fmt: skip
+            images = []  # (name suffix, image): the baseline first
+            if args.compare_plain_imports:
+                images.append((", plain imports", plain_imports_image(image, root)))
+            images.append(("", image))
             for mode in [m for m in args.modes.split(",") if m]:
-                results["modes"][mode] = run_mode(
-                    mode, url=url, seed=seed, root=root, image=image, artifacts=artifacts,
-                    features=root / "features.npy", labels=root / "labels.npy",
-                    n_submissions=args.submissions, cgroup=cgroup, hub_pid=hub_pid, pool_size=args.pool_size,
-                )  # fmt: skip
-                print(json.dumps({mode: results["modes"][mode]}), file=sys.stderr)
+                for suffix, mode_image in images:
+                    results["modes"][mode + suffix] = run_mode(
+                        mode, url=url, seed=seed, root=root, image=mode_image, artifacts=artifacts,
+                        features=root / "features.npy", labels=root / "labels.npy",
+                        n_submissions=args.submissions, cgroup=cgroup, hub_pid=hub_pid, pool_size=args.pool_size,
+                        label=mode + ("-plain" if suffix else ""),
+                    )  # fmt: skip
+                    print(json.dumps({mode + suffix: results["modes"][mode + suffix]}), file=sys.stderr)
         results["machine"] = machine()
         results["command"] = " ".join([Path(sys.executable).name, *sys.argv])
         print(report(results))

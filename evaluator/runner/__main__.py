@@ -1,7 +1,12 @@
 import os
 import sys
 
-from .cli import main
+from . import light_imports
+
+# Before anything imports numpy or scipy: the hooks act as those modules are first imported.
+light_imports.install()
+
+from .cli import main  # noqa: E402
 
 code = main()
 # The output is written and closed by now. Interpreter shutdown (module teardown, garbage
