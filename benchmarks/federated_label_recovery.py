@@ -32,6 +32,13 @@ the code the sandbox runs) and the agent's own ``prepare_site_update``.
 Chance is 1/3 of the rows; the table reports recovered labels, chance, and the one-sided binomial
 p-value of doing better than chance, next to the most any decoder can recover under the round's
 guarantee (``label_guess_bound``).
+
+``--fedsgd-rounds 50 100 200 400``: the FedSGD recipe's row for each planned number of rounds
+at the same EPS (sigma calibrated over each; more rounds, more noise per round), with each seed's
+excess over chance, the count pooled over the seeds and its one-sided binomial p-value, and the
+decoder's expected excess (``expected_recovery``: the slot's update is ``e_y - 1/3`` plus the
+sum's noise, in units of the per-row clip, so P(correct) = E[Phi((1 + s z) / s)^2], s the sum's
+noise multiplier).
 """
 
 import argparse
@@ -133,7 +140,9 @@ def decode(model_path: Path, update: np.ndarray, sites) -> tuple[int, int]:
 
 def binomial_p_value(hits: int, n: int, p: float) -> float:
     """P(X >= hits) for X ~ Binomial(n, p)."""
-    return float(sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(hits, n + 1)))
+    from scipy.stats import binom
+
+    return float(binom.sf(hits - 1, n, p))
 
 
 def label_guess_bound(epsilon: float, delta: float, n_classes: int = K) -> float:
@@ -163,6 +172,24 @@ def replay(dp: dict | None, seed: int = 2) -> dict:
     }
 
 
+def expected_recovery(sigma_sum: float) -> float:
+    """P(the decoder names a row's label) when the row's slot holds ``e_y - 1/3`` (the gradient of
+    a uniform prediction, norm 0.82 < C, unclipped) plus N(0, sigma_sum^2) per entry (K = 3):
+    P = E_z[Phi((1 + sigma_sum z) / sigma_sum)^2], z ~ N(0, 1) (the label's entry beats both others)."""
+    from scipy.stats import norm
+
+    z = np.linspace(-12.0, 12.0, 48001)
+    weights = norm.pdf(z) * (z[1] - z[0])
+    return float(np.sum(weights * norm.cdf((1 + sigma_sum * z) / sigma_sum) ** (K - 1)))
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Hits summed over the seeds, against chance over all their rows."""
+    hits, rows = sum(r["recovered"] for r in runs), sum(r["rows"] for r in runs)
+    return {"recovered": hits, "rows": rows, "chance": rows / K, "excess": hits - rows / K,
+            "p_value_vs_chance": binomial_p_value(hits, rows, 1 / K)}  # fmt: skip
+
+
 def calibrated_sigma(epsilon: float, rounds: int) -> float:
     from evaluator.privacy.calibration import noise_multiplier_for
 
@@ -181,6 +208,34 @@ def fedsgd_dp(epsilon: float, rounds: int) -> dict:
           "sample_rate": 1.0, "steps": 1}  # fmt: skip
     one = record_level_epsilon(rounds=1, noise_multiplier=sigma, sample_rate=1.0, local_epochs=1, delta=1e-5)
     return {**dp, "epsilon_one_round": one, "sigma_charged": sigma}
+
+
+def fedsgd_sweep(epsilon: float, rounds_list: list[int], seeds: int) -> dict:
+    """Label recovery of the FedSGD recipe for each planned number of rounds at ``epsilon``."""
+    threshold = len(SITE_ROWS) // 2 + 1
+    rows = sum(SITE_ROWS)
+    out = {}
+    for rounds in rounds_list:
+        dp = fedsgd_dp(epsilon, rounds)
+        eps, sigma = dp.pop("epsilon_one_round"), dp.pop("sigma_charged")
+        sigma_sum = dp["noise_multiplier"] * math.sqrt(len(SITE_ROWS))
+        runs = [replay(dp, seed=s) for s in range(seeds)]
+        expected = expected_recovery(sigma_sum)
+        out[rounds] = {"sigma": sigma, "site_share": dp["noise_multiplier"], "threshold": threshold,
+                       "sigma_sum": sigma_sum, "epsilon_one_round": eps,
+                       "expected_excess_per_seed": rows * (expected - 1 / K),
+                       "expected_pooled_z": seeds * rows * (expected - 1 / K) / math.sqrt(seeds * rows * (1 / K) * (1 - 1 / K)),
+                       "excess_per_seed": [r["recovered"] - rows / K for r in runs],
+                       "p_values": [r["p_value_vs_chance"] for r in runs], "pooled": pooled(runs),
+                       "bound_fraction": label_guess_bound(eps, 1e-5)}  # fmt: skip
+        row = out[rounds]
+        print(f"FedSGD, eps {epsilon:g} over {rounds} rounds: sigma {sigma:.3f} (share {row['site_share']:.3f}, sum "
+              f"{sigma_sum:.3f}), one-round eps {eps:.3f}; excess per seed "
+              f"{[round(e, 1) for e in row['excess_per_seed']]} (expected {row['expected_excess_per_seed']:.1f}); "
+              f"pooled {row['pooled']['recovered']} of {row['pooled']['rows']} (chance {row['pooled']['chance']:.1f}, "
+              f"excess {row['pooled']['excess']:+.1f}, p {row['pooled']['p_value_vs_chance']:.3g}; expected z "
+              f"{row['expected_pooled_z']:.2f})", flush=True)  # fmt: skip
+    return out
 
 
 def default_dp(sigma: float, q: float | None = None) -> dict:
@@ -204,8 +259,15 @@ def main() -> None:
         "--sigma", type=float, default=None, help="default: the task default fl_noise_multiplier"
     )
     parser.add_argument("--calibrate", type=float, nargs=2, default=[8.0, 50], metavar=("EPS", "ROUNDS"))
+    parser.add_argument("--fedsgd-rounds", type=int, nargs="+", default=None,
+                        help="only the FedSGD recipe, for each planned number of rounds at the calibrate EPS")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.fedsgd_rounds:
+        sweep = fedsgd_sweep(args.calibrate[0], args.fedsgd_rounds, args.seeds)
+        if args.json:
+            args.json.write_text(json.dumps(sweep, indent=1, default=str))
+        return
     sigma = args.sigma if args.sigma is not None else DEFAULT_SIGMA
     settings = {
         "before (no DP, old defaults)": None,
@@ -229,6 +291,8 @@ def main() -> None:
         hits = [r["recovered"] for r in runs]
         rows = runs[0]["rows"]
         pvalues = ", ".join(f"{r['p_value_vs_chance']:.3g}" for r in runs)
+        results[name]["pooled"] = both = pooled(runs)
+        pvalues += f"; pooled {both['recovered']} of {both['rows']} (excess {both['excess']:+.1f}, p {both['p_value_vs_chance']:.3g})"
         print(f"{name}: one-round eps {eps:.3f}; recovered {hits} of {rows} (chance {rows / K:.1f}, "
               f"most any decoder can expect under the guarantee {bound * rows:.1f}); p-values vs chance {pvalues}",
               flush=True)  # fmt: skip
