@@ -102,7 +102,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (web, worker, beat) share the file in the embedded setup. IMMEDIATE takes
     # the write lock at BEGIN, so concurrent writers wait out `timeout` instead of failing at once
     # with "database is locked" when a read lock cannot be upgraded (e.g. two agents claiming).
-    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=30, transaction_mode="IMMEDIATE")
+    # WAL: a commit is one fsync instead of three (~2.6 vs ~14 ms here; synchronous stays FULL, so
+    # no durability is given up) and readers never wait for the writer. Every federated post is a
+    # commit on the round's critical path. WAL needs the processes on one host (no network FS).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+    )
 else:
     # PostgreSQL: persistent connections (a new connection per request made it slower than SQLite
     # under load), each checked before reuse so one the server or a restart closed is replaced
