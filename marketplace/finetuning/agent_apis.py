@@ -19,6 +19,7 @@ from marketplace.finetuning.rounds import (
     run_post_shares,
     run_post_unmask,
     run_post_update,
+    run_state_after_change,
     run_state_after_post,
     run_state_for_site,
 )
@@ -90,7 +91,7 @@ def _answer(api: AgentApi, posted: Posted) -> Response:
     if wait > 0 and state["status"] == "running" and state["done"]:
         multithreaded = bool(api.request.META.get("wsgi.multithread", False))
         if wait_for_change(run_id=posted.run.id, since=state["version"], wait=wait, multithreaded=multithreaded):
-            state = run_state_for_site(site=api.site, run_id=posted.run.id)
+            state = run_state_after_change(site=api.site, posted=posted)
     return Response({"created": posted.created, "state": state})
 
 

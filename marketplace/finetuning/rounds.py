@@ -359,6 +359,20 @@ def run_state_after_post(*, site: Site, posted: Posted) -> dict[str, Any]:
         return run_state_for_site(site=site, run_id=posted.run.id)
 
 
+def run_state_after_change(*, site: Site, posted: Posted) -> dict[str, Any]:
+    """The state for a held post once its phase changed: the run row read again (one query), its
+    participants as the post read them (fixed since approval; a job status a moment old only
+    decides whether ``next_roster`` is offered, and shares sent for it are checked under the lock)."""
+    run = next(iter(FineTuningRun.objects.filter(id=posted.run.id).order_by()), None)
+    if run is None:
+        raise NotFound("Run not found.")
+    run._participants_read = participants_of(posted.run)
+    try:
+        return state_of(run, posted.participant, done=_done_since(run, posted.where))
+    except FileNotFoundError:  # another round closed since this read
+        return run_state_for_site(site=site, run_id=run.id)
+
+
 def state_of(run: FineTuningRun, participant: Participant, *, done: bool | None = None) -> dict[str, Any]:
     """The state of ``run`` for ``participant``; ``done`` when the caller knows it (else a query).
     Raises FileNotFoundError when ``D_r``'s file is gone (``run`` was read before a round closed)."""
@@ -462,18 +476,28 @@ class Posted:
     created: bool
     run: FineTuningRun
     participant: Participant
-    done: bool | None = None  # the site posted in the run's current phase (None: not known here)
+    where: tuple[int, int, str] | None = None  # (round, attempt, phase) it was made in; None: ahead
+
+    @property
+    def done(self) -> bool | None:
+        return _done_since(self.run, self.where)
+
+
+def _done_since(run: FineTuningRun, where: tuple[int, int, str] | None) -> bool | None:
+    """Whether a site that posted in ``where`` has posted in the run's current phase, when that
+    follows without a query (None: ask the database)."""
+    if where is None:
+        return None
+    if run.status != RunStatus.RUNNING or (run.current_round, run.attempt, run.phase) == where:
+        return True
+    # The phase changed since. Only keys and shares can be posted before their phase opens (sent
+    # ahead with the last round's posts); in any other phase this site (busy with this post) has
+    # not posted yet.
+    return False if run.phase not in (Phase.KEYS, Phase.SHARES) else None
 
 
 def _outcome(created: bool, run: FineTuningRun, participant: Participant, where: tuple[int, int, str]) -> Posted:
-    """``where`` is (round, attempt, phase) the post was made in: while the run is still there,
-    the site is done in it."""
-    if run.status != RunStatus.RUNNING or (run.current_round, run.attempt, run.phase) == where:
-        return Posted(created, run, participant, done=True)
-    # The post opened a new phase. Only keys and shares can be posted before their phase opens
-    # (sent ahead with the last round's posts); nobody has posted in any other phase yet.
-    opened_fresh = run.phase not in (Phase.KEYS, Phase.SHARES)
-    return Posted(created, run, participant, done=False if opened_fresh else None)
+    return Posted(created, run, participant, where)
 
 
 def _existing(participant: Participant, body_sha256: str, posted: dict[int, str]) -> bool:
