@@ -310,7 +310,7 @@ class MeasuredClient(HubClient):
         resp = super()._request(method, path, data, **kwargs)
         down = resp.headers.get("Content-Length")
         down = int(down) if down and down.isdigit() else (0 if kwargs.get("stream") else len(resp.content))
-        parts = path.strip("/").split("/")
+        parts = path.split("?")[0].strip("/").split("/")  # long polls and held posts carry ?since=/?wait=
         rnd, step = None, parts[-1]
         if len(parts) >= 5 and parts[0] == "runs" and parts[2] == "rounds":
             rnd = int(parts[3])
@@ -720,7 +720,7 @@ def analyse_run(hub: VaultbenchHub, result: dict) -> dict:
             elif q["step"] == "offset":
                 key = "offset download"
             elif q["step"] in ("keys", "shares", "masked", "unmask", "update"):
-                key = f"post {q['step']}"
+                key = f"post {q['step']} (incl. its hold until the phase changes)"
             else:
                 continue  # heartbeat, claim, artifact, lease, layout: once per run
             if q["round"] not in numbers:
