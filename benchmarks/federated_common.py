@@ -759,6 +759,16 @@ def analyse_run(hub: VaultbenchHub, result: dict) -> dict:
         "quantization_bits": run.quantization_bits,
         "clip_norm": run.clip_norm,
         "noise_multiplier": run.noise_multiplier,
+        # Raw timeline (JSON only): each round's hub start/end and each site's requests and work,
+        # in seconds since the first round's start; where a round's time goes, request by request.
+        "timeline": {
+            "rounds": [[r.round, s - starts[0], e - starts[0]] for r, s, e in zip(records, starts, ends, strict=True)],
+            "sites": [
+                [[q["method"], q["step"], q["round"], q["t0"] - starts[0], q["t1"] - starts[0]] for q in rec.requests]
+                + [["work", w["kind"], w["round"], w["t0"] - starts[0], w["t1"] - starts[0]] for w in rec.work]
+                for rec in hub.recorders
+            ],
+        },
     }
 
 
