@@ -10,9 +10,11 @@ Without a reachable Docker engine these tests skip on a laptop and FAIL in CI (C
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,9 +82,24 @@ def runner_image(docker_client) -> str:
 
 
 @pytest.fixture(scope="session")
-def example_artifacts(tmp_path_factory) -> dict[str, Path]:
-    """The four vendor examples of docs/examples, built once (in parallel) per session."""
-    out = tmp_path_factory.mktemp("artifacts")
+def example_artifacts(tmp_path_factory, worker_id) -> dict[str, Path]:
+    """The four vendor examples of docs/examples, built once (in parallel) per test run: under
+    pytest-xdist the first worker builds them into the run's shared temporary folder, under a
+    file lock, and the others reuse them (each build trains a model: seconds of CPU)."""
+    if worker_id == "master":  # not distributed
+        return _build_example_artifacts(tmp_path_factory.mktemp("artifacts"))
+    shared = tmp_path_factory.getbasetemp().parent / "example-artifacts"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (shared / ".complete").is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker that failed half-way
+            shared.mkdir()
+            _build_example_artifacts(shared)
+            (shared / ".complete").write_text("")
+    return {fmt: shared / name for fmt, (_, name) in EXAMPLE_SCRIPTS.items()}
+
+
+def _build_example_artifacts(out: Path) -> dict[str, Path]:
     procs = {}
     for fmt, (script, name) in EXAMPLE_SCRIPTS.items():
         procs[fmt] = subprocess.Popen(
@@ -387,7 +404,10 @@ def site_containers(docker_client, site_dir: SiteDir, *, running_only: bool = Fa
 
     prefix = str(site_dir.root.resolve())
     found = []
-    for container in docker_client.containers.list(all=not running_only, filters={"label": SANDBOX_LABEL}):
+    # sparse: the engine's list as it is (mounts included), without inspecting each container,
+    # which fails when a container of another test is removed between the list and the inspect.
+    listed = docker_client.containers.list(all=not running_only, filters={"label": SANDBOX_LABEL}, sparse=True)
+    for container in listed:
         try:
             mounts = container.attrs.get("Mounts") or []
         except Exception:

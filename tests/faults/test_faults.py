@@ -13,7 +13,8 @@ import pytest
 from evaluator.failpoints import POINTS
 from tests.faults.world import World, wait_for
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# One world per module (a module fixture: hub processes, agents): its tests stay on one xdist worker.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 
 def assert_holds(world: World) -> None:

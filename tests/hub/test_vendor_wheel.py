@@ -17,7 +17,8 @@ from marketplace.submissions.models import Submission
 from sandbox_images.build import ensure_wheelhouse
 from tests.conftest import make_task, register_shard, sklearn_like_artifact
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+# One wheel + virtualenv per module (vendor_env): its tests stay on one xdist worker.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.xdist_group("vendor_wheel")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
