@@ -15,6 +15,10 @@ level, so no lazy loader can keep those out. What *can* go, measured in the runn
 - **modules nobody uses**: ``DEFERRED`` modules are imported by the stack (``import numpy.testing``)
   but never used by loading or predicting. They get a module object whose body runs on first
   attribute access, from the same file by the same loader: if anything does use one, it loads.
+  (Like ``importlib.util.LazyLoader`` before Python 3.12, the first load is not guarded against
+  two threads; the runner imports in its one thread, and vendor threads only race their own
+  process.) ``LazyLoader`` itself would not do: in 3.11 a second ``import x`` of a lazy module
+  reads its ``__spec__`` and so runs it; here the import system's bookkeeping does not.
 
 Either way the same code computes the predictions (tests/sandbox/test_light_imports.py compares
 them byte for byte per estimator type). The hooks are written against the scipy version pinned
