@@ -460,7 +460,9 @@ def remove_containers_under(path: Path, *, client: docker.DockerClient | None = 
     client = client or get_client()
     prefix = str(Path(path).resolve())
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": SANDBOX_LABEL}):
+    # sparse: the engine's list data (Mounts included), no per-container inspect that a container
+    # removed meanwhile (another agent's job ending) would fail with NotFound.
+    for container in client.containers.list(all=True, filters={"label": SANDBOX_LABEL}, sparse=True):
         sources = [mount.get("Source", "") for mount in container.attrs.get("Mounts", [])]
         if any(source == prefix or source.startswith(prefix + os.sep) for source in sources):
             _remove(client, container.id)

@@ -40,12 +40,12 @@ def test_dead_agents_containers_and_folders_go_and_live_ones_stay(tmp_path, dock
     try:
         assert sweep_orphans(root) == 1
         assert not dead.exists() and live.exists()
-        ids = {c.id for c in docker_client.containers.list(all=True, filters={"label": SANDBOX_LABEL})}
+        ids = {c.id for c in docker_client.containers.list(all=True, filters={"label": SANDBOX_LABEL}, sparse=True)}
         assert orphan.id not in ids and running.id in ids
     finally:
         os.close(held)
         running.remove(force=True)
-        if orphan.id in {c.id for c in docker_client.containers.list(all=True)}:
+        if orphan.id in {c.id for c in docker_client.containers.list(all=True, sparse=True)}:
             orphan.remove(force=True)
 
 

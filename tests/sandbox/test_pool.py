@@ -51,7 +51,7 @@ def run_pooled(site, pool, model, model_format, *, limits: Limits = DEFAULT_LIMI
     key = key_of(site, model_format, limits)
     if must_be_warm:
         assert pool.wait_ready(key, timeout=180), "the pool did not start a container"
-        pooled_ids = {c.id for c in site.client.containers.list(filters={"label": POOL_LABEL})}
+        pooled_ids = {c.id for c in site.client.containers.list(filters={"label": POOL_LABEL}, sparse=True)}
     run = pool.run_prediction(
         image=site.image, model_path=model, model_format=model_format, features_path=site.features_path,
         work_dir=site.work_dir, limits=limits, client=site.client,
@@ -65,7 +65,7 @@ def containers_of(site, pool) -> list:
     """The pooled containers of this pool (other tests may run pools of their own)."""
     folder = str(pool.dir.resolve())
     return [
-        c for c in site.client.containers.list(filters={"label": POOL_LABEL})
+        c for c in site.client.containers.list(filters={"label": POOL_LABEL}, sparse=True)
         if any(m.get("Source", "").startswith(folder + "/") for m in c.attrs.get("Mounts", []))
     ]  # fmt: skip
 
@@ -109,7 +109,7 @@ def test_a_pooled_container_has_the_cold_runs_host_config(site, pool):
             assert host["ReadonlyRootfs"] is True and host["NetworkMode"] == "none"
             targets = {m["Target"]: m.get("ReadOnly", False) for m in host["Mounts"]}
             assert targets == {"/job": True, "/out": False}
-            assert container.labels[SANDBOX_LABEL] == "1"
+            assert container.attrs["Labels"][SANDBOX_LABEL] == "1"
     finally:
         cold.remove(force=True)
 
