@@ -19,9 +19,9 @@ from tests.sandbox.test_hostile_models import MEMORY_BOMB, VALID_PREDICT, _Marke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-# Tight but sufficient for the numpy example on a loaded 2-core machine; the memory bomb needs
-# 400 MiB.
-HOSTILE_LIMITS = {"memory_mb": 192, "cpus": 1.0, "timeout_seconds": 6, "max_output_mb": 8}
+# The memory bomb needs 400 MiB. The time limit also applies to the good model scored after the
+# hostile one on the same task: 6 s was hit once by the numpy example at load average 15.
+HOSTILE_LIMITS = {"memory_mb": 192, "cpus": 1.0, "timeout_seconds": 15, "max_output_mb": 8}
 SECRET = "vendor-secret-sauce-0xC0FFEE"
 
 ENDLESS_LOOP = (
