@@ -18,7 +18,8 @@ def egress_receipt_verify(*, body: dict[str, Any], sha256: str, size: int) -> No
 
 def egress_record_create(
     *,
-    job,
+    job=None,
+    job_id: int | None = None,
     kind: str,
     sha256: str,
     size: int,
@@ -31,8 +32,8 @@ def egress_record_create(
 ) -> None:
     """Mirrors one ledger entry of a site, with the release's privacy cost (None: a constant
     release, which carries nothing). A repeat of a recorded release (same site, job and hash)
-    adds nothing. ``site_id``/``task_id``/``vendor_id``: the job's site and its submission's
-    task and vendor, when the caller has them (saves reading the job's site and submission).
+    adds nothing. ``job_id``/``site_id``/``task_id``/``vendor_id`` instead of ``job``: the job,
+    its site and its submission's task and vendor, when the caller has them (saves reading them).
 
     One ``INSERT ... ON CONFLICT DO NOTHING`` on the ``one_record_per_release`` constraint (was a
     read, then an insert in a savepoint): the same outcome on PostgreSQL and SQLite, also when two
@@ -40,7 +41,8 @@ def egress_record_create(
     if task_id is None or vendor_id is None:
         task_id, vendor_id = job.submission.task_id, job.submission.vendor_id
     record = EgressRecord(
-        site_id=job.site_id if site_id is None else site_id, job_id=job.id, task_id=task_id, vendor_id=vendor_id,
+        site_id=job.site_id if site_id is None else site_id, job_id=job.id if job_id is None else job_id,
+        task_id=task_id, vendor_id=vendor_id,
         kind=kind, bytes=size, sha256=sha256, rho=rho, epsilon=epsilon, delta=delta,
     )  # fmt: skip
     EgressRecord.objects.bulk_create([record], ignore_conflicts=True)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from evaluator.federated import robust
@@ -137,17 +137,29 @@ def _finite(value: Any, field: str, *, low: float = -math.inf, allow_null: bool 
     return float(value)
 
 
+# The reads every federated request makes, as plain SQL: the ORM spent longer building these
+# queries than the database answering them (~1.5 ms each on the loaded 2-core machine, vs 0.3 ms).
+_PARTICIPANTS_SQL = (
+    "SELECT p.id, p.run_id, p.site_id, p.number, p.job_id, j.status AS job_status,"
+    " j.lease_holder AS job_lease_holder, s.name AS site_name"
+    " FROM finetuning_participant p JOIN jobs_job j ON j.id = p.job_id JOIN sites_site s ON s.id = p.site_id"
+    " WHERE p.run_id = %s ORDER BY p.number"
+)
+_RUN_SQL = "SELECT * FROM finetuning_finetuningrun WHERE id = %s"
+_POSTED_SQL = (
+    "SELECT participant_id, body_sha256 FROM finetuning_protocolmessage"
+    " WHERE run_id = %s AND round = %s AND attempt = %s AND kind = %s"
+)
+
+
 def participants_of(run: FineTuningRun) -> list[Participant]:
-    """Every participant of the run with its job's status and its site's name, read once per
-    request (one query): the set never changes after approval, and a job that ends mid-request
-    ends the run anyway. Each post used to count, list and join them four to six times."""
+    """Every participant of the run with its job's status and lease holder and its site's name
+    (``job_status``, ``job_lease_holder``, ``site_name``), read once per request (one query): the
+    set never changes after approval, and a job that ends mid-request ends the run anyway. Each
+    post used to count, list and join them four to six times."""
     cached = getattr(run, "_participants_read", None)
     if cached is None:
-        cached = list(
-            Participant.objects.filter(run_id=run.id).select_related("job", "site").order_by("number")
-            .only("id", "run_id", "site_id", "number", "job_id", "job__status", "job__lease_holder", "site__name")
-        )  # fmt: skip
-        run._participants_read = cached
+        cached = run._participants_read = list(Participant.objects.raw(_PARTICIPANTS_SQL, [run.id]))
     return cached
 
 
@@ -261,15 +273,14 @@ def _messages(run: FineTuningRun, kind: str, *, round_number: int | None = None,
 def _posted(run: FineTuningRun, kind: str) -> dict[int, str]:
     """Who posted in this phase, and the hash of what: number -> body_sha256 (no payloads)."""
     numbers = _numbers(run)
-    rows = ProtocolMessage.objects.filter(
-        run=run, round=run.current_round, attempt=run.attempt, kind=kind
-    ).values_list("participant_id", "body_sha256")
-    return {numbers[pid]: sha for pid, sha in rows}
+    with connection.cursor() as cursor:
+        cursor.execute(_POSTED_SQL, [run.id, run.current_round, run.attempt, kind])
+        return {numbers[pid]: sha for pid, sha in cursor.fetchall()}
 
 
 def _active_numbers(run: FineTuningRun) -> set[int]:
     """Participants whose train job is still alive (a site that gave up is not waited on)."""
-    return {p.number for p in participants_of(run) if p.job.status not in TERMINAL_STATUSES}
+    return {p.number for p in participants_of(run) if p.job_status not in TERMINAL_STATUSES}
 
 
 def _expected(run: FineTuningRun) -> set[int]:
@@ -323,12 +334,20 @@ def _replace_file(field, name: str, data: bytes) -> None:
 # --------------------------------------------------------------------------- access for sites
 
 
+def _read_run(run_id: int, *, lock: bool = False) -> FineTuningRun | None:
+    """The run row; ``lock``: ``SELECT ... FOR UPDATE`` where the database has it (PostgreSQL;
+    SQLite's IMMEDIATE transactions already hold the write lock), inside the caller's transaction."""
+    if lock and not connection.in_atomic_block:
+        raise transaction.TransactionManagementError("A locked run read needs a transaction.")
+    if not 0 < int(run_id) < 2**63:  # no such row; past 64 bits SQLite would overflow, not answer
+        return None
+    sql = _RUN_SQL + (" FOR UPDATE" if lock and connection.features.has_select_for_update else "")
+    return next(iter(FineTuningRun.objects.raw(sql, [int(run_id)])), None)
+
+
 def run_for_site(*, site: Site, run_id: int, lock: bool = False) -> tuple[FineTuningRun, Participant]:
     """The run and this site's participation; a site that does not take part gets 404."""
-    queryset = FineTuningRun.objects.filter(id=run_id).order_by()
-    if lock:
-        queryset = queryset.select_for_update()
-    run = next(iter(queryset), None)
+    run = _read_run(run_id, lock=lock)
     participant = None
     if run is not None:
         participant = next((p for p in participants_of(run) if p.site_id == site.id), None)
@@ -363,7 +382,7 @@ def run_state_after_change(*, site: Site, posted: Posted) -> dict[str, Any]:
     """The state for a held post once its phase changed: the run row read again (one query), its
     participants as the post read them (fixed since approval; a job status a moment old only
     decides whether ``next_roster`` is offered, and shares sent for it are checked under the lock)."""
-    run = next(iter(FineTuningRun.objects.filter(id=posted.run.id).order_by()), None)
+    run = _read_run(posted.run.id)
     if run is None:
         raise NotFound("Run not found.")
     run._participants_read = participants_of(posted.run)
@@ -446,8 +465,7 @@ def run_offset_for_site(*, site: Site, run_id: int, round_number: int) -> FineTu
 
 
 def _check_lease(participant: Participant, agent_id: str) -> None:
-    job = participant.job
-    if job.status != JobStatus.RUNNING or job.lease_holder != agent_id:
+    if participant.job_status != JobStatus.RUNNING or participant.job_lease_holder != agent_id:
         raise LeaseLost("This agent does not hold the lease of the site's train job.")
 
 
@@ -766,7 +784,7 @@ def _post_release(
         raise DomainError("next_keys only travel with a masked post before the last round.", code="invalid_message")
     egress_receipt_verify(body=released, sha256=ledger_sha256, size=ledger_bytes)
     # The run's task and vendor are its parent's, which is the train job's submission.
-    egress_record_create(job=participant.job, kind=EgressKind.UPDATE, sha256=ledger_sha256, size=ledger_bytes,
+    egress_record_create(job_id=participant.job_id, kind=EgressKind.UPDATE, sha256=ledger_sha256, size=ledger_bytes,
                          epsilon=metrics["epsilon"], delta=run.dp_delta, site_id=participant.site_id,
                          task_id=run.task_id, vendor_id=run.vendor_id)  # fmt: skip
     _store(run, participant, kind, metrics, ledger_sha256, vector=data, posted=posted)
@@ -1035,7 +1053,7 @@ def _apply_round(run: FineTuningRun, mean: np.ndarray, rows: dict[int, ProtocolM
     if any(v is not None for v in state.values()):
         _replace_file(run.strategy_state, "strategy_state.safetensors", state_to_bytes(state))
     _spend(run, round_step_noise(run, n))  # the sites' own (worst-case) charge: one epsilon
-    sites = {p.number: p.site.name for p in participants_of(run)}
+    sites = {p.number: p.site_name for p in participants_of(run)}
     per_site = [{"participant": num, "site": sites[num], **m.payload} for num, m in sorted(rows.items())]
     RoundRecord.objects.create(
         run=run, round=run.current_round, attempt=run.attempt, status=RoundStatus.AGGREGATED,
