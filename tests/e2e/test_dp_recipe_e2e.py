@@ -15,8 +15,8 @@ sigma / sqrt(t), t = 2 of 3).
   offset after 3 rounds equals the benchmark's noise-free ``run`` (torch.func per-example
   gradients on the ``nn.Module``) up to exactly the noise the sites promise (its mean square
   within +-20 %, nothing along the update).
-- ``test_default_noise_and_one_epsilon``: sigma calibrated to the cap 8 over the 3 planned
-  rounds (the product default). The sites' noise is OS-seeded inside the runner and cannot be
+- ``test_default_noise_and_one_epsilon``: sigma as the hub calibrates it for the cap 8 and the 3
+  planned rounds (the product default). The sites' noise is OS-seeded inside the runner and cannot be
   aligned, so each round's aggregate is checked against the benchmark's noise-free aggregate from
   the same global model (the D_r each agent downloaded): the residual is Gaussian noise of exactly
   the variance the recipe promises, lr sigma sqrt(n / t) C / sum(n_k) per coordinate (4,090 of
@@ -249,7 +249,7 @@ def test_default_noise_and_one_epsilon(owner, vendor, make_site_dir, agents, mon
     for _ in range(ROUNDS):
         bench_ledger.record_round()
     assert bench_ledger.accountant == "gdp" and run.privacy_ledger["accountant"] == "gdp"
-    assert 7.9 < bench_ledger.epsilon <= 8.0  # calibrated to the cap (sigma rounded up)
+    assert bench_ledger.epsilon <= 8.0  # calibrated to the cap (or less, at the per-round floor)
     assert run.epsilon_spent == pytest.approx(bench_ledger.epsilon, rel=1e-9)
     api = vendor.client.get(f"/api/v1/finetuning-runs/{run.id}").json()["privacy"]
     assert api["epsilon_spent"] == pytest.approx(bench_ledger.epsilon, abs=1e-4)  # the API rounds to 4 places
