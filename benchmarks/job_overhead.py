@@ -249,6 +249,11 @@ import json, time
 from pathlib import Path
 clock = time.perf_counter
 t, start = {}, clock()
+try:  # the runner's own import hooks, as `python -m runner` installs them first
+    from runner import light_imports
+    light_imports.install()
+except ImportError:
+    pass
 from runner.loaders import warm_imports
 from runner.predict import FeatureFile, load_model, predict_batches, write_predictions
 warm_imports(FORMAT)
