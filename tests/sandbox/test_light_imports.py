@@ -10,7 +10,11 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
-from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
 from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsClassifier
@@ -37,7 +41,11 @@ def estimators():
     """(name, estimator, labels kind): the examples' pipeline and the common estimator types."""
     return [
         ("scaler_logistic", make_pipeline(StandardScaler(), LogisticRegression()), "binary"),
-        ("minmax_maxabs_logistic_3", make_pipeline(MinMaxScaler(), MaxAbsScaler(), LogisticRegression()), "multi"),
+        (
+            "minmax_maxabs_logistic_3",
+            make_pipeline(MinMaxScaler(), MaxAbsScaler(), LogisticRegression()),
+            "multi",
+        ),
         ("linear_regression", LinearRegression(), "real"),
         ("ridge", make_pipeline(StandardScaler(), Ridge()), "real"),
         ("lasso", Lasso(alpha=0.01), "real"),
@@ -51,9 +59,18 @@ def estimators():
         ("svc", SVC(probability=True, random_state=0), "binary"),
         ("naive_bayes", GaussianNB(), "multi"),
         # scipy.stats / scipy.interpolate / scipy.optimize at prediction time:
-        ("quantile_normal", make_pipeline(QuantileTransformer(n_quantiles=20, output_distribution="normal"),
-                                          LogisticRegression()), "binary"),  # fmt: skip
-        ("power_spline_pca", make_pipeline(PowerTransformer(), SplineTransformer(), PCA(n_components=3), Ridge()), "real"),
+        (
+            "quantile_normal",
+            make_pipeline(
+                QuantileTransformer(n_quantiles=20, output_distribution="normal"), LogisticRegression()
+            ),
+            "binary",
+        ),  # fmt: skip
+        (
+            "power_spline_pca",
+            make_pipeline(PowerTransformer(), SplineTransformer(), PCA(n_components=3), Ridge()),
+            "real",
+        ),
     ]
 
 
