@@ -352,8 +352,11 @@ def test_record_level_run_is_the_default_and_hub_and_sites_share_one_epsilon(own
     run_id = start_run(owner, vendor, make_parent(vendor, fl_task), sites, rounds=3)
     run = FineTuningRun.objects.get(id=run_id)
     from evaluator.privacy.calibration import noise_multiplier_for
+    from marketplace.finetuning.defaults import ROUND_EPSILON_CAP
 
-    sigma = noise_multiplier_for(epsilon=8.0, rounds=3, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    sigma = max(noise_multiplier_for(epsilon=8.0, rounds=3, sample_rate=1.0, local_epochs=1, delta=1e-5),
+                noise_multiplier_for(epsilon=ROUND_EPSILON_CAP, rounds=1, sample_rate=1.0, local_epochs=1,
+                                     delta=1e-5))  # the per-round cap (marketplace.finetuning.defaults)
     assert run.privacy_unit == "record" and run.epsilon_cap == 8.0 and run.noise_multiplier == sigma  # calibrated
     assert run.dp_sample_rate == 1.0 and run.hub_defaults["batch_size"]["value"] == 80  # smallest fit rows
     from marketplace.finetuning.selectors import run_payload_for_job
@@ -379,8 +382,11 @@ def test_the_api_names_the_guarantee_and_the_same_epsilon_estimate_the_owner_see
     assert "not added" in privacy["composition"] and privacy["epsilon_cap"] == 8.0
     from evaluator.federated.accounting import record_level_epsilon
     from evaluator.privacy.calibration import noise_multiplier_for
+    from marketplace.finetuning.defaults import ROUND_EPSILON_CAP
 
-    sigma = noise_multiplier_for(epsilon=8.0, rounds=5, sample_rate=1.0, local_epochs=1, delta=1e-5)
+    sigma = max(noise_multiplier_for(epsilon=8.0, rounds=5, sample_rate=1.0, local_epochs=1, delta=1e-5),
+                noise_multiplier_for(epsilon=ROUND_EPSILON_CAP, rounds=1, sample_rate=1.0, local_epochs=1,
+                                     delta=1e-5))  # the per-round cap (marketplace.finetuning.defaults)
     expected = record_level_epsilon(rounds=5, noise_multiplier=sigma, sample_rate=1.0, local_epochs=1, delta=1e-5)
     assert privacy["epsilon_planned"] == pytest.approx(expected, abs=1e-4)
     page = _browser(owner).get(reverse("portal:approvals")).content.decode()
