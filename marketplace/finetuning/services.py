@@ -30,7 +30,13 @@ from evaluator.privacy.update_bound import record_level_update_bound
 from marketplace.audit.services import audit_record
 from marketplace.catalog.models import DataShard, Task, TaskStatus
 from marketplace.core.errors import Conflict, DomainError
-from marketplace.finetuning.defaults import run_settings, smallest_fit_rows, task_noise_multiplier
+from marketplace.finetuning.defaults import (
+    ROUND_EPSILON_CAP,
+    round_noise_floor,
+    run_settings,
+    smallest_fit_rows,
+    task_noise_multiplier,
+)
 from marketplace.finetuning.models import (
     FineTuningRun,
     Participant,
@@ -332,10 +338,14 @@ def run_approve(*, run: FineTuningRun, actor, validation_holdout: bool = True) -
     run.clip_norm = task.fl_clip_norm
     run.noise_multiplier = float(probe.noise_multiplier or 0.0)  # none: no sigma; empty: calibrated
     if run.privacy_unit != PrivacyUnit.NONE and task.fl_noise_multiplier is None:
-        run.hub_defaults = {**run.hub_defaults, "noise_multiplier": {
-            "value": run.noise_multiplier,
-            "reason": f"calibrated: {run.rounds} rounds spend exactly the ε cap {task.fl_epsilon_cap:g} "
-            f"(δ {task.fl_dp_delta:g})"}}  # fmt: skip
+        reason = f"calibrated: {run.rounds} rounds spend exactly the ε cap {task.fl_epsilon_cap:g} (δ {task.fl_dp_delta:g})"
+        if run.privacy_unit == PrivacyUnit.RECORD and task.fl_epsilon_cap is not None:
+            sample_rate = float(probe.dp_sample_rate or 1.0)
+            floor = round_noise_floor(task, sample_rate=sample_rate, local_epochs=run.local_epochs)
+            if run.noise_multiplier <= floor * (1 + 1e-9):  # the per-round cap binds: fewer rounds than the cap's
+                reason = (f"the per-round ε cap {ROUND_EPSILON_CAP:g} (σ ≥ {floor:.3g}): no round may cost more, so "
+                          f"{run.rounds} rounds spend at most the ε cap {task.fl_epsilon_cap:g} (δ {task.fl_dp_delta:g})")
+        run.hub_defaults = {**run.hub_defaults, "noise_multiplier": {"value": run.noise_multiplier, "reason": reason}}
     run.dp_delta = task.fl_dp_delta
     run.epsilon_cap = task.fl_epsilon_cap if run.privacy_unit != PrivacyUnit.NONE else None
     run.secure_aggregation = task.fl_secure_aggregation

@@ -123,6 +123,7 @@ def test_a_vendor_cannot_spend_the_cap_in_a_few_rounds(owner, vendor, rounds):
                                delta=1e-5)  # fmt: skip
     assert one <= ROUND_EPSILON_CAP
     assert body["privacy"]["epsilon_planned"] < 8.0
+    assert "per-round ε cap" in run.hub_defaults["noise_multiplier"]["reason"]  # what the owner reads
 
 
 def test_explicit_settings_win_over_the_defaults(owner, vendor):
