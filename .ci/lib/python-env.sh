@@ -40,6 +40,12 @@ if [ "${CI:-}" = "true" ] && { [ ! -e "$_vb_root/.venv" ] || [ -L "$_vb_root/.ve
         _vb_make_venv "$_vb_shared"
     ) 9>"$_vb_shared.lock"
     ln -sfn "$_vb_shared" "$_vb_root/.venv"
+    # Each requirements.txt leaves a 2 GB environment: those unused for 3 days go (the lock file's
+    # time is the last use; one in use now holds its lock, so flock -n skips it).
+    touch "$_vb_shared.lock"
+    for _vb_old in $(find "$_vb_cache" -maxdepth 1 -name 'venv-*.lock' -mtime +3); do
+        flock -n "$_vb_old" rm -rf "${_vb_old%.lock}" "$_vb_old" || true
+    done
     echo "python-env: .venv -> $_vb_shared (CI cache)" >&2
 else
     _vb_make_venv "$_vb_root/.venv"
