@@ -64,6 +64,7 @@ from marketplace.finetuning.offsets import (
     state_from_bytes,
     state_to_bytes,
 )
+from marketplace.finetuning.privacy import record_level_norm_bound
 from marketplace.finetuning.services import (
     FEDPROX_DEFAULT_MU,
     MAX_FAILED_ROUNDS,
@@ -94,7 +95,11 @@ def update_norm_bound(run: FineTuningRun, n: int, k: int = 1) -> float:
     sum of their site-level noise shares (zero under record-level DP, whose noise is inside C)."""
     d = _vector_length(run)
     sigma = distributed_noise_std(site_noise_multiplier(run), float(run.clip_norm), n)
-    return k * float(run.clip_norm) * (1 + _NORM_TOLERANCE) + math.sqrt(k) * sigma * (math.sqrt(d) + _NOISE_SIGMAS)
+    loose = k * float(run.clip_norm) * (1 + _NORM_TOLERANCE) + math.sqrt(k) * sigma * (math.sqrt(d) + _NOISE_SIGMAS)
+    # Record-level DP-SGD with the model's real size known (round 0 fixed the layout): the clip
+    # norm approval sent assumed a 20 M-parameter model; the real bound is often 10x tighter.
+    tight = record_level_norm_bound(run, k=k)
+    return loose if tight is None else min(loose, tight * (1 + _NORM_TOLERANCE))
 
 
 #: ``D_r`` up to this size travels inside the state (phases keys/update), bigger ones are downloaded.

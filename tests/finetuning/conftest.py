@@ -204,7 +204,7 @@ def start_run(owner, vendor, parent, sites: list[SimSite], **overrides) -> int:
     return run_id
 
 
-def updates_for(n: int, seed: int = 1, scale: float = 0.2) -> list[np.ndarray]:
+def updates_for(n: int, seed: int = 1, scale: float = 0.02) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.uniform(-scale, scale, size=DIM) for _ in range(n)]
 

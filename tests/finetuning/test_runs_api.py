@@ -214,13 +214,14 @@ def test_plain_median_run_resists_one_poisoned_site(owner, vendor):
     sites = sites_for(owner, task, 3)
     parent = make_parent(vendor, task)
     run_id = start_run(owner, vendor, parent, sites, rounds=1)
-    honest = [np.full(12, 0.1), np.full(12, 0.12)]
-    poisoned = np.full(12, 0.28)  # within the clip bound (norm 0.97): larger ones are refused outright
+    honest = [np.full(12, 0.005), np.full(12, 0.006)]
+    # within the update bound (norm 0.048 of 0.055 at the default lr 0.05): larger ones are refused outright
+    poisoned = np.full(12, 0.014)
     for site, update in zip(sites, [*honest, poisoned], strict=True):
         assert site.post_update(run_id, update).status_code == 200
     run = FineTuningRun.objects.get(id=run_id)
     assert run.status == "completed"
-    assert np.allclose(offset_of(run), 0.12, atol=1e-6)  # the median of 0.1, 0.12, 0.28
+    assert np.allclose(offset_of(run), 0.006, atol=1e-7)  # the median of 0.005, 0.006, 0.014
     assert not ProtocolMessage.objects.exists()  # individual updates are gone once aggregated
 
 
@@ -243,10 +244,10 @@ def test_plain_run_with_two_sites_and_a_timeout(owner, vendor):
     task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False)
     sites = sites_for(owner, task, 2)
     run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=2)
-    sites[0].post_update(run_id, np.full(12, 0.2))
+    sites[0].post_update(run_id, np.full(12, 0.01))
     timeout()
     run = FineTuningRun.objects.get(id=run_id)
-    assert run.current_round == 1 and np.allclose(offset_of(run), 0.2)
+    assert run.current_round == 1 and np.allclose(offset_of(run), 0.01)
     assert RoundRecord.objects.get(run=run, round=0).n_contributors == 1
 
 
@@ -328,7 +329,7 @@ def test_an_absurd_example_count_is_refused(owner, vendor, n_examples):
     task = make_task(owner, fine_tuning_allowed=True, fl_secure_aggregation=False)
     sites = sites_for(owner, task, 3)
     run_id = start_run(owner, vendor, make_parent(vendor, task), sites, rounds=1)
-    response = sites[0].post_update(run_id, np.full(12, 0.1), n=n_examples)
+    response = sites[0].post_update(run_id, np.full(12, 0.01), n=n_examples)  # only the count is wrong
     assert response.status_code == 400 and error_code(response) in ("invalid_message", "parse_error")
     assert not ProtocolMessage.objects.filter(kind="update").exists()
 
