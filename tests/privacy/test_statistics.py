@@ -222,3 +222,17 @@ def test_property_pooling_any_partition_equals_the_centralized_statistics(k, n, 
     assert st.metrics_from_statistics(spec, pooled, n) == pytest.approx(
         st.metrics_from_statistics(spec, central, n)
     )
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_fast_class_and_bin_paths_equal_argmax_and_the_plain_binning(k):
+    """Ties (0.5/0.5, equal maxima) go to the first class as argmax does; exact bin edges and 1.0
+    land in the same bins as truncate-then-clip."""
+    y, proba = _classification(5000, k, seed=3)
+    proba[:50] = 1.0 / k  # exact ties
+    edges = np.arange(st.SCORE_BINS + 1) / st.SCORE_BINS
+    proba[50 : 50 + len(edges), 0] = edges
+    assert np.array_equal(st._predicted_classes(proba), np.argmax(proba, axis=1))
+    for c in range(k):
+        plain = np.minimum((np.clip(proba[:, c], 0.0, 1.0) * st.SCORE_BINS).astype(np.int64), st.SCORE_BINS - 1)
+        assert np.array_equal(st._bins(proba[:, c]), plain)
