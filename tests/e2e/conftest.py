@@ -179,6 +179,18 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = WAIT_SECONDS, 
         time.sleep(0.2)
 
 
+def wait_for_run_completed(run, *, timeout: float):
+    """Waits until the fine-tuning run ends and checks that it completed."""
+
+    def finished():
+        run.refresh_from_db()
+        return run if run.status in ("completed", "failed", "stopped") else None
+
+    wait_for(finished, timeout=timeout, what="the fine-tuning run to finish")
+    assert run.status == "completed", run.status_reason
+    return run
+
+
 def wait_for_submission(
     submission_id: int, *, statuses=("scored", "failed", "rejected"), timeout=WAIT_SECONDS
 ):

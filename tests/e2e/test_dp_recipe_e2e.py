@@ -36,7 +36,7 @@ import threading
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import REPO, e2e_task, wait_for
+from tests.e2e.conftest import REPO, e2e_task, wait_for_run_completed
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -139,13 +139,7 @@ def _run_to_completion(task, vendor, owner, parent):
 
     run = run_request(parent=parent, actor=vendor.user, rounds=ROUNDS, round_timeout_seconds=120)
     run_approve(run=run, actor=owner.user)
-
-    def finished():
-        run.refresh_from_db()
-        return run if run.status in ("completed", "failed", "stopped") else None
-
-    wait_for(finished, timeout=240, what="the fine-tuning run to finish")
-    assert run.status == "completed", run.status_reason
+    wait_for_run_completed(run, timeout=240)
     return FineTuningRun.objects.get(id=run.id)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from evaluator.privacy.statistics import ReleaseSpec, check_statistics, metrics_from_statistics, pool
-from tests.e2e.conftest import EXAMPLES, e2e_task, wait_for, wait_for_submission
+from tests.e2e.conftest import EXAMPLES, e2e_task, wait_for_run_completed, wait_for_submission
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -109,13 +109,7 @@ def test_finetuning_with_secure_aggregation_beats_the_parent(
         batch_size=32, round_timeout_seconds=120,
     )  # fmt: skip
     run_approve(run=run, actor=owner.user)
-
-    def finished():
-        run.refresh_from_db()
-        return run if run.status in ("completed", "failed", "stopped") else None
-
-    wait_for(finished, timeout=200, what="the fine-tuning run to finish")
-    assert run.status == "completed", run.status_reason
+    wait_for_run_completed(run, timeout=200)
     tuned = Submission.objects.get(parent_id=parent_id, is_fine_tuned=True)
     tuned = wait_for_submission(tuned.id)
     assert tuned.status == "scored", tuned.status_reason
