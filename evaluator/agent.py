@@ -358,7 +358,7 @@ class Agent:
         self.apply_pending_work()
         if not health.ok:  # no claim it cannot finish; the owner sees why on the site's page
             self.quiet.warning("health", f"cannot work: {health.status.replace('_', ' ')}: {health.detail}; "
-                                         "claiming nothing until it clears")  # fmt: skip
+                                         "claiming nothing until it clears", topic=health.status)  # fmt: skip
             return False
         self.quiet.clear("health", "the agent can work again; claiming")
         job = self.client.claim()

@@ -59,18 +59,22 @@ def check(config: Any) -> Health:
 
 
 class QuietLog:
-    """Says a repeating warning once per ``every`` seconds (and again when it changes)."""
+    """Says a repeating warning once per ``every`` seconds (and again when it changes).
+
+    ``topic``: what counts as a change where the message carries a moving figure (the free MiB of
+    a full disk moves with every file written: the same condition, not a new one)."""
 
     def __init__(self, every: float = 300.0) -> None:
         self.every = every
         self._said: dict[str, tuple[str, float]] = {}
 
-    def warning(self, key: str, message: str) -> bool:
+    def warning(self, key: str, message: str, *, topic: str | None = None) -> bool:
         now = time.monotonic()
         last = self._said.get(key)
-        if last is not None and last[0] == message and now - last[1] < self.every:
+        same = topic if topic is not None else message
+        if last is not None and last[0] == same and now - last[1] < self.every:
             return False
-        self._said[key] = (message, now)
+        self._said[key] = (same, now)
         log.warning("%s", message)
         return True
 

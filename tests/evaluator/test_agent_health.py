@@ -37,3 +37,10 @@ def test_a_repeating_warning_is_said_once_per_period_and_again_when_it_changes(c
     assert quiet.warning("hub", "hub refused")
     quiet.every = 0
     assert quiet.warning("hub", "hub refused")
+
+
+def test_a_moving_figure_in_a_repeating_warning_is_not_a_new_warning():
+    quiet = QuietLog(every=60)
+    assert quiet.warning("health", "disk full: 10 MiB free", topic="disk_full")
+    assert not quiet.warning("health", "disk full: 9 MiB free", topic="disk_full")  # the same condition
+    assert quiet.warning("health", "cannot check the disk", topic="disk_unreadable")
