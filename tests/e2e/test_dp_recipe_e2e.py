@@ -157,6 +157,16 @@ def _final_offset(run) -> dict[str, np.ndarray]:
     return out
 
 
+def _mnist1d_task(owner, title: str, **privacy):
+    """An MNIST-1D classification task open to fine-tuning; ``privacy``: the owner's fl_* settings."""
+    return e2e_task(
+        owner, title=title, task_type="multiclass_classification",
+        input_spec={"n_features": 40, "dtype": "float32", "n_classes": 10},
+        metrics=[{"name": "accuracy", "decimals": 4}], primary_metric="accuracy", fine_tuning_allowed=True,
+        release_delay_seconds=0, **privacy,
+    )  # fmt: skip
+
+
 def _check_defaults(run, *, distributed: bool) -> None:
     """The run carries the recipe (what the benchmark assumes)."""
     assert run.dp_sample_rate == 1.0 and run.dp_steps_per_round == 1 and run.local_epochs == 1
@@ -170,13 +180,8 @@ def test_noise_free_parts_match_the_in_process_path(owner, vendor, make_site_dir
     from federated_dp_mnist1d import run as in_process
 
     model, artifact = _parent()
-    task = e2e_task(
-        owner, title="MNIST-1D DP recipe", task_type="multiclass_classification",
-        input_spec={"n_features": 40, "dtype": "float32", "n_classes": 10},
-        metrics=[{"name": "accuracy", "decimals": 4}], primary_metric="accuracy", fine_tuning_allowed=True,
-        fl_privacy_unit="record", fl_secure_aggregation=True, fl_noise_multiplier=SIGMA_TINY, fl_epsilon_cap=None,
-        release_delay_seconds=0,
-    )  # fmt: skip
+    task = _mnist1d_task(owner, "MNIST-1D DP recipe", fl_privacy_unit="record", fl_secure_aggregation=True,
+                         fl_noise_multiplier=SIGMA_TINY, fl_epsilon_cap=None)  # fmt: skip
     site_dirs, train = _sites(task, make_site_dir, agents)
     parent = _submission(vendor, task, artifact)
     run = _run_to_completion(task, vendor, owner, parent)
@@ -221,12 +226,7 @@ def test_default_noise_and_one_epsilon(owner, vendor, make_site_dir, agents, mon
     from federated_dp_mnist1d import site_runner_dp
 
     model, artifact = _parent()
-    task = e2e_task(
-        owner, title="MNIST-1D DP recipe, defaults", task_type="multiclass_classification",
-        input_spec={"n_features": 40, "dtype": "float32", "n_classes": 10},
-        metrics=[{"name": "accuracy", "decimals": 4}], primary_metric="accuracy", fine_tuning_allowed=True,
-        release_delay_seconds=0,
-    )  # fmt: skip
+    task = _mnist1d_task(owner, "MNIST-1D DP recipe, defaults")  # the task's fine-tuning defaults
     assert task.fl_privacy_unit == "record" and task.fl_noise_multiplier is None and task.fl_epsilon_cap == 8.0
     recorder = OffsetRecorder(monkeypatch)
     site_dirs, train = _sites(task, make_site_dir, agents)
