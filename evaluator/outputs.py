@@ -20,7 +20,7 @@ from typing import BinaryIO, Final
 
 import numpy as np
 
-from evaluator.metrics import row_sums
+from evaluator.metrics import row_sums, value_range
 from evaluator.sandbox import PREDICTIONS_NAME, InvalidOutput
 
 PROBABILITY_TOLERANCE: Final = 1e-4
@@ -155,9 +155,7 @@ def validate_predictions(
         raise ValueError(f"unknown task type {task_type!r}")
     if array.ndim == 0 or array.shape[0] != n_rows:
         raise InvalidOutput(f"expected {n_rows} rows, got shape {array.shape}")
-    # The smallest and the largest value, once: a NaN makes both NaN, an infinity is one of them;
-    # the probability range below reads the same two values.
-    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    low, high = value_range(array)  # once: finiteness and the probability range below
     if not (math.isfinite(low) and math.isfinite(high)):
         raise InvalidOutput("the predictions contain NaN or infinite values")
     if task_type == "regression":
