@@ -133,10 +133,11 @@ class SlotUnusable(Exception):
 
 
 def pooled_container_config(
-    *, key: PoolKey, job_dir: Path, out_dir: Path, name: str | None = None
+    *, key: PoolKey, job_dir: Path, out_dir: Path, name: str | None = None, plain_sklearn: bool = False
 ) -> dict[str, Any]:
     """The ``containers.create`` kwargs of a pooled container (pure: no Docker calls): the cold
-    run's profile for the same limits, with the job folder mounted read-only at ``/job``."""
+    run's profile for the same limits, with the job folder mounted read-only at ``/job``.
+    ``plain_sklearn``: a scikit-learn runner warms the plain reader, not scikit-learn."""
     if key.model_format not in RUNNER_FORMATS:
         raise ValueError(f"unknown model format {key.model_format!r}")
     config = sandbox.container_config(
@@ -150,7 +151,8 @@ def pooled_container_config(
     )
     config.update(
         command=["pooled", "--format", key.model_format, "--job", JOB_TARGET,
-                 "--output", f"{OUTPUT_TARGET}/{PREDICTIONS_NAME}"],
+                 "--output", f"{OUTPUT_TARGET}/{PREDICTIONS_NAME}",
+                 *(["--plain-sklearn"] if plain_sklearn and key.model_format == "sklearn" else [])],
         labels={SANDBOX_LABEL: "1", POOL_LABEL: "1"},
         mounts=[
             Mount(target=JOB_TARGET, source=str(job_dir), type="bind", read_only=True),
@@ -190,6 +192,9 @@ class WarmPool:
         self.runtime = runtime
         self.ready_timeout = ready_timeout
         self.compile_models = compile_models  # the agent turns it on (site setting compile_models)
+        # What a pooled scikit-learn runner imports ahead: the plain reader while the site's last
+        # scikit-learn job's model had a compiled form (no scikit-learn needed), else scikit-learn.
+        self._warm_plain_sklearn = compile_models
         self._client_factory = client_factory or sandbox.get_client
         self._job_client: Any = None
         work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -242,7 +247,10 @@ class WarmPool:
                 features_path=features_path, weights_offset_path=weights_offset_path,
                 compile_model=convert_key is not None, **job,
             )  # fmt: skip
-        if convert_key is not None and self._keep_compiled(convert_key, run, features_path):
+        kept = convert_key is not None and self._keep_compiled(convert_key, run, features_path)
+        if convert_key is not None:
+            self._warm_plain_sklearn = kept
+        if kept:
             compiled_key = PoolKey(image_id, "compiled", limits, self.runtime)
             with self._cond:  # the artifact's next job will want a numpy-only container: start one
                 self._recent.pop(compiled_key, None)
@@ -483,7 +491,8 @@ class WarmPool:
 
     def _container_config(self, *, key: PoolKey, job_dir: Path, out_dir: Path) -> dict[str, Any]:
         """The ``containers.create`` kwargs of one pooled container (a subclass's own kind)."""
-        return pooled_container_config(key=key, job_dir=job_dir, out_dir=out_dir)
+        return pooled_container_config(key=key, job_dir=job_dir, out_dir=out_dir,
+                                       plain_sklearn=self._warm_plain_sklearn)  # fmt: skip
 
     def _start_slot(self, key: PoolKey, client: Any) -> Slot:
         mount_dir = sandbox.make_mount_dir(self.dir).resolve()

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     pooled.add_argument("--format", required=True, choices=sorted(LOADERS), dest="model_format")
     pooled.add_argument("--job", required=True, type=Path)
     pooled.add_argument("--output", required=True, type=Path)
+    pooled.add_argument(
+        "--plain-sklearn", action="store_true", help="warm the plain reader (plain_sklearn.py), not scikit-learn"
+    )
     pooled.set_defaults(handler=_cmd_pooled)
     return parser
 
@@ -67,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_pooled(args: argparse.Namespace) -> None:
     from .pooled import serve_one
 
-    serve_one(model_format=args.model_format, job_dir=args.job, output_path=args.output)
+    serve_one(model_format=args.model_format, job_dir=args.job, output_path=args.output, plain_sklearn=args.plain_sklearn)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:

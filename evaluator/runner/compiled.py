@@ -7,8 +7,13 @@ writes those arrays (``weights.safetensors``) and a small spec (``spec.json``); 
 the same artifact on the same shard run ``predict_compiled`` in a fresh sandbox that imports
 numpy only. The operations are scikit-learn's own, in the same order and dtypes (float32
 features, float64 parameters where sklearn keeps them), so the results are the same up to
-rounding of the logistic function (``TOLERANCE``); every conversion is checked against the
-estimator's own predictions on the job's features before it is written.
+rounding of the logistic function (``TOLERANCE``).
+
+The first job predicts with the form too, once it has one: all its rows but the first batch
+would otherwise be predicted twice (scikit-learn's per-batch overhead, then the check). Either
+the pickle holds only these classes and is read without scikit-learn at all (``plain_sklearn``:
+no pickle code runs, scikit-learn is not imported), or it is loaded as always and the form is
+checked against the estimator's own predictions on the job's first batch (``checked_form``).
 
 Supported (exact classes only: a subclass may change what ``transform`` does):
 ``Pipeline`` of ``StandardScaler`` / ``MinMaxScaler`` / ``MaxAbsScaler`` / ``"passthrough"``
@@ -25,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +64,12 @@ class Unsupported(Exception):
 
 
 def _exact(obj: Any, module: str, names: tuple[str, ...]) -> str | None:
+    """The class name of ``obj`` when it is one of ``names`` from ``module``: a scikit-learn
+    estimator, or the stand-in ``plain_sklearn`` read from a pickle in its place."""
     cls = type(obj)
-    return cls.__name__ if cls.__module__.startswith(module) and cls.__name__ in names else None
+    origin = getattr(cls, "sklearn_class", None)
+    cls_module, cls_name = origin if isinstance(origin, tuple) else (cls.__module__, cls.__name__)
+    return cls_name if cls_module.startswith(module) and cls_name in names else None
 
 
 def _array(value: Any) -> np.ndarray:
@@ -204,25 +212,67 @@ def read_compiled(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return spec, tensors
 
 
-def try_compile(estimator: Any, *, uses_proba: bool, batches: Iterable[tuple[int, np.ndarray]], n_features: int,
-                predictions: np.ndarray, folder: Path) -> str:  # fmt: skip
-    """Convert, check against ``predictions`` on every batch of the job's features (``batches``:
-    (first row, float32 rows), as the runner read them), write. Returns what happened (for the
-    log); never raises: a model without a compiled form keeps the normal path."""
+class FormDiffers(Exception):
+    """The converted form does not give the estimator's own predictions: it is not used."""
+
+
+def encoded(spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bytes]:
+    """The tensors as they will be read (safetensors round trip: what is checked is what is
+    written) and their bytes."""
     from safetensors.numpy import load, save
 
+    weights = save(tensors)
+    return load(weights), weights
+
+
+def checked_form(estimator: Any, *, uses_proba: bool, sample: np.ndarray, predictions: np.ndarray,
+                 n_features: int) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes]:  # fmt: skip
+    """(spec, tensors, weights) of ``estimator``, checked against its own ``predictions`` on
+    ``sample`` (float32 rows: the job's first batch). ``Unsupported`` or ``FormDiffers``.
+
+    The job's other rows are then predicted by the form alone. That is no weaker than checking
+    every row: the form computes a fixed function of the estimator's parameters (the same one
+    sklearn's classes compute, pinned by the tests for each supported class); only vendor code
+    that changed those classes' behaviour from inside the pickle could differ on other rows, and
+    for those rows the vendor then gets the standard function of its own parameters, strictly
+    less than its code could compute."""
     try:
         spec, tensors = convert(estimator, uses_proba=uses_proba, n_features=n_features)
-        weights = save(tensors)
-        tensors = load(weights)  # checked as it will be read: what is written is what was checked
-        for start, batch in batches:
-            got = predict_compiled(spec, tensors, batch).astype(np.float32)
-            want = predictions[start : start + batch.shape[0]]
-            if got.shape != want.shape or not np.all(np.abs(got - want) <= TOLERANCE):
-                return "compiled form differs from the estimator; not written"
-        write_compiled(folder, spec, weights)
-        return "compiled form written"
-    except Unsupported as exc:
-        return f"no compiled form: {exc}"
+    except Unsupported:
+        raise
     except Exception as exc:  # anything odd about the estimator: the normal path stays
-        return f"no compiled form: {type(exc).__name__}"
+        raise Unsupported(type(exc).__name__) from exc
+    tensors, weights = encoded(spec, tensors)
+    got = predict_compiled(spec, tensors, sample).astype(np.float32)
+    if got.shape != predictions.shape or not np.all(np.abs(got - predictions) <= TOLERANCE):
+        raise FormDiffers("compiled form differs from the estimator")
+    return spec, tensors, weights
+
+
+def plain_form(root: Any, *, probe: np.ndarray, n_features: int) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes]:
+    """(spec, tensors, weights) of a model ``plain_sklearn`` read without scikit-learn. There are
+    no estimator predictions to check against, so the parameters must fit the classes and the
+    features, and the form's output on ``probe`` (the job's first rows) must have the shape
+    scikit-learn's would (one value per class or target per row) and be finite."""
+    from .plain_sklearn import uses_proba
+
+    proba = uses_proba(root)
+    spec, tensors = convert(root, uses_proba=proba, n_features=n_features)
+    tensors, weights = encoded(spec, tensors)
+    coef = tensors[spec["head"]["coef"]]
+    if proba:
+        n_classes = len(root.steps[-1][1].classes_) if hasattr(root, "steps") else len(root.classes_)
+        if n_classes < 2 or coef.shape != ((1 if n_classes == 2 else n_classes), n_features):
+            raise Unsupported("coefficients that do not fit the classes")
+        want: tuple[int, ...] = (probe.shape[0], n_classes)
+    else:
+        if coef.ndim not in (1, 2) or coef.shape[-1] != n_features:
+            raise Unsupported("coefficients that do not fit the features")
+        want = (probe.shape[0],) if coef.ndim == 1 else (probe.shape[0], coef.shape[0])
+    try:
+        out = predict_compiled(spec, tensors, probe)
+    except ValueError as exc:  # e.g. an intercept of another shape
+        raise Unsupported(f"the form does not compute: {exc}") from exc
+    if out.shape != want or not np.all(np.isfinite(out)):
+        raise Unsupported("the form's output is not what the estimator's would be")
+    return spec, tensors, weights

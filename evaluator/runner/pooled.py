@@ -70,8 +70,16 @@ def read_request(path: Path) -> dict:
     return request
 
 
-def serve_one(*, model_format: str, job_dir: Path, output_path: Path) -> None:
-    warm_imports(model_format)
+def serve_one(*, model_format: str, job_dir: Path, output_path: Path, plain_sklearn: bool = False) -> None:
+    """``plain_sklearn``: for a scikit-learn job, import what reading the pickle without
+    scikit-learn needs (``plain_sklearn.py``) rather than scikit-learn itself, which a job whose
+    model needs it then imports (the pool chooses from the site's last scikit-learn job)."""
+    if plain_sklearn and model_format == "sklearn":
+        from .plain_sklearn import warm
+
+        warm()
+    else:
+        warm_imports(model_format)
     # Tells the host the imports are done (its pool reports ready containers); the host removes
     # it before it signals the job, so the output folder holds only what the job writes.
     os.close(os.open(output_path.parent / READY_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))

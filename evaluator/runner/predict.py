@@ -214,6 +214,45 @@ def load_with_offset(model_format: str, model_path: Path, offset_path: Path) -> 
     return trainer.predict
 
 
+def _compiled_batch_size(batch_size: int, n_features: int) -> int:
+    """The site's own numpy code batches by bytes, not by the vendor's batch size."""
+    return max(batch_size, COMPILED_BATCH_BYTES // (8 * max(1, n_features)))
+
+
+def _sklearn_predictor(model_path: Path, features: FeatureFile, batch_size: int, compile_to: Path) -> tuple[Predictor, int]:
+    """(predict, batch size) of a scikit-learn job on a site that keeps compiled forms
+    (``compiled.py``): the model's numpy-only form when it has one, written to ``compile_to`` for
+    later jobs and used for every row of this one; else the estimator itself."""
+    from .compiled import FormDiffers, Unsupported, checked_form, plain_form, predict_compiled, write_compiled
+    from .plain_sklearn import NotPlain, read_plain
+
+    _, first = next(features.batches(batch_size))
+    try:
+        root = read_plain(model_path, n_features=features.n_features)
+        spec, tensors, weights = plain_form(root, probe=first, n_features=features.n_features)
+        outcome = "compiled form written (read without scikit-learn)"
+    except (NotPlain, Unsupported) as exc:
+        print(f"runner: loading with scikit-learn ({exc})", file=sys.stderr)
+        predict = load_model("sklearn", model_path)
+        # A copy: a scaler with copy=False scales its input in place.
+        want = predict_batches(predict, [(0, first.copy())], first.shape[0])
+        try:
+            spec, tensors, weights = checked_form(
+                getattr(predict, "__self__", None), uses_proba=getattr(predict, "__name__", "") == "predict_proba",
+                sample=first, predictions=want, n_features=features.n_features,
+            )  # fmt: skip
+        except (Unsupported, FormDiffers) as exc:
+            print(f"runner: no compiled form: {exc}", file=sys.stderr)
+            return predict, batch_size
+        outcome = "compiled form written"
+    try:
+        write_compiled(compile_to, spec, weights)
+    except OSError as exc:  # e.g. the pickle's own code put something there first: the job goes on
+        outcome = f"compiled form not written: {type(exc).__name__}"
+    print(f"runner: {outcome}", file=sys.stderr)
+    return (lambda batch: predict_compiled(spec, tensors, batch)), _compiled_batch_size(batch_size, features.n_features)
+
+
 def run_predict(
     *,
     model_format: str,
@@ -224,26 +263,19 @@ def run_predict(
     weights_offset: Path | None = None,
     compile_to: Path | None = None,
 ) -> None:
-    """``compile_to``: for a scikit-learn model, also write its numpy-only form there when it has
-    one that gives these same predictions (``compiled.py``)."""
+    """``compile_to``: for a scikit-learn model, predict with its numpy-only form and write that
+    form there, when it has one (``compiled.py``)."""
     features = FeatureFile(features_path)
     try:
         if weights_offset is not None:
             predict = load_with_offset(model_format, model_path, weights_offset)
+        elif compile_to is not None and model_format == "sklearn" and features.n_rows > 0:
+            predict, batch_size = _sklearn_predictor(model_path, features, batch_size, compile_to)
         else:
             predict = load_model(model_format, model_path)
-        if model_format == "compiled":  # the site's own numpy code: batches by bytes, not the vendor's size
-            batch_size = max(batch_size, COMPILED_BATCH_BYTES // (8 * max(1, features.n_features)))
+        if model_format == "compiled":
+            batch_size = _compiled_batch_size(batch_size, features.n_features)
         predictions = predict_batches(predict, features.batches(batch_size), features.n_rows)
         write_predictions(output_path, predictions)
-        if compile_to is not None and model_format == "sklearn" and weights_offset is None:
-            from .compiled import try_compile
-
-            outcome = try_compile(
-                getattr(predict, "__self__", None), uses_proba=getattr(predict, "__name__", "") == "predict_proba",
-                batches=features.batches(batch_size), n_features=features.n_features, predictions=predictions,
-                folder=compile_to,
-            )  # fmt: skip
-            print(f"runner: {outcome}", file=sys.stderr)
     finally:
         features.close()

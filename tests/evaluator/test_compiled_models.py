@@ -18,7 +18,15 @@ from sklearn.tree import DecisionTreeClassifier
 from evaluator import compiled_models, sandbox
 from evaluator.compiled_models import CompiledCache, CompiledRefused
 from evaluator.runner import compiled
-from evaluator.runner.compiled import TOLERANCE, Unsupported, convert, predict_compiled, try_compile
+from evaluator.runner.compiled import (
+    TOLERANCE,
+    FormDiffers,
+    Unsupported,
+    checked_form,
+    convert,
+    predict_compiled,
+    write_compiled,
+)
 
 N_FEATURES = 7
 RNG = np.random.default_rng(0)
@@ -73,36 +81,30 @@ def test_the_compiled_form_predicts_what_sklearn_predicts(name):
     [DecisionTreeClassifier().fit(X, Y_BINARY), make_pipeline(MyScaler(), LogisticRegression()).fit(X, Y_BINARY)],
     ids=["tree", "subclassed scaler"],
 )
-def test_other_estimators_have_no_compiled_form(estimator, tmp_path):
+def test_other_estimators_have_no_compiled_form(estimator):
     with pytest.raises(Unsupported):
         convert(estimator, uses_proba=True, n_features=N_FEATURES)
-    outcome = try_compile(estimator, uses_proba=True, batches=batches(X, 512), n_features=N_FEATURES,
-                          predictions=estimator.predict_proba(X).astype(np.float32), folder=tmp_path / "c")  # fmt: skip
-    assert outcome.startswith("no compiled form") and not (tmp_path / "c").exists()
+    with pytest.raises(Unsupported):
+        checked_form(estimator, uses_proba=True, sample=X[:512], predictions=estimator.predict_proba(X[:512]).astype(np.float32),
+                     n_features=N_FEATURES)  # fmt: skip
 
 
-def batches(features: np.ndarray, size: int):
-    """(first row, float32 rows), as the runner's FeatureFile gives them."""
-    for start in range(0, len(features), size):
-        yield start, np.ascontiguousarray(features[start : start + size], dtype=np.float32)
-
-
-def test_a_conversion_that_disagrees_with_the_estimator_is_not_written(tmp_path):
+def test_a_conversion_that_disagrees_with_the_estimator_on_the_sample_is_refused():
     estimator, _ = fitted("scaler + logistic, binary (the example)")
-    wrong = estimator.predict_proba(X).astype(np.float32)
+    wrong = estimator.predict_proba(X[:512]).astype(np.float32)
     wrong[17, 0] += 0.01
-    outcome = try_compile(estimator, uses_proba=True, batches=batches(X, 512), n_features=N_FEATURES, predictions=wrong,
-                          folder=tmp_path / "c")  # fmt: skip
-    assert "differs" in outcome and not (tmp_path / "c").exists()
+    with pytest.raises(FormDiffers):
+        checked_form(estimator, uses_proba=True, sample=X[:512], predictions=wrong, n_features=N_FEATURES)
 
 
 def converted(tmp_path: Path, name: str = "minmax(clip) + logistic, 3 classes") -> Path:
     estimator, proba = fitted(name)
-    predictions = (estimator.predict_proba(X) if proba else estimator.predict(X)).astype(np.float32)
+    sample = X[:1000]
+    predictions = (estimator.predict_proba(sample) if proba else estimator.predict(sample)).astype(np.float32)
     folder = tmp_path / "out" / "compiled"
     folder.parent.mkdir(parents=True)
-    assert try_compile(estimator, uses_proba=proba, batches=batches(X, 1000), n_features=N_FEATURES,
-                       predictions=predictions, folder=folder) == "compiled form written"  # fmt: skip
+    spec, _, weights = checked_form(estimator, uses_proba=proba, sample=sample, predictions=predictions, n_features=N_FEATURES)
+    write_compiled(folder, spec, weights)
     return folder
 
 

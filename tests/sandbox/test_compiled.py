@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import textwrap
+import uuid
 from dataclasses import replace
 
 import joblib
@@ -20,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from evaluator import sandbox
 from evaluator.outputs import load_predictions
 from evaluator.runner.compiled import TOLERANCE
-from evaluator.sandbox_pool import WarmPool
+from evaluator.sandbox_pool import PoolKey, WarmPool
 from tests.sandbox.conftest import DEFAULT_LIMITS, N_FEATURES
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -75,20 +76,15 @@ def test_the_second_job_runs_the_compiled_form_with_the_same_predictions(site, s
     assert np.max(np.abs(second - first)) <= TOLERANCE and np.array_equal(second, third)
 
 
-def test_the_compiled_runner_never_imports_sklearn(site):
-    """The numpy-only path, probed from inside: a compiled form's container has no scikit-learn
-    module loaded when it predicts (the CPU saving is exactly that import)."""
-    _, model = example_model(site)
-    with WarmPool(work_root=site.work_dir, size=0, memory_mb=4096, compile_models=True) as pool:
-        job(site, pool, model)
-        folder = next(pool.compiled.root.iterdir())
-        probe = site.work_dir / "probe"
-        probe.mkdir()
-        prepared = sandbox.prepare_prediction(
-            image_id=sandbox.resolve_image(site.client, site.image), model_path=folder, model_format="compiled",
-            features_path=site.features_path, work_dir=probe, limits=DEFAULT_LIMITS,
-        )  # fmt: skip
-    config = dict(prepared.config)  # the runner's own main, then a look at what it imported
+def loaded_modules(site, model, model_format: str, *, compile_model: bool = False) -> str:
+    """Runs the job's sandbox with the runner's own main, then a look at what it imported."""
+    probe = site.work_dir / f"probe-{uuid.uuid4().hex[:8]}"
+    probe.mkdir()
+    prepared = sandbox.prepare_prediction(
+        image_id=sandbox.resolve_image(site.client, site.image), model_path=model, model_format=model_format,
+        features_path=site.features_path, work_dir=probe, limits=DEFAULT_LIMITS, compile_model=compile_model,
+    )  # fmt: skip
+    config = dict(prepared.config)
     config["entrypoint"] = ["python3", "-c", textwrap.dedent("""
         import sys
         import runner.cli
@@ -98,8 +94,53 @@ def test_the_compiled_runner_never_imports_sklearn(site):
         sys.exit(code)
     """)]  # fmt: skip
     run = sandbox.execute(replace(prepared, config=config), limits=DEFAULT_LIMITS, client=site.client)
-    assert "LOADED []" in run.logs
     assert run.predictions_path.is_file()
+    return run.logs
+
+
+def test_the_compiled_runner_never_imports_sklearn(site):
+    """The numpy-only path, probed from inside: a compiled form's container has no scikit-learn
+    module loaded when it predicts (the CPU saving is exactly that import)."""
+    _, model = example_model(site)
+    with WarmPool(work_root=site.work_dir, size=0, memory_mb=4096, compile_models=True) as pool:
+        job(site, pool, model)
+        folder = next(pool.compiled.root.iterdir())
+        assert "LOADED []" in loaded_modules(site, folder, "compiled")
+
+
+def test_the_first_job_of_a_linear_model_never_imports_sklearn(site):
+    """The plain reader in the real image: the example's pickle is read without scikit-learn,
+    joblib's package or any pickle code, and the form is written for later jobs."""
+    _, model = example_model(site)
+    logs = loaded_modules(site, model, "sklearn", compile_model=True)
+    assert "LOADED []" in logs and "read without scikit-learn" in logs
+    assert "'sklearn'" in loaded_modules(site, model, "sklearn"), "positive control: the usual load imports it"
+
+
+def test_a_pool_warmed_for_plain_reading_still_runs_any_sklearn_model_and_follows_the_last_job(site):
+    """The pool warms the plain reader while the last scikit-learn model had a form: a tree then
+    imports scikit-learn in its job (same predictions), and the next container warms scikit-learn."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    labels = np.load(site.labels_path)
+    tree = RandomForestClassifier(n_estimators=5, random_state=0).fit(site.features, labels)
+    joblib.dump(tree, site.root / "tree.joblib")
+    tree_model = site.prepare(site.root / "tree.joblib", "sklearn")
+    _, linear_model = example_model(site)
+    with WarmPool(work_root=site.work_dir, size=1, memory_mb=4096, compile_models=True) as pool:
+        slot_command = lambda: pool._container_config(key=key, job_dir=site.work_dir, out_dir=site.work_dir)["command"]  # noqa: E731
+        image_id = sandbox.resolve_image(site.client, site.image)
+        key = PoolKey(image_id, "sklearn", DEFAULT_LIMITS, pool.runtime)
+        assert "--plain-sklearn" in slot_command()
+        job(site, pool, linear_model)  # warms the key
+        assert pool.wait_warm(180)
+        got = job(site, pool, tree_model)
+        assert "--plain-sklearn" not in slot_command(), "the last model needed scikit-learn: warm it"
+        other = LogisticRegression(C=0.5).fit(site.features, labels)  # another artifact: no form kept yet
+        joblib.dump(other, site.root / "other.joblib")
+        job(site, pool, site.prepare(site.root / "other.joblib", "sklearn"))
+        assert "--plain-sklearn" in slot_command()
+    assert np.array_equal(got, tree.predict_proba(site.features).astype(np.float32))
 
 
 HOSTILE_CONVERSIONS = {
