@@ -1,7 +1,7 @@
 """What one evaluation job costs end to end, against the bare prediction it wraps.
 
     python benchmarks/job_overhead.py [--sizes 1000,100000,1000000] [--repeats 5] [--json out.json]
-        [--modes cold,pool,compiled] [--formats sklearn,torchscript]
+        [--modes cold,pool,compiled,first] [--formats sklearn,torchscript]
 
 Sets up, in a temporary folder: a hub (SQLite, migrated) served by gunicorn on loopback (real
 HTTP; Celery tasks run inline in the web process), one vendor, one site, one task per size.
@@ -26,7 +26,9 @@ Modes: ``cold`` (the agent without its warm pool: every job creates and starts i
 benchmark waits until the pool holds a ready container, i.e. "pool warm"; the first job of each
 format runs cold and is a warm-up) and ``compiled`` (the same with ``compile_models = true``, the
 agent's default: the warm-up job converts the scikit-learn model, the measured jobs run its
-numpy-only form; TorchScript is unchanged by it). In pool mode the in-container split is "signal -> exit noticed" (the runtime was
+numpy-only form; TorchScript is unchanged by it) and ``first`` (the same, but every measured job
+is its artifact's first on the shard: the agent's kept forms are forgotten before each, so the
+job reads or converts the model and predicts with the form, as a new submission's job does). In pool mode the in-container split is "signal -> exit noticed" (the runtime was
 imported before the job).
 
 The split of the time comes from benchmark-side wrappers only: the agent's injection points
@@ -77,6 +79,7 @@ from evaluator import datasets, sandbox  # noqa: E402
 from evaluator.agent import Agent  # noqa: E402
 from evaluator.artifacts import prepare_model, verify_sha256  # noqa: E402
 from evaluator.client import HubClient  # noqa: E402
+from evaluator.compiled_models import CompiledCache  # noqa: E402
 from evaluator.config import load_config  # noqa: E402
 from evaluator.outputs import load_predictions  # noqa: E402
 
@@ -345,7 +348,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the raw measurements here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--modes", default="cold,pool,compiled", help="cold, pool, compiled (comma-separated)")
+    parser.add_argument("--modes", default="cold,pool,compiled", help="cold, pool, compiled, first (comma-separated)")
     parser.add_argument("--formats", default="sklearn", help="sklearn, torchscript or both")
     parser.add_argument(
         "--no-stages", action="store_true", help="skip the in-container stage probe (a runner older than FeatureFile)"
@@ -440,8 +443,8 @@ def measure(
     per_mode: dict[str, dict] = {}
     for mode in modes:
         agent._sandbox_runner = None  # start_pool() keeps an injected runner
-        agent.config = replace(config, compile_models=mode == "compiled")
-        pool = agent.start_pool() if mode in ("pool", "compiled") else None
+        agent.config = replace(config, compile_models=mode in ("compiled", "first"))
+        pool = agent.start_pool() if mode in ("pool", "compiled", "first") else None
         if mode != "cold" and pool is None:
             raise SystemExit("the pool did not start (pool_size = 0?)")
         timed_client = timed_docker_client()
@@ -470,6 +473,8 @@ def measure(
                     jobs = []
                     for r in range(repeats):
                         upload(url, seed["vendor_token"], task_id, artifacts[fmt], f"{mode}-{fmt}-n{n}-r{r}", fmt)
+                        if mode == "first" and pool is not None:  # as if a new artifact: no kept form
+                            pool.compiled = CompiledCache(pool.dir / f"compiled-first-{n}-{r}")
                         if pool is not None and not pool.wait_warm(300):
                             raise SystemExit("the pool did not get warm")
                         total, parts, facts = run_job(agent)
@@ -546,6 +551,7 @@ MODE_TITLES = {
     "cold": "no pool",
     "pool": "warm pool",
     "compiled": "warm pool + compiled models: sklearn jobs after the first run the numpy-only form",
+    "first": "warm pool + compiled models, every job its artifact's first: the model read or converted, then the form",
 }
 
 
