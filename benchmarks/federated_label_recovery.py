@@ -33,6 +33,12 @@ Chance is 1/3 of the rows; the table reports recovered labels, chance, and the o
 p-value of doing better than chance, next to the most any decoder can recover under the round's
 guarantee (``label_guess_bound``).
 
+``--whole-run ROUNDS [--epsilons 1 2 4 8]``: the attacker who reads the whole run, not one round:
+the decoder on the sum of all ROUNDS rounds' released updates (what the final offset holds), with a
+model whose gradient is the same every round (``SteadySlotModel``), the FedSGD recipe calibrated so
+that ROUNDS rounds spend each epsilon. The per-round cap bounds one round; this is what the whole
+run's epsilon lets through.
+
 ``--fedsgd-rounds 50 100 200 400``: the FedSGD recipe's row for each planned number of rounds
 at the same EPS (sigma calibrated over each; more rounds, more noise per round), with each seed's
 excess over chance, the count pooled over the seeds and its one-sided binomial p-value, and the
@@ -87,8 +93,22 @@ class SlotModel(nn.Module):
         return torch.softmax(self.logits(x), dim=1)
 
 
-def build_model(path: Path, seed: int = 0) -> None:
-    torch.jit.save(torch.jit.script(SlotModel(seed)), str(path))
+class SteadySlotModel(SlotModel):
+    """The slot model for an attacker who reads the whole run: its logits are always 0
+    (``table - table.detach()``), so every round's gradient of a row is the same ``1/3 - onehot(y)``
+    whatever the rounds before did, and the rounds' updates add up in the row's slot."""
+
+    @torch.jit.export
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.table[self.slot(x)]
+        return rows - rows.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)
+
+
+def build_model(path: Path, seed: int = 0, steady: bool = False) -> None:
+    torch.jit.save(torch.jit.script(SteadySlotModel(seed) if steady else SlotModel(seed)), str(path))
 
 
 def make_sites(seed: int = 1):
@@ -238,6 +258,45 @@ def fedsgd_sweep(epsilon: float, rounds_list: list[int], seeds: int) -> dict:
     return out
 
 
+def whole_run_replay(dp: dict, rounds: int, seed: int) -> dict:
+    """The decoder on the sum of every round's released update: what a vendor holds once a run of
+    ``rounds`` rounds is over (the final offset is that sum, up to the server's momentum, which is
+    linear and known). The model is ``SteadySlotModel``, so the rounds need not be chained."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "steady-slot.pt"
+        build_model(path, steady=True)
+        sites = make_sites()
+        total = sum(one_round(path, sites, dp=dp, seed=seed * 100_003 + r) for r in range(rounds))
+        hits, rows = decode(path, total, sites)
+    return {"recovered": hits, "rows": rows, "p_value_vs_chance": binomial_p_value(hits, rows, 1 / K)}
+
+
+def whole_run_sweep(epsilons: list[float], rounds: int, seeds: int) -> dict:
+    """Label recovery from the whole run's updates, the FedSGD recipe calibrated to each epsilon."""
+    rows = sum(SITE_ROWS)
+    out = {}
+    for epsilon in epsilons:
+        dp = fedsgd_dp(epsilon, rounds)
+        sigma = dp.pop("sigma_charged")
+        dp.pop("epsilon_one_round")
+        runs = [whole_run_replay(dp, rounds, seed=s) for s in range(seeds)]
+        # The sum of `rounds` rounds carries the per-round sum's noise times sqrt(rounds) around
+        # `rounds` times the signal: one release at sigma_sum / sqrt(rounds).
+        sigma_sum = dp["noise_multiplier"] * math.sqrt(len(SITE_ROWS))
+        expected = expected_recovery(sigma_sum / math.sqrt(rounds))
+        out[epsilon] = {"rounds": rounds, "sigma": sigma, "sigma_sum": sigma_sum,
+                        "expected_excess_per_seed": rows * (expected - 1 / K),
+                        "excess_per_seed": [r["recovered"] - rows / K for r in runs], "pooled": pooled(runs),
+                        "bound_fraction": label_guess_bound(epsilon, 1e-5)}  # fmt: skip
+        row = out[epsilon]
+        print(f"whole run, eps {epsilon:g} over {rounds} rounds (sigma {sigma:.3f}): excess per seed "
+              f"{[round(e, 1) for e in row['excess_per_seed']]} (expected {row['expected_excess_per_seed']:.1f}); "
+              f"pooled {row['pooled']['recovered']} of {row['pooled']['rows']} (excess {row['pooled']['excess']:+.1f}, "
+              f"p {row['pooled']['p_value_vs_chance']:.3g}); most any decoder can expect under eps {epsilon:g}: "
+              f"{row['bound_fraction'] * rows:.1f} of {rows}", flush=True)  # fmt: skip
+    return out
+
+
 def default_dp(sigma: float, q: float | None = None) -> dict:
     from evaluator.federated.accounting import record_level_epsilon, steps_per_round
 
@@ -261,8 +320,16 @@ def main() -> None:
     parser.add_argument("--calibrate", type=float, nargs=2, default=[8.0, 50], metavar=("EPS", "ROUNDS"))
     parser.add_argument("--fedsgd-rounds", type=int, nargs="+", default=None,
                         help="only the FedSGD recipe, for each planned number of rounds at the calibrate EPS")  # fmt: skip
+    parser.add_argument("--whole-run", type=int, default=None, metavar="ROUNDS",
+                        help="the decoder on the sum of all ROUNDS rounds' updates, for each --epsilons")  # fmt: skip
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.whole_run:
+        result = whole_run_sweep(args.epsilons, args.whole_run, args.seeds)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1, default=str))
+        return
     if args.fedsgd_rounds:
         sweep = fedsgd_sweep(args.calibrate[0], args.fedsgd_rounds, args.seeds)
         if args.json:
