@@ -166,16 +166,10 @@ def binomial_p_value(hits: int, n: int, p: float) -> float:
 
 
 def label_guess_bound(epsilon: float, delta: float, n_classes: int = K) -> float:
-    """The highest probability that any decoder names a training row's label (uniform prior over
-    ``n_classes``), given one round's add/remove (epsilon, delta) record-level guarantee.
+    """``evaluator.privacy.label_inference.label_guess_bound`` for this benchmark's classes."""
+    from evaluator.privacy.label_inference import label_guess_bound as bound
 
-    Changing a row's label is a replacement: remove then add, so (2 eps, (1 + e^eps) delta) by group
-    privacy. For labels y, y' and the decoder's answer sets S_y: P_y(S_y) <= e^e' P_y'(S_y) + d';
-    summed over y' != y and averaged over y this gives
-    ``P(correct) <= (e^e' + (K - 1) d') / (e^e' + K - 1)``.
-    """
-    e2, d2 = 2 * epsilon, (1 + math.exp(epsilon)) * delta
-    return min(1.0, (math.exp(e2) + (n_classes - 1) * d2) / (math.exp(e2) + n_classes - 1))
+    return bound(epsilon, delta, n_classes)
 
 
 def replay(dp: dict | None, seed: int = 2) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from evaluator.federated.accounting import ACCOUNTANT
+from evaluator.privacy.label_inference import label_guess_bound
 from marketplace.finetuning.models import FineTuningRun, PrivacyUnit, RunStatus
 
 GUARANTEES = {
@@ -50,6 +51,10 @@ class PrivacySummary:
     epsilon_spent: float | None  # per site (the same at every site) after the rounds so far
     epsilon_planned: float | None  # per site after all requested rounds (None: no DP)
     rounds_within_cap: int | None
+    # For a classification task: the most any decoder holding the model could expect to name of
+    # a training row's label at the planned epsilon (evaluator.privacy.label_inference), and chance.
+    label_guess_bound: float | None
+    label_chance: float | None
     warning: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -98,6 +103,11 @@ def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
     elif within is not None and within < run.rounds:
         warning = f"The ε cap allows about {within} of the {run.rounds} requested rounds; the run stops there."
     guarantee = GUARANTEES[PrivacyUnit(unit)]
+    n_classes = {"binary_classification": 2, "multiclass_classification": run.task.n_classes}.get(run.task.task_type)
+    label_bound = label_chance = None
+    if n_classes and n_classes >= 2 and unit == PrivacyUnit.RECORD:
+        label_chance = round(1 / n_classes, 4)
+        label_bound = 1.0 if planned is None else round(label_guess_bound(planned, float(subject.dp_delta), n_classes), 4)
     if decided and unit == PrivacyUnit.RECORD and private:
         from marketplace.finetuning.rounds import dp_settings
 
@@ -108,7 +118,7 @@ def run_privacy_summary(run: FineTuningRun) -> PrivacySummary:
         accountant=accountant if unit == PrivacyUnit.RECORD else "RDP of the Gaussian mechanism (Opacus), per round",
         composition=COMPOSITION, delta=subject.dp_delta if private else None,
         epsilon_cap=subject.epsilon_cap if private else None, epsilon_spent=spent, epsilon_planned=planned,
-        rounds_within_cap=within, warning=warning,
+        rounds_within_cap=within, label_guess_bound=label_bound, label_chance=label_chance, warning=warning,
     )  # fmt: skip
 
 

@@ -272,6 +272,20 @@ def test_approval_queue_shows_the_privacy_settings_that_will_apply(world, web, o
     assert f"/manage/approvals/runs/{world['run'].id}/approve/" in row
 
 
+@pytest.mark.parametrize("noise, secret", [(1.1, False), (60.0, True)], ids=["ε ≥ 4", "small ε"])
+def test_approval_queue_says_what_the_epsilon_leaves_of_the_training_labels(world, web, owner, noise, secret):
+    """The owner decides with the label bound in view: any decoder's best share of labels at the
+    planned ε, and a plain warning where the ε keeps nothing secret."""
+    Task.objects.filter(id=world["task"].id).update(fl_noise_multiplier=noise, fl_epsilon_cap=None)
+    run = FineTuningRun.objects.get(id=world["run"].id)
+    summary = run.privacy
+    assert summary.label_chance == 0.5 and 0.5 < summary.label_guess_bound <= 1.0
+    page = web(owner).get("/manage/approvals/").content.decode()
+    cell = page.split(f'data-run="{run.id}"')[1].split("data-label-bound>")[1].split("</dd>")[0]
+    assert f"at most {round(summary.label_guess_bound * 100)} %" in cell and "(chance: 50 %)" in cell
+    assert ("does not keep labels secret" in cell) is (not secret)
+
+
 def test_owner_approves_a_run_and_its_sites_get_train_jobs(world, web, owner):
     Task.objects.filter(id=world["task"].id).update(fl_noise_multiplier=1.0, fl_clip_norm=0.5)
     response = web(owner).post(f"/manage/approvals/runs/{world['run'].id}/approve/", follow=True)
