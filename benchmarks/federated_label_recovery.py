@@ -204,6 +204,21 @@ def pooled(runs: list[dict]) -> dict:
             "p_value_vs_chance": binomial_p_value(hits, rows, 1 / K)}  # fmt: skip
 
 
+def recovery_summary(runs: list[dict], expected: float, bound: float) -> dict:
+    """Each replay's excess over chance, the pooled count, and the formula's expectation."""
+    rows = runs[0]["rows"]
+    return {"expected_excess_per_seed": rows * (expected - 1 / K),
+            "excess_per_seed": [r["recovered"] - rows / K for r in runs], "pooled": pooled(runs),
+            "bound_fraction": bound}  # fmt: skip
+
+
+def summary_text(row: dict) -> str:
+    both = row["pooled"]
+    return (f"excess per seed {[round(e, 1) for e in row['excess_per_seed']]} (expected "
+            f"{row['expected_excess_per_seed']:.1f}); pooled {both['recovered']} of {both['rows']} (chance "
+            f"{both['chance']:.1f}, excess {both['excess']:+.1f}, p {both['p_value_vs_chance']:.3g})")  # fmt: skip
+
+
 def calibrated_sigma(epsilon: float, rounds: int) -> float:
     from evaluator.privacy.calibration import noise_multiplier_for
 
@@ -237,18 +252,13 @@ def fedsgd_sweep(epsilon: float, rounds_list: list[int], seeds: int) -> dict:
         expected = expected_recovery(sigma_sum)
         out[rounds] = {"sigma": sigma, "site_share": dp["noise_multiplier"], "threshold": threshold,
                        "sigma_sum": sigma_sum, "epsilon_one_round": eps,
-                       "expected_excess_per_seed": rows * (expected - 1 / K),
                        "expected_pooled_z": seeds * rows * (expected - 1 / K) / math.sqrt(seeds * rows * (1 / K) * (1 - 1 / K)),
-                       "excess_per_seed": [r["recovered"] - rows / K for r in runs],
-                       "p_values": [r["p_value_vs_chance"] for r in runs], "pooled": pooled(runs),
-                       "bound_fraction": label_guess_bound(eps, 1e-5)}  # fmt: skip
+                       "p_values": [r["p_value_vs_chance"] for r in runs],
+                       **recovery_summary(runs, expected, label_guess_bound(eps, 1e-5))}  # fmt: skip
         row = out[rounds]
         print(f"FedSGD, eps {epsilon:g} over {rounds} rounds: sigma {sigma:.3f} (share {row['site_share']:.3f}, sum "
-              f"{sigma_sum:.3f}), one-round eps {eps:.3f}; excess per seed "
-              f"{[round(e, 1) for e in row['excess_per_seed']]} (expected {row['expected_excess_per_seed']:.1f}); "
-              f"pooled {row['pooled']['recovered']} of {row['pooled']['rows']} (chance {row['pooled']['chance']:.1f}, "
-              f"excess {row['pooled']['excess']:+.1f}, p {row['pooled']['p_value_vs_chance']:.3g}; expected z "
-              f"{row['expected_pooled_z']:.2f})", flush=True)  # fmt: skip
+              f"{sigma_sum:.3f}), one-round eps {eps:.3f}; {summary_text(row)}; expected z "
+              f"{row['expected_pooled_z']:.2f}", flush=True)  # fmt: skip
     return out
 
 
@@ -279,15 +289,10 @@ def whole_run_sweep(epsilons: list[float], rounds: int, seeds: int) -> dict:
         sigma_sum = dp["noise_multiplier"] * math.sqrt(len(SITE_ROWS))
         expected = expected_recovery(sigma_sum / math.sqrt(rounds))
         out[epsilon] = {"rounds": rounds, "sigma": sigma, "sigma_sum": sigma_sum,
-                        "expected_excess_per_seed": rows * (expected - 1 / K),
-                        "excess_per_seed": [r["recovered"] - rows / K for r in runs], "pooled": pooled(runs),
-                        "bound_fraction": label_guess_bound(epsilon, 1e-5)}  # fmt: skip
+                        **recovery_summary(runs, expected, label_guess_bound(epsilon, 1e-5))}  # fmt: skip
         row = out[epsilon]
-        print(f"whole run, eps {epsilon:g} over {rounds} rounds (sigma {sigma:.3f}): excess per seed "
-              f"{[round(e, 1) for e in row['excess_per_seed']]} (expected {row['expected_excess_per_seed']:.1f}); "
-              f"pooled {row['pooled']['recovered']} of {row['pooled']['rows']} (excess {row['pooled']['excess']:+.1f}, "
-              f"p {row['pooled']['p_value_vs_chance']:.3g}); most any decoder can expect under eps {epsilon:g}: "
-              f"{row['bound_fraction'] * rows:.1f} of {rows}", flush=True)  # fmt: skip
+        print(f"whole run, eps {epsilon:g} over {rounds} rounds (sigma {sigma:.3f}): {summary_text(row)}; most any "
+              f"decoder can expect under eps {epsilon:g}: {row['bound_fraction'] * rows:.1f} of {rows}", flush=True)  # fmt: skip
     return out
 
 
