@@ -79,6 +79,8 @@ class PlainEstimator:
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
             raise NotPlain("an estimator's state is not a dictionary of attributes")
+        if any(key.startswith("__") or key in vars(PlainEstimator) for key in state):
+            raise NotPlain("an estimator's state names one of the stand-in's own attributes")
         self.__dict__.update(state)
 
 
@@ -159,7 +161,7 @@ def sklearn_version() -> str:
 
 
 def _estimators(root: PlainEstimator) -> list[Any]:
-    if root.sklearn_class == ("sklearn.pipeline", "Pipeline"):
+    if type(root).sklearn_class == ("sklearn.pipeline", "Pipeline"):
         steps = getattr(root, "steps", None)
         if not isinstance(steps, list) or not steps:
             raise NotPlain("a pipeline without steps")
@@ -192,7 +194,7 @@ def read_plain(path: Path, *, n_features: int) -> PlainEstimator:
     for estimator in _estimators(root):
         if getattr(estimator, "_sklearn_version", None) != version:
             raise NotPlain("pickled by another scikit-learn version")
-        if estimator is not root or root.sklearn_class != ("sklearn.pipeline", "Pipeline"):
+        if estimator is not root or type(root).sklearn_class != ("sklearn.pipeline", "Pipeline"):
             seen = getattr(estimator, "n_features_in_", None)
             if not isinstance(seen, (int, np.integer)) or int(seen) != n_features:
                 raise NotPlain("fitted on another number of features")
@@ -202,4 +204,4 @@ def read_plain(path: Path, *, n_features: int) -> PlainEstimator:
 def uses_proba(root: PlainEstimator) -> bool:
     """Whether the runner would call ``predict_proba`` (a classifier at the end) or ``predict``."""
     head = _estimators(root)[-1]
-    return head.sklearn_class == ("sklearn.linear_model._logistic", "LogisticRegression")
+    return type(head).sklearn_class == ("sklearn.linear_model._logistic", "LogisticRegression")

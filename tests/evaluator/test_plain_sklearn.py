@@ -79,6 +79,8 @@ NOT_PLAIN = {
     "an object array (feature names)": lambda tmp: _with_state(
         LogisticRegression().fit(X, Y_BINARY), feature_names_in_=np.array([f"f{i}" for i in range(N_FEATURES)], dtype=object)),
     "not an estimator": lambda tmp: {"coef_": np.ones(3)},
+    "a state claiming another class": lambda tmp: _with_state(
+        LogisticRegression().fit(X, Y_BINARY), sklearn_class=("sklearn.pipeline", "Pipeline")),
 }  # fmt: skip
 
 
