@@ -257,7 +257,12 @@ def plain_form(root: Any, *, probe: np.ndarray, n_features: int) -> tuple[dict[s
     from .plain_sklearn import uses_proba
 
     proba = uses_proba(root)
-    spec, tensors = convert(root, uses_proba=proba, n_features=n_features)
+    try:
+        spec, tensors = convert(root, uses_proba=proba, n_features=n_features)
+    except Unsupported:
+        raise
+    except Exception as exc:  # a state without what the class needs (e.g. no coef_): the usual load says why
+        raise Unsupported(f"the state does not convert: {type(exc).__name__}") from exc
     tensors, weights = encoded(spec, tensors)
     coef = tensors[spec["head"]["coef"]]
     if proba:

@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from evaluator.runner.compiled import TOLERANCE, Unsupported, plain_form, predict_compiled
+from evaluator.runner.errors import RunnerError
 from evaluator.runner.plain_sklearn import NotPlain, read_plain
 from evaluator.runner.predict import run_predict
 from tests.evaluator.test_compiled_models import CASES, N_FEATURES, Y_BINARY, X, fitted
@@ -116,6 +117,16 @@ def test_coefficients_that_do_not_fit_the_classes_are_not_converted(tmp_path):
     root = read_plain(dumped(tmp_path, model), n_features=N_FEATURES)
     with pytest.raises(Unsupported, match="classes"):
         plain_form(root, probe=X[:10], n_features=N_FEATURES)
+
+
+def test_a_state_without_a_fitted_attribute_is_not_converted_and_the_job_fails_as_scikit_learn_says(tmp_path):
+    model = LogisticRegression().fit(X, Y_BINARY)
+    del model.coef_
+    path = dumped(tmp_path, model)
+    with pytest.raises(Unsupported, match="does not convert"):
+        plain_form(read_plain(path, n_features=N_FEATURES), probe=X[:10], n_features=N_FEATURES)
+    with pytest.raises(RunnerError, match="predict failed: the model's code raised AttributeError"):
+        _run(tmp_path, path)
 
 
 def _run(tmp_path: Path, model: Path, compile_to: bool = True) -> tuple[np.ndarray, Path]:
