@@ -30,7 +30,11 @@ Security decisions (SECURITY.md section 1 holds unchanged):
 Compiled models (``evaluator/compiled_models.py``): the first scikit-learn job of an artifact on
 a shard also asks its sandbox for the model's numpy-only form; once checked and kept, later jobs
 of that artifact on that shard run it in a pooled container of the ``compiled`` key, which
-imports numpy only. The security argument is in that module.
+imports numpy only. The security argument is in that module. A linear model's first job needs no
+scikit-learn either (``evaluator/runner/plain_sklearn.py``), so while the last scikit-learn job's
+model had a form, the ``sklearn`` key's containers warm only that plain reader; after a model that
+needed scikit-learn they warm scikit-learn again (its import is most of such a job's CPU, and a
+container warmed for the other kind still runs any job, only slower).
 
 While a job runs, the pool starts and removes nothing: on two cores, a container being created
 beside the job's doubled the time from the job's exit to the engine noticing it (0.06 -> 0.14 s).
