@@ -20,7 +20,7 @@ from typing import BinaryIO, Final
 
 import numpy as np
 
-from evaluator.metrics import row_sums, value_range
+from evaluator.metrics import scan
 from evaluator.sandbox import PREDICTIONS_NAME, InvalidOutput
 
 PROBABILITY_TOLERANCE: Final = 1e-4
@@ -155,7 +155,8 @@ def validate_predictions(
         raise ValueError(f"unknown task type {task_type!r}")
     if array.ndim == 0 or array.shape[0] != n_rows:
         raise InvalidOutput(f"expected {n_rows} rows, got shape {array.shape}")
-    low, high = value_range(array)  # once: finiteness and the probability range below
+    # One cache-sized pass per chunk of rows: finiteness, the probability range and the row sums below.
+    low, high, worst_sum = scan(array, row_sum_deviation=task_type != "regression" and array.ndim == 2 and array.shape[1] >= 2)
     if not (math.isfinite(low) and math.isfinite(high)):
         raise InvalidOutput("the predictions contain NaN or infinite values")
     if task_type == "regression":
@@ -174,9 +175,8 @@ def validate_predictions(
             raise InvalidOutput(f"multiclass needs shape (n, {n_classes}), got {array.shape}")
     if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
         raise InvalidOutput("probabilities must lie in [0, 1]")
-    if array.ndim == 2 and array.shape[1] >= 2:
-        if not np.all(np.abs(row_sums(array) - 1.0) <= PROBABILITY_SUM_TOLERANCE):
-            raise InvalidOutput("each row of class probabilities must sum to 1")
+    if array.ndim == 2 and array.shape[1] >= 2 and not worst_sum <= PROBABILITY_SUM_TOLERANCE:
+        raise InvalidOutput("each row of class probabilities must sum to 1")
     return array
 
 

@@ -236,3 +236,31 @@ def test_the_fast_class_and_bin_paths_equal_argmax_and_the_plain_binning(k):
     for c in range(k):
         plain = np.minimum((np.clip(proba[:, c], 0.0, 1.0) * st.SCORE_BINS).astype(np.int64), st.SCORE_BINS - 1)
         assert np.array_equal(st._bins(proba[:, c]), plain)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_statistics_in_chunks_are_the_statistics_of_all_rows_at_once(monkeypatch, k):
+    """Chunks of rows (cache-sized) add up to what one pass over all rows gives: counts exactly,
+    the log-loss sum to the last bits of its summation order."""
+    rng = np.random.default_rng(7)
+    n = 3 * st.ROWS_PER_CHUNK + 123  # a ragged last chunk
+    proba = rng.dirichlet(np.ones(k), size=n)
+    y = rng.integers(0, k, size=n)
+    task = "binary_classification" if k == 2 else "multiclass_classification"
+    spec = st.ReleaseSpec(task, ("accuracy", "log_loss", "roc_auc") if k == 2 else ("accuracy", "log_loss"), n_classes=k)
+    chunked = st.sufficient_statistics(spec, y, proba)
+    monkeypatch.setattr(st, "ROWS_PER_CHUNK", 10 * n)
+    whole = st.sufficient_statistics(spec, y, proba)
+    assert set(chunked) == set(whole) and "log_loss_sum" in whole
+    for block in whole:
+        if block == "log_loss_sum":
+            assert chunked[block] == pytest.approx(whole[block], rel=1e-12)
+        else:
+            assert np.array_equal(chunked[block], whole[block]), block
+
+
+def test_statistics_refuse_more_predictions_than_labels_whatever_the_chunks():
+    spec = st.ReleaseSpec("binary_classification", ("accuracy",), n_classes=2)
+    n = st.ROWS_PER_CHUNK + 5
+    with pytest.raises(st.StatisticsError, match=rf"expected probabilities of shape \({n}, 2\)"):
+        st.sufficient_statistics(spec, np.zeros(n, dtype=int), np.full((n + 1, 2), 0.5))
