@@ -225,6 +225,19 @@ def encoded(spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> tuple[dict[
     return load(weights), weights
 
 
+def _converted(estimator: Any, *, uses_proba: bool, n_features: int) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes]:
+    """(spec, tensors as they will be read, weights), or ``Unsupported``: anything odd about the
+    estimator (a state without what its class needs, e.g. no ``coef_``) keeps the normal path,
+    where scikit-learn says why."""
+    try:
+        spec, tensors = convert(estimator, uses_proba=uses_proba, n_features=n_features)
+    except Unsupported:
+        raise
+    except Exception as exc:
+        raise Unsupported(f"the estimator does not convert: {type(exc).__name__}") from exc
+    return spec, *encoded(spec, tensors)
+
+
 def checked_form(estimator: Any, *, uses_proba: bool, sample: np.ndarray, predictions: np.ndarray,
                  n_features: int) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes]:  # fmt: skip
     """(spec, tensors, weights) of ``estimator``, checked against its own ``predictions`` on
@@ -236,13 +249,7 @@ def checked_form(estimator: Any, *, uses_proba: bool, sample: np.ndarray, predic
     that changed those classes' behaviour from inside the pickle could differ on other rows, and
     for those rows the vendor then gets the standard function of its own parameters, strictly
     less than its code could compute."""
-    try:
-        spec, tensors = convert(estimator, uses_proba=uses_proba, n_features=n_features)
-    except Unsupported:
-        raise
-    except Exception as exc:  # anything odd about the estimator: the normal path stays
-        raise Unsupported(type(exc).__name__) from exc
-    tensors, weights = encoded(spec, tensors)
+    spec, tensors, weights = _converted(estimator, uses_proba=uses_proba, n_features=n_features)
     got = predict_compiled(spec, tensors, sample).astype(np.float32)
     if got.shape != predictions.shape or not np.all(np.abs(got - predictions) <= TOLERANCE):
         raise FormDiffers("compiled form differs from the estimator")
@@ -254,19 +261,13 @@ def plain_form(root: Any, *, probe: np.ndarray, n_features: int) -> tuple[dict[s
     no estimator predictions to check against, so the parameters must fit the classes and the
     features, and the form's output on ``probe`` (the job's first rows) must have the shape
     scikit-learn's would (one value per class or target per row) and be finite."""
-    from .plain_sklearn import uses_proba
+    from .plain_sklearn import head, uses_proba
 
     proba = uses_proba(root)
-    try:
-        spec, tensors = convert(root, uses_proba=proba, n_features=n_features)
-    except Unsupported:
-        raise
-    except Exception as exc:  # a state without what the class needs (e.g. no coef_): the usual load says why
-        raise Unsupported(f"the state does not convert: {type(exc).__name__}") from exc
-    tensors, weights = encoded(spec, tensors)
+    spec, tensors, weights = _converted(root, uses_proba=proba, n_features=n_features)
     coef = tensors[spec["head"]["coef"]]
     if proba:
-        n_classes = len(root.steps[-1][1].classes_) if hasattr(root, "steps") else len(root.classes_)
+        n_classes = len(head(root).classes_)
         if n_classes < 2 or coef.shape != ((1 if n_classes == 2 else n_classes), n_features):
             raise Unsupported("coefficients that do not fit the classes")
         want: tuple[int, ...] = (probe.shape[0], n_classes)

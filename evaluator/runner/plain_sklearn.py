@@ -201,7 +201,11 @@ def read_plain(path: Path, *, n_features: int) -> PlainEstimator:
     return root
 
 
+def head(root: PlainEstimator) -> Any:
+    """The final estimator: ``root`` itself, or a pipeline's last stand-in step."""
+    return _estimators(root)[-1]
+
+
 def uses_proba(root: PlainEstimator) -> bool:
     """Whether the runner would call ``predict_proba`` (a classifier at the end) or ``predict``."""
-    head = _estimators(root)[-1]
-    return type(head).sklearn_class == ("sklearn.linear_model._logistic", "LogisticRegression")
+    return type(head(root)).sklearn_class == ("sklearn.linear_model._logistic", "LogisticRegression")
